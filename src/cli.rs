@@ -1,0 +1,121 @@
+//! The command line (DESIGN §2, a contract): `run`, `check`. Each flag also reads its
+//! `FUSEBOX_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::agent::{Agent, RunConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "fusebox", version, about = "A resilience-focused egress agent")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: the egress listener, route listeners and the admin server.
+    Run(RunArgs),
+    /// Validate the policies directory; exit 0 when clean, 1 on errors.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Directory of policy files (*.toml).
+    #[arg(long, env = "FUSEBOX_POLICIES", default_value = "./policies")]
+    pub policies: PathBuf,
+    /// Egress listener: apps set HTTP_PROXY to this address.
+    #[arg(long, env = "FUSEBOX_LISTEN", default_value = "127.0.0.1:15001")]
+    pub listen: SocketAddr,
+    /// Admin server: /metrics, /healthz, /readyz.
+    #[arg(long, env = "FUSEBOX_ADMIN", default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Runtime worker threads (default: number of cores).
+    #[arg(long, env = "FUSEBOX_WORKERS")]
+    pub workers: Option<usize>,
+    /// Log format.
+    #[arg(long, env = "FUSEBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Largest request head accepted from apps, in bytes; larger ones get 431.
+    #[arg(long, env = "FUSEBOX_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "FUSEBOX_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Directory of policy files (*.toml).
+    #[arg(long, env = "FUSEBOX_POLICIES", default_value = "./policies")]
+    pub policies: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => crate::check::run(&args.policies),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> i32 {
+    init_logging(args.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fusebox: cannot start the runtime: {error}");
+            return 1;
+        }
+    };
+    let config = RunConfig {
+        policies: args.policies,
+        listen: args.listen,
+        admin: args.admin,
+        max_header_bytes: args.max_header_bytes,
+        drain_timeout: args.drain_timeout,
+    };
+    runtime.block_on(async {
+        let agent = match Agent::start(config).await {
+            Ok(agent) => agent,
+            Err(error) => {
+                eprintln!("fusebox: {error}");
+                return 1;
+            }
+        };
+        match agent.run_until_signal().await {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("fusebox: {error}");
+                1
+            }
+        }
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,19 @@
+//! fusebox: a resilience-focused egress agent.
+//!
+//! Data flows one way through the modules:
+//! [`policy`] (TOML → validated types) → [`upstream`] (how to reach an upstream: guard, TLS,
+//! pooled client) → [`registry`] (policy × destination → state) → [`proxy`] (listeners,
+//! forwarding, tunnels: the request path) — with [`telemetry`] and [`admin`] observing.
+//! [`agent`] wires them together; [`cli`] is the command line.
+
+pub mod admin;
+pub mod agent;
+pub mod check;
+pub mod cli;
+pub mod guard;
+pub mod outcome;
+pub mod policy;
+pub mod proxy;
+pub mod registry;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,166 @@
+//! What happened to a request, in one place: the local-reply reason the app sees, the status
+//! it gets, and the `outcome` label the metrics record. Every failure in the proxy maps to
+//! exactly one [`Reason`]; every finished request to exactly one [`Outcome`].
+
+use http::StatusCode;
+
+/// The `outcome` label of `fusebox_requests_total` (DESIGN §4, a contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Ok,
+    UpstreamError,
+    BreakerOpen,
+    RateLimited,
+    Overflow,
+    Timeout,
+    ConnectFailed,
+    Reset,
+    Denied,
+    Loop,
+    BadRequest,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 11] = [
+        Outcome::Ok,
+        Outcome::UpstreamError,
+        Outcome::BreakerOpen,
+        Outcome::RateLimited,
+        Outcome::Overflow,
+        Outcome::Timeout,
+        Outcome::ConnectFailed,
+        Outcome::Reset,
+        Outcome::Denied,
+        Outcome::Loop,
+        Outcome::BadRequest,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::BreakerOpen => "breaker_open",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Overflow => "overflow",
+            Outcome::Timeout => "timeout",
+            Outcome::ConnectFailed => "connect_failed",
+            Outcome::Reset => "reset",
+            Outcome::Denied => "denied",
+            Outcome::Loop => "loop",
+            Outcome::BadRequest => "bad_request",
+        }
+    }
+
+    /// The outcome of a response that came from the upstream.
+    pub fn of_upstream_status(status: StatusCode) -> Outcome {
+        if status.is_server_error() {
+            Outcome::UpstreamError
+        } else {
+            Outcome::Ok
+        }
+    }
+}
+
+/// Why fusebox answered instead of the upstream: the `x-fusebox-reason` header value
+/// (DESIGN §5, a contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    BreakerOpen,
+    RateLimited,
+    Overflow,
+    Timeout,
+    ConnectFailed,
+    UpstreamReset,
+    Denied,
+    Loop,
+    BadRequest,
+    /// The request head was too large (431); counted as `bad_request`.
+    HeadersTooLarge,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BreakerOpen => "breaker-open",
+            Reason::RateLimited => "rate-limited",
+            Reason::Overflow => "overflow",
+            Reason::Timeout => "timeout",
+            Reason::ConnectFailed => "connect-failed",
+            Reason::UpstreamReset => "upstream-reset",
+            Reason::Denied => "denied",
+            Reason::Loop => "loop",
+            Reason::BadRequest | Reason::HeadersTooLarge => "bad-request",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::BreakerOpen | Reason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::ConnectFailed | Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Reason::Denied => StatusCode::FORBIDDEN,
+            Reason::Loop => StatusCode::LOOP_DETECTED,
+            Reason::BadRequest => StatusCode::BAD_REQUEST,
+            Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Reason::BreakerOpen => Outcome::BreakerOpen,
+            Reason::RateLimited => Outcome::RateLimited,
+            Reason::Overflow => Outcome::Overflow,
+            Reason::Timeout => Outcome::Timeout,
+            Reason::ConnectFailed => Outcome::ConnectFailed,
+            Reason::UpstreamReset => Outcome::Reset,
+            Reason::Denied => Outcome::Denied,
+            Reason::Loop => Outcome::Loop,
+            Reason::BadRequest | Reason::HeadersTooLarge => Outcome::BadRequest,
+        }
+    }
+}
+
+/// The `code` label: the status class sent to the app, `"1xx"` … `"5xx"`.
+pub fn code_class(status: StatusCode) -> &'static str {
+    CODE_CLASSES[code_class_index(status)]
+}
+
+pub(crate) const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub(crate) fn code_class_index(status: StatusCode) -> usize {
+    (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_maps_to_its_contract_status() {
+        let table = [
+            (Reason::BreakerOpen, 503, "breaker-open", Outcome::BreakerOpen),
+            (Reason::RateLimited, 429, "rate-limited", Outcome::RateLimited),
+            (Reason::Overflow, 503, "overflow", Outcome::Overflow),
+            (Reason::Timeout, 504, "timeout", Outcome::Timeout),
+            (Reason::ConnectFailed, 502, "connect-failed", Outcome::ConnectFailed),
+            (Reason::UpstreamReset, 502, "upstream-reset", Outcome::Reset),
+            (Reason::Denied, 403, "denied", Outcome::Denied),
+            (Reason::Loop, 508, "loop", Outcome::Loop),
+            (Reason::BadRequest, 400, "bad-request", Outcome::BadRequest),
+        ];
+        for (reason, status, text, outcome) in table {
+            assert_eq!(reason.status().as_u16(), status, "{reason:?}");
+            assert_eq!(reason.as_str(), text);
+            assert_eq!(reason.outcome(), outcome);
+        }
+    }
+
+    #[test]
+    fn code_classes() {
+        assert_eq!(code_class(StatusCode::OK), "2xx");
+        assert_eq!(code_class(StatusCode::LOOP_DETECTED), "5xx");
+        assert_eq!(code_class(StatusCode::SWITCHING_PROTOCOLS), "1xx");
+        assert_eq!(code_class(StatusCode::NOT_FOUND), "4xx");
+    }
+}

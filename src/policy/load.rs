@@ -1,0 +1,847 @@
+//! Loading `policies/`: files → [`raw`](super::raw) structs → validated [`Policy`] values.
+//!
+//! Every `*.toml` file of the directory is one policy named by its stem (hidden entries such
+//! as Kubernetes' `..data` are skipped; symlinks are followed). `default.toml` is applied over
+//! the built-in defaults ([`Policy::default`]), and every other file over `default.toml`'s
+//! effective values, field by field, except the fields that are never inherited (`allow` and
+//! where traffic goes: `hosts`, `listen`, `endpoints`, `host_rewrite`, `sni`, `tls`).
+//!
+//! Validation never stops at the first problem: every error of every file is collected, with
+//! the `file:line:col` of the offending value, so that `fusebox check` and a failed reload
+//! show the operator everything at once.
+
+use std::fmt;
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::{Deref, Range};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+
+use super::raw::{List, RawPolicy, S};
+use super::{
+    Breaker, BreakerMode, Concurrency, Endpoint, HostPattern, LimitMode, Matcher, Policy,
+    PolicySet, RateLimit, Retry, RetryOn, Timeouts, DEFAULT_POLICY,
+};
+
+/// One problem in a policy file. `line` and `col` are 1-based and point at the offending
+/// value (0 when the file could not be read at all).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{col}: {message}", file.display())]
+pub struct PolicyError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl PolicyError {
+    fn io(file: &Path, err: &std::io::Error) -> Self {
+        PolicyError {
+            file: file.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: format!("cannot read: {err}"),
+        }
+    }
+}
+
+/// Every problem found in a policy directory, sorted by file, then line. Displays one
+/// `file:line:col: message` per line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+impl Deref for PolicyErrors {
+    type Target = [PolicyError];
+
+    fn deref(&self) -> &[PolicyError] {
+        &self.0
+    }
+}
+
+impl IntoIterator for PolicyErrors {
+    type Item = PolicyError;
+    type IntoIter = std::vec::IntoIter<PolicyError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a PolicyErrors {
+    type Item = &'a PolicyError;
+    type IntoIter = std::slice::Iter<'a, PolicyError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// Loads and validates every policy of `dir`. Either all of it is valid, or every error found.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+    let mut errors = Vec::new();
+    let mut sources = Vec::new();
+    for (name, file) in policy_files(dir, &mut errors) {
+        match fs::read_to_string(&file) {
+            Ok(text) => sources.push(Source { name, file, text }),
+            Err(err) => errors.push(PolicyError::io(&file, &err)),
+        }
+    }
+    load_sources(dir, &sources, errors)
+}
+
+/// The text of one policy file.
+pub(crate) struct Source {
+    pub name: String,
+    pub file: PathBuf,
+    pub text: String,
+}
+
+/// `(stem, path)` of the policy files of `dir`, sorted by stem.
+fn policy_files(dir: &Path, errors: &mut Vec<PolicyError>) -> Vec<(String, PathBuf)> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            errors.push(PolicyError::io(dir, &err));
+            return Vec::new();
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(err) => {
+                errors.push(PolicyError::io(dir, &err));
+                continue;
+            }
+        };
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+        if hidden || path.extension().is_none_or(|ext| ext != "toml") {
+            continue;
+        }
+        // `fs::metadata` follows symlinks: ConfigMap volumes link each file through `..data`.
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => continue,
+            Err(err) => {
+                errors.push(PolicyError::io(&path, &err));
+                continue;
+            }
+        }
+        match path.file_stem().and_then(|s| s.to_str()) {
+            Some(stem) => files.push((stem.to_string(), path)),
+            None => errors.push(PolicyError {
+                file: path,
+                line: 0,
+                col: 0,
+                message: "policy file names must be UTF-8 (the name is a metric label)".into(),
+            }),
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Parses, inherits and validates already-read files; `errors` holds earlier (I/O) errors.
+pub(crate) fn load_sources(
+    dir: &Path,
+    sources: &[Source],
+    mut errors: Vec<PolicyError>,
+) -> Result<PolicySet, PolicyErrors> {
+    let parsed: Vec<(&Source, RawPolicy)> = sources
+        .iter()
+        .filter_map(|src| Some((src, Cx::new(dir, src, &mut errors).parse()?)))
+        .collect();
+
+    let builtin = Policy {
+        file: dir.join("default.toml"),
+        ..Policy::default()
+    };
+    let default = match parsed.iter().find(|(src, _)| src.name == DEFAULT_POLICY) {
+        Some((src, raw)) => Cx::new(dir, src, &mut errors).apply(&builtin, raw, true),
+        None => builtin,
+    };
+    let others: Vec<Arc<Policy>> = parsed
+        .iter()
+        .filter(|(src, _)| src.name != DEFAULT_POLICY)
+        .map(|(src, raw)| Arc::new(Cx::new(dir, src, &mut errors).apply(&default, raw, false)))
+        .collect();
+
+    if !errors.is_empty() {
+        errors.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        return Err(PolicyErrors(errors));
+    }
+    let matcher = Matcher::new(&others);
+    Ok(PolicySet {
+        dir: dir.to_path_buf(),
+        default: Arc::new(default),
+        others,
+        matcher,
+    })
+}
+
+/// Validation context for one file: turns byte spans into `line:col` errors.
+struct Cx<'a> {
+    dir: &'a Path,
+    src: &'a Source,
+    errors: &'a mut Vec<PolicyError>,
+}
+
+impl<'a> Cx<'a> {
+    fn new(dir: &'a Path, src: &'a Source, errors: &'a mut Vec<PolicyError>) -> Self {
+        Cx { dir, src, errors }
+    }
+
+    fn error(&mut self, span: Range<usize>, message: String) {
+        let (line, col) = line_col(&self.src.text, span.start);
+        self.errors.push(PolicyError {
+            file: self.src.file.clone(),
+            line,
+            col,
+            message,
+        });
+    }
+
+    /// TOML syntax and type errors; serde stops at the first, so at most one per file.
+    fn parse(&mut self) -> Option<RawPolicy> {
+        match toml::from_str::<RawPolicy>(&self.src.text) {
+            Ok(raw) => Some(raw),
+            Err(err) => {
+                let span = err.span().unwrap_or(0..0);
+                let message = describe_toml_error(&self.src.text, &span, err.message());
+                self.error(span, message);
+                None
+            }
+        }
+    }
+
+    /// `raw` over `base`: each field `raw` sets (and that is valid) replaces the base value.
+    fn apply(&mut self, base: &Policy, raw: &RawPolicy, is_default: bool) -> Policy {
+        let mut p = Policy {
+            name: self.src.name.clone(),
+            file: self.src.file.clone(),
+            // Never inherited.
+            hosts: Vec::new(),
+            listen: None,
+            endpoints: Vec::new(),
+            host_rewrite: None,
+            tls: false,
+            sni: None,
+            allow: true,
+            ..base.clone()
+        };
+
+        if is_default {
+            self.forbid_in_default("hosts", raw.hosts.as_ref().map(|v| v.span()));
+            self.forbid_in_default("listen", raw.listen.as_ref().map(|v| v.span()));
+            self.forbid_in_default("endpoints", raw.endpoints.as_ref().map(|v| v.span()));
+            self.forbid_in_default("host_rewrite", raw.host_rewrite.as_ref().map(|v| v.span()));
+        } else {
+            self.list(&mut p.hosts, "hosts", &raw.hosts, |s| host_pattern(s));
+            self.value(&mut p.listen, "listen", &raw.listen, |s| listen(s));
+            self.list(&mut p.endpoints, "endpoints", &raw.endpoints, |s| endpoint(s));
+            self.value(&mut p.host_rewrite, "host_rewrite", &raw.host_rewrite, |s| {
+                host_rewrite(s)
+            });
+            self.check_reachable(raw);
+        }
+        self.value(&mut p.tls, "tls", &raw.tls, |&b| Ok(b));
+        self.value(&mut p.sni, "sni", &raw.sni, |s| sni(s));
+        let dir = self.dir;
+        self.value(&mut p.ca_file, "ca_file", &raw.ca_file, |s| ca_file(dir, s));
+        self.value(&mut p.allow, "allow", &raw.allow, |&b| Ok(b));
+        self.value(&mut p.allow_private, "allow_private", &raw.allow_private, |&b| Ok(b));
+        self.value(&mut p.allow_link_local, "allow_link_local", &raw.allow_link_local, |&b| {
+            Ok(b)
+        });
+        self.value(
+            &mut p.metrics_max_destinations,
+            "metrics_max_destinations",
+            &raw.metrics_max_destinations,
+            |&v| int(v, 1, U32_MAX),
+        );
+
+        self.timeouts(&mut p.timeouts, raw);
+        self.retry(&mut p.retry, raw);
+        self.breaker(&mut p.breaker, raw);
+        self.rate_limit(&mut p.rate_limit, raw);
+        self.concurrency(&mut p.concurrency, raw);
+        p
+    }
+
+    fn forbid_in_default(&mut self, key: &str, span: Option<Range<usize>>) {
+        if let Some(span) = span {
+            self.error(
+                span,
+                format!(
+                    "`{key}` cannot be set in default.toml: the default policy serves every \
+                     destination that no other file matches; put it in a policy of its own"
+                ),
+            );
+        }
+    }
+
+    /// A policy is reached through `hosts` or `listen`; a route listener needs `endpoints`.
+    fn check_reachable(&mut self, raw: &RawPolicy) {
+        let has_hosts = raw.hosts.as_ref().is_some_and(|v| !v.get_ref().is_empty());
+        let has_endpoints = raw.endpoints.as_ref().is_some_and(|v| !v.get_ref().is_empty());
+        if let Some(endpoints) = &raw.endpoints {
+            if has_endpoints && !has_hosts && raw.listen.is_none() {
+                self.error(
+                    endpoints.span(),
+                    "`endpoints`: set, but neither `hosts` nor `listen` is: no traffic can \
+                     reach this policy; add `hosts` (egress listener) or `listen` (route \
+                     listener)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(listen) = &raw.listen {
+            if !has_endpoints {
+                self.error(
+                    listen.span(),
+                    "`listen`: a route listener needs `endpoints` (\"host:port\" entries) to \
+                     send its traffic to"
+                        .into(),
+                );
+            }
+        }
+    }
+
+    fn timeouts(&mut self, t: &mut Timeouts, raw: &RawPolicy) {
+        let r = &raw.timeouts;
+        self.value(&mut t.connect, "timeouts.connect", &r.connect, |s| positive(s));
+        self.value(&mut t.attempt, "timeouts.attempt", &r.attempt, |s| positive(s));
+        self.value(&mut t.total, "timeouts.total", &r.total, |s| positive(s));
+    }
+
+    fn retry(&mut self, t: &mut Retry, raw: &RawPolicy) {
+        let r = &raw.retry;
+        self.value(&mut t.attempts, "retry.attempts", &r.attempts, |&v| int(v, 1, U32_MAX));
+        self.list(&mut t.on, "retry.on", &r.on, |s| retry_on(s));
+        self.list(&mut t.statuses, "retry.statuses", &r.statuses, |&v| status(v));
+        self.list(&mut t.methods, "retry.methods", &r.methods, |s| method(s));
+        self.value(&mut t.backoff_base, "retry.backoff_base", &r.backoff_base, |s| {
+            positive(s)
+        });
+        self.value(&mut t.backoff_max, "retry.backoff_max", &r.backoff_max, |s| {
+            duration(s)
+        });
+        self.value(&mut t.budget_ratio, "retry.budget_ratio", &r.budget_ratio, |&v| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(format!("must be a number >= 0 (0.2 = 20% more than first tries), got {v}"))
+            }
+        });
+        self.value(
+            &mut t.budget_min_per_second,
+            "retry.budget_min_per_second",
+            &r.budget_min_per_second,
+            |&v| int(v, 0, U32_MAX),
+        );
+        self.value(&mut t.honor_retry_after, "retry.honor_retry_after", &r.honor_retry_after, |&b| {
+            Ok(b)
+        });
+        self.value(&mut t.max_replay_bytes, "retry.max_replay_bytes", &r.max_replay_bytes, |&v| {
+            int(v, 0, i64::MAX)
+        });
+    }
+
+    fn breaker(&mut self, t: &mut Breaker, raw: &RawPolicy) {
+        let r = &raw.breaker;
+        self.value(&mut t.mode, "breaker.mode", &r.mode, |s| breaker_mode(s));
+        self.value(
+            &mut t.consecutive_failures,
+            "breaker.consecutive_failures",
+            &r.consecutive_failures,
+            |&v| int(v, 0, U32_MAX),
+        );
+        self.value(&mut t.failure_rate, "breaker.failure_rate", &r.failure_rate, |&v| rate(v));
+        self.value(&mut t.window, "breaker.window", &r.window, |s| positive(s));
+        self.value(&mut t.min_calls, "breaker.min_calls", &r.min_calls, |&v| int(v, 0, U32_MAX));
+        self.value(
+            &mut t.slow_call_duration,
+            "breaker.slow_call_duration",
+            &r.slow_call_duration,
+            |s| positive(s),
+        );
+        self.value(&mut t.slow_call_rate, "breaker.slow_call_rate", &r.slow_call_rate, |&v| {
+            rate(v)
+        });
+        self.list(
+            &mut t.failure_statuses,
+            "breaker.failure_statuses",
+            &r.failure_statuses,
+            |&v| status(v),
+        );
+        self.value(&mut t.open_base, "breaker.open_base", &r.open_base, |s| positive(s));
+        self.value(&mut t.open_max, "breaker.open_max", &r.open_max, |s| positive(s));
+        // 0 probes would leave a tripped breaker half-open forever.
+        self.value(
+            &mut t.half_open_probes,
+            "breaker.half_open_probes",
+            &r.half_open_probes,
+            |&v| int(v, 1, U32_MAX),
+        );
+    }
+
+    fn rate_limit(&mut self, t: &mut RateLimit, raw: &RawPolicy) {
+        let r = &raw.rate_limit;
+        self.value(&mut t.rps, "rate_limit.rps", &r.rps, |&v| int(v, 0, U32_MAX));
+        self.value(&mut t.burst, "rate_limit.burst", &r.burst, |&v| int(v, 0, U32_MAX));
+        self.value(&mut t.mode, "rate_limit.mode", &r.mode, |s| limit_mode(s));
+    }
+
+    fn concurrency(&mut self, t: &mut Concurrency, raw: &RawPolicy) {
+        let r = &raw.concurrency;
+        self.value(&mut t.max_in_flight, "concurrency.max_in_flight", &r.max_in_flight, |&v| {
+            int(v, 0, U32_MAX)
+        });
+    }
+
+    /// Sets `slot` from `v` when it is present and valid; reports it at its span otherwise.
+    fn value<V, T>(
+        &mut self,
+        slot: &mut T,
+        key: &str,
+        v: &S<V>,
+        parse: impl FnOnce(&V) -> Result<T, String>,
+    ) {
+        if let Some(v) = v {
+            match parse(v.get_ref()) {
+                Ok(t) => *slot = t,
+                Err(why) => self.error(v.span(), format!("`{key}`: {why}")),
+            }
+        }
+    }
+
+    /// Like [`Cx::value`] for arrays: every bad entry is reported at its own span, and the
+    /// array replaces `slot` only if all entries are valid.
+    fn list<V, T>(
+        &mut self,
+        slot: &mut Vec<T>,
+        key: &str,
+        v: &List<V>,
+        parse: impl Fn(&V) -> Result<T, String>,
+    ) {
+        let Some(items) = v else { return };
+        let mut out = Vec::with_capacity(items.get_ref().len());
+        let mut valid = true;
+        for item in items.get_ref() {
+            match parse(item.get_ref()) {
+                Ok(t) => out.push(t),
+                Err(why) => {
+                    valid = false;
+                    self.error(item.span(), format!("`{key}`: {why}"));
+                }
+            }
+        }
+        if valid {
+            *slot = out;
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+/// Makes a toml/serde error message name the key it is about (serde only names the type).
+fn describe_toml_error(text: &str, span: &Range<usize>, message: &str) -> String {
+    // A duplicate key is a syntax error, so there is no document to look the key up in.
+    if message == "duplicate key" {
+        if let Some(key) = text.get(span.clone()) {
+            return format!("duplicate key `{key}`");
+        }
+    }
+    let path = DeTable::parse(text)
+        .ok()
+        .and_then(|doc| key_path(doc.get_ref(), span));
+    let Some(path) = path else {
+        return message.to_string();
+    };
+    // serde: "unknown field `x`, expected one of `a`, `b`" or "unknown field `x`, expected `a`"
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((_, expected)) = rest.split_once(", ") {
+            let keys = expected
+                .strip_prefix("expected one of ")
+                .or_else(|| expected.strip_prefix("expected "))
+                .unwrap_or(expected);
+            return format!("unknown key `{path}`; valid keys here: {keys}");
+        }
+    }
+    let message = message
+        .replace("expected i64", "expected an integer")
+        .replace("expected f64", "expected a number")
+        .replace("expected a sequence", "expected an array");
+    format!("`{path}`: {message}")
+}
+
+/// The dotted path of the key whose name or value is at `span`.
+fn key_path(table: &DeTable<'_>, span: &Range<usize>) -> Option<String> {
+    for (key, value) in table {
+        if let DeValue::Table(inner) = value.get_ref() {
+            if let Some(sub) = key_path(inner, span) {
+                return Some(format!("{}.{sub}", key.get_ref()));
+            }
+        }
+        let v = value.span();
+        if key.span() == *span || (v.start <= span.start && span.end <= v.end) {
+            return Some(key.get_ref().to_string());
+        }
+    }
+    None
+}
+
+const U32_MAX: i64 = u32::MAX as i64;
+
+fn int<T: TryFrom<i64>>(v: i64, min: i64, max: i64) -> Result<T, String> {
+    if v < min {
+        return Err(format!("must be at least {min}, got {v}"));
+    }
+    if v > max {
+        return Err(format!("must be at most {max}, got {v}"));
+    }
+    T::try_from(v).map_err(|_| format!("must be at most {max}, got {v}"))
+}
+
+/// `failure_rate` and `slow_call_rate`: a fraction of calls.
+fn rate(v: f64) -> Result<f64, String> {
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be greater than 0 and at most 1 (0.5 = half the calls), got {v}"))
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("\"{s}\" is not a duration ({e}); write e.g. \"250ms\", \"2s\" or \"1m\"")
+    })
+}
+
+fn positive(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() {
+        return Err(format!("must be greater than 0, got \"{s}\""));
+    }
+    Ok(d)
+}
+
+fn status(v: i64) -> Result<u16, String> {
+    match u16::try_from(v) {
+        Ok(code) if (100..=599).contains(&code) => Ok(code),
+        _ => Err(format!("{v} is not an HTTP status code (100 to 599)")),
+    }
+}
+
+/// An HTTP method is a token (RFC 9110 §5.6.2); stored upper-case.
+fn method(s: &str) -> Result<String, String> {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !s.is_empty() && s.chars().all(is_tchar) {
+        Ok(s.to_ascii_uppercase())
+    } else {
+        Err(format!("\"{s}\" is not an HTTP method (a token such as \"GET\")"))
+    }
+}
+
+fn retry_on(s: &str) -> Result<RetryOn, String> {
+    Ok(match s {
+        "connect-failure" => RetryOn::ConnectFailure,
+        "reset" => RetryOn::Reset,
+        "gateway-error" => RetryOn::GatewayError,
+        "timeout" => RetryOn::Timeout,
+        "5xx" => RetryOn::FiveXx,
+        "retriable-status" => RetryOn::RetriableStatus,
+        _ => {
+            return Err(format!(
+                "unknown condition \"{s}\"; valid: \"connect-failure\", \"reset\", \
+                 \"gateway-error\", \"timeout\", \"5xx\", \"retriable-status\""
+            ))
+        }
+    })
+}
+
+fn breaker_mode(s: &str) -> Result<BreakerMode, String> {
+    match s {
+        "enforce" => Ok(BreakerMode::Enforce),
+        "shadow" => Ok(BreakerMode::Shadow),
+        "off" => Ok(BreakerMode::Off),
+        _ => Err(format!("unknown mode \"{s}\"; valid: \"enforce\", \"shadow\", \"off\"")),
+    }
+}
+
+fn limit_mode(s: &str) -> Result<LimitMode, String> {
+    match s {
+        "enforce" => Ok(LimitMode::Enforce),
+        "shadow" => Ok(LimitMode::Shadow),
+        _ => Err(format!("unknown mode \"{s}\"; valid: \"enforce\", \"shadow\"")),
+    }
+}
+
+const HOST_FORMS: &str =
+    "expected \"name\", \"name:port\", \"*.suffix\", \"IP\", \"IP:port\" or \"[IPv6]:port\"";
+
+/// A `hosts` entry.
+pub(crate) fn host_pattern(s: &str) -> Result<HostPattern, String> {
+    let parse = || {
+        let (host, port) = split_host_port(s)?;
+        if let Some(suffix) = host.strip_prefix("*.") {
+            if port.is_some() {
+                return Err("a wildcard matches every port and cannot have one".to_string());
+            }
+            let suffix = host_name(suffix)?;
+            return Ok(HostPattern::Wildcard {
+                suffix: format!(".{suffix}"),
+            });
+        }
+        let host = host_name(host)?;
+        Ok(match port {
+            Some(port) => HostPattern::HostPort { host, port },
+            None => HostPattern::Host { host },
+        })
+    };
+    parse().map_err(|why| format!("\"{s}\": {why}; {HOST_FORMS}"))
+}
+
+/// An `endpoints` entry: `host:port`, IPv6 in brackets.
+fn endpoint(s: &str) -> Result<Endpoint, String> {
+    let parse = || {
+        let (host, port) = split_host_port(s)?;
+        let port = port.ok_or("the port is required")?;
+        Ok(Endpoint {
+            host: host_name(host)?,
+            port,
+        })
+    };
+    parse().map_err(|why: String| {
+        format!("\"{s}\": {why}; expected \"host:port\", \"IP:port\" or \"[IPv6]:port\"")
+    })
+}
+
+fn listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    s.parse().map(Some).map_err(|_| {
+        format!(
+            "\"{s}\" is not a socket address; expected \"IP:port\" such as \"127.0.0.1:10000\" \
+             or \"[::1]:10000\""
+        )
+    })
+}
+
+/// The new `Host` header: a host with an optional port.
+fn host_rewrite(s: &str) -> Result<Option<String>, String> {
+    split_host_port(s)
+        .and_then(|(host, _)| host_name(host))
+        .map(|_| Some(s.to_string()))
+        .map_err(|why| format!("\"{s}\": {why}; expected \"name\" or \"name:port\""))
+}
+
+/// The TLS server name: what rustls will accept (a DNS name or an IP address).
+fn sni(s: &str) -> Result<Option<String>, String> {
+    match rustls_pki_types::ServerName::try_from(s) {
+        Ok(_) => Ok(Some(s.to_ascii_lowercase())),
+        Err(_) => Err(format!("\"{s}\" is not a DNS name or IP address")),
+    }
+}
+
+/// Relative paths are relative to the policies directory, so that the directory is
+/// self-contained (a ConfigMap can carry the CA next to the policies).
+fn ca_file(dir: &Path, s: &str) -> Result<Option<PathBuf>, String> {
+    let path = dir.join(s);
+    match fs::File::open(&path).and_then(|f| f.metadata()) {
+        Ok(meta) if meta.is_file() => Ok(Some(path)),
+        Ok(_) => Err(format!("\"{}\" is not a file", path.display())),
+        Err(err) => Err(format!(
+            "cannot read \"{}\": {err}; expected a readable PEM file",
+            path.display()
+        )),
+    }
+}
+
+/// Splits `host[:port]`; IPv6 hosts come back without brackets.
+fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or("missing `]`")?;
+        if ip.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("`{ip}` is not an IPv6 address"));
+        }
+        return match after {
+            "" => Ok((ip, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((ip, Some(parse_port(port)?))),
+                None => Err("unexpected text after `]`".into()),
+            },
+        };
+    }
+    if s.parse::<Ipv6Addr>().is_ok() {
+        return Ok((s, None));
+    }
+    match s.rsplit_once(':') {
+        Some((host, _)) if host.contains(':') => {
+            Err("write an IPv6 address with a port in brackets, e.g. \"[::1]:8080\"".into())
+        }
+        Some((host, port)) => Ok((host, Some(parse_port(port)?))),
+        None => Ok((s, None)),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(port) if port != 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
+        _ => Err(format!("port `{s}` must be a number from 1 to 65535")),
+    }
+}
+
+/// A host name or IP address, normalized: lower case, IP addresses in canonical form.
+fn host_name(host: &str) -> Result<String, String> {
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    if host == "*" {
+        return Err("`*` alone is not a pattern: destinations no file matches get \
+                    default.toml, whose `allow` decides about them"
+            .into());
+    }
+    if host.contains('*') {
+        return Err("a wildcard is only allowed as a leading `*.`".into());
+    }
+    if host.len() > 253 {
+        return Err("a host name is at most 253 characters".into());
+    }
+    for label in host.split('.') {
+        let valid_chars = label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if label.is_empty() || label.len() > 63 || !valid_chars {
+            return Err(format!(
+                "`{label}` is not a valid DNS label (1 to 63 letters, digits, `-`, `_`)"
+            ));
+        }
+    }
+    // Top-level domains are never numeric: this is a mistyped IPv4 address.
+    if host.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        if host.parse::<Ipv4Addr>().is_err() {
+            return Err(format!("`{host}` is not a valid IPv4 address"));
+        }
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+impl Default for Policy {
+    /// The built-in defaults: what an absent or empty `default.toml` means (DESIGN §3).
+    fn default() -> Self {
+        Policy {
+            name: DEFAULT_POLICY.to_string(),
+            file: PathBuf::from("default.toml"),
+            hosts: Vec::new(),
+            listen: None,
+            endpoints: Vec::new(),
+            host_rewrite: None,
+            tls: false,
+            sni: None,
+            ca_file: None,
+            allow: true,
+            allow_private: true,
+            allow_link_local: false,
+            metrics_max_destinations: 100,
+            timeouts: Timeouts::default(),
+            retry: Retry::default(),
+            breaker: Breaker::default(),
+            rate_limit: RateLimit::default(),
+            concurrency: Concurrency { max_in_flight: 0 },
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            attempt: Duration::from_secs(2),
+            total: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Retry {
+    /// Retries only idempotent methods, only on failures where the request cannot have been
+    /// processed twice in a harmful way (not on timeouts).
+    fn default() -> Self {
+        Retry {
+            attempts: 3,
+            on: vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::GatewayError],
+            statuses: vec![503],
+            methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+                .map(String::from)
+                .to_vec(),
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+            honor_retry_after: true,
+            max_replay_bytes: 65536,
+        }
+    }
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            mode: BreakerMode::Enforce,
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            window: Duration::from_secs(10),
+            min_calls: 20,
+            slow_call_duration: Duration::from_secs(1),
+            slow_call_rate: 1.0,
+            failure_statuses: vec![500, 502, 503, 504],
+            open_base: Duration::from_secs(5),
+            open_max: Duration::from_secs(60),
+            half_open_probes: 1,
+        }
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            rps: 0,
+            burst: 0,
+            mode: LimitMode::Enforce,
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Policies: the operator's `policies/*.toml`, parsed once into validated, comparable types.
+//!
+//! Data flows one way: TOML text → [`raw`] serde structs (every field optional, unknown keys
+//! rejected, spans kept) → [`load`] (inheritance from `default.toml`, validation with
+//! `file:line:col` errors) → these types → [`PolicySet`], whose [`matcher`] picks the policy
+//! for a destination. Nothing here does I/O beyond reading the files, and nothing here knows
+//! about sockets: the registry and the proxy consume these values.
+//!
+//! Every type derives `PartialEq` so that a reload can tell which policies changed.
+
+mod load;
+mod matcher;
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use load::{load_dir, PolicyError, PolicyErrors};
+pub use matcher::Matcher;
+
+/// The name of the policy used for destinations that no other file matches.
+pub const DEFAULT_POLICY: &str = "default";
+
+/// One validated policy: a file of `policies/`, with every inherited field filled in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Policy {
+    /// The file stem; also the `upstream` metric label.
+    pub name: String,
+    /// Where it was loaded from (for messages).
+    pub file: PathBuf,
+    /// Which destinations this policy matches (never inherited).
+    pub hosts: Vec<HostPattern>,
+    /// Optional route listener (never inherited).
+    pub listen: Option<SocketAddr>,
+    /// Send traffic here instead of the requested host, round robin (never inherited).
+    pub endpoints: Vec<Endpoint>,
+    /// Replace the `Host` header with this value (never inherited).
+    pub host_rewrite: Option<String>,
+    /// Originate TLS to the upstream (never inherited).
+    pub tls: bool,
+    /// TLS server name to send and verify; the upstream host when unset (never inherited).
+    pub sni: Option<String>,
+    /// Extra trusted roots (PEM), added to the platform roots.
+    pub ca_file: Option<PathBuf>,
+    /// `false` refuses these destinations with 403 `denied` (never inherited; default `true`).
+    pub allow: bool,
+    /// May it reach private and loopback addresses (RFC 1918, 127/8, ::1, fc00::/7, ...).
+    pub allow_private: bool,
+    /// May it reach link-local addresses (169.254/16, fe80::/10: cloud metadata).
+    pub allow_link_local: bool,
+    /// At most this many distinct `destination` label values per policy; the rest are `_other`.
+    pub metrics_max_destinations: usize,
+    pub timeouts: Timeouts,
+    pub retry: Retry,
+    pub breaker: Breaker,
+    pub rate_limit: RateLimit,
+    pub concurrency: Concurrency,
+}
+
+/// A `hosts` entry. Names are stored lowercase.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HostPattern {
+    /// `api.example.com:8443`, `10.0.0.7:8080`, `[::1]:8080`
+    HostPort { host: String, port: u16 },
+    /// `api.example.com`, `10.0.0.7`, `::1` (any port)
+    Host { host: String },
+    /// `*.example.com`: any name ending in `.example.com` (not `example.com` itself).
+    /// `suffix` is stored with its leading dot: `.example.com`.
+    Wildcard { suffix: String },
+}
+
+/// An `endpoints` entry: where to send traffic. IPv6 hosts are stored without brackets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    #[serde(with = "humantime_serde_compat")]
+    pub connect: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub attempt: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub total: Duration,
+}
+
+/// Conditions under which a failed attempt may be retried (`retry.on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The TCP or TLS connection could not be established.
+    ConnectFailure,
+    /// The connection was reset or closed before a response head.
+    Reset,
+    /// The upstream answered 502, 503 or 504.
+    GatewayError,
+    /// The attempt timed out before a response head.
+    Timeout,
+    /// The upstream answered any 5xx.
+    #[serde(rename = "5xx")]
+    FiveXx,
+    /// The upstream answered one of `retry.statuses`.
+    RetriableStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retry {
+    /// Total tries, the first included; 1 = no retry.
+    pub attempts: u32,
+    pub on: Vec<RetryOn>,
+    pub statuses: Vec<u16>,
+    /// Upper-case method names, e.g. `GET`.
+    pub methods: Vec<String>,
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff_max: Duration,
+    pub budget_ratio: f64,
+    pub budget_min_per_second: u32,
+    pub honor_retry_after: bool,
+    pub max_replay_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerMode {
+    Enforce,
+    Shadow,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Breaker {
+    pub mode: BreakerMode,
+    /// 0 = rule off.
+    pub consecutive_failures: u32,
+    /// In (0, 1]; trips when failures/calls >= this over `window` once `min_calls` is reached.
+    pub failure_rate: f64,
+    #[serde(with = "humantime_serde_compat")]
+    pub window: Duration,
+    pub min_calls: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub slow_call_duration: Duration,
+    /// In (0, 1].
+    pub slow_call_rate: f64,
+    pub failure_statuses: Vec<u16>,
+    #[serde(with = "humantime_serde_compat")]
+    pub open_base: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub open_max: Duration,
+    pub half_open_probes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RateLimit {
+    /// 0 = no limit.
+    pub rps: u32,
+    pub burst: u32,
+    pub mode: LimitMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Concurrency {
+    /// 0 = no limit.
+    pub max_in_flight: u32,
+}
+
+/// All policies of one load of `policies/`, ready to match destinations.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    /// The directory they were loaded from.
+    pub dir: PathBuf,
+    /// `default.toml` (built-in defaults when the file is absent).
+    pub default: Arc<Policy>,
+    /// Every other policy, ordered by name.
+    pub others: Vec<Arc<Policy>>,
+    matcher: Matcher,
+}
+
+impl PolicySet {
+    /// The policy for a destination: exact `host:port` > exact host > longest wildcard suffix >
+    /// default. `host` must be lowercase, without IPv6 brackets.
+    pub fn lookup(&self, host: &str, port: u16) -> &Arc<Policy> {
+        match self.matcher.lookup(host, port) {
+            Some(index) => &self.others[index],
+            None => &self.default,
+        }
+    }
+
+    /// Like [`PolicySet::lookup`], as an index into `others` (`None`: the default policy).
+    pub fn lookup_index(&self, host: &str, port: u16) -> Option<usize> {
+        self.matcher.lookup(host, port)
+    }
+
+    /// Policies that have their own route listener.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.others.iter().filter(|p| p.listen.is_some())
+    }
+
+    /// Every policy, default first.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        std::iter::once(&self.default).chain(self.others.iter())
+    }
+
+    /// A policy by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Policy>> {
+        self.all().find(|p| p.name == name)
+    }
+}
+
+/// Serialize durations as humantime strings (`"250ms"`) in `/config`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}

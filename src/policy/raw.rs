@@ -1,0 +1,98 @@
+//! The TOML schema of a policy file (DESIGN §3), as serde structs.
+//!
+//! Every field is optional (a policy sets only what it overrides) and keeps its span, so that
+//! [`super::load`] can report `file:line:col` for a value it rejects. Values are read in their
+//! loosest TOML type (integers as `i64`, durations and modes as strings) so that range and
+//! format checks happen in `load` with messages that name the key. `deny_unknown_fields` makes
+//! a misspelt key an error that lists the valid keys.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type S<T> = Option<Spanned<T>>;
+pub(crate) type List<T> = Option<Spanned<Vec<Spanned<T>>>>;
+
+/// One `policies/*.toml` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    pub hosts: List<String>,
+    pub listen: S<String>,
+    pub endpoints: List<String>,
+    pub host_rewrite: S<String>,
+    pub tls: S<bool>,
+    pub sni: S<String>,
+    pub ca_file: S<String>,
+    pub allow: S<bool>,
+    pub allow_private: S<bool>,
+    pub allow_link_local: S<bool>,
+    pub metrics_max_destinations: S<i64>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub breaker: RawBreaker,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
+    #[serde(default)]
+    pub concurrency: RawConcurrency,
+}
+
+/// `[timeouts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    pub connect: S<String>,
+    pub attempt: S<String>,
+    pub total: S<String>,
+}
+
+/// `[retry]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub attempts: S<i64>,
+    pub on: List<String>,
+    pub statuses: List<i64>,
+    pub methods: List<String>,
+    pub backoff_base: S<String>,
+    pub backoff_max: S<String>,
+    pub budget_ratio: S<f64>,
+    pub budget_min_per_second: S<i64>,
+    pub honor_retry_after: S<bool>,
+    pub max_replay_bytes: S<i64>,
+}
+
+/// `[breaker]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    pub mode: S<String>,
+    pub consecutive_failures: S<i64>,
+    pub failure_rate: S<f64>,
+    pub window: S<String>,
+    pub min_calls: S<i64>,
+    pub slow_call_duration: S<String>,
+    pub slow_call_rate: S<f64>,
+    pub failure_statuses: List<i64>,
+    pub open_base: S<String>,
+    pub open_max: S<String>,
+    pub half_open_probes: S<i64>,
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub rps: S<i64>,
+    pub burst: S<i64>,
+    pub mode: S<String>,
+}
+
+/// `[concurrency]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConcurrency {
+    pub max_in_flight: S<i64>,
+}

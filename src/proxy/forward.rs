@@ -1,0 +1,259 @@
+//! L7 forwarding of one HTTP request: absolute-form or origin-form on the egress listener, or
+//! anything arriving on a policy's route listener.
+//!
+//! The request is matched to a policy, checked, rewritten for the upstream (hop-by-hop headers
+//! out, `Via` in, TLS origination, endpoints, `host_rewrite`), sent through the policy's pooled
+//! client, and the response head is handed back with its body streaming. Every way this can go
+//! wrong ends in one local reply and one metric outcome.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use super::body::ResponseBody;
+use super::headers;
+use super::reply::local_reply;
+use super::target::{http_target, Target};
+use super::ProxyContext;
+use crate::outcome::{Outcome, Reason};
+use crate::registry::{Destination, Upstream};
+use crate::telemetry::AttemptResult;
+use crate::upstream::{ConnectError, RequestBody};
+
+/// Handles one request. `route` is the policy of the route listener it arrived on, if any.
+pub async fn handle(
+    ctx: &ProxyContext,
+    route: Option<&str>,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let snapshot = ctx.registry.load();
+
+    let (upstream, destination, uri) = match route {
+        Some(name) => {
+            let Some(upstream) = snapshot.by_name(name) else {
+                // The policy was removed by a reload while this connection stayed open.
+                let upstream = snapshot.default();
+                let detail = format!("route listener's policy {name} no longer exists");
+                return finish_local(upstream, &upstream.other_destination(), started, Reason::ConnectFailed, &detail);
+            };
+            let Some(endpoint) = upstream.next_endpoint() else {
+                let detail = "route policy has no endpoints";
+                return finish_local(upstream, &upstream.other_destination(), started, Reason::ConnectFailed, detail);
+            };
+            let destination = upstream.destination(&endpoint.host, endpoint.port);
+            let scheme = if upstream.policy.tls { Scheme::HTTPS } else { Scheme::HTTP };
+            let uri = upstream_uri(scheme, &destination.authority, req.uri());
+            (upstream, destination, uri)
+        }
+        None => {
+            let target = match http_target(&req) {
+                Ok(target) => target,
+                Err(message) => {
+                    return reject_unrouted(ctx, Reason::BadRequest, &message);
+                }
+            };
+            let upstream = snapshot.lookup(&target.host, target.port);
+            let (destination, scheme) = egress_destination(upstream, &target);
+            let uri = upstream_uri(scheme, &destination.authority, req.uri());
+            if !upstream.policy.allow {
+                let detail = format!("{} is not allowed by policy {}", target_text(&target), upstream.policy.name);
+                return finish_local(upstream, &destination, started, Reason::Denied, &detail);
+            }
+            (upstream, destination, uri)
+        }
+    };
+    let name = upstream.policy.name.as_str();
+
+    if headers::has_looped(req.headers(), &ctx.via_token) {
+        let detail = "request came back to this fusebox (Via)";
+        return finish_local(upstream, &destination, started, Reason::Loop, detail);
+    }
+    let Ok(uri) = uri else {
+        let detail = "cannot build the upstream URI";
+        return finish_local(upstream, &destination, started, Reason::BadRequest, detail);
+    };
+
+    let upgrading = headers::is_upgrade(req.headers());
+    let app_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, value);
+            }
+        }
+    }
+    if let Some(rewrite) = &upstream.policy.host_rewrite {
+        if let Ok(value) = HeaderValue::from_str(rewrite) {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    headers::remove_hop_by_hop(&mut parts.headers, upgrading);
+    headers::add_via(&mut parts.headers, &ctx.via);
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let outbound = Request::from_parts(parts, RequestBody::Streaming(body));
+
+    destination.metrics.in_flight.increment(1.0);
+    let timeouts = upstream.policy.timeouts;
+    let attempt_limit = timeouts.attempt.min(timeouts.total);
+    let attempt_started = Instant::now();
+    let result = tokio::time::timeout(attempt_limit, upstream.client.request(outbound)).await;
+    let attempt_elapsed = attempt_started.elapsed();
+    destination.metrics.in_flight.decrement(1.0);
+
+    let mut response = match result {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            let (reason, attempt, detail) = classify_error(&error, &destination.authority);
+            debug!(upstream = name, destination = %destination.authority, %detail, "upstream attempt failed");
+            if let Some(attempt) = attempt {
+                destination.metrics.attempt(attempt, attempt_elapsed);
+            }
+            return finish_local(upstream, &destination, started, reason, &detail);
+        }
+        Err(_) => {
+            destination.metrics.attempt(AttemptResult::Timeout, attempt_elapsed);
+            let detail = format!("no response head from {} within {attempt_limit:?}", destination.authority);
+            return finish_local(upstream, &destination, started, Reason::Timeout, &detail);
+        }
+    };
+
+    let status = response.status();
+    let failed = upstream.policy.breaker.failure_statuses.contains(&status.as_u16());
+    let attempt = if failed { AttemptResult::Failure } else { AttemptResult::Success };
+    destination.metrics.attempt(attempt, attempt_elapsed);
+
+    let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(app_upgrade) = app_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            ctx.tasks.spawn(splice_upgrade(app_upgrade, upstream_upgrade));
+        }
+    }
+    // hyper speaks HTTP/1.1 to the app whatever the upstream spoke (1.0, h2).
+    *response.version_mut() = http::Version::HTTP_11;
+    headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
+    headers::add_via(response.headers_mut(), &ctx.via);
+    destination.metrics.request(Outcome::of_upstream_status(status), status, started.elapsed());
+    response.map(ResponseBody::Upstream)
+}
+
+/// Where an egress-listener request goes: a policy endpoint or the requested host, over TLS
+/// when the policy originates it or the app asked for `https://`.
+fn egress_destination(upstream: &Upstream, target: &Target<'_>) -> (Arc<Destination>, Scheme) {
+    let tls = upstream.policy.tls || target.https;
+    let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+    if let Some(endpoint) = upstream.next_endpoint() {
+        return (upstream.destination(&endpoint.host, endpoint.port), scheme);
+    }
+    // `tls = true` turns `http://host/` into `https://host:443/`; an explicit port is kept.
+    let port = if tls && !target.explicit_port { 443 } else { target.port };
+    (upstream.destination(&target.host, port), scheme)
+}
+
+fn upstream_uri(scheme: Scheme, authority: &str, original: &Uri) -> Result<Uri, http::Error> {
+    let path = original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(scheme)
+        .authority(Authority::try_from(authority)?)
+        .path_and_query(path)
+        .build()
+}
+
+fn target_text(target: &Target<'_>) -> String {
+    if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
+    }
+}
+
+/// Answers a request that never reached policy matching (it is counted under the default
+/// policy, `destination="_other"`).
+pub fn reject_unrouted(ctx: &ProxyContext, reason: Reason, detail: &str) -> Response<ResponseBody> {
+    let snapshot = ctx.registry.load();
+    let upstream = snapshot.default();
+    finish_local(upstream, &upstream.other_destination(), Instant::now(), reason, detail)
+}
+
+/// Answers locally and records the request.
+fn finish_local(
+    upstream: &Upstream,
+    destination: &Destination,
+    started: Instant,
+    reason: Reason,
+    detail: &str,
+) -> Response<ResponseBody> {
+    debug!(upstream = %upstream.policy.name, destination = %destination.authority, reason = reason.as_str(), detail, "local reply");
+    let reply = local_reply(reason, &upstream.policy.name, detail);
+    destination.metrics.request(reason.outcome(), reply.status(), started.elapsed());
+    reply
+}
+
+/// Maps a client error to the local reply, the attempt result and a line for people.
+pub fn classify_error(
+    error: &hyper_util::client::legacy::Error,
+    authority: &str,
+) -> (Reason, Option<AttemptResult>, String) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(connect) = current.downcast_ref::<ConnectError>() {
+            return classify_connect_error(connect);
+        }
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return (
+                Reason::ConnectFailed,
+                Some(AttemptResult::ConnectFailed),
+                format!("TLS handshake with {authority} failed: {tls}"),
+            );
+        }
+        // io::Error hides its payload from `source()`; look inside.
+        source = match current.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => current.source(),
+        };
+    }
+    if error.is_connect() {
+        (Reason::ConnectFailed, Some(AttemptResult::ConnectFailed), format!("connect to {authority} failed: {error}"))
+    } else {
+        let detail = match std::error::Error::source(error) {
+            Some(cause) => format!("{authority} closed or reset the connection before a response head: {cause}"),
+            None => format!("{authority} closed or reset the connection before a response head"),
+        };
+        (Reason::UpstreamReset, Some(AttemptResult::Reset), detail)
+    }
+}
+
+/// Maps a connect failure to the local reply, the attempt result (none when fusebox refused
+/// before trying) and a line for people.
+pub fn classify_connect_error(error: &ConnectError) -> (Reason, Option<AttemptResult>, String) {
+    let (reason, attempt) = match error {
+        ConnectError::Denied(_) => (Reason::Denied, None),
+        ConnectError::Loop(_) => (Reason::Loop, None),
+        ConnectError::Timeout { .. } => (Reason::Timeout, Some(AttemptResult::Timeout)),
+        ConnectError::Resolve { .. }
+        | ConnectError::NoAddress { .. }
+        | ConnectError::Io { .. }
+        | ConnectError::MissingHost => (Reason::ConnectFailed, Some(AttemptResult::ConnectFailed)),
+    };
+    (reason, attempt, error.to_string())
+}
+
+async fn splice_upgrade(app: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(app), Ok(upstream)) = tokio::join!(app, upstream) else {
+        debug!("protocol upgrade was not completed");
+        return;
+    };
+    let mut app = hyper_util::rt::TokioIo::new(app);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut app, &mut upstream).await;
+}

@@ -1,0 +1,117 @@
+//! Listeners: accept app connections and serve HTTP/1.1 on them, until shutdown.
+//!
+//! The egress listener is a forward proxy (absolute-form, origin-form with `Host`, CONNECT);
+//! a route listener sends everything to its policy's endpoints. Both stop accepting on
+//! shutdown and let in-flight requests finish within the grace period.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::body::ResponseBody;
+use super::{forward, tunnel, ProxyContext};
+use crate::outcome::Reason;
+
+/// Limits that protect fusebox from its apps.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// The largest request head accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// How long an app may take to send a request head.
+    pub header_read_timeout: Duration,
+}
+
+/// Serves `listener` until `shutdown` is cancelled. Connections are spawned on
+/// `ctx.tasks`; on shutdown each finishes its in-flight request and closes (the agent waits
+/// for them, up to the drain timeout).
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    route: Option<Arc<str>>,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers a bare 431 past its buffer; keep room above the limit so that the
+        // check in `dispatch` answers first, with a local reply on a connection that stays up.
+        .max_buf_size((limits.max_header_bytes * 2).max(8192));
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service_ctx = Arc::clone(&ctx);
+        let route = route.clone();
+        let service = service_fn(move |req| {
+            let ctx = Arc::clone(&service_ctx);
+            let route = route.clone();
+            async move { Ok::<_, Infallible>(dispatch(&ctx, route.as_deref(), limits, req).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let shutdown = shutdown.clone();
+        ctx.tasks.spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    // Finish the request in flight (if any), then close instead of keeping alive.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                debug!(%peer, %error, "app connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn dispatch(
+    ctx: &ProxyContext,
+    route: Option<&str>,
+    limits: ServerLimits,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    if head_size(&req) > limits.max_header_bytes {
+        let detail = format!("request head is larger than {} bytes", limits.max_header_bytes);
+        return forward::reject_unrouted(ctx, Reason::HeadersTooLarge, &detail);
+    }
+    match (req.method() == Method::CONNECT, route) {
+        (true, None) => tunnel::handle(ctx, req).await,
+        (true, Some(_)) => {
+            forward::reject_unrouted(ctx, Reason::BadRequest, "CONNECT is not supported on a route listener")
+        }
+        (false, route) => forward::handle(ctx, route, req).await,
+    }
+}
+
+/// The size of a request head as it was on the wire, near enough: request line and headers.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers().iter().fold(line, |sum, (name, value)| sum + name.as_str().len() + value.len() + 4)
+}

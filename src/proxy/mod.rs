@@ -1,0 +1,48 @@
+//! The proxy: listeners accept app connections ([`listener`]), requests are classified
+//! ([`target`]), forwarded at L7 ([`forward`]) or tunnelled ([`tunnel`]), and anything fusebox
+//! answers itself is a [`reply`]. This is where requests meet the registry's state.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod listener;
+pub mod reply;
+pub mod target;
+pub mod tunnel;
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::registry::Registry;
+
+/// What every request handler needs; one per agent, shared by all listeners.
+#[derive(Debug)]
+pub struct ProxyContext {
+    pub registry: Arc<Registry>,
+    /// This instance's `Via` entry, e.g. `1.1 fusebox-5f3a9c01`.
+    pub via: HeaderValue,
+    /// The pseudonym inside `via`; a request that already carries it has looped.
+    pub via_token: String,
+    /// App connections and tunnels, so that shutdown can wait for them to finish.
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl ProxyContext {
+    pub fn new(registry: Arc<Registry>) -> ProxyContext {
+        let via_token = format!("fusebox-{:08x}", instance_id());
+        let via = HeaderValue::from_str(&format!("1.1 {via_token}")).expect("ascii token");
+        ProxyContext { registry, via, via_token, tasks: tokio_util::task::TaskTracker::new() }
+    }
+}
+
+/// A per-process value distinct enough to tell two fusebox instances apart in `Via`.
+fn instance_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    // Truncation is the point: eight hex digits are enough to tell instances apart.
+    #[allow(clippy::cast_possible_truncation)]
+    let id = hasher.finish() as u32;
+    id
+}

@@ -1,0 +1,85 @@
+//! `CONNECT host:port` tunnels, which is how apps reach `https://` URLs through
+//! `HTTPS_PROXY`. fusebox connects first (policy, guard, connect timeout), answers 200 only
+//! once the upstream accepted, then splices bytes both ways until either side closes.
+
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::body::ResponseBody;
+use super::forward::classify_connect_error;
+use super::reply::local_reply;
+use super::target::connect_target;
+use super::ProxyContext;
+use crate::outcome::{Outcome, Reason};
+use crate::registry::Destination;
+use crate::telemetry::AttemptResult;
+use crate::upstream::connect;
+
+pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let snapshot = ctx.registry.load();
+    let target = match connect_target(&req) {
+        Ok(target) => target,
+        Err(message) => return super::forward::reject_unrouted(ctx, Reason::BadRequest, &message),
+    };
+    let upstream = snapshot.lookup(&target.host, target.port);
+    let name = upstream.policy.name.as_str();
+    let (host, port) = match upstream.next_endpoint() {
+        Some(endpoint) => (endpoint.host.as_str(), endpoint.port),
+        None => (target.host.as_ref(), target.port),
+    };
+    let destination = upstream.destination(host, port);
+    let reject = |reason: Reason, detail: &str| {
+        debug!(upstream = name, destination = %destination.authority, reason = reason.as_str(), detail, "tunnel refused");
+        let reply = local_reply(reason, name, detail);
+        destination.metrics.request(reason.outcome(), reply.status(), started.elapsed());
+        reply
+    };
+    if !upstream.policy.allow {
+        return reject(Reason::Denied, &format!("{} is not allowed by policy {name}", destination.authority));
+    }
+    if super::headers::has_looped(req.headers(), &ctx.via_token) {
+        return reject(Reason::Loop, "request came back to this fusebox (Via)");
+    }
+
+    let rules = upstream.connect_rules(std::sync::Arc::clone(ctx.registry.self_addrs()));
+    let attempt_started = Instant::now();
+    let stream = match connect::connect(host, port, &rules).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            let (reason, attempt, detail) = classify_connect_error(&error);
+            if let Some(attempt) = attempt {
+                destination.metrics.attempt(attempt, attempt_started.elapsed());
+            }
+            return reject(reason, &detail);
+        }
+    };
+    destination.metrics.attempt(AttemptResult::Success, attempt_started.elapsed());
+
+    let app = hyper::upgrade::on(&mut req);
+    let tunnel_destination = std::sync::Arc::clone(&destination);
+    ctx.tasks.spawn(async move {
+        match app.await {
+            Ok(app) => splice(app, stream, &tunnel_destination).await,
+            Err(error) => debug!(%error, "CONNECT upgrade failed"),
+        }
+    });
+    let response = Response::new(ResponseBody::empty());
+    destination.metrics.request(Outcome::Ok, response.status(), started.elapsed());
+    response
+}
+
+async fn splice(app: hyper::upgrade::Upgraded, mut upstream: TcpStream, destination: &Destination) {
+    destination.metrics.tunnels_active.increment(1.0);
+    let mut app = TokioIo::new(app);
+    match tokio::io::copy_bidirectional(&mut app, &mut upstream).await {
+        Ok((to_upstream, to_app)) => debug!(destination = %destination.authority, to_upstream, to_app, "tunnel closed"),
+        Err(error) => debug!(destination = %destination.authority, %error, "tunnel ended with an error"),
+    }
+    destination.metrics.tunnels_active.decrement(1.0);
+}

@@ -1,0 +1,267 @@
+//! The registry: for the active policies, one [`Upstream`] per policy (its pooled client) and,
+//! inside it, one [`Destination`] per `host:port` that traffic actually reached, created on
+//! first use.
+//!
+//! Reads never take a lock: the policy snapshot is behind an `ArcSwap`, and each upstream's
+//! destination map is an immutable `HashMap` behind another `ArcSwap`, copied on insert (rare:
+//! once per new destination). Inserts of one upstream are serialised by a small mutex so that
+//! two racing requests create one destination, not two.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::guard::GuardRules;
+use crate::policy::{Endpoint, Policy, PolicySet};
+use crate::telemetry::{DestinationMetrics, Telemetry, OTHER_DESTINATION};
+use crate::upstream::connect::ConnectRules;
+use crate::upstream::{client, Client, SelfAddrs};
+
+/// Runtime state of one policy.
+pub struct Upstream {
+    pub policy: Arc<Policy>,
+    pub client: Client,
+    next_endpoint: AtomicUsize,
+    destinations: ArcSwap<HashMap<Box<str>, Arc<Destination>>>,
+    insert: Mutex<()>,
+    /// Shared by every destination beyond `metrics_max_destinations`.
+    other_metrics: std::sync::OnceLock<Arc<DestinationMetrics>>,
+    telemetry: Arc<Telemetry>,
+}
+
+/// State of one policy × destination `host:port`.
+#[derive(Debug)]
+pub struct Destination {
+    /// `host:port`, as in the `destination` metric label (IPv6 hosts in brackets).
+    pub authority: Box<str>,
+    pub metrics: Arc<DestinationMetrics>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("policy", &self.policy.name).finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    fn new(
+        policy: Arc<Policy>,
+        telemetry: Arc<Telemetry>,
+        self_addrs: Arc<SelfAddrs>,
+    ) -> Result<Upstream, String> {
+        let rules = ConnectRules {
+            guard: GuardRules {
+                allow_private: policy.allow_private,
+                allow_link_local: policy.allow_link_local,
+            },
+            timeout: policy.timeouts.connect,
+            self_addrs,
+        };
+        let client = client::build(&policy, rules)
+            .map_err(|e| format!("policy {}: {e}", policy.name))?;
+        Ok(Upstream {
+            policy,
+            client,
+            next_endpoint: AtomicUsize::new(0),
+            destinations: ArcSwap::default(),
+            insert: Mutex::new(()),
+            other_metrics: std::sync::OnceLock::new(),
+            telemetry,
+        })
+    }
+
+    /// The connect rules of this policy, for CONNECT tunnels (which bypass the client).
+    pub fn connect_rules(&self, self_addrs: Arc<SelfAddrs>) -> ConnectRules {
+        ConnectRules {
+            guard: GuardRules {
+                allow_private: self.policy.allow_private,
+                allow_link_local: self.policy.allow_link_local,
+            },
+            timeout: self.policy.timeouts.connect,
+            self_addrs,
+        }
+    }
+
+    /// The next endpoint, round robin, when the policy has `endpoints`.
+    pub fn next_endpoint(&self) -> Option<&Endpoint> {
+        let endpoints = &self.policy.endpoints;
+        if endpoints.is_empty() {
+            return None;
+        }
+        let n = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        Some(&endpoints[n % endpoints.len()])
+    }
+
+    /// The state of `host:port`, created on first use. `host` is lowercase, unbracketed.
+    pub fn destination(&self, host: &str, port: u16) -> Arc<Destination> {
+        let mut key = AuthorityBuf::default();
+        let key = key.format(host, port);
+        if let Some(found) = self.destinations.load().get(key) {
+            return Arc::clone(found);
+        }
+        let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.destinations.load_full();
+        if let Some(found) = current.get(key) {
+            return Arc::clone(found);
+        }
+        let metrics = if current.len() < self.policy.metrics_max_destinations {
+            Arc::new(self.telemetry.destination(&self.policy.name, key))
+        } else {
+            Arc::clone(self.other_metrics.get_or_init(|| {
+                Arc::new(self.telemetry.destination(&self.policy.name, OTHER_DESTINATION))
+            }))
+        };
+        let destination = Arc::new(Destination { authority: key.into(), metrics });
+        let mut next = HashMap::clone(&current);
+        next.insert(key.into(), Arc::clone(&destination));
+        self.destinations.store(Arc::new(next));
+        destination
+    }
+
+    /// The state shared by requests that have no destination of their own (bad requests),
+    /// exported as `destination="_other"`.
+    pub fn other_destination(&self) -> Arc<Destination> {
+        let metrics = Arc::clone(self.other_metrics.get_or_init(|| {
+            Arc::new(self.telemetry.destination(&self.policy.name, OTHER_DESTINATION))
+        }));
+        Arc::new(Destination { authority: OTHER_DESTINATION.into(), metrics })
+    }
+
+    /// Every destination seen so far.
+    pub fn destinations(&self) -> Vec<Arc<Destination>> {
+        self.destinations.load().values().cloned().collect()
+    }
+}
+
+/// Formats `host:port` (brackets around IPv6) into a stack buffer, so that looking up an
+/// existing destination allocates nothing; only absurdly long names fall back to the heap.
+struct AuthorityBuf {
+    bytes: [u8; 300],
+    heap: String,
+}
+
+impl Default for AuthorityBuf {
+    fn default() -> Self {
+        AuthorityBuf { bytes: [0; 300], heap: String::new() }
+    }
+}
+
+impl AuthorityBuf {
+    fn format(&mut self, host: &str, port: u16) -> &str {
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut self.bytes[..]);
+        let written = if host.contains(':') {
+            write!(cursor, "[{host}]:{port}")
+        } else {
+            write!(cursor, "{host}:{port}")
+        };
+        if written.is_ok() {
+            let len = usize::try_from(cursor.position()).unwrap_or(0);
+            if let Ok(text) = std::str::from_utf8(&self.bytes[..len]) {
+                return text;
+            }
+        }
+        self.heap = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        &self.heap
+    }
+}
+
+/// One generation of policies with their runtime state.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub policies: PolicySet,
+    pub generation: u64,
+    default: Arc<Upstream>,
+    others: Vec<Arc<Upstream>>,
+}
+
+impl Snapshot {
+    /// The upstream for a requested destination (policy matching, DESIGN §1).
+    pub fn lookup(&self, host: &str, port: u16) -> &Arc<Upstream> {
+        match self.policies.lookup_index(host, port) {
+            Some(index) => &self.others[index],
+            None => &self.default,
+        }
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Upstream>> {
+        if self.default.policy.name == name {
+            return Some(&self.default);
+        }
+        self.others
+            .binary_search_by(|u| u.policy.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.others[i])
+    }
+
+    /// The default policy's upstream.
+    pub fn default(&self) -> &Arc<Upstream> {
+        &self.default
+    }
+
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        std::iter::once(&self.default).chain(self.others.iter())
+    }
+}
+
+/// The active snapshot, swapped atomically.
+#[derive(Debug)]
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+    telemetry: Arc<Telemetry>,
+    self_addrs: Arc<SelfAddrs>,
+}
+
+impl Registry {
+    pub fn new(
+        policies: PolicySet,
+        telemetry: Arc<Telemetry>,
+        self_addrs: Arc<SelfAddrs>,
+    ) -> Result<Registry, String> {
+        let snapshot = build_snapshot(policies, 1, &telemetry, &self_addrs)?;
+        telemetry.config_generation.set(1.0);
+        Ok(Registry { current: ArcSwap::from_pointee(snapshot), telemetry, self_addrs })
+    }
+
+    /// The active policies and their state; cheap, lock-free.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn self_addrs(&self) -> &Arc<SelfAddrs> {
+        &self.self_addrs
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+}
+
+fn build_snapshot(
+    policies: PolicySet,
+    generation: u64,
+    telemetry: &Arc<Telemetry>,
+    self_addrs: &Arc<SelfAddrs>,
+) -> Result<Snapshot, String> {
+    let make = |policy: &Arc<Policy>| {
+        Upstream::new(Arc::clone(policy), Arc::clone(telemetry), Arc::clone(self_addrs)).map(Arc::new)
+    };
+    let default = make(&policies.default)?;
+    let others = policies.others.iter().map(make).collect::<Result<Vec<_>, _>>()?;
+    Ok(Snapshot { policies, generation, default, others })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_brackets_ipv6() {
+        assert_eq!(AuthorityBuf::default().format("example.com", 80), "example.com:80");
+        assert_eq!(AuthorityBuf::default().format("::1", 8080), "[::1]:8080");
+        let long = "a".repeat(400);
+        assert_eq!(AuthorityBuf::default().format(&long, 1), format!("{long}:1"));
+    }
+}

@@ -1,0 +1,226 @@
+//! Metrics (DESIGN §4, a contract): names, HELP texts, buckets, and the per-destination handles.
+//!
+//! Each running agent owns its own Prometheus recorder (not the process-global one), so that
+//! several agents in one test process keep separate numbers. Handles are registered once per
+//! destination ([`DestinationMetrics`]) and then updated without any label lookup; the
+//! `outcome × code` counters of `fusebox_requests_total` are registered on first use, since
+//! most of the 55 combinations never happen.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::outcome::{Outcome, CODE_CLASSES};
+
+/// Latency buckets in seconds: 1 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+];
+
+/// The `destination` label value for destinations beyond `metrics_max_destinations`.
+pub const OTHER_DESTINATION: &str = "_other";
+
+/// The result label of `fusebox_attempts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Success,
+    Failure,
+    Timeout,
+    ConnectFailed,
+    Reset,
+}
+
+impl AttemptResult {
+    const ALL: [AttemptResult; 5] = [
+        AttemptResult::Success,
+        AttemptResult::Failure,
+        AttemptResult::Timeout,
+        AttemptResult::ConnectFailed,
+        AttemptResult::Reset,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptResult::Success => "success",
+            AttemptResult::Failure => "failure",
+            AttemptResult::Timeout => "timeout",
+            AttemptResult::ConnectFailed => "connect_failed",
+            AttemptResult::Reset => "reset",
+        }
+    }
+}
+
+/// One agent's metrics.
+pub struct Telemetry {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub config_generation: Gauge,
+    pub reloads_success: Counter,
+    pub reloads_failure: Counter,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl Telemetry {
+    pub fn new() -> Arc<Telemetry> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_duration_seconds".into()),
+                &LATENCY_BUCKETS,
+            )
+            .expect("bucket list is not empty")
+            .build_recorder();
+        describe(&recorder);
+        let handle = recorder.handle();
+        let build_info = recorder.register_gauge(
+            &Key::from_parts(
+                "fusebox_build_info",
+                vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+            ),
+            &METADATA,
+        );
+        build_info.set(1.0);
+        let config_generation =
+            recorder.register_gauge(&Key::from_name("fusebox_config_generation"), &METADATA);
+        let reload = |result: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(
+                    "fusebox_config_reloads_total",
+                    vec![Label::from_static_parts("result", result)],
+                ),
+                &METADATA,
+            )
+        };
+        let reloads_success = reload("success");
+        let reloads_failure = reload("failure");
+        reloads_success.absolute(0);
+        reloads_failure.absolute(0);
+        Arc::new(Telemetry { recorder, handle, config_generation, reloads_success, reloads_failure })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; call it periodically so that memory stays
+    /// bounded between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// Registers the handles of one `upstream` × `destination` label pair.
+    pub fn destination(self: &Arc<Self>, upstream: &str, destination: &str) -> DestinationMetrics {
+        let labels = [
+            Label::new("upstream", upstream.to_owned()),
+            Label::new("destination", destination.to_owned()),
+        ];
+        let base = labels.clone();
+        let key = |name: &'static str, extra: &[Label]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            Key::from_parts(name, all)
+        };
+        let counter = |name, extra: &[Label]| self.recorder.register_counter(&key(name, extra), &METADATA);
+        let gauge = |name| self.recorder.register_gauge(&key(name, &[]), &METADATA);
+        let histogram = |name| self.recorder.register_histogram(&key(name, &[]), &METADATA);
+        DestinationMetrics {
+            telemetry: Arc::clone(self),
+            labels,
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            request_duration: histogram("fusebox_request_duration_seconds"),
+            attempts: AttemptResult::ALL.map(|result| {
+                counter("fusebox_attempts_total", &[Label::from_static_parts("result", result.label())])
+            }),
+            attempt_duration: histogram("fusebox_attempt_duration_seconds"),
+            in_flight: gauge("fusebox_in_flight"),
+            tunnels_active: gauge("fusebox_tunnels_active"),
+            breaker_state: gauge("fusebox_breaker_state"),
+        }
+    }
+}
+
+/// Handles for one `upstream` × `destination`, resolved once.
+pub struct DestinationMetrics {
+    telemetry: Arc<Telemetry>,
+    labels: [Label; 2],
+    requests: [OnceLock<Counter>; Outcome::ALL.len() * CODE_CLASSES.len()],
+    request_duration: Histogram,
+    attempts: [Counter; AttemptResult::ALL.len()],
+    attempt_duration: Histogram,
+    pub in_flight: Gauge,
+    pub tunnels_active: Gauge,
+    pub breaker_state: Gauge,
+}
+
+impl std::fmt::Debug for DestinationMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationMetrics").field("labels", &self.labels).finish_non_exhaustive()
+    }
+}
+
+impl DestinationMetrics {
+    /// Records one finished app request.
+    pub fn request(&self, outcome: Outcome, status: http::StatusCode, elapsed: Duration) {
+        let code = crate::outcome::code_class_index(status);
+        let index = outcome as usize * CODE_CLASSES.len() + code;
+        self.requests[index]
+            .get_or_init(|| {
+                let mut labels = self.labels.to_vec();
+                labels.push(Label::from_static_parts("outcome", outcome.label()));
+                labels.push(Label::from_static_parts("code", CODE_CLASSES[code]));
+                self.telemetry
+                    .recorder
+                    .register_counter(&Key::from_parts("fusebox_requests_total", labels), &METADATA)
+            })
+            .increment(1);
+        self.request_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Records one upstream try.
+    pub fn attempt(&self, result: AttemptResult, elapsed: Duration) {
+        self.attempts[result as usize].increment(1);
+        self.attempt_duration.record(elapsed.as_secs_f64());
+    }
+}
+
+fn describe(recorder: &PrometheusRecorder) {
+    let counters: [(&'static str, &'static str); 7] = [
+        ("fusebox_breaker_transitions_total", "Circuit breaker state changes; a trip is to=\"open\". Shows every trip even when the state gauge was sampled closed."),
+        ("fusebox_requests_total", "App requests handled, by outcome and the status class sent to the app."),
+        ("fusebox_attempts_total", "Upstream tries (first tries and retries), by result."),
+        ("fusebox_retries_total", "Retries sent, by the condition that allowed them."),
+        ("fusebox_retry_budget_exhausted_total", "Retries refused because the retry budget was spent."),
+        ("fusebox_shadow_rejections_total", "Requests that shadow mode would have rejected, by kind (breaker, rate_limit)."),
+        ("fusebox_config_reloads_total", "Policy reload attempts, by result."),
+    ];
+    for (name, help) in counters {
+        recorder.describe_counter(name.into(), None, SharedString::const_str(help));
+    }
+    let gauges: [(&'static str, &'static str); 5] = [
+        ("fusebox_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+        ("fusebox_in_flight", "App requests in progress."),
+        ("fusebox_tunnels_active", "Open CONNECT tunnels."),
+        ("fusebox_config_generation", "Generation of the applied policies; increases on every applied reload."),
+        ("fusebox_build_info", "Build information; always 1."),
+    ];
+    for (name, help) in gauges {
+        recorder.describe_gauge(name.into(), None, SharedString::const_str(help));
+    }
+    let histograms: [(&'static str, &'static str); 2] = [
+        ("fusebox_request_duration_seconds", "App-observed latency through fusebox, until the response head, in seconds."),
+        ("fusebox_attempt_duration_seconds", "Latency of one upstream try, until the response head, in seconds."),
+    ];
+    for (name, help) in histograms {
+        recorder.describe_histogram(name.into(), Some(Unit::Seconds), SharedString::const_str(help));
+    }
+}

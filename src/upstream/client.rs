@@ -1,0 +1,87 @@
+//! The pooled upstream client of one policy: hyper-util's keep-alive pool over the guarded
+//! [`Connector`], with TLS (and HTTP/2 through ALPN) when the request's scheme is `https`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
+
+use super::connect::{ConnectRules, Connector};
+use super::tls;
+use crate::policy::Policy;
+
+/// A request body sent upstream: the app's body streamed through, or bytes kept in memory.
+#[derive(Debug)]
+pub enum RequestBody {
+    Streaming(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl RequestBody {
+    pub fn empty() -> RequestBody {
+        RequestBody::Full(None)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Full(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            RequestBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// The pooled client of one policy.
+pub type Client = legacy::Client<HttpsConnector<Connector>, RequestBody>;
+
+/// Builds the client for `policy`. Fails only when its TLS settings are unusable (a bad
+/// `ca_file` or `sni`), which the policy loader reports earlier.
+pub fn build(policy: &Policy, rules: ConnectRules) -> Result<Client, String> {
+    let config = tls::client_config(policy.ca_file.as_deref())?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    let builder = match &policy.sni {
+        Some(sni) => {
+            let name = ServerName::try_from(sni.clone())
+                .map_err(|e| format!("sni {sni:?} is not a valid server name: {e}"))?;
+            builder.with_server_name_resolver(FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let connector = builder.enable_http1().enable_http2().wrap_connector(Connector::new(rules));
+    Ok(legacy::Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector))
+}

@@ -1,0 +1,10 @@
+//! How fusebox reaches an upstream: DNS resolution checked by the egress guard ([`connect`]),
+//! TLS origination with rustls ([`tls`]), and the pooled hyper client built per policy
+//! ([`client`]). This is the lowest I/O layer; it knows policies but not requests.
+
+pub mod client;
+pub mod connect;
+pub mod tls;
+
+pub use client::{Client, RequestBody};
+pub use connect::{ConnectError, Connector, SelfAddrs};
