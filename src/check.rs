@@ -11,7 +11,11 @@ use crate::policy::{load_dir, HostPattern, Policy, PolicySet};
 
 /// Runs `fusebox check` on `dir`; returns the process exit code.
 pub fn run(dir: &Path) -> i32 {
-    run_to(dir, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())
+    run_to(
+        dir,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )
 }
 
 fn run_to(dir: &Path, out: &mut impl Write, err: &mut impl Write) -> i32 {

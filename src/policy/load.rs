@@ -12,12 +12,13 @@
 
 use std::fmt;
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
 use super::raw::{List, RawPolicy, S};
@@ -166,7 +167,7 @@ pub(crate) fn load_sources(
     sources: &[Source],
     mut errors: Vec<PolicyError>,
 ) -> Result<PolicySet, PolicyErrors> {
-    let parsed: Vec<(&Source, RawPolicy)> = sources
+    let parsed: Vec<(&Source, (RawPolicy, bool))> = sources
         .iter()
         .filter_map(|src| Some((src, Cx::new(dir, src, &mut errors).parse()?)))
         .collect();
@@ -176,13 +177,15 @@ pub(crate) fn load_sources(
         ..Policy::default()
     };
     let default = match parsed.iter().find(|(src, _)| src.name == DEFAULT_POLICY) {
-        Some((src, raw)) => Cx::new(dir, src, &mut errors).apply(&builtin, raw, true),
+        Some((src, (raw, _))) => Cx::new(dir, src, &mut errors).apply(&builtin, raw, true, true),
         None => builtin,
     };
     let others: Vec<Arc<Policy>> = parsed
         .iter()
         .filter(|(src, _)| src.name != DEFAULT_POLICY)
-        .map(|(src, raw)| Arc::new(Cx::new(dir, src, &mut errors).apply(&default, raw, false)))
+        .map(|(src, (raw, complete))| {
+            Arc::new(Cx::new(dir, src, &mut errors).apply(&default, raw, false, *complete))
+        })
         .collect();
 
     if !errors.is_empty() {
@@ -220,21 +223,52 @@ impl<'a> Cx<'a> {
         });
     }
 
-    /// TOML syntax and type errors; serde stops at the first, so at most one per file.
-    fn parse(&mut self) -> Option<RawPolicy> {
-        match toml::from_str::<RawPolicy>(&self.src.text) {
-            Ok(raw) => Some(raw),
+    /// TOML syntax, unknown-key and type errors. serde stops at the first error, so each
+    /// offending entry is reported, removed, and the rest deserialized again: the operator
+    /// sees every such error of the file at once, and the entries that did deserialize still
+    /// get validated. Returns the raw policy and whether it is complete (nothing removed).
+    fn parse(&mut self) -> Option<(RawPolicy, bool)> {
+        let text = &self.src.text;
+        let mut doc = match DeTable::parse(text) {
+            Ok(doc) => doc,
             Err(err) => {
                 let span = err.span().unwrap_or(0..0);
-                let message = describe_toml_error(&self.src.text, &span, err.message());
+                let message = match text.get(span.clone()) {
+                    Some(key) if err.message() == "duplicate key" => {
+                        format!("duplicate key `{key}`")
+                    }
+                    _ => err.message().to_string(),
+                };
                 self.error(span, message);
-                None
+                return None;
+            }
+        };
+        let mut complete = true;
+        loop {
+            let err = match RawPolicy::deserialize(toml::de::Deserializer::from(doc.clone())) {
+                Ok(raw) => return Some((raw, complete)),
+                Err(err) => err,
+            };
+            complete = false;
+            let span = err.span().unwrap_or(0..0);
+            let path = key_path(doc.get_ref(), &span);
+            self.error(span, describe_serde_error(path.as_deref(), err.message()));
+            // Without a key to remove, retrying would fail the same way.
+            if !path.is_some_and(|path| remove_key(doc.get_mut(), &path)) {
+                return None;
             }
         }
     }
 
     /// `raw` over `base`: each field `raw` sets (and that is valid) replaces the base value.
-    fn apply(&mut self, base: &Policy, raw: &RawPolicy, is_default: bool) -> Policy {
+    /// Checks across keys need `complete`: a removed entry would make them misfire.
+    fn apply(
+        &mut self,
+        base: &Policy,
+        raw: &RawPolicy,
+        is_default: bool,
+        complete: bool,
+    ) -> Policy {
         let mut p = Policy {
             name: self.src.name.clone(),
             file: self.src.file.clone(),
@@ -257,21 +291,36 @@ impl<'a> Cx<'a> {
         } else {
             self.list(&mut p.hosts, "hosts", &raw.hosts, |s| host_pattern(s));
             self.value(&mut p.listen, "listen", &raw.listen, |s| listen(s));
-            self.list(&mut p.endpoints, "endpoints", &raw.endpoints, |s| endpoint(s));
-            self.value(&mut p.host_rewrite, "host_rewrite", &raw.host_rewrite, |s| {
-                host_rewrite(s)
+            self.list(&mut p.endpoints, "endpoints", &raw.endpoints, |s| {
+                endpoint(s)
             });
-            self.check_reachable(raw);
+            self.value(
+                &mut p.host_rewrite,
+                "host_rewrite",
+                &raw.host_rewrite,
+                |s| host_rewrite(s),
+            );
+            if complete {
+                self.check_reachable(raw);
+            }
         }
         self.value(&mut p.tls, "tls", &raw.tls, |&b| Ok(b));
         self.value(&mut p.sni, "sni", &raw.sni, |s| sni(s));
         let dir = self.dir;
         self.value(&mut p.ca_file, "ca_file", &raw.ca_file, |s| ca_file(dir, s));
         self.value(&mut p.allow, "allow", &raw.allow, |&b| Ok(b));
-        self.value(&mut p.allow_private, "allow_private", &raw.allow_private, |&b| Ok(b));
-        self.value(&mut p.allow_link_local, "allow_link_local", &raw.allow_link_local, |&b| {
-            Ok(b)
-        });
+        self.value(
+            &mut p.allow_private,
+            "allow_private",
+            &raw.allow_private,
+            |&b| Ok(b),
+        );
+        self.value(
+            &mut p.allow_link_local,
+            "allow_link_local",
+            &raw.allow_link_local,
+            |&b| Ok(b),
+        );
         self.value(
             &mut p.metrics_max_destinations,
             "metrics_max_destinations",
@@ -302,7 +351,10 @@ impl<'a> Cx<'a> {
     /// A policy is reached through `hosts` or `listen`; a route listener needs `endpoints`.
     fn check_reachable(&mut self, raw: &RawPolicy) {
         let has_hosts = raw.hosts.as_ref().is_some_and(|v| !v.get_ref().is_empty());
-        let has_endpoints = raw.endpoints.as_ref().is_some_and(|v| !v.get_ref().is_empty());
+        let has_endpoints = raw
+            .endpoints
+            .as_ref()
+            .is_some_and(|v| !v.get_ref().is_empty());
         if let Some(endpoints) = &raw.endpoints {
             if has_endpoints && !has_hosts && raw.listen.is_none() {
                 self.error(
@@ -328,42 +380,69 @@ impl<'a> Cx<'a> {
 
     fn timeouts(&mut self, t: &mut Timeouts, raw: &RawPolicy) {
         let r = &raw.timeouts;
-        self.value(&mut t.connect, "timeouts.connect", &r.connect, |s| positive(s));
-        self.value(&mut t.attempt, "timeouts.attempt", &r.attempt, |s| positive(s));
+        self.value(&mut t.connect, "timeouts.connect", &r.connect, |s| {
+            positive(s)
+        });
+        self.value(&mut t.attempt, "timeouts.attempt", &r.attempt, |s| {
+            positive(s)
+        });
         self.value(&mut t.total, "timeouts.total", &r.total, |s| positive(s));
     }
 
     fn retry(&mut self, t: &mut Retry, raw: &RawPolicy) {
         let r = &raw.retry;
-        self.value(&mut t.attempts, "retry.attempts", &r.attempts, |&v| int(v, 1, U32_MAX));
+        self.value(&mut t.attempts, "retry.attempts", &r.attempts, |&v| {
+            int(v, 1, U32_MAX)
+        });
         self.list(&mut t.on, "retry.on", &r.on, |s| retry_on(s));
-        self.list(&mut t.statuses, "retry.statuses", &r.statuses, |&v| status(v));
+        self.list(&mut t.statuses, "retry.statuses", &r.statuses, |&v| {
+            status(v)
+        });
         self.list(&mut t.methods, "retry.methods", &r.methods, |s| method(s));
-        self.value(&mut t.backoff_base, "retry.backoff_base", &r.backoff_base, |s| {
-            positive(s)
-        });
-        self.value(&mut t.backoff_max, "retry.backoff_max", &r.backoff_max, |s| {
-            duration(s)
-        });
-        self.value(&mut t.budget_ratio, "retry.budget_ratio", &r.budget_ratio, |&v| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(v)
-            } else {
-                Err(format!("must be a number >= 0 (0.2 = 20% more than first tries), got {v}"))
-            }
-        });
+        self.value(
+            &mut t.backoff_base,
+            "retry.backoff_base",
+            &r.backoff_base,
+            |s| positive(s),
+        );
+        self.value(
+            &mut t.backoff_max,
+            "retry.backoff_max",
+            &r.backoff_max,
+            |s| duration(s),
+        );
+        self.value(
+            &mut t.budget_ratio,
+            "retry.budget_ratio",
+            &r.budget_ratio,
+            |&v| {
+                if v.is_finite() && v >= 0.0 {
+                    Ok(v)
+                } else {
+                    Err(format!(
+                        "must be a number >= 0 (0.2 = 20% more than first tries), got {v}"
+                    ))
+                }
+            },
+        );
         self.value(
             &mut t.budget_min_per_second,
             "retry.budget_min_per_second",
             &r.budget_min_per_second,
             |&v| int(v, 0, U32_MAX),
         );
-        self.value(&mut t.honor_retry_after, "retry.honor_retry_after", &r.honor_retry_after, |&b| {
-            Ok(b)
-        });
-        self.value(&mut t.max_replay_bytes, "retry.max_replay_bytes", &r.max_replay_bytes, |&v| {
-            int(v, 0, i64::MAX)
-        });
+        self.value(
+            &mut t.honor_retry_after,
+            "retry.honor_retry_after",
+            &r.honor_retry_after,
+            |&b| Ok(b),
+        );
+        self.value(
+            &mut t.max_replay_bytes,
+            "retry.max_replay_bytes",
+            &r.max_replay_bytes,
+            |&v| int(v, 0, i64::MAX),
+        );
     }
 
     fn breaker(&mut self, t: &mut Breaker, raw: &RawPolicy) {
@@ -375,26 +454,40 @@ impl<'a> Cx<'a> {
             &r.consecutive_failures,
             |&v| int(v, 0, U32_MAX),
         );
-        self.value(&mut t.failure_rate, "breaker.failure_rate", &r.failure_rate, |&v| rate(v));
+        self.value(
+            &mut t.failure_rate,
+            "breaker.failure_rate",
+            &r.failure_rate,
+            |&v| rate(v),
+        );
         self.value(&mut t.window, "breaker.window", &r.window, |s| positive(s));
-        self.value(&mut t.min_calls, "breaker.min_calls", &r.min_calls, |&v| int(v, 0, U32_MAX));
+        self.value(&mut t.min_calls, "breaker.min_calls", &r.min_calls, |&v| {
+            int(v, 0, U32_MAX)
+        });
         self.value(
             &mut t.slow_call_duration,
             "breaker.slow_call_duration",
             &r.slow_call_duration,
             |s| positive(s),
         );
-        self.value(&mut t.slow_call_rate, "breaker.slow_call_rate", &r.slow_call_rate, |&v| {
-            rate(v)
-        });
+        self.value(
+            &mut t.slow_call_rate,
+            "breaker.slow_call_rate",
+            &r.slow_call_rate,
+            |&v| rate(v),
+        );
         self.list(
             &mut t.failure_statuses,
             "breaker.failure_statuses",
             &r.failure_statuses,
             |&v| status(v),
         );
-        self.value(&mut t.open_base, "breaker.open_base", &r.open_base, |s| positive(s));
-        self.value(&mut t.open_max, "breaker.open_max", &r.open_max, |s| positive(s));
+        self.value(&mut t.open_base, "breaker.open_base", &r.open_base, |s| {
+            positive(s)
+        });
+        self.value(&mut t.open_max, "breaker.open_max", &r.open_max, |s| {
+            positive(s)
+        });
         // 0 probes would leave a tripped breaker half-open forever.
         self.value(
             &mut t.half_open_probes,
@@ -406,16 +499,23 @@ impl<'a> Cx<'a> {
 
     fn rate_limit(&mut self, t: &mut RateLimit, raw: &RawPolicy) {
         let r = &raw.rate_limit;
-        self.value(&mut t.rps, "rate_limit.rps", &r.rps, |&v| int(v, 0, U32_MAX));
-        self.value(&mut t.burst, "rate_limit.burst", &r.burst, |&v| int(v, 0, U32_MAX));
+        self.value(&mut t.rps, "rate_limit.rps", &r.rps, |&v| {
+            int(v, 0, U32_MAX)
+        });
+        self.value(&mut t.burst, "rate_limit.burst", &r.burst, |&v| {
+            int(v, 0, U32_MAX)
+        });
         self.value(&mut t.mode, "rate_limit.mode", &r.mode, |s| limit_mode(s));
     }
 
     fn concurrency(&mut self, t: &mut Concurrency, raw: &RawPolicy) {
         let r = &raw.concurrency;
-        self.value(&mut t.max_in_flight, "concurrency.max_in_flight", &r.max_in_flight, |&v| {
-            int(v, 0, U32_MAX)
-        });
+        self.value(
+            &mut t.max_in_flight,
+            "concurrency.max_in_flight",
+            &r.max_in_flight,
+            |&v| int(v, 0, U32_MAX),
+        );
     }
 
     /// Sets `slot` from `v` when it is present and valid; reports it at its span otherwise.
@@ -474,20 +574,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Makes a toml/serde error message name the key it is about (serde only names the type).
-fn describe_toml_error(text: &str, span: &Range<usize>, message: &str) -> String {
-    // A duplicate key is a syntax error, so there is no document to look the key up in.
-    if message == "duplicate key" {
-        if let Some(key) = text.get(span.clone()) {
-            return format!("duplicate key `{key}`");
-        }
-    }
-    let path = DeTable::parse(text)
-        .ok()
-        .and_then(|doc| key_path(doc.get_ref(), span));
+/// Makes a serde error message name the key it is about (serde only names the type).
+fn describe_serde_error(path: Option<&[String]>, message: &str) -> String {
     let Some(path) = path else {
         return message.to_string();
     };
+    let path = path.join(".");
     // serde: "unknown field `x`, expected one of `a`, `b`" or "unknown field `x`, expected `a`"
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some((_, expected)) = rest.split_once(", ") {
@@ -505,20 +597,33 @@ fn describe_toml_error(text: &str, span: &Range<usize>, message: &str) -> String
     format!("`{path}`: {message}")
 }
 
-/// The dotted path of the key whose name or value is at `span`.
-fn key_path(table: &DeTable<'_>, span: &Range<usize>) -> Option<String> {
+/// The path (`["retry", "attempts"]`) of the entry whose key or value is at `span`.
+fn key_path(table: &DeTable<'_>, span: &Range<usize>) -> Option<Vec<String>> {
     for (key, value) in table {
         if let DeValue::Table(inner) = value.get_ref() {
-            if let Some(sub) = key_path(inner, span) {
-                return Some(format!("{}.{sub}", key.get_ref()));
+            if let Some(mut path) = key_path(inner, span) {
+                path.insert(0, key.get_ref().to_string());
+                return Some(path);
             }
         }
         let v = value.span();
         if key.span() == *span || (v.start <= span.start && span.end <= v.end) {
-            return Some(key.get_ref().to_string());
+            return Some(vec![key.get_ref().to_string()]);
         }
     }
     None
+}
+
+/// Removes the entry at `path`; returns whether there was one.
+fn remove_key(table: &mut DeTable<'_>, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [key] => table.remove(key.as_str()).is_some(),
+        [key, rest @ ..] => match table.get_mut(key.as_str()).map(|v| v.get_mut()) {
+            Some(DeValue::Table(inner)) => remove_key(inner, rest),
+            _ => false,
+        },
+    }
 }
 
 const U32_MAX: i64 = u32::MAX as i64;
@@ -538,7 +643,9 @@ fn rate(v: f64) -> Result<f64, String> {
     if v > 0.0 && v <= 1.0 {
         Ok(v)
     } else {
-        Err(format!("must be greater than 0 and at most 1 (0.5 = half the calls), got {v}"))
+        Err(format!(
+            "must be greater than 0 and at most 1 (0.5 = half the calls), got {v}"
+        ))
     }
 }
 
@@ -569,7 +676,9 @@ fn method(s: &str) -> Result<String, String> {
     if !s.is_empty() && s.chars().all(is_tchar) {
         Ok(s.to_ascii_uppercase())
     } else {
-        Err(format!("\"{s}\" is not an HTTP method (a token such as \"GET\")"))
+        Err(format!(
+            "\"{s}\" is not an HTTP method (a token such as \"GET\")"
+        ))
     }
 }
 
@@ -595,7 +704,9 @@ fn breaker_mode(s: &str) -> Result<BreakerMode, String> {
         "enforce" => Ok(BreakerMode::Enforce),
         "shadow" => Ok(BreakerMode::Shadow),
         "off" => Ok(BreakerMode::Off),
-        _ => Err(format!("unknown mode \"{s}\"; valid: \"enforce\", \"shadow\", \"off\"")),
+        _ => Err(format!(
+            "unknown mode \"{s}\"; valid: \"enforce\", \"shadow\", \"off\""
+        )),
     }
 }
 
@@ -603,7 +714,9 @@ fn limit_mode(s: &str) -> Result<LimitMode, String> {
     match s {
         "enforce" => Ok(LimitMode::Enforce),
         "shadow" => Ok(LimitMode::Shadow),
-        _ => Err(format!("unknown mode \"{s}\"; valid: \"enforce\", \"shadow\"")),
+        _ => Err(format!(
+            "unknown mode \"{s}\"; valid: \"enforce\", \"shadow\""
+        )),
     }
 }
 
@@ -732,9 +845,11 @@ fn host_name(host: &str) -> Result<String, String> {
         return Ok(ip.to_string());
     }
     if host == "*" {
-        return Err("`*` alone is not a pattern: destinations no file matches get \
+        return Err(
+            "`*` alone is not a pattern: destinations no file matches get \
                     default.toml, whose `allow` decides about them"
-            .into());
+                .into(),
+        );
     }
     if host.contains('*') {
         return Err("a wildcard is only allowed as a leading `*.`".into());
@@ -753,10 +868,9 @@ fn host_name(host: &str) -> Result<String, String> {
         }
     }
     // Top-level domains are never numeric: this is a mistyped IPv4 address.
-    if host.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
-        if host.parse::<Ipv4Addr>().is_err() {
-            return Err(format!("`{host}` is not a valid IPv4 address"));
-        }
+    let tld = host.rsplit('.').next().unwrap_or(host);
+    if tld.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{host}` is not a valid IPv4 address"));
     }
     Ok(host.to_ascii_lowercase())
 }
@@ -803,7 +917,11 @@ impl Default for Retry {
     fn default() -> Self {
         Retry {
             attempts: 3,
-            on: vec![RetryOn::ConnectFailure, RetryOn::Reset, RetryOn::GatewayError],
+            on: vec![
+                RetryOn::ConnectFailure,
+                RetryOn::Reset,
+                RetryOn::GatewayError,
+            ],
             statuses: vec![503],
             methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
                 .map(String::from)
@@ -843,5 +961,699 @@ impl Default for RateLimit {
             burst: 0,
             mode: LimitMode::Enforce,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    fn load(files: &[(&str, &str)]) -> PolicySet {
+        let dir = dir_with(files);
+        load_dir(dir.path()).unwrap_or_else(|e| panic!("unexpected errors:\n{e}"))
+    }
+
+    /// The errors as `file:line:col: message`, with the file name relative to the directory.
+    fn errors(files: &[(&str, &str)]) -> Vec<String> {
+        let dir = dir_with(files);
+        let errors = load_dir(dir.path()).expect_err("expected errors");
+        let prefix = format!("{}/", dir.path().display());
+        errors
+            .iter()
+            .map(|e| e.to_string().replacen(&prefix, "", 1))
+            .collect()
+    }
+
+    /// Asserts exactly one error, at `at` (`file:line:col`), whose message contains `parts`.
+    #[track_caller]
+    fn assert_error(files: &[(&str, &str)], at: &str, parts: &[&str]) {
+        let errors = errors(files);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        let error = &errors[0];
+        assert!(error.starts_with(&format!("{at}: ")), "{error}");
+        for part in parts {
+            assert!(error.contains(part), "{error:?} lacks {part:?}");
+        }
+    }
+
+    fn builtin(dir: &Path) -> Policy {
+        Policy {
+            file: dir.join("default.toml"),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn builtin_defaults_when_default_toml_is_absent() {
+        let dir = dir_with(&[]);
+        let set = load_dir(dir.path()).unwrap();
+        assert_eq!(*set.default, builtin(dir.path()));
+        assert!(set.others.is_empty());
+        let d = &set.default;
+        assert_eq!(d.name, "default");
+        assert_eq!(d.timeouts.attempt, Duration::from_secs(2));
+        assert_eq!(
+            d.retry.on,
+            [
+                RetryOn::ConnectFailure,
+                RetryOn::Reset,
+                RetryOn::GatewayError
+            ]
+        );
+        assert_eq!(d.breaker.failure_statuses, [500, 502, 503, 504]);
+        assert!(d.allow && d.allow_private && !d.allow_link_local && !d.tls);
+        assert_eq!(d.metrics_max_destinations, 100);
+    }
+
+    #[test]
+    fn builtin_defaults_when_default_toml_is_empty() {
+        let dir = dir_with(&[("default.toml", "# nothing\n")]);
+        let set = load_dir(dir.path()).unwrap();
+        assert_eq!(*set.default, builtin(dir.path()));
+    }
+
+    #[test]
+    fn default_toml_overrides_builtin_values() {
+        let set = load(&[(
+            "default.toml",
+            "allow = false\nallow_private = false\n[timeouts]\ntotal = \"9s\"\n\
+             [retry]\nmethods = [\"get\"]\n[rate_limit]\nrps = 5\nmode = \"shadow\"\n",
+        )]);
+        let d = &set.default;
+        assert!(!d.allow && !d.allow_private);
+        assert_eq!(d.timeouts.total, Duration::from_secs(9));
+        assert_eq!(d.timeouts.connect, Duration::from_secs(1));
+        assert_eq!(d.retry.methods, ["GET"]);
+        assert_eq!(d.rate_limit.rps, 5);
+        assert_eq!(d.rate_limit.mode, LimitMode::Shadow);
+    }
+
+    #[test]
+    fn other_policies_inherit_field_by_field() {
+        let set = load(&[
+            (
+                "default.toml",
+                "allow_private = false\nmetrics_max_destinations = 7\n\
+                 [breaker]\nfailure_rate = 0.3\nwindow = \"20s\"\n[retry]\nattempts = 2\n",
+            ),
+            (
+                "api.toml",
+                "hosts = [\"api.test\"]\n[breaker]\nmin_calls = 3\n",
+            ),
+        ]);
+        let api = set.get("api").unwrap();
+        let expected_breaker = Breaker {
+            failure_rate: 0.3,
+            window: Duration::from_secs(20),
+            min_calls: 3,
+            ..Breaker::default()
+        };
+        assert_eq!(api.breaker, expected_breaker);
+        assert_eq!(api.retry.attempts, 2);
+        assert_eq!(api.retry.statuses, [503]);
+        assert!(!api.allow_private);
+        assert_eq!(api.metrics_max_destinations, 7);
+        assert_eq!(api.timeouts, Timeouts::default());
+        assert_eq!(api.name, "api");
+    }
+
+    #[test]
+    fn where_traffic_goes_and_allow_are_not_inherited() {
+        let set = load(&[
+            (
+                "default.toml",
+                "allow = false\ntls = true\nsni = \"example.com\"\nallow_link_local = true\n",
+            ),
+            ("api.toml", "hosts = [\"api.test\"]\n"),
+        ]);
+        assert!(!set.default.allow && set.default.tls);
+        let api = set.get("api").unwrap();
+        assert!(api.allow);
+        assert!(!api.tls);
+        assert_eq!(api.sni, None);
+        assert_eq!(api.listen, None);
+        assert!(api.endpoints.is_empty());
+        assert!(api.allow_link_local, "allow_link_local is inherited");
+    }
+
+    #[test]
+    fn values_are_parsed_and_normalized() {
+        let set = load(&[(
+            "api.toml",
+            "hosts = [\"API.Example.com\", \"*.Svc.test\", \"10.0.0.7:8080\", \"[::1]:8080\", \
+             \"fd00:0::7\", \"db_1.internal\"]\n\
+             listen = \"[::1]:10001\"\nendpoints = [\"10.0.0.8:8443\", \"[fd00::8]:443\"]\n\
+             host_rewrite = \"api.example.com\"\nsni = \"API.example.com\"\n\
+             [retry]\non = [\"5xx\", \"retriable-status\", \"timeout\"]\nbackoff_max = \"0s\"\n\
+             budget_ratio = 0\n[breaker]\nmode = \"off\"\nslow_call_rate = 1\n",
+        )]);
+        let api = set.get("api").unwrap();
+        assert_eq!(
+            api.hosts,
+            [
+                HostPattern::Host {
+                    host: "api.example.com".into()
+                },
+                HostPattern::Wildcard {
+                    suffix: ".svc.test".into()
+                },
+                HostPattern::HostPort {
+                    host: "10.0.0.7".into(),
+                    port: 8080
+                },
+                HostPattern::HostPort {
+                    host: "::1".into(),
+                    port: 8080
+                },
+                HostPattern::Host {
+                    host: "fd00::7".into()
+                },
+                HostPattern::Host {
+                    host: "db_1.internal".into()
+                },
+            ]
+        );
+        assert_eq!(api.listen, Some("[::1]:10001".parse().unwrap()));
+        assert_eq!(
+            api.endpoints,
+            [
+                Endpoint {
+                    host: "10.0.0.8".into(),
+                    port: 8443
+                },
+                Endpoint {
+                    host: "fd00::8".into(),
+                    port: 443
+                },
+            ]
+        );
+        assert_eq!(api.host_rewrite.as_deref(), Some("api.example.com"));
+        assert_eq!(api.sni.as_deref(), Some("api.example.com"));
+        assert_eq!(
+            api.retry.on,
+            [RetryOn::FiveXx, RetryOn::RetriableStatus, RetryOn::Timeout]
+        );
+        assert_eq!(api.retry.backoff_max, Duration::ZERO);
+        assert_eq!(api.retry.budget_ratio, 0.0);
+        assert_eq!(api.breaker.mode, BreakerMode::Off);
+        assert_eq!(api.breaker.slow_call_rate, 1.0);
+    }
+
+    #[test]
+    fn lookup_goes_through_the_matcher() {
+        let set = load(&[
+            ("a.toml", "hosts = [\"*.example.com\"]\n"),
+            ("b.toml", "hosts = [\"api.example.com:8443\"]\n"),
+        ]);
+        assert_eq!(set.lookup("x.example.com", 443).name, "a");
+        assert_eq!(set.lookup("api.example.com", 8443).name, "b");
+        assert_eq!(set.lookup("api.example.com", 443).name, "a");
+        assert_eq!(set.lookup("example.org", 443).name, "default");
+    }
+
+    #[test]
+    fn invalid_durations() {
+        assert_error(
+            &[("a.toml", "[timeouts]\nconnect = \"fast\"\n")],
+            "a.toml:2:11",
+            &[
+                "`timeouts.connect`",
+                "\"fast\" is not a duration",
+                "\"250ms\"",
+            ],
+        );
+        assert_error(
+            &[("a.toml", "[breaker]\nwindow = \"0s\"\n")],
+            "a.toml:2:10",
+            &["`breaker.window`", "greater than 0"],
+        );
+        assert_error(
+            &[("a.toml", "[retry]\nbackoff_base = \"0ms\"\n")],
+            "a.toml:2:16",
+            &["`retry.backoff_base`", "greater than 0"],
+        );
+        assert_error(
+            &[("a.toml", "[retry]\nbackoff_max = \"-1s\"\n")],
+            "a.toml:2:15",
+            &["`retry.backoff_max`", "not a duration"],
+        );
+    }
+
+    #[test]
+    fn out_of_range_numbers() {
+        assert_error(
+            &[("a.toml", "[retry]\nattempts = 0\n")],
+            "a.toml:2:12",
+            &["`retry.attempts`", "at least 1, got 0"],
+        );
+        assert_error(
+            &[("a.toml", "[breaker]\nfailure_rate = 0\n")],
+            "a.toml:2:16",
+            &["`breaker.failure_rate`", "greater than 0 and at most 1"],
+        );
+        assert_error(
+            &[("a.toml", "[breaker]\nslow_call_rate = 1.5\n")],
+            "a.toml:2:18",
+            &["`breaker.slow_call_rate`", "at most 1", "got 1.5"],
+        );
+        assert_error(
+            &[("a.toml", "[retry]\nbudget_ratio = -0.1\n")],
+            "a.toml:2:16",
+            &["`retry.budget_ratio`", ">= 0"],
+        );
+        assert_error(
+            &[("a.toml", "metrics_max_destinations = 0\n")],
+            "a.toml:1:28",
+            &["`metrics_max_destinations`", "at least 1"],
+        );
+        assert_error(
+            &[("a.toml", "[rate_limit]\nrps = -1\n")],
+            "a.toml:2:7",
+            &["`rate_limit.rps`", "at least 0, got -1"],
+        );
+        assert_error(
+            &[("a.toml", "[concurrency]\nmax_in_flight = 4294967296\n")],
+            "a.toml:2:17",
+            &["`concurrency.max_in_flight`", "at most 4294967295"],
+        );
+        assert_error(
+            &[("a.toml", "[breaker]\nhalf_open_probes = 0\n")],
+            "a.toml:2:20",
+            &["`breaker.half_open_probes`", "at least 1"],
+        );
+    }
+
+    #[test]
+    fn invalid_status_codes_are_reported_each_at_its_entry() {
+        let errors = errors(&[(
+            "a.toml",
+            "[retry]\nstatuses = [503, 99]\n[breaker]\nfailure_statuses = [500, 600]\n",
+        )]);
+        assert_eq!(
+            errors,
+            [
+                "a.toml:2:18: `retry.statuses`: 99 is not an HTTP status code (100 to 599)",
+                "a.toml:4:26: `breaker.failure_statuses`: 600 is not an HTTP status code \
+                 (100 to 599)",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_methods_conditions_and_modes() {
+        assert_error(
+            &[("a.toml", "[retry]\nmethods = [\"GET\", \"GE T\"]\n")],
+            "a.toml:2:19",
+            &["`retry.methods`", "\"GE T\" is not an HTTP method"],
+        );
+        assert_error(
+            &[("a.toml", "[retry]\non = [\"reset\", \"always\"]\n")],
+            "a.toml:2:16",
+            &[
+                "`retry.on`",
+                "\"always\"",
+                "\"connect-failure\"",
+                "\"retriable-status\"",
+            ],
+        );
+        assert_error(
+            &[("a.toml", "[breaker]\nmode = \"sometimes\"\n")],
+            "a.toml:2:8",
+            &["`breaker.mode`", "\"enforce\", \"shadow\", \"off\""],
+        );
+        assert_error(
+            &[("a.toml", "[rate_limit]\nmode = \"off\"\n")],
+            "a.toml:2:8",
+            &["`rate_limit.mode`", "\"enforce\", \"shadow\""],
+        );
+    }
+
+    #[test]
+    fn invalid_hosts() {
+        let cases = [
+            ("\"\"", "empty"),
+            ("\"*\"", "`*` alone"),
+            ("\"a.*.com\"", "leading `*.`"),
+            ("\"*.\"", "empty"),
+            ("\"**.a.com\"", "leading `*.`"),
+            ("\"a..com\"", "not a valid DNS label"),
+            ("\"a b.com\"", "not a valid DNS label"),
+            ("\"api.test:0\"", "port `0`"),
+            ("\"api.test:65536\"", "port `65536`"),
+            ("\"api.test:\"", "port ``"),
+            ("\"*.api.test:443\"", "cannot have one"),
+            ("\"fd00::1:x\"", "in brackets"),
+            ("\"[fd00::1\"", "missing `]`"),
+            ("\"[api.test]:80\"", "not an IPv6 address"),
+            ("\"10.0.0.300\"", "not a valid IPv4 address"),
+        ];
+        for (value, why) in cases {
+            let text = format!("hosts = [\"ok.test\", {value}]\n");
+            assert_error(
+                &[("a.toml", &text)],
+                "a.toml:1:21",
+                &["`hosts`", why, "\"*.suffix\""],
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_endpoints_listen_and_names() {
+        assert_error(
+            &[(
+                "a.toml",
+                "listen = \"127.0.0.1:10000\"\nendpoints = [\"up.test\"]\n",
+            )],
+            "a.toml:2:14",
+            &["`endpoints`", "port is required", "\"host:port\""],
+        );
+        assert_error(
+            &[(
+                "a.toml",
+                "listen = \"localhost:10000\"\nendpoints = [\"up.test:80\"]\n",
+            )],
+            "a.toml:1:10",
+            &["`listen`", "not a socket address", "127.0.0.1:10000"],
+        );
+        assert_error(
+            &[("a.toml", "hosts = [\"a.test\"]\nhost_rewrite = \"a b\"\n")],
+            "a.toml:2:16",
+            &["`host_rewrite`", "\"a b\""],
+        );
+        assert_error(
+            &[("a.toml", "hosts = [\"a.test\"]\nsni = \"not a name\"\n")],
+            "a.toml:2:7",
+            &["`sni`", "not a DNS name"],
+        );
+    }
+
+    #[test]
+    fn ca_file_must_be_readable_and_is_relative_to_the_directory() {
+        assert_error(
+            &[(
+                "a.toml",
+                "hosts = [\"a.test\"]\nca_file = \"missing.pem\"\n",
+            )],
+            "a.toml:2:11",
+            &["`ca_file`", "cannot read", "missing.pem"],
+        );
+        let dir = dir_with(&[
+            ("ca.pem", "-----BEGIN CERTIFICATE-----\n"),
+            ("a.toml", "hosts = [\"a.test\"]\nca_file = \"ca.pem\"\n"),
+        ]);
+        let set = load_dir(dir.path()).unwrap();
+        assert_eq!(
+            set.get("a").unwrap().ca_file,
+            Some(dir.path().join("ca.pem"))
+        );
+    }
+
+    #[test]
+    fn unreachable_policies_and_listeners_without_endpoints() {
+        assert_error(
+            &[("a.toml", "endpoints = [\"up.test:443\"]\n")],
+            "a.toml:1:13",
+            &["`endpoints`", "neither `hosts` nor `listen`"],
+        );
+        assert_error(
+            &[("a.toml", "listen = \"127.0.0.1:10000\"\n")],
+            "a.toml:1:10",
+            &["`listen`", "needs `endpoints`"],
+        );
+        // With hosts, endpoints redirect egress traffic: fine.
+        load(&[(
+            "a.toml",
+            "hosts = [\"a.test\"]\nendpoints = [\"10.0.0.1:80\"]\n",
+        )]);
+    }
+
+    #[test]
+    fn default_toml_cannot_say_where_traffic_goes() {
+        let errors = errors(&[(
+            "default.toml",
+            "hosts = [\"a.test\"]\nlisten = \"127.0.0.1:1\"\nendpoints = [\"b:1\"]\n\
+             host_rewrite = \"c\"\n",
+        )]);
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        for (error, (at, key)) in errors.iter().zip([
+            ("1:9", "hosts"),
+            ("2:10", "listen"),
+            ("3:13", "endpoints"),
+            ("4:16", "host_rewrite"),
+        ]) {
+            assert!(
+                error.starts_with(&format!("default.toml:{at}: `{key}` cannot be set")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_list_the_valid_keys() {
+        assert_error(
+            &[("a.toml", "hosts = [\"a.test\"]\nretries = 3\n")],
+            "a.toml:2:1",
+            &[
+                "unknown key `retries`",
+                "`hosts`, `listen`, `endpoints`",
+                "`rate_limit`, `concurrency`",
+            ],
+        );
+        assert_error(
+            &[("a.toml", "[timeouts]\nconnect = \"1s\"\n  read = \"1s\"\n")],
+            "a.toml:3:3",
+            &["unknown key `timeouts.read`; valid keys here: `connect`, `attempt`, `total`"],
+        );
+        assert_error(
+            &[("a.toml", "concurrency = { max = 1 }\n")],
+            "a.toml:1:17",
+            &["unknown key `concurrency.max`; valid keys here: `max_in_flight`"],
+        );
+    }
+
+    #[test]
+    fn type_and_syntax_errors_have_positions() {
+        assert_error(
+            &[("a.toml", "[retry]\nattempts = \"3\"\n")],
+            "a.toml:2:12",
+            &["`retry.attempts`: invalid type: string \"3\", expected an integer"],
+        );
+        assert_error(
+            &[("a.toml", "hosts = [\"a.test\", 7]\n")],
+            "a.toml:1:20",
+            &["`hosts`: invalid type: integer `7`, expected a string"],
+        );
+        assert_error(
+            &[("a.toml", "tls = yes\n")],
+            "a.toml:1:7",
+            &["string values must be quoted"],
+        );
+        assert_error(
+            &[("a.toml", "tls = true\n\ntls = false\n")],
+            "a.toml:3:1",
+            &["duplicate key `tls`"],
+        );
+        assert_error(
+            &[("a.toml", "[retry]\nmethods = [\"GET\"\n")],
+            "a.toml:2:17",
+            &["unclosed array"],
+        );
+    }
+
+    #[test]
+    fn every_error_of_a_file_is_reported_not_only_the_first() {
+        let errors = errors(&[(
+            "a.toml",
+            "hosts = [\"api.test\", \"*\", \"x:0\"]\nretries = 2\n[breaker]\nmode = \"maybe\"\n\
+             window = \"0s\"\nattempts = 1\n[retry]\nattempts = \"3\"\n",
+        )]);
+        let positions: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            positions,
+            [
+                "a.toml:1:22",
+                "a.toml:1:27",
+                "a.toml:2:1",
+                "a.toml:4:8",
+                "a.toml:5:10",
+                "a.toml:6:1",
+                "a.toml:8:12"
+            ],
+            "{errors:#?}"
+        );
+        assert!(errors[5].contains("unknown key `breaker.attempts`"));
+    }
+
+    #[test]
+    fn a_removed_entry_does_not_cause_follow_up_errors() {
+        // `hosts` has the wrong type; without it, `endpoints` would look unreachable.
+        assert_error(
+            &[(
+                "a.toml",
+                "hosts = \"a.test\"\nendpoints = [\"10.0.0.1:80\"]\n",
+            )],
+            "a.toml:1:9",
+            &["`hosts`: invalid type", "expected an array"],
+        );
+    }
+
+    #[test]
+    fn positions_count_characters_not_bytes() {
+        assert_error(
+            &[("a.toml", "# café ☕\n[retry] # é\nattempts = 0 # é\n")],
+            "a.toml:3:12",
+            &["`retry.attempts`"],
+        );
+        assert_eq!(line_col("é=1", 3), (1, 3));
+        assert_eq!(line_col("a\nb", 2), (2, 1));
+        assert_eq!(line_col("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn all_errors_of_all_files_are_collected_in_order() {
+        let errors = errors(&[
+            ("b.toml", "hosts = [\"*\"]\n[retry]\nattempts = 0\n"),
+            ("a.toml", "[breaker]\nmode = \"x\"\nwindow = \"y\"\n"),
+            ("default.toml", "bogus = 1\n"),
+            ("c.toml", "hosts = [\"c.test\"]\n"),
+        ]);
+        let positions: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            positions,
+            [
+                "a.toml:2:8",
+                "a.toml:3:10",
+                "b.toml:1:10",
+                "b.toml:3:12",
+                "default.toml:1:1"
+            ],
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn errors_display_one_per_line() {
+        let dir = dir_with(&[("a.toml", "[retry]\nattempts = 0\nbackoff_base = \"x\"\n")]);
+        let errors = load_dir(dir.path()).unwrap_err();
+        let text = errors.to_string();
+        assert_eq!(text.lines().count(), 2);
+        let file = dir.path().join("a.toml");
+        assert!(text.starts_with(&format!("{}:2:12: `retry.attempts`", file.display())));
+    }
+
+    #[test]
+    fn io_errors_are_policy_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let errors = load_dir(&missing).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!((errors[0].line, errors[0].col), (0, 0));
+        assert_eq!(errors[0].file, missing);
+        assert!(errors[0].message.starts_with("cannot read"));
+    }
+
+    #[test]
+    fn only_visible_toml_files_are_policies() {
+        let dir = dir_with(&[
+            ("a.toml", "hosts = [\"a.test\"]\n"),
+            (".hidden.toml", "garbage ="),
+            ("README.md", "garbage ="),
+            ("b.toml.bak", "garbage ="),
+        ]);
+        fs::create_dir(dir.path().join("sub.toml")).unwrap();
+        fs::create_dir(dir.path().join("..data")).unwrap();
+        fs::write(dir.path().join("..data/x.toml"), "garbage =").unwrap();
+        let set = load_dir(dir.path()).unwrap();
+        let names: Vec<&str> = set.others.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_files_are_followed_like_a_configmap_volume() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("..2024_01_01_00_00_00.1");
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("api.toml"), "hosts = [\"api.test\"]\n").unwrap();
+        fs::write(data.join("default.toml"), "[retry]\nattempts = 1\n").unwrap();
+        symlink("..2024_01_01_00_00_00.1", dir.path().join("..data")).unwrap();
+        symlink("..data/api.toml", dir.path().join("api.toml")).unwrap();
+        symlink("..data/default.toml", dir.path().join("default.toml")).unwrap();
+        let set = load_dir(dir.path()).unwrap();
+        assert_eq!(set.default.retry.attempts, 1);
+        assert_eq!(set.lookup("api.test", 80).name, "api");
+        assert_eq!(set.lookup("api.test", 80).retry.attempts, 1);
+    }
+
+    #[test]
+    fn others_are_ordered_by_name() {
+        let set = load(&[
+            ("zeta.toml", "hosts = [\"z.test\"]\n"),
+            ("alpha.toml", "hosts = [\"a.test\"]\n"),
+            ("mid.toml", "hosts = [\"m.test\"]\n"),
+        ]);
+        let names: Vec<&str> = set.all().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["default", "alpha", "mid", "zeta"]);
+    }
+
+    #[test]
+    fn repository_policies_load_cleanly() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let set = load_dir(&dir).unwrap_or_else(|e| panic!("policies/ has errors:\n{e}"));
+        // default.toml documents the built-in values: it must not change them.
+        assert_eq!(*set.default, builtin(&dir));
+
+        let payments = set.get("payments").expect("payments.toml");
+        assert_eq!(set.lookup("api.payments.internal", 443).name, "payments");
+        assert_eq!(set.lookup("10.0.0.7", 8080).name, "payments");
+        assert!(payments.retry.on.contains(&RetryOn::Timeout));
+        assert!(payments.rate_limit.rps > 0);
+
+        let envoy = set.get("envoy-example").expect("envoy-example.toml");
+        assert_eq!(envoy.listen, Some("127.0.0.1:10000".parse().unwrap()));
+        assert!(envoy.tls);
+        assert_eq!(
+            envoy.endpoints,
+            [Endpoint {
+                host: "upstream.example.invalid".into(),
+                port: 443
+            }]
+        );
+        assert!(envoy.host_rewrite.is_some() && envoy.sni.is_some());
+        assert_eq!(set.routes().count(), 1);
+    }
+
+    #[test]
+    fn parsers_accept_documented_forms() {
+        assert_eq!(
+            host_pattern("[::1]").unwrap(),
+            HostPattern::Host { host: "::1".into() }
+        );
+        assert_eq!(
+            host_pattern("[FD00::1]:65535").unwrap(),
+            HostPattern::HostPort {
+                host: "fd00::1".into(),
+                port: 65535
+            }
+        );
+        assert!(host_pattern("api.test:+80").is_err());
+        assert_eq!(method("patch").unwrap(), "PATCH");
+        assert_eq!(positive(" 1m ").unwrap(), Duration::from_secs(60));
+        assert_eq!(int::<u32>(5, 0, U32_MAX), Ok(5));
     }
 }

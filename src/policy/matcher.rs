@@ -154,8 +154,14 @@ mod tests {
     #[test]
     fn ties_go_to_the_first_file_by_name() {
         let m = Matcher::new(&[
-            policy("a", vec![host("x.test"), host_port("y.test", 1), wildcard(".z.test")]),
-            policy("b", vec![host("x.test"), host_port("y.test", 1), wildcard(".z.test")]),
+            policy(
+                "a",
+                vec![host("x.test"), host_port("y.test", 1), wildcard(".z.test")],
+            ),
+            policy(
+                "b",
+                vec![host("x.test"), host_port("y.test", 1), wildcard(".z.test")],
+            ),
         ]);
         assert_eq!(m.lookup("x.test", 80), Some(0));
         assert_eq!(m.lookup("y.test", 1), Some(0));
