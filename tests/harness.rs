@@ -27,7 +27,10 @@ use upstream::{download_byte, refused_addr, FakeUpstream, Reply};
 /// Sends a raw HTTP/1.1 GET and reads until the server closes or resets the connection.
 async fn raw_get(upstream: &FakeUpstream) -> (Vec<u8>, std::io::Result<usize>) {
     let mut stream = TcpStream::connect(upstream.addr()).await.unwrap();
-    let request = format!("GET /raw HTTP/1.1\r\nHost: {}\r\n\r\n", upstream.authority());
+    let request = format!(
+        "GET /raw HTTP/1.1\r\nHost: {}\r\n\r\n",
+        upstream.authority()
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut received = Vec::new();
     let mut buf = [0; 8192];
@@ -122,7 +125,10 @@ async fn delay_is_respected() {
     let started = Instant::now();
     let fast = client.get(upstream.url("/")).send().await.unwrap();
     assert_eq!(fast.status(), 204);
-    assert!(started.elapsed() < delay, "the delay applies to the first reply only");
+    assert!(
+        started.elapsed() < delay,
+        "the delay applies to the first reply only"
+    );
 }
 
 #[tokio::test]
@@ -239,7 +245,11 @@ async fn echo_returns_the_body() {
 async fn large_download_arrives_complete() {
     const LEN: u64 = 10 * 1024 * 1024;
     let upstream = FakeUpstream::builder().download(LEN).start().await;
-    let mut response = direct_client().get(upstream.url("/big")).send().await.unwrap();
+    let mut response = direct_client()
+        .get(upstream.url("/big"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.content_length(), Some(LEN));
     let mut offset = 0u64;
     while let Some(chunk) = response.chunk().await.unwrap() {

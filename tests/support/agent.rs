@@ -38,9 +38,7 @@ impl TestFusebox {
     pub async fn start_with(dir: TempDir, configure: impl FnOnce(&mut RunConfig)) -> Self {
         let mut config = RunConfig::new(dir.path());
         configure(&mut config);
-        let agent = Agent::start(config)
-            .await
-            .expect("fusebox agent starts");
+        let agent = Agent::start(config).await.expect("fusebox agent starts");
         TestFusebox { agent, dir }
     }
 

@@ -9,7 +9,7 @@
 //! Everything binds `127.0.0.1:0`; nothing listens on a fixed port or a non-loopback address.
 
 // Each test binary uses a subset of the harness.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod agent;
 pub mod app;

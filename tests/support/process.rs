@@ -40,8 +40,8 @@ pub struct FuseboxProcess {
 
 impl FuseboxProcess {
     /// Runs `fusebox run --policies DIR --listen 127.0.0.1:P --admin 127.0.0.1:Q EXTRA_ARGS..`
-    /// with `env` added to a proxy-free environment, and waits (up to ~10 s) until
-    /// `GET /readyz` answers 200.
+    /// with `env` added to an environment without proxy or `FUSEBOX_*` variables, and waits
+    /// (up to ~10 s) until `GET /readyz` answers 200.
     pub async fn spawn(policies: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let (listen, admin) = free_ports();
         let log_dir = tempfile::tempdir().expect("create log dir");
@@ -52,13 +52,24 @@ impl FuseboxProcess {
             .arg("run")
             .arg("--policies")
             .arg(policies)
-            .args(["--listen", &listen.to_string(), "--admin", &admin.to_string()])
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log file"))
             .stderr(log_file);
         for var in PROXY_VARS {
             command.env_remove(var);
+        }
+        // The flags above win over FUSEBOX_* anyway; dropping the rest keeps runs hermetic.
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("FUSEBOX_") {
+                command.env_remove(var);
+            }
         }
         command.envs(env.iter().copied());
         let child = command.spawn().expect("spawn fusebox binary");
@@ -76,9 +87,13 @@ impl FuseboxProcess {
     async fn wait_ready(&mut self) {
         for _ in 0..READY_ATTEMPTS {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("fusebox exited with {status} before ready:\n{}", self.logs());
+                panic!(
+                    "fusebox exited with {status} before ready:\n{}",
+                    self.logs()
+                );
             }
-            let probe = tokio::time::timeout(READY_INTERVAL * 20, get_status(self.admin, "/readyz"));
+            let probe =
+                tokio::time::timeout(READY_INTERVAL * 20, get_status(self.admin, "/readyz"));
             if probe.await.ok().flatten() == Some(200) {
                 return;
             }

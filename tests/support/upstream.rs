@@ -39,7 +39,8 @@ use tokio_rustls::TlsAcceptor;
 type BoxError = Box<dyn StdError + Send + Sync>;
 type ResponseBody = BoxBody<Bytes, BoxError>;
 
-/// How the upstream answers one request. Every reply first reads the whole request body.
+/// How the upstream answers one request. Every reply but `Echo` first reads the whole
+/// request body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// This status, with the upstream's body (default: a line naming the status) and headers.
@@ -233,7 +234,10 @@ impl FakeUpstreamBuilder {
 
 fn script(replies: impl IntoIterator<Item = Reply>) -> Vec<Reply> {
     let replies: Vec<Reply> = replies.into_iter().collect();
-    assert!(!replies.is_empty(), "a reply script needs at least one reply");
+    assert!(
+        !replies.is_empty(),
+        "a reply script needs at least one reply"
+    );
     replies
 }
 
@@ -317,17 +321,16 @@ impl FakeUpstream {
         self.shared.scripts.lock().expect("lock").default = Script::new(script(replies));
     }
 
-    /// Replaces the default script with these statuses.
-    pub fn set_statuses(&self, statuses: &[u16]) {
-        self.set_replies(statuses.iter().map(|&s| Reply::Status(s)));
-    }
-}
-
-impl FakeUpstream {
-    /// Stops the upstream and waits until its listener and connections are closed.
+    /// Stops the upstream and waits until its listener and connections are closed
+    /// (dropping it only starts that).
     pub async fn shutdown(mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
+    }
+
+    /// Replaces the default script with these statuses.
+    pub fn set_statuses(&self, statuses: &[u16]) {
+        self.set_replies(statuses.iter().map(|&s| Reply::Status(s)));
     }
 }
 
@@ -505,19 +508,23 @@ async fn handle(
             let mut response = shared.response(status, full(body));
             response
                 .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                .entry(CONTENT_TYPE)
+                .or_insert(HeaderValue::from_static("text/plain"));
             Ok(response)
         }
         Reply::Download(len) => {
             let mut response = shared.response(StatusCode::OK, Generated::new(len, None).boxed());
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
+            response
+                .headers_mut()
+                .entry(CONTENT_TYPE)
+                .or_insert(HeaderValue::from_static("application/octet-stream"));
             Ok(response)
         }
         Reply::ResetMidBody { promised, sent } => {
-            assert!((sent as u64) < promised, "a mid-body reset sends less than promised");
+            assert!(
+                (sent as u64) < promised,
+                "a mid-body reset sends less than promised"
+            );
             let body = Generated::new(sent as u64, Some(abort));
             let mut response = shared.response(StatusCode::OK, body.boxed());
             response
