@@ -10,9 +10,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::outcome::{Outcome, CODE_CLASSES};
+use crate::policy::RetryOn;
+
+const RETRY_REASONS: usize = RetryOn::ALL.len();
 
 /// Latency buckets in seconds: 1 ms to 30 s.
 const LATENCY_BUCKETS: [f64; 15] = [
@@ -104,7 +109,13 @@ impl Telemetry {
         let reloads_failure = reload("failure");
         reloads_success.absolute(0);
         reloads_failure.absolute(0);
-        Arc::new(Telemetry { recorder, handle, config_generation, reloads_success, reloads_failure })
+        Arc::new(Telemetry {
+            recorder,
+            handle,
+            config_generation,
+            reloads_success,
+            reloads_failure,
+        })
     }
 
     /// The Prometheus text exposition of every metric.
@@ -130,7 +141,8 @@ impl Telemetry {
             all.extend_from_slice(extra);
             Key::from_parts(name, all)
         };
-        let counter = |name, extra: &[Label]| self.recorder.register_counter(&key(name, extra), &METADATA);
+        let counter =
+            |name, extra: &[Label]| self.recorder.register_counter(&key(name, extra), &METADATA);
         let gauge = |name| self.recorder.register_gauge(&key(name, &[]), &METADATA);
         let histogram = |name| self.recorder.register_histogram(&key(name, &[]), &METADATA);
         DestinationMetrics {
@@ -139,9 +151,22 @@ impl Telemetry {
             requests: std::array::from_fn(|_| OnceLock::new()),
             request_duration: histogram("fusebox_request_duration_seconds"),
             attempts: AttemptResult::ALL.map(|result| {
-                counter("fusebox_attempts_total", &[Label::from_static_parts("result", result.label())])
+                counter(
+                    "fusebox_attempts_total",
+                    &[Label::from_static_parts("result", result.label())],
+                )
             }),
             attempt_duration: histogram("fusebox_attempt_duration_seconds"),
+            retries: std::array::from_fn(|_| OnceLock::new()),
+            retry_budget_exhausted: counter("fusebox_retry_budget_exhausted_total", &[]),
+            shadow_breaker: counter(
+                "fusebox_shadow_rejections_total",
+                &[Label::from_static_parts("kind", "breaker")],
+            ),
+            shadow_rate_limit: counter(
+                "fusebox_shadow_rejections_total",
+                &[Label::from_static_parts("kind", "rate_limit")],
+            ),
             in_flight: gauge("fusebox_in_flight"),
             tunnels_active: gauge("fusebox_tunnels_active"),
             breaker_state: gauge("fusebox_breaker_state"),
@@ -157,6 +182,10 @@ pub struct DestinationMetrics {
     request_duration: Histogram,
     attempts: [Counter; AttemptResult::ALL.len()],
     attempt_duration: Histogram,
+    retries: [OnceLock<Counter>; RETRY_REASONS],
+    pub retry_budget_exhausted: Counter,
+    pub shadow_breaker: Counter,
+    pub shadow_rate_limit: Counter,
     pub in_flight: Gauge,
     pub tunnels_active: Gauge,
     pub breaker_state: Gauge,
@@ -164,7 +193,9 @@ pub struct DestinationMetrics {
 
 impl std::fmt::Debug for DestinationMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DestinationMetrics").field("labels", &self.labels).finish_non_exhaustive()
+        f.debug_struct("DestinationMetrics")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,12 +209,51 @@ impl DestinationMetrics {
                 let mut labels = self.labels.to_vec();
                 labels.push(Label::from_static_parts("outcome", outcome.label()));
                 labels.push(Label::from_static_parts("code", CODE_CLASSES[code]));
-                self.telemetry
-                    .recorder
-                    .register_counter(&Key::from_parts("fusebox_requests_total", labels), &METADATA)
+                self.telemetry.recorder.register_counter(
+                    &Key::from_parts("fusebox_requests_total", labels),
+                    &METADATA,
+                )
             })
             .increment(1);
         self.request_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Records one retry sent, by the `retry.on` condition that allowed it.
+    pub fn retry(&self, reason: RetryOn) {
+        let index = RetryOn::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.retries[index]
+            .get_or_init(|| {
+                self.register_counter("fusebox_retries_total", "reason", reason.label())
+            })
+            .increment(1);
+    }
+
+    /// Records one breaker state change. Transitions are rare, so the handle is looked up here.
+    pub fn transition(&self, from: &'static str, to: &'static str, reason: &'static str) {
+        let mut labels = self.labels.to_vec();
+        labels.push(Label::from_static_parts("from", from));
+        labels.push(Label::from_static_parts("to", to));
+        labels.push(Label::from_static_parts("reason", reason));
+        self.telemetry
+            .recorder
+            .register_counter(
+                &Key::from_parts("fusebox_breaker_transitions_total", labels),
+                &METADATA,
+            )
+            .increment(1);
+    }
+
+    fn register_counter(
+        &self,
+        name: &'static str,
+        label: &'static str,
+        value: &'static str,
+    ) -> Counter {
+        let mut labels = self.labels.to_vec();
+        labels.push(Label::from_static_parts(label, value));
+        self.telemetry
+            .recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
     }
 
     /// Records one upstream try.
@@ -207,20 +277,36 @@ fn describe(recorder: &PrometheusRecorder) {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));
     }
     let gauges: [(&'static str, &'static str); 5] = [
-        ("fusebox_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+        (
+            "fusebox_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+        ),
         ("fusebox_in_flight", "App requests in progress."),
         ("fusebox_tunnels_active", "Open CONNECT tunnels."),
-        ("fusebox_config_generation", "Generation of the applied policies; increases on every applied reload."),
+        (
+            "fusebox_config_generation",
+            "Generation of the applied policies; increases on every applied reload.",
+        ),
         ("fusebox_build_info", "Build information; always 1."),
     ];
     for (name, help) in gauges {
         recorder.describe_gauge(name.into(), None, SharedString::const_str(help));
     }
     let histograms: [(&'static str, &'static str); 2] = [
-        ("fusebox_request_duration_seconds", "App-observed latency through fusebox, until the response head, in seconds."),
-        ("fusebox_attempt_duration_seconds", "Latency of one upstream try, until the response head, in seconds."),
+        (
+            "fusebox_request_duration_seconds",
+            "App-observed latency through fusebox, until the response head, in seconds.",
+        ),
+        (
+            "fusebox_attempt_duration_seconds",
+            "Latency of one upstream try, until the response head, in seconds.",
+        ),
     ];
     for (name, help) in histograms {
-        recorder.describe_histogram(name.into(), Some(Unit::Seconds), SharedString::const_str(help));
+        recorder.describe_histogram(
+            name.into(),
+            Some(Unit::Seconds),
+            SharedString::const_str(help),
+        );
     }
 }

@@ -110,6 +110,29 @@ pub enum RetryOn {
     RetriableStatus,
 }
 
+impl RetryOn {
+    pub const ALL: [RetryOn; 6] = [
+        RetryOn::ConnectFailure,
+        RetryOn::Reset,
+        RetryOn::GatewayError,
+        RetryOn::Timeout,
+        RetryOn::FiveXx,
+        RetryOn::RetriableStatus,
+    ];
+
+    /// The name used in policy files and in the `reason` label of `fusebox_retries_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::Reset => "reset",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Timeout => "timeout",
+            RetryOn::FiveXx => "5xx",
+            RetryOn::RetriableStatus => "retriable-status",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Retry {
     /// Total tries, the first included; 1 = no retry.
