@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod guard;
 pub mod outcome;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod registry;

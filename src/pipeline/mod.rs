@@ -1,0 +1,12 @@
+//! The per-destination resilience pipeline: the pieces an attempt passes through between the
+//! policy lookup and the upstream client (section 1 of DESIGN.md).
+//!
+//! Each file owns one idea and is pure where possible: state machines take `now` instead of
+//! reading a clock, so tests step time explicitly and the proxy (the I/O) stays elsewhere.
+
+pub mod backoff;
+pub mod breaker;
+pub mod budget;
+pub mod gate;
+pub mod limiter;
+pub mod retry;
