@@ -45,7 +45,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
             async move { Ok::<_, Infallible>(route(&state, &req)) }
         });
         tokio::spawn(async move {
-            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 debug!(%error, "admin connection ended with an error");
             }
         });
@@ -56,26 +59,44 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
     if known && req.method() != Method::GET && req.method() != Method::HEAD {
-        return json_error(StatusCode::METHOD_NOT_ALLOWED, &format!("{} is not allowed on {path}", req.method()));
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{} is not allowed on {path}", req.method()),
+        );
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain; charset=utf-8"),
-        "/readyz" if state.ready.load(Ordering::Acquire) => {
-            text(StatusCode::OK, "ready\n".into(), "text/plain; charset=utf-8")
-        }
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain; charset=utf-8"),
+        "/readyz" if state.ready.load(Ordering::Acquire) => text(
+            StatusCode::OK,
+            "ready\n".into(),
+            "text/plain; charset=utf-8",
+        ),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n".into(),
+            "text/plain; charset=utf-8",
+        ),
         "/metrics" => {
             let body = state.registry.telemetry().render();
-            text(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
+            text(
+                StatusCode::OK,
+                body,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
         }
-        _ => json_error(StatusCode::NOT_FOUND, &format!("no admin endpoint at {path}")),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            &format!("no admin endpoint at {path}"),
+        ),
     }
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

@@ -30,6 +30,8 @@ pub struct RunConfig {
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish after a stop signal.
     pub drain_timeout: Duration,
+    /// Randomise breaker open periods and retry backoff (off in tests, for exact timings).
+    pub jitter: bool,
 }
 
 impl RunConfig {
@@ -41,6 +43,7 @@ impl RunConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(10),
+            jitter: true,
         }
     }
 }
@@ -51,7 +54,11 @@ pub enum StartError {
     #[error("invalid policies:\n{0}")]
     Policies(PolicyErrors),
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: String, addr: SocketAddr, source: io::Error },
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     #[error("{0}")]
     Upstream(String),
 }
@@ -72,11 +79,17 @@ pub struct Agent {
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { what: what.to_owned(), addr, source })
+        .map_err(|source| StartError::Bind {
+            what: what.to_owned(),
+            addr,
+            source,
+        })
 }
 
 fn local_addr(listener: &TcpListener) -> SocketAddr {
-    listener.local_addr().expect("a bound TCP listener has an address")
+    listener
+        .local_addr()
+        .expect("a bound TCP listener has an address")
 }
 
 impl Agent {
@@ -94,14 +107,22 @@ impl Agent {
         }
         let egress = local_addr(&egress_listener);
         let admin = local_addr(&admin_listener);
-        let routes: Vec<(String, SocketAddr)> =
-            route_listeners.iter().map(|(name, l)| (name.clone(), local_addr(l))).collect();
+        let routes: Vec<(String, SocketAddr)> = route_listeners
+            .iter()
+            .map(|(name, l)| (name.clone(), local_addr(l)))
+            .collect();
 
         let self_addrs = Arc::new(SelfAddrs::default());
-        self_addrs.set([egress, admin].into_iter().chain(routes.iter().map(|(_, a)| *a)).collect());
+        self_addrs.set(
+            [egress, admin]
+                .into_iter()
+                .chain(routes.iter().map(|(_, a)| *a))
+                .collect(),
+        );
         let telemetry = Telemetry::new();
         let registry = Arc::new(
-            Registry::new(policies, Arc::clone(&telemetry), self_addrs).map_err(StartError::Upstream)?,
+            Registry::new(policies, Arc::clone(&telemetry), self_addrs, config.jitter)
+                .map_err(StartError::Upstream)?,
         );
         let ctx = Arc::new(ProxyContext::new(Arc::clone(&registry)));
         let limits = ServerLimits {
@@ -119,15 +140,37 @@ impl Agent {
         ))];
         for (name, listener) in route_listeners {
             let route = Some(Arc::from(name.as_str()));
-            tasks.push(tokio::spawn(listener::serve(listener, Arc::clone(&ctx), route, limits, shutdown.clone())));
+            tasks.push(tokio::spawn(listener::serve(
+                listener,
+                Arc::clone(&ctx),
+                route,
+                limits,
+                shutdown.clone(),
+            )));
         }
-        let admin_state = Arc::new(AdminState { registry, ready: false.into() });
-        tasks.push(tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state), shutdown.clone())));
+        let admin_state = Arc::new(AdminState {
+            registry,
+            ready: false.into(),
+        });
+        tasks.push(tokio::spawn(admin::serve(
+            admin_listener,
+            Arc::clone(&admin_state),
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(upkeep(telemetry, shutdown.clone())));
 
         admin_state.ready.store(true, Ordering::Release);
         info!(%egress, %admin, routes = ?routes, "fusebox is ready");
-        Ok(Agent { egress, admin, routes, admin_state, ctx, shutdown, tasks, drain_timeout: config.drain_timeout })
+        Ok(Agent {
+            egress,
+            admin,
+            routes,
+            admin_state,
+            ctx,
+            shutdown,
+            tasks,
+            drain_timeout: config.drain_timeout,
+        })
     }
 
     pub fn egress_addr(&self) -> SocketAddr {
@@ -140,7 +183,10 @@ impl Agent {
 
     /// The bound address of a policy's route listener.
     pub fn route_addr(&self, policy: &str) -> Option<SocketAddr> {
-        self.routes.iter().find(|(name, _)| name == policy).map(|(_, addr)| *addr)
+        self.routes
+            .iter()
+            .find(|(name, _)| name == policy)
+            .map(|(_, addr)| *addr)
     }
 
     /// Stops accepting, lets in-flight requests finish within the drain timeout, and returns.
@@ -151,7 +197,10 @@ impl Agent {
             let _ = task.await;
         }
         self.ctx.tasks.close();
-        if tokio::time::timeout(self.drain_timeout, self.ctx.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.drain_timeout, self.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
             warn!(drain_timeout = ?self.drain_timeout, "drain timeout over; closing what is still in flight");
         }
     }

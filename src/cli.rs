@@ -91,6 +91,7 @@ fn run(args: RunArgs) -> i32 {
         admin: args.admin,
         max_header_bytes: args.max_header_bytes,
         drain_timeout: args.drain_timeout,
+        jitter: true,
     };
     runtime.block_on(async {
         let agent = match Agent::start(config).await {
@@ -113,7 +114,9 @@ fn run(args: RunArgs) -> i32 {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

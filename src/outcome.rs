@@ -139,11 +139,26 @@ mod tests {
     #[test]
     fn every_reason_maps_to_its_contract_status() {
         let table = [
-            (Reason::BreakerOpen, 503, "breaker-open", Outcome::BreakerOpen),
-            (Reason::RateLimited, 429, "rate-limited", Outcome::RateLimited),
+            (
+                Reason::BreakerOpen,
+                503,
+                "breaker-open",
+                Outcome::BreakerOpen,
+            ),
+            (
+                Reason::RateLimited,
+                429,
+                "rate-limited",
+                Outcome::RateLimited,
+            ),
             (Reason::Overflow, 503, "overflow", Outcome::Overflow),
             (Reason::Timeout, 504, "timeout", Outcome::Timeout),
-            (Reason::ConnectFailed, 502, "connect-failed", Outcome::ConnectFailed),
+            (
+                Reason::ConnectFailed,
+                502,
+                "connect-failed",
+                Outcome::ConnectFailed,
+            ),
             (Reason::UpstreamReset, 502, "upstream-reset", Outcome::Reset),
             (Reason::Denied, 403, "denied", Outcome::Denied),
             (Reason::Loop, 508, "loop", Outcome::Loop),

@@ -12,8 +12,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use tokio::time::Instant;
+use tracing::warn;
 
 use crate::guard::GuardRules;
+use crate::pipeline::breaker::{
+    Admission, BreakerSnapshot, CallResult, CircuitBreaker, Jitter, State, Transition,
+};
+use crate::pipeline::budget::RetryBudget;
+use crate::pipeline::gate::Gate;
+use crate::pipeline::limiter::RateLimiter;
 use crate::policy::{Endpoint, Policy, PolicySet};
 use crate::telemetry::{DestinationMetrics, Telemetry, OTHER_DESTINATION};
 use crate::upstream::connect::ConnectRules;
@@ -26,22 +34,133 @@ pub struct Upstream {
     next_endpoint: AtomicUsize,
     destinations: ArcSwap<HashMap<Box<str>, Arc<Destination>>>,
     insert: Mutex<()>,
+    name: Arc<str>,
+    /// Destinations that were given their own `destination` label.
+    labelled: AtomicUsize,
+    jitter: bool,
     /// Shared by every destination beyond `metrics_max_destinations`.
     other_metrics: std::sync::OnceLock<Arc<DestinationMetrics>>,
     telemetry: Arc<Telemetry>,
 }
 
-/// State of one policy × destination `host:port`.
+/// State of one policy × destination `host:port`: its breaker, limiter, retry budget,
+/// concurrency gate and metric handles.
 #[derive(Debug)]
 pub struct Destination {
     /// `host:port`, as in the `destination` metric label (IPv6 hosts in brackets).
     pub authority: Box<str>,
+    /// The policy's name, for logs.
+    pub upstream: Arc<str>,
     pub metrics: Arc<DestinationMetrics>,
+    pub gate: Gate,
+    pub limiter: Option<RateLimiter>,
+    pub budget: RetryBudget,
+    /// Locked only for a few instructions, never across an await.
+    breaker: Mutex<CircuitBreaker>,
 }
+
+impl Destination {
+    fn new(policy: &Policy, upstream: Arc<str>, authority: Box<str>, metrics: Arc<DestinationMetrics>, jitter: bool) -> Destination {
+        let jitter = if jitter { Jitter::Fraction(BREAKER_JITTER) } else { Jitter::None };
+        metrics.breaker_state.set(State::Closed.as_gauge());
+        Destination {
+            authority,
+            upstream,
+            metrics,
+            gate: Gate::new(&policy.concurrency),
+            limiter: RateLimiter::new(&policy.rate_limit),
+            budget: RetryBudget::new(&policy.retry),
+            breaker: Mutex::new(CircuitBreaker::new(policy.breaker.clone(), jitter, Instant::now())),
+        }
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+        // A panic while holding the lock cannot leave the breaker half-updated in a way that
+        // matters more than losing traffic: keep serving.
+        self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks the breaker to let one attempt through.
+    pub fn admit(&self) -> Admission {
+        let (admission, transition) = self.breaker().admit(Instant::now());
+        if let Some(transition) = transition {
+            self.observe(&transition);
+        }
+        admission
+    }
+
+    /// Tells the breaker how an attempt it let through ended.
+    pub fn record(&self, call: CallResult) {
+        let transition = self.breaker().record(Instant::now(), call);
+        if let Some(transition) = transition {
+            self.observe(&transition);
+        }
+    }
+
+    /// Whether an upstream status counts as a breaker failure for this destination.
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.breaker().is_failure_status(status)
+    }
+
+    /// Applies an operator's command to the breaker (admin API).
+    pub fn command(&self, command: BreakerCommand) {
+        let now = Instant::now();
+        let transition = {
+            let mut breaker = self.breaker();
+            match command {
+                BreakerCommand::ForceOpen => breaker.force_open(now),
+                BreakerCommand::ForceClosed => breaker.force_closed(now),
+                BreakerCommand::Reset => breaker.reset(now),
+            }
+        };
+        if let Some(transition) = transition {
+            self.observe(&transition);
+        }
+    }
+
+    /// The breaker's state for explanations (admin API).
+    pub fn breaker_snapshot(&self) -> BreakerSnapshot {
+        self.breaker().snapshot(Instant::now())
+    }
+
+    fn observe(&self, transition: &Transition) {
+        self.metrics.breaker_state.set(transition.to.as_gauge());
+        self.metrics.transition(transition.from.label(), transition.to.label(), transition.reason.label());
+        let w = transition.window;
+        warn!(
+            upstream = %self.upstream,
+            destination = %self.authority,
+            from = transition.from.label(),
+            to = transition.to.label(),
+            reason = transition.reason.label(),
+            window_calls = w.calls,
+            window_failures = w.failures,
+            window_slow = w.slow,
+            "breaker state changed"
+        );
+    }
+}
+
+/// What an operator can do to a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerCommand {
+    ForceOpen,
+    ForceClosed,
+    Reset,
+}
+
+/// ±10 % on open periods, so that many fusebox instances do not probe an upstream in lockstep.
+const BREAKER_JITTER: f64 = 0.1;
+
+/// Above this many destinations in one policy, creating another first drops the quiet ones
+/// (no request in flight, breaker closed). Bounds memory for a forward proxy to arbitrary hosts.
+const MAX_DESTINATIONS: usize = 10_000;
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("policy", &self.policy.name).finish_non_exhaustive()
+        f.debug_struct("Upstream")
+            .field("policy", &self.policy.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -50,6 +169,7 @@ impl Upstream {
         policy: Arc<Policy>,
         telemetry: Arc<Telemetry>,
         self_addrs: Arc<SelfAddrs>,
+        jitter: bool,
     ) -> Result<Upstream, String> {
         let rules = ConnectRules {
             guard: GuardRules {
@@ -59,9 +179,12 @@ impl Upstream {
             timeout: policy.timeouts.connect,
             self_addrs,
         };
-        let client = client::build(&policy, rules)
-            .map_err(|e| format!("policy {}: {e}", policy.name))?;
+        let client =
+            client::build(&policy, rules).map_err(|e| format!("policy {}: {e}", policy.name))?;
         Ok(Upstream {
+            name: Arc::from(policy.name.as_str()),
+            labelled: AtomicUsize::new(0),
+            jitter,
             policy,
             client,
             next_endpoint: AtomicUsize::new(0),
@@ -106,15 +229,29 @@ impl Upstream {
         if let Some(found) = current.get(key) {
             return Arc::clone(found);
         }
-        let metrics = if current.len() < self.policy.metrics_max_destinations {
+        // Label slots are never given back, so eviction cannot push cardinality past the limit.
+        let labelled = self.labelled.load(Ordering::Relaxed);
+        let metrics = if labelled < self.policy.metrics_max_destinations {
+            self.labelled.store(labelled + 1, Ordering::Relaxed);
             Arc::new(self.telemetry.destination(&self.policy.name, key))
         } else {
-            Arc::clone(self.other_metrics.get_or_init(|| {
-                Arc::new(self.telemetry.destination(&self.policy.name, OTHER_DESTINATION))
-            }))
+            self.other_metrics()
         };
-        let destination = Arc::new(Destination { authority: key.into(), metrics });
+        let destination = Arc::new(Destination::new(
+            &self.policy,
+            Arc::clone(&self.name),
+            key.into(),
+            metrics,
+            self.jitter,
+        ));
         let mut next = HashMap::clone(&current);
+        if next.len() >= MAX_DESTINATIONS {
+            next.retain(|_, d| {
+                Arc::strong_count(d) > 1
+                    || d.gate.in_flight() > 0
+                    || d.breaker().state() != State::Closed
+            });
+        }
         next.insert(key.into(), Arc::clone(&destination));
         self.destinations.store(Arc::new(next));
         destination
@@ -123,10 +260,19 @@ impl Upstream {
     /// The state shared by requests that have no destination of their own (bad requests),
     /// exported as `destination="_other"`.
     pub fn other_destination(&self) -> Arc<Destination> {
-        let metrics = Arc::clone(self.other_metrics.get_or_init(|| {
+        Arc::new(Destination::new(
+            &self.policy,
+            Arc::clone(&self.name),
+            OTHER_DESTINATION.into(),
+            self.other_metrics(),
+            false,
+        ))
+    }
+
+    fn other_metrics(&self) -> Arc<DestinationMetrics> {
+        Arc::clone(self.other_metrics.get_or_init(|| {
             Arc::new(self.telemetry.destination(&self.policy.name, OTHER_DESTINATION))
-        }));
-        Arc::new(Destination { authority: OTHER_DESTINATION.into(), metrics })
+        }))
     }
 
     /// Every destination seen so far.
@@ -144,7 +290,10 @@ struct AuthorityBuf {
 
 impl Default for AuthorityBuf {
     fn default() -> Self {
-        AuthorityBuf { bytes: [0; 300], heap: String::new() }
+        AuthorityBuf {
+            bytes: [0; 300],
+            heap: String::new(),
+        }
     }
 }
 
@@ -163,7 +312,11 @@ impl AuthorityBuf {
                 return text;
             }
         }
-        self.heap = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        self.heap = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         &self.heap
     }
 }
@@ -212,17 +365,25 @@ pub struct Registry {
     current: ArcSwap<Snapshot>,
     telemetry: Arc<Telemetry>,
     self_addrs: Arc<SelfAddrs>,
+    jitter: bool,
 }
 
 impl Registry {
+    /// `jitter = false` makes breaker open periods exact (tests).
     pub fn new(
         policies: PolicySet,
         telemetry: Arc<Telemetry>,
         self_addrs: Arc<SelfAddrs>,
+        jitter: bool,
     ) -> Result<Registry, String> {
-        let snapshot = build_snapshot(policies, 1, &telemetry, &self_addrs)?;
+        let snapshot = build_snapshot(policies, 1, &telemetry, &self_addrs, jitter)?;
         telemetry.config_generation.set(1.0);
-        Ok(Registry { current: ArcSwap::from_pointee(snapshot), telemetry, self_addrs })
+        Ok(Registry {
+            current: ArcSwap::from_pointee(snapshot),
+            telemetry,
+            self_addrs,
+            jitter,
+        })
     }
 
     /// The active policies and their state; cheap, lock-free.
@@ -244,13 +405,29 @@ fn build_snapshot(
     generation: u64,
     telemetry: &Arc<Telemetry>,
     self_addrs: &Arc<SelfAddrs>,
+    jitter: bool,
 ) -> Result<Snapshot, String> {
     let make = |policy: &Arc<Policy>| {
-        Upstream::new(Arc::clone(policy), Arc::clone(telemetry), Arc::clone(self_addrs)).map(Arc::new)
+        Upstream::new(
+            Arc::clone(policy),
+            Arc::clone(telemetry),
+            Arc::clone(self_addrs),
+            jitter,
+        )
+        .map(Arc::new)
     };
     let default = make(&policies.default)?;
-    let others = policies.others.iter().map(make).collect::<Result<Vec<_>, _>>()?;
-    Ok(Snapshot { policies, generation, default, others })
+    let others = policies
+        .others
+        .iter()
+        .map(make)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Snapshot {
+        policies,
+        generation,
+        default,
+        others,
+    })
 }
 
 #[cfg(test)]
@@ -259,9 +436,15 @@ mod tests {
 
     #[test]
     fn authority_brackets_ipv6() {
-        assert_eq!(AuthorityBuf::default().format("example.com", 80), "example.com:80");
+        assert_eq!(
+            AuthorityBuf::default().format("example.com", 80),
+            "example.com:80"
+        );
         assert_eq!(AuthorityBuf::default().format("::1", 8080), "[::1]:8080");
         let long = "a".repeat(400);
-        assert_eq!(AuthorityBuf::default().format(&long, 1), format!("{long}:1"));
+        assert_eq!(
+            AuthorityBuf::default().format(&long, 1),
+            format!("{long}:1")
+        );
     }
 }

@@ -39,14 +39,30 @@ pub async fn handle(
                 // The policy was removed by a reload while this connection stayed open.
                 let upstream = snapshot.default();
                 let detail = format!("route listener's policy {name} no longer exists");
-                return finish_local(upstream, &upstream.other_destination(), started, Reason::ConnectFailed, &detail);
+                return finish_local(
+                    upstream,
+                    &upstream.other_destination(),
+                    started,
+                    Reason::ConnectFailed,
+                    &detail,
+                );
             };
             let Some(endpoint) = upstream.next_endpoint() else {
                 let detail = "route policy has no endpoints";
-                return finish_local(upstream, &upstream.other_destination(), started, Reason::ConnectFailed, detail);
+                return finish_local(
+                    upstream,
+                    &upstream.other_destination(),
+                    started,
+                    Reason::ConnectFailed,
+                    detail,
+                );
             };
             let destination = upstream.destination(&endpoint.host, endpoint.port);
-            let scheme = if upstream.policy.tls { Scheme::HTTPS } else { Scheme::HTTP };
+            let scheme = if upstream.policy.tls {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            };
             let uri = upstream_uri(scheme, &destination.authority, req.uri());
             (upstream, destination, uri)
         }
@@ -61,7 +77,11 @@ pub async fn handle(
             let (destination, scheme) = egress_destination(upstream, &target);
             let uri = upstream_uri(scheme, &destination.authority, req.uri());
             if !upstream.policy.allow {
-                let detail = format!("{} is not allowed by policy {}", target_text(&target), upstream.policy.name);
+                let detail = format!(
+                    "{} is not allowed by policy {}",
+                    target_text(&target),
+                    upstream.policy.name
+                );
                 return finish_local(upstream, &destination, started, Reason::Denied, &detail);
             }
             (upstream, destination, uri)
@@ -118,29 +138,47 @@ pub async fn handle(
             return finish_local(upstream, &destination, started, reason, &detail);
         }
         Err(_) => {
-            destination.metrics.attempt(AttemptResult::Timeout, attempt_elapsed);
-            let detail = format!("no response head from {} within {attempt_limit:?}", destination.authority);
+            destination
+                .metrics
+                .attempt(AttemptResult::Timeout, attempt_elapsed);
+            let detail = format!(
+                "no response head from {} within {attempt_limit:?}",
+                destination.authority
+            );
             return finish_local(upstream, &destination, started, Reason::Timeout, &detail);
         }
     };
 
     let status = response.status();
-    let failed = upstream.policy.breaker.failure_statuses.contains(&status.as_u16());
-    let attempt = if failed { AttemptResult::Failure } else { AttemptResult::Success };
+    let failed = upstream
+        .policy
+        .breaker
+        .failure_statuses
+        .contains(&status.as_u16());
+    let attempt = if failed {
+        AttemptResult::Failure
+    } else {
+        AttemptResult::Success
+    };
     destination.metrics.attempt(attempt, attempt_elapsed);
 
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         if let Some(app_upgrade) = app_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            ctx.tasks.spawn(splice_upgrade(app_upgrade, upstream_upgrade));
+            ctx.tasks
+                .spawn(splice_upgrade(app_upgrade, upstream_upgrade));
         }
     }
     // hyper speaks HTTP/1.1 to the app whatever the upstream spoke (1.0, h2).
     *response.version_mut() = http::Version::HTTP_11;
     headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
     headers::add_via(response.headers_mut(), &ctx.via);
-    destination.metrics.request(Outcome::of_upstream_status(status), status, started.elapsed());
+    destination.metrics.request(
+        Outcome::of_upstream_status(status),
+        status,
+        started.elapsed(),
+    );
     response.map(ResponseBody::Upstream)
 }
 
@@ -153,7 +191,11 @@ fn egress_destination(upstream: &Upstream, target: &Target<'_>) -> (Arc<Destinat
         return (upstream.destination(&endpoint.host, endpoint.port), scheme);
     }
     // `tls = true` turns `http://host/` into `https://host:443/`; an explicit port is kept.
-    let port = if tls && !target.explicit_port { 443 } else { target.port };
+    let port = if tls && !target.explicit_port {
+        443
+    } else {
+        target.port
+    };
     (upstream.destination(&target.host, port), scheme)
 }
 
@@ -182,7 +224,13 @@ fn target_text(target: &Target<'_>) -> String {
 pub fn reject_unrouted(ctx: &ProxyContext, reason: Reason, detail: &str) -> Response<ResponseBody> {
     let snapshot = ctx.registry.load();
     let upstream = snapshot.default();
-    finish_local(upstream, &upstream.other_destination(), Instant::now(), reason, detail)
+    finish_local(
+        upstream,
+        &upstream.other_destination(),
+        Instant::now(),
+        reason,
+        detail,
+    )
 }
 
 /// Answers locally and records the request.
@@ -195,7 +243,9 @@ fn finish_local(
 ) -> Response<ResponseBody> {
     debug!(upstream = %upstream.policy.name, destination = %destination.authority, reason = reason.as_str(), detail, "local reply");
     let reply = local_reply(reason, &upstream.policy.name, detail);
-    destination.metrics.request(reason.outcome(), reply.status(), started.elapsed());
+    destination
+        .metrics
+        .request(reason.outcome(), reply.status(), started.elapsed());
     reply
 }
 
@@ -217,16 +267,25 @@ pub fn classify_error(
             );
         }
         // io::Error hides its payload from `source()`; look inside.
-        source = match current.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        source = match current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => current.source(),
         };
     }
     if error.is_connect() {
-        (Reason::ConnectFailed, Some(AttemptResult::ConnectFailed), format!("connect to {authority} failed: {error}"))
+        (
+            Reason::ConnectFailed,
+            Some(AttemptResult::ConnectFailed),
+            format!("connect to {authority} failed: {error}"),
+        )
     } else {
         let detail = match std::error::Error::source(error) {
-            Some(cause) => format!("{authority} closed or reset the connection before a response head: {cause}"),
+            Some(cause) => format!(
+                "{authority} closed or reset the connection before a response head: {cause}"
+            ),
             None => format!("{authority} closed or reset the connection before a response head"),
         };
         (Reason::UpstreamReset, Some(AttemptResult::Reset), detail)

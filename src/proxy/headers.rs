@@ -17,7 +17,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Whether the message asks to switch protocols (`Connection: upgrade` with `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -63,7 +64,10 @@ pub fn has_looped(headers: &HeaderMap, via_token: &str) -> bool {
         .get_all(header::VIA)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|entry| entry.split_whitespace().nth(1) == Some(via_token)))
+        .any(|v| {
+            v.split(',')
+                .any(|entry| entry.split_whitespace().nth(1) == Some(via_token))
+        })
 }
 
 #[cfg(test)]
@@ -73,7 +77,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         map
     }
@@ -101,7 +108,11 @@ mod tests {
 
     #[test]
     fn keeps_upgrade_when_upgrading() {
-        let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("keep-alive", "1")]);
+        let mut map = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "1"),
+        ]);
         assert!(is_upgrade(&map));
         remove_hop_by_hop(&mut map, true);
         assert_eq!(map.get("upgrade").unwrap(), "websocket");
@@ -117,7 +128,10 @@ mod tests {
 
     #[test]
     fn loop_detection_matches_only_our_token() {
-        let map = headers(&[("via", "1.0 fred, 1.1 fusebox-0000abcd"), ("via", "1.1 other")]);
+        let map = headers(&[
+            ("via", "1.0 fred, 1.1 fusebox-0000abcd"),
+            ("via", "1.1 other"),
+        ]);
         assert!(has_looped(&map, "fusebox-0000abcd"));
         assert!(!has_looped(&map, "fusebox-0000abc"));
         assert!(!has_looped(&HeaderMap::new(), "fusebox-0000abcd"));

@@ -68,7 +68,9 @@ pub async fn serve(
             let route = route.clone();
             async move { Ok::<_, Infallible>(dispatch(&ctx, route.as_deref(), limits, req).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let shutdown = shutdown.clone();
         ctx.tasks.spawn(async move {
             tokio::pin!(connection);
@@ -94,14 +96,19 @@ async fn dispatch(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     if head_size(&req) > limits.max_header_bytes {
-        let detail = format!("request head is larger than {} bytes", limits.max_header_bytes);
+        let detail = format!(
+            "request head is larger than {} bytes",
+            limits.max_header_bytes
+        );
         return forward::reject_unrouted(ctx, Reason::HeadersTooLarge, &detail);
     }
     match (req.method() == Method::CONNECT, route) {
         (true, None) => tunnel::handle(ctx, req).await,
-        (true, Some(_)) => {
-            forward::reject_unrouted(ctx, Reason::BadRequest, "CONNECT is not supported on a route listener")
-        }
+        (true, Some(_)) => forward::reject_unrouted(
+            ctx,
+            Reason::BadRequest,
+            "CONNECT is not supported on a route listener",
+        ),
         (false, route) => forward::handle(ctx, route, req).await,
     }
 }
@@ -113,5 +120,7 @@ fn head_size<B>(req: &Request<B>) -> usize {
         + uri.authority().map_or(0, |a| a.as_str().len())
         + uri.path_and_query().map_or(0, |p| p.as_str().len());
     let line = req.method().as_str().len() + target + 12;
-    req.headers().iter().fold(line, |sum, (name, value)| sum + name.as_str().len() + value.len() + 4)
+    req.headers().iter().fold(line, |sum, (name, value)| {
+        sum + name.as_str().len() + value.len() + 4
+    })
 }

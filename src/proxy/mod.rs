@@ -32,7 +32,12 @@ impl ProxyContext {
     pub fn new(registry: Arc<Registry>) -> ProxyContext {
         let via_token = format!("fusebox-{:08x}", instance_id());
         let via = HeaderValue::from_str(&format!("1.1 {via_token}")).expect("ascii token");
-        ProxyContext { registry, via, via_token, tasks: tokio_util::task::TaskTracker::new() }
+        ProxyContext {
+            registry,
+            via,
+            via_token,
+            tasks: tokio_util::task::TaskTracker::new(),
+        }
     }
 }
 

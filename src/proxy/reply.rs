@@ -33,7 +33,10 @@ pub fn local_reply_with_retry_after(
         X_FUSEBOX_UPSTREAM,
         HeaderValue::from_str(upstream).unwrap_or_else(|_| HeaderValue::from_static("-")),
     );
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Some(after) = retry_after {
         // Whole seconds, rounded up: "retry in 0 s" would invite an immediate retry.
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);

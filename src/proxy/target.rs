@@ -26,7 +26,11 @@ pub fn http_target<B>(req: &Request<B>) -> Result<Target<'_>, String> {
         None => false,
         Some(s) if *s == Scheme::HTTP => false,
         Some(s) if *s == Scheme::HTTPS => true,
-        Some(other) => return Err(format!("unsupported scheme {other:?}: fusebox forwards http and https")),
+        Some(other) => {
+            return Err(format!(
+                "unsupported scheme {other:?}: fusebox forwards http and https"
+            ))
+        }
     };
     let authority = match uri.authority() {
         Some(authority) => authority,
@@ -41,14 +45,24 @@ fn host_header_target<B>(req: &Request<B>) -> Result<Target<'_>, String> {
         .headers()
         .get(header::HOST)
         .ok_or("origin-form request without a Host header: send absolute-form (http://host/path) or set Host")?;
-    let host = host.to_str().map_err(|_| "Host header is not valid text".to_owned())?;
-    let authority: Authority = host.parse().map_err(|_| format!("Host header {host:?} is not host[:port]"))?;
+    let host = host
+        .to_str()
+        .map_err(|_| "Host header is not valid text".to_owned())?;
+    let authority: Authority = host
+        .parse()
+        .map_err(|_| format!("Host header {host:?} is not host[:port]"))?;
     let target = from_authority(&authority, false)?;
-    Ok(Target { host: Cow::Owned(target.host.into_owned()), ..target })
+    Ok(Target {
+        host: Cow::Owned(target.host.into_owned()),
+        ..target
+    })
 }
 
 fn from_authority(authority: &Authority, https: bool) -> Result<Target<'_>, String> {
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.is_empty() {
         return Err("request target has an empty host".to_owned());
     }
@@ -101,10 +115,16 @@ mod tests {
     fn absolute_form() {
         let r = req(Method::GET, "http://API.example.com/x?y", None);
         let t = http_target(&r).unwrap();
-        assert_eq!((t.host.as_ref(), t.port, t.explicit_port, t.https), ("api.example.com", 80, false, false));
+        assert_eq!(
+            (t.host.as_ref(), t.port, t.explicit_port, t.https),
+            ("api.example.com", 80, false, false)
+        );
         let r = req(Method::GET, "http://[::1]:8080/", None);
         let t = http_target(&r).unwrap();
-        assert_eq!((t.host.as_ref(), t.port, t.explicit_port), ("::1", 8080, true));
+        assert_eq!(
+            (t.host.as_ref(), t.port, t.explicit_port),
+            ("::1", 8080, true)
+        );
         let r = req(Method::GET, "https://example.com/", None);
         assert_eq!(http_target(&r).unwrap().port, 443);
     }
@@ -120,8 +140,14 @@ mod tests {
 
     #[test]
     fn bad_targets_are_explained() {
-        assert!(http_target(&req(Method::GET, "ftp://example.com/", None)).unwrap_err().contains("unsupported scheme"));
-        assert!(http_target(&req(Method::GET, "http://user@example.com/", None)).unwrap_err().contains("userinfo"));
+        assert!(http_target(&req(Method::GET, "ftp://example.com/", None))
+            .unwrap_err()
+            .contains("unsupported scheme"));
+        assert!(
+            http_target(&req(Method::GET, "http://user@example.com/", None))
+                .unwrap_err()
+                .contains("userinfo")
+        );
         let connect = req(Method::CONNECT, "example.com:443", None);
         assert_eq!(connect_target(&connect).unwrap().port, 443);
     }

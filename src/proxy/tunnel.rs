@@ -37,11 +37,16 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     let reject = |reason: Reason, detail: &str| {
         debug!(upstream = name, destination = %destination.authority, reason = reason.as_str(), detail, "tunnel refused");
         let reply = local_reply(reason, name, detail);
-        destination.metrics.request(reason.outcome(), reply.status(), started.elapsed());
+        destination
+            .metrics
+            .request(reason.outcome(), reply.status(), started.elapsed());
         reply
     };
     if !upstream.policy.allow {
-        return reject(Reason::Denied, &format!("{} is not allowed by policy {name}", destination.authority));
+        return reject(
+            Reason::Denied,
+            &format!("{} is not allowed by policy {name}", destination.authority),
+        );
     }
     if super::headers::has_looped(req.headers(), &ctx.via_token) {
         return reject(Reason::Loop, "request came back to this fusebox (Via)");
@@ -54,12 +59,16 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
         Err(error) => {
             let (reason, attempt, detail) = classify_connect_error(&error);
             if let Some(attempt) = attempt {
-                destination.metrics.attempt(attempt, attempt_started.elapsed());
+                destination
+                    .metrics
+                    .attempt(attempt, attempt_started.elapsed());
             }
             return reject(reason, &detail);
         }
     };
-    destination.metrics.attempt(AttemptResult::Success, attempt_started.elapsed());
+    destination
+        .metrics
+        .attempt(AttemptResult::Success, attempt_started.elapsed());
 
     let app = hyper::upgrade::on(&mut req);
     let tunnel_destination = std::sync::Arc::clone(&destination);
@@ -70,7 +79,9 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
         }
     });
     let response = Response::new(ResponseBody::empty());
-    destination.metrics.request(Outcome::Ok, response.status(), started.elapsed());
+    destination
+        .metrics
+        .request(Outcome::Ok, response.status(), started.elapsed());
     response
 }
 
@@ -78,8 +89,12 @@ async fn splice(app: hyper::upgrade::Upgraded, mut upstream: TcpStream, destinat
     destination.metrics.tunnels_active.increment(1.0);
     let mut app = TokioIo::new(app);
     match tokio::io::copy_bidirectional(&mut app, &mut upstream).await {
-        Ok((to_upstream, to_app)) => debug!(destination = %destination.authority, to_upstream, to_app, "tunnel closed"),
-        Err(error) => debug!(destination = %destination.authority, %error, "tunnel ended with an error"),
+        Ok((to_upstream, to_app)) => {
+            debug!(destination = %destination.authority, to_upstream, to_app, "tunnel closed")
+        }
+        Err(error) => {
+            debug!(destination = %destination.authority, %error, "tunnel ended with an error")
+        }
     }
     destination.metrics.tunnels_active.decrement(1.0);
 }

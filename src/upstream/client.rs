@@ -78,7 +78,10 @@ pub fn build(policy: &Policy, rules: ConnectRules) -> Result<Client, String> {
         }
         None => builder,
     };
-    let connector = builder.enable_http1().enable_http2().wrap_connector(Connector::new(rules));
+    let connector = builder
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(Connector::new(rules));
     Ok(legacy::Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

@@ -32,7 +32,11 @@ pub enum ConnectError {
     #[error("{host} resolved to no address")]
     NoAddress { host: String },
     #[error("connect to {host}:{port} timed out after {after:?}")]
-    Timeout { host: String, port: u16, after: Duration },
+    Timeout {
+        host: String,
+        port: u16,
+        after: Duration,
+    },
     #[error("connect to {addr} failed: {source}")]
     Io { addr: SocketAddr, source: io::Error },
     #[error("request has no upstream host")]
@@ -70,17 +74,29 @@ pub struct ConnectRules {
 
 /// Resolves `host`, checks every address, and connects to the first allowed one that answers,
 /// all within `rules.timeout`.
-pub async fn connect(host: &str, port: u16, rules: &ConnectRules) -> Result<TcpStream, ConnectError> {
+pub async fn connect(
+    host: &str,
+    port: u16,
+    rules: &ConnectRules,
+) -> Result<TcpStream, ConnectError> {
     let attempt = async {
         let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|source| ConnectError::Resolve { host: host.to_owned(), source })?
+            .map_err(|source| ConnectError::Resolve {
+                host: host.to_owned(),
+                source,
+            })?
             .collect();
         if resolved.is_empty() {
-            return Err(ConnectError::NoAddress { host: host.to_owned() });
+            return Err(ConnectError::NoAddress {
+                host: host.to_owned(),
+            });
         }
         let allowed = guard::filter_allowed(rules.guard, resolved).map_err(ConnectError::Denied)?;
-        if let Some(own) = allowed.iter().find(|addr| rules.self_addrs.contains(**addr)) {
+        if let Some(own) = allowed
+            .iter()
+            .find(|addr| rules.self_addrs.contains(**addr))
+        {
             return Err(ConnectError::Loop(*own));
         }
         let mut last_error = None;
@@ -94,11 +110,17 @@ pub async fn connect(host: &str, port: u16, rules: &ConnectRules) -> Result<TcpS
                 Err(source) => last_error = Some(ConnectError::Io { addr, source }),
             }
         }
-        Err(last_error.unwrap_or_else(|| ConnectError::NoAddress { host: host.to_owned() }))
+        Err(last_error.unwrap_or_else(|| ConnectError::NoAddress {
+            host: host.to_owned(),
+        }))
     };
     match tokio::time::timeout(rules.timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(ConnectError::Timeout { host: host.to_owned(), port, after: rules.timeout }),
+        Err(_) => Err(ConnectError::Timeout {
+            host: host.to_owned(),
+            port,
+            after: rules.timeout,
+        }),
     }
 }
 
@@ -110,7 +132,9 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(rules: ConnectRules) -> Connector {
-        Connector { rules: Arc::new(rules) }
+        Connector {
+            rules: Arc::new(rules),
+        }
     }
 }
 
@@ -142,7 +166,10 @@ mod tests {
     #[test]
     fn self_addrs_match_exact_and_unspecified_listeners() {
         let own = SelfAddrs::default();
-        own.set(vec!["127.0.0.1:15001".parse().unwrap(), "0.0.0.0:10000".parse().unwrap()]);
+        own.set(vec![
+            "127.0.0.1:15001".parse().unwrap(),
+            "0.0.0.0:10000".parse().unwrap(),
+        ]);
         assert!(own.contains("127.0.0.1:15001".parse().unwrap()));
         assert!(!own.contains("127.0.0.2:15001".parse().unwrap()));
         assert!(!own.contains("127.0.0.1:15002".parse().unwrap()));

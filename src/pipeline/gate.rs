@@ -1,0 +1,168 @@
+//! Per-destination concurrency gate: at most `max_in_flight` requests in progress, the rest
+//! refused at once with a local `503 overflow` (DESIGN §5).
+//!
+//! The gate never queues. A queue in front of a slow upstream is exactly the thread and memory
+//! pile-up fusebox exists to prevent: the caller's own timeout is the right place to wait, and a
+//! fast refusal lets it fail over or shed load. So [`Gate::try_enter`] either admits now or says
+//! no.
+//!
+//! The count is one `AtomicUsize` shared (through an `Arc`, allocated once per destination) by
+//! the gate and its permits: entering is a compare-and-swap loop, leaving is one `fetch_sub` in
+//! [`GatePermit`]'s `Drop`. A permit owns its `Arc`, so it can travel into a spawned task (a
+//! CONNECT tunnel) and is released however the request ends — completion, error, or the future
+//! being dropped. With `max_in_flight = 0` the gate still counts (the in-flight gauge and the
+//! admin API want the number) but never refuses; that costs one `fetch_add`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::policy::Concurrency;
+
+/// The concurrency gate of one destination.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    in_flight: Arc<AtomicUsize>,
+    /// `usize::MAX` when unlimited.
+    max: usize,
+}
+
+/// One admitted request; dropping it frees the slot.
+#[derive(Debug)]
+#[must_use = "the slot is freed as soon as the permit is dropped"]
+pub struct GatePermit {
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    /// A gate admitting `max_in_flight` requests at once (0 = no limit).
+    pub fn new(concurrency: &Concurrency) -> Self {
+        let max = match concurrency.max_in_flight {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        Self {
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// Admits one request, or `None` when the gate is full (answer `503 overflow`).
+    pub fn try_enter(&self) -> Option<GatePermit> {
+        if self.max == usize::MAX {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max).then_some(n + 1)
+                })
+                .ok()?;
+        }
+        Some(GatePermit {
+            in_flight: Arc::clone(&self.in_flight),
+        })
+    }
+
+    /// Requests admitted and not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The limit, `None` when unlimited.
+    pub fn max_in_flight(&self) -> Option<usize> {
+        (self.max != usize::MAX).then_some(self.max)
+    }
+}
+
+impl Drop for GatePermit {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(max_in_flight: u32) -> Gate {
+        Gate::new(&Concurrency { max_in_flight })
+    }
+
+    #[test]
+    fn refuses_beyond_the_limit() {
+        let gate = gate(2);
+        let a = gate.try_enter().expect("first");
+        let b = gate.try_enter().expect("second");
+        assert!(gate.try_enter().is_none());
+        assert_eq!(gate.in_flight(), 2);
+        assert_eq!(gate.max_in_flight(), Some(2));
+        drop((a, b));
+    }
+
+    #[test]
+    fn dropping_a_permit_frees_its_slot() {
+        let gate = gate(1);
+        let permit = gate.try_enter().expect("first");
+        assert!(gate.try_enter().is_none());
+        drop(permit);
+        assert_eq!(gate.in_flight(), 0);
+        let again = gate.try_enter().expect("slot freed");
+        assert_eq!(gate.in_flight(), 1);
+        drop(again);
+    }
+
+    #[test]
+    fn a_refusal_takes_no_slot() {
+        let gate = gate(1);
+        let permit = gate.try_enter().expect("first");
+        for _ in 0..10 {
+            assert!(gate.try_enter().is_none());
+        }
+        assert_eq!(gate.in_flight(), 1);
+        drop(permit);
+        assert_eq!(gate.in_flight(), 0);
+    }
+
+    #[test]
+    fn unlimited_never_refuses_and_still_counts() {
+        let gate = gate(0);
+        assert_eq!(gate.max_in_flight(), None);
+        let permits: Vec<_> = (0..10_000)
+            .map(|_| gate.try_enter().expect("unlimited"))
+            .collect();
+        assert_eq!(gate.in_flight(), 10_000);
+        drop(permits);
+        assert_eq!(gate.in_flight(), 0);
+    }
+
+    #[test]
+    fn clones_share_one_count() {
+        let gate = gate(1);
+        let clone = gate.clone();
+        let permit = clone.try_enter().expect("first");
+        assert!(gate.try_enter().is_none());
+        drop(permit);
+        assert!(gate.try_enter().is_some());
+    }
+
+    #[test]
+    fn permits_outlive_the_gate_and_cross_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Gate>();
+        assert_send_sync::<GatePermit>();
+
+        let gate = gate(8);
+        let watcher = gate.clone();
+        let admitted = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..16).map(|_| s.spawn(|| gate.try_enter())).collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("thread"))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(admitted.iter().flatten().count(), 8);
+        drop(gate);
+        assert_eq!(watcher.in_flight(), 8);
+        drop(admitted);
+        assert_eq!(watcher.in_flight(), 0);
+    }
+}

@@ -1,0 +1,629 @@
+//! The HTTP/1.1 forward proxy on the egress listener (DESIGN §1, §5): absolute-form and
+//! origin-form routing, hop-by-hop headers (RFC 9110 §7.6.1), `Via` and loop detection, CONNECT
+//! tunnels, upstream connection pooling, streaming of large bodies, and protocol upgrades.
+//!
+//! Everything runs on real loopback sockets: reqwest is the app, `FakeUpstream` the upstream,
+//! and raw `TcpStream`s are used where the exact bytes on the wire matter.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::{app_client_with_tls, download_byte, FakeUpstream, TestFusebox, TestPki};
+
+/// Safety net for anything that should happen; never reached on a healthy run.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/1.1 over a TCP stream, for requests reqwest would not send as written.
+
+/// One response as read off the wire.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A client connection that keeps unread bytes between responses, so one connection can
+/// carry several requests (keep-alive) or switch protocols after a 101.
+struct RawConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    async fn connect(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).await.expect("connect to fusebox");
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write request");
+    }
+
+    /// Reads more bytes into the buffer; false at EOF.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+            .await
+            .expect("fusebox answers in time")
+            .expect("read from fusebox");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn take_exact(&mut self, len: usize) -> Vec<u8> {
+        while self.buf.len() < len {
+            assert!(self.fill().await, "connection closed mid-message");
+        }
+        self.buf.drain(..len).collect()
+    }
+
+    async fn take_line(&mut self) -> String {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                return String::from_utf8_lossy(&line[..pos]).into_owned();
+            }
+            assert!(self.fill().await, "connection closed mid-line");
+        }
+    }
+
+    /// Reads one response (head and body, by Content-Length or chunked).
+    async fn read_response(&mut self) -> RawResponse {
+        let status_line = self.take_line().await;
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.take_line().await;
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line has a colon");
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let mut response = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if status == 101 || status == 204 || status == 304 || (100..200).contains(&status) {
+            return response;
+        }
+        if let Some(len) = response.header("content-length") {
+            let len: usize = len.parse().expect("numeric content-length");
+            response.body = self.take_exact(len).await;
+        } else if response
+            .header("transfer-encoding")
+            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let size_line = self.take_line().await;
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+                    .expect("chunk size");
+                if size == 0 {
+                    while !self.take_line().await.is_empty() {}
+                    break;
+                }
+                let chunk = self.take_exact(size).await;
+                response.body.extend_from_slice(&chunk);
+                self.take_exact(2).await;
+            }
+        } else {
+            while self.fill().await {}
+            response.body = std::mem::take(&mut self.buf);
+        }
+        response
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics text.
+
+/// The sum of the samples of `name` whose labels include every `labels` pair (0 if none).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(split) => split,
+            None => continue,
+        };
+        let (series_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let matches = labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+        if matches {
+            sum += value.parse::<f64>().expect("numeric sample");
+        }
+    }
+    sum
+}
+
+/// Polls `/metrics` until `check` holds (the gauge a closing tunnel lowers is updated after the
+/// app's connection is gone, on fusebox's side of the race).
+async fn wait_for_metrics(fusebox: &TestFusebox, what: &str, check: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = fusebox.metrics().await;
+        if check(&text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing and the request as the upstream sees it.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_get_reaches_the_upstream_with_path_and_query() {
+    let upstream = FakeUpstream::builder().body("hello from b").start().await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let response = fusebox
+        .app()
+        .get(upstream.url("/a/b?x=1&y=two"))
+        .header("x-request-id", "r-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "hello from b");
+
+    let seen = upstream.last_request().expect("the upstream got the request");
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.uri, "/a/b?x=1&y=two", "origin-form toward the upstream");
+    assert_eq!(seen.headers["host"], upstream.authority());
+    assert_eq!(seen.headers["x-request-id"], "r-1");
+    assert_eq!(seen.body_len, 0);
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_post_forwards_method_and_body() {
+    let upstream = FakeUpstream::with_status(201).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let body = "name=fusebox&kind=proxy";
+    let response = fusebox
+        .app()
+        .post(upstream.url("/items?draft=0"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.uri, "/items?draft=0");
+    assert_eq!(seen.body_len, body.len() as u64);
+    assert_eq!(
+        seen.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    assert_eq!(seen.headers["content-length"], body.len().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_form_with_host_is_routed_to_that_host() {
+    let upstream = FakeUpstream::builder().body("origin-form ok").start().await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    let request = format!(
+        "GET /x?q=1 HTTP/1.1\r\nHost: {}\r\nUser-Agent: raw\r\n\r\n",
+        upstream.authority()
+    );
+    conn.send(request.as_bytes()).await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body, b"origin-form ok");
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/x?q=1");
+    assert_eq!(seen.headers["host"], upstream.authority());
+
+    // The connection stays usable for the next origin-form request.
+    conn.send(request.as_bytes()).await;
+    assert_eq!(conn.read_response().await.status, 200);
+    assert_eq!(upstream.hits(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hop-by-hop headers and Via.
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "proxy-connection",
+    "proxy-authorization",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_request_headers_are_removed_end_to_end_ones_kept() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    let request = format!(
+        "GET http://{host}/hop HTTP/1.1\r\n\
+         Host: {host}\r\n\
+         Connection: keep-alive, X-Conn-Named\r\n\
+         Connection: x-also-named\r\n\
+         X-Conn-Named: secret\r\n\
+         X-Also-Named: secret too\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+         Keep-Alive: timeout=5\r\n\
+         TE: trailers\r\n\
+         Trailer: x-checksum\r\n\
+         Upgrade: h2c\r\n\
+         Authorization: Bearer end-to-end\r\n\
+         Cache-Control: no-cache\r\n\
+         X-End-To-End: kept\r\n\
+         \r\n",
+        host = upstream.authority()
+    );
+    conn.send(request.as_bytes()).await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 200, "{response:?}");
+
+    let seen = upstream.last_request().unwrap();
+    for name in HOP_BY_HOP.iter().chain(&["x-conn-named", "x-also-named"]) {
+        assert!(
+            !seen.headers.contains_key(*name),
+            "{name} reached the upstream: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(seen.headers["authorization"], "Bearer end-to-end");
+    assert_eq!(seen.headers["cache-control"], "no-cache");
+    assert_eq!(seen.headers["x-end-to-end"], "kept");
+    assert_eq!(seen.headers["host"], upstream.authority());
+    let via = seen.headers["via"].to_str().unwrap();
+    assert!(
+        via.starts_with("1.1 fusebox-"),
+        "Via toward the upstream: {via:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_response_headers_are_removed_end_to_end_ones_kept() {
+    let upstream = FakeUpstream::builder()
+        .header("Connection", "x-resp-named")
+        .header("X-Resp-Named", "secret")
+        .header("Keep-Alive", "timeout=5, max=100")
+        .header("Proxy-Connection", "keep-alive")
+        .header("Proxy-Authorization", "Basic Zm9vOmJhcg==")
+        .header("TE", "trailers")
+        .header("Trailer", "x-checksum")
+        .header("Upgrade", "h2c")
+        .header("Cache-Control", "max-age=60")
+        .header("X-End-To-End", "kept")
+        .header("Via", "1.1 upstream-gateway")
+        .start()
+        .await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let response = fusebox.app().get(upstream.url("/r")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    for name in HOP_BY_HOP.iter().chain(&["x-resp-named"]) {
+        assert!(
+            !headers.contains_key(*name),
+            "{name} reached the app: {headers:?}"
+        );
+    }
+    assert_eq!(headers["cache-control"], "max-age=60");
+    assert_eq!(headers["x-end-to-end"], "kept");
+    let via: Vec<&str> = headers
+        .get_all("via")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(via.len(), 2, "Via toward the app: {via:?}");
+    assert_eq!(via[0], "1.1 upstream-gateway", "the upstream's Via is kept");
+    assert!(via[1].starts_with("1.1 fusebox-"), "{via:?}");
+    assert_eq!(response.text().await.unwrap(), "fake upstream: 200 OK\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_with_our_own_token_is_a_loop() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let app = fusebox.app();
+
+    // A first request shows the token this fusebox adds.
+    app.get(upstream.url("/first")).send().await.unwrap();
+    let via = upstream.last_request().unwrap().headers["via"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let token = via.split_whitespace().nth(1).expect("Via has a pseudonym");
+    assert!(token.starts_with("fusebox-"), "{via:?}");
+
+    // Another proxy's entry alone is fine.
+    let response = app
+        .get(upstream.url("/other"))
+        .header("via", "1.1 fusebox-00000000-not-us")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.hits(), 2);
+
+    // Our own entry, anywhere in the list, is a loop and is not forwarded.
+    let response = app
+        .get(upstream.url("/again"))
+        .header("via", format!("1.0 corp-proxy, 1.1 {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 508);
+    assert_eq!(response.headers()["x-fusebox-reason"], "loop");
+    assert_eq!(response.headers()["x-fusebox-upstream"], "default");
+    assert_eq!(upstream.hits(), 2, "a looped request is not forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_fusebox_itself_is_a_loop_not_forwarded() {
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let app = fusebox.app();
+
+    for target in [fusebox.egress_url(), fusebox.admin_url()] {
+        let response = tokio::time::timeout(PATIENCE, app.get(format!("{target}/")).send())
+            .await
+            .expect("fusebox answers at once instead of recursing")
+            .unwrap();
+        assert_eq!(response.status(), 508, "{target}");
+        assert_eq!(response.headers()["x-fusebox-reason"], "loop");
+        let body = response.text().await.unwrap();
+        assert!(body.starts_with("fusebox: loop: "), "{body:?}");
+    }
+
+    let metrics = fusebox.metrics().await;
+    let egress = fusebox.agent().egress_addr().to_string();
+    assert_eq!(
+        metric(
+            &metrics,
+            "fusebox_requests_total",
+            &[("destination", &egress), ("outcome", "loop"), ("code", "5xx")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // Refused before any connection was opened: no attempt was made.
+    assert_eq!(
+        metric(
+            &metrics,
+            "fusebox_attempts_total",
+            &[("destination", &egress)]
+        ),
+        0.0,
+        "{metrics}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// CONNECT tunnels.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnel_carries_tls_end_to_end() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .body("secret over tls")
+        .tls(pki.server_config())
+        .start()
+        .await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let app = app_client_with_tls(&fusebox.egress_url(), pki.client_config());
+
+    let response = app.get(upstream.https_url("/tls?x=1")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "secret over tls");
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/tls?x=1");
+    assert!(
+        !seen.headers.contains_key("via"),
+        "fusebox cannot see inside the tunnel"
+    );
+
+    let destination = format!("localhost:{}", upstream.addr().port());
+    let active = |text: &str| {
+        metric(
+            text,
+            "fusebox_tunnels_active",
+            &[("destination", &destination)],
+        )
+    };
+    // The app keeps its connection (and so the tunnel) alive for reuse.
+    let metrics = fusebox.metrics().await;
+    assert_eq!(active(&metrics), 1.0, "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "fusebox_requests_total",
+            &[
+                ("destination", &destination),
+                ("outcome", "ok"),
+                ("code", "2xx")
+            ]
+        ),
+        1.0,
+        "{metrics}"
+    );
+
+    drop(app);
+    wait_for_metrics(&fusebox, "the tunnel gauge to return to 0", |text| {
+        active(text) == 0.0
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections and streaming.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let app = fusebox.app();
+
+    for i in 0..5 {
+        let response = app
+            .get(upstream.url(&format!("/n/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    assert_eq!(upstream.hits(), 5);
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "sequential requests share one pooled upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mebibyte_post_is_echoed_intact() {
+    let upstream = FakeUpstream::builder().echo().start().await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let body: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(31) % 253) as u8)
+        .collect();
+    let response = fusebox
+        .app()
+        .post(upstream.url("/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed = response.bytes().await.unwrap();
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed[..] == body[..], "the echoed body differs");
+    assert_eq!(upstream.last_request().unwrap().body_len, body.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_mebibyte_download_arrives_intact() {
+    const LEN: u64 = 10 * 1024 * 1024;
+    let upstream = FakeUpstream::builder().download(LEN).start().await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let response = fusebox
+        .app()
+        .get(upstream.url("/big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(bytes.len() as u64, LEN);
+    if let Some(offset) = (0..LEN).find(|&i| bytes[i as usize] != download_byte(i)) {
+        panic!("byte {offset} of the download is wrong");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocol upgrade (Connection: upgrade) through the L7 path.
+
+/// A one-connection upstream that answers 101 to the first request and then echoes raw bytes.
+/// Returns its address and a task yielding the request head it received.
+async fn upgrade_echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).await.unwrap();
+            assert_eq!(n, 1, "connection closed inside the request head");
+            head.push(byte[0]);
+        }
+        stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: test\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let (mut read, mut write) = stream.split();
+        let _ = tokio::io::copy(&mut read, &mut write).await;
+        String::from_utf8(head).unwrap()
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_switches_protocols_and_splices_bytes() {
+    let (addr, upstream) = upgrade_echo_upstream().await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    let request = format!(
+        "GET http://{addr}/up HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: test\r\n\r\n"
+    );
+    conn.send(request.as_bytes()).await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 101, "{response:?}");
+    assert_eq!(response.header("upgrade"), Some("test"));
+    assert!(response
+        .header("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("upgrade")));
+
+    // Now raw bytes both ways.
+    for message in [&b"ping\n"[..], b"\x00\x01binary\xff"] {
+        conn.send(message).await;
+        let echoed = conn.take_exact(message.len()).await;
+        assert_eq!(echoed, message);
+    }
+    conn.stream.shutdown().await.unwrap();
+    let head = tokio::time::timeout(PATIENCE, upstream)
+        .await
+        .expect("the upstream sees the tunnel close")
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.starts_with("get /up http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nupgrade: test\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(head.contains("\r\nvia: 1.1 fusebox-"), "{head}");
+}
