@@ -20,7 +20,7 @@ use crate::pipeline::breaker::{
     Admission, BreakerSnapshot, CallResult, CircuitBreaker, Jitter, State, Transition,
 };
 use crate::pipeline::budget::RetryBudget;
-use crate::pipeline::gate::Gate;
+use crate::pipeline::gate::{Gate, GatePermit};
 use crate::pipeline::limiter::RateLimiter;
 use crate::policy::{Endpoint, Policy, PolicySet};
 use crate::telemetry::{DestinationMetrics, Telemetry, OTHER_DESTINATION};
@@ -78,6 +78,13 @@ impl Destination {
         // A panic while holding the lock cannot leave the breaker half-updated in a way that
         // matters more than losing traffic: keep serving.
         self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Enters the concurrency gate; `None` when it is full (503 `overflow`).
+    pub fn enter(&self) -> Option<InFlight> {
+        let permit = self.gate.try_enter()?;
+        self.metrics.in_flight.increment(1.0);
+        Some(InFlight { _permit: permit, gauge: self.metrics.in_flight.clone() })
     }
 
     /// Asks the breaker to let one attempt through.
@@ -138,6 +145,20 @@ impl Destination {
             window_slow = w.slow,
             "breaker state changed"
         );
+    }
+}
+
+/// One request in progress at a destination: holds its concurrency slot and its
+/// `fusebox_in_flight` count until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    _permit: GatePermit,
+    gauge: metrics::Gauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
     }
 }
 
@@ -393,6 +414,11 @@ impl Registry {
 
     pub fn self_addrs(&self) -> &Arc<SelfAddrs> {
         &self.self_addrs
+    }
+
+    /// Whether breaker open periods and retry backoff are randomised.
+    pub fn jitter(&self) -> bool {
+        self.jitter
     }
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {

@@ -156,9 +156,11 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         if series_name != name {
             continue;
         }
-        let matches = labels
-            .iter()
-            .all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+        let matches = labels.iter().all(|(k, v)| {
+            label_text
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        });
         if matches {
             sum += value.parse::<f64>().expect("numeric sample");
         }
@@ -201,9 +203,14 @@ async fn absolute_form_get_reaches_the_upstream_with_path_and_query() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "hello from b");
 
-    let seen = upstream.last_request().expect("the upstream got the request");
+    let seen = upstream
+        .last_request()
+        .expect("the upstream got the request");
     assert_eq!(seen.method, "GET");
-    assert_eq!(seen.uri, "/a/b?x=1&y=two", "origin-form toward the upstream");
+    assert_eq!(
+        seen.uri, "/a/b?x=1&y=two",
+        "origin-form toward the upstream"
+    );
     assert_eq!(seen.headers["host"], upstream.authority());
     assert_eq!(seen.headers["x-request-id"], "r-1");
     assert_eq!(seen.body_len, 0);
@@ -235,6 +242,56 @@ async fn absolute_form_post_forwards_method_and_body() {
         "application/x-www-form-urlencoded"
     );
     assert_eq!(seen.headers["content-length"], body.len().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_target_wins_over_a_different_host_header() {
+    // RFC 9112 §3.2.2: a proxy that receives absolute-form ignores the received Host and
+    // replaces it with the host of the request target.
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    let request = format!(
+        "GET http://{}/h HTTP/1.1\r\nHost: somewhere-else.example\r\n\r\n",
+        upstream.authority()
+    );
+    conn.send(request.as_bytes()).await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/h");
+    assert_eq!(seen.headers["host"], upstream.authority());
+    assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_request_body_streams_through() {
+    let upstream = FakeUpstream::builder().echo().start().await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    let head = format!(
+        "POST http://{host}/chunked HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        host = upstream.authority()
+    );
+    conn.send(head.as_bytes()).await;
+    conn.send(b"5\r\nhello\r\n").await;
+    conn.send(b"7\r\n, world\r\n0\r\n\r\n").await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body, b"hello, world");
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.body_len, 12);
+
+    // The connection is still in step for the next request.
+    let request = format!(
+        "GET http://{host}/next HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        host = upstream.authority()
+    );
+    conn.send(request.as_bytes()).await;
+    assert_eq!(conn.read_response().await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +479,11 @@ async fn a_request_to_fusebox_itself_is_a_loop_not_forwarded() {
         metric(
             &metrics,
             "fusebox_requests_total",
-            &[("destination", &egress), ("outcome", "loop"), ("code", "5xx")]
+            &[
+                ("destination", &egress),
+                ("outcome", "loop"),
+                ("code", "5xx")
+            ]
         ),
         1.0,
         "{metrics}"
@@ -453,7 +514,11 @@ async fn connect_tunnel_carries_tls_end_to_end() {
     let fusebox = TestFusebox::start(&[("default", "")]).await;
     let app = app_client_with_tls(&fusebox.egress_url(), pki.client_config());
 
-    let response = app.get(upstream.https_url("/tls?x=1")).send().await.unwrap();
+    let response = app
+        .get(upstream.https_url("/tls?x=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "secret over tls");
     let seen = upstream.last_request().unwrap();

@@ -16,13 +16,14 @@ use tracing::debug;
 
 use super::body::ResponseBody;
 use super::headers;
-use super::reply::local_reply;
+use super::attempt::{self, LocalAnswer};
+use super::reply::{local_reply, local_reply_with_retry_after};
 use super::target::{http_target, Target};
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
 use crate::registry::{Destination, Upstream};
 use crate::telemetry::AttemptResult;
-use crate::upstream::{ConnectError, RequestBody};
+use crate::upstream::ConnectError;
 
 /// Handles one request. `route` is the policy of the route listener it arrived on, if any.
 pub async fn handle(
@@ -87,7 +88,6 @@ pub async fn handle(
             (upstream, destination, uri)
         }
     };
-    let name = upstream.policy.name.as_str();
 
     if headers::has_looped(req.headers(), &ctx.via_token) {
         let detail = "request came back to this fusebox (Via)";
@@ -101,11 +101,11 @@ pub async fn handle(
     let upgrading = headers::is_upgrade(req.headers());
     let app_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(authority) = parts.uri.authority() {
-            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(header::HOST, value);
-            }
+    // RFC 9112 §3.2.2: with an absolute-form target, a proxy ignores any received Host and
+    // sends the target's authority instead (`insert` replaces every received value).
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, value);
         }
     }
     if let Some(rewrite) = &upstream.policy.host_rewrite {
@@ -117,50 +117,23 @@ pub async fn handle(
     headers::add_via(&mut parts.headers, &ctx.via);
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    let outbound = Request::from_parts(parts, RequestBody::Streaming(body));
-
-    destination.metrics.in_flight.increment(1.0);
-    let timeouts = upstream.policy.timeouts;
-    let attempt_limit = timeouts.attempt.min(timeouts.total);
-    let attempt_started = Instant::now();
-    let result = tokio::time::timeout(attempt_limit, upstream.client.request(outbound)).await;
-    let attempt_elapsed = attempt_started.elapsed();
-    destination.metrics.in_flight.decrement(1.0);
-
-    let mut response = match result {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            let (reason, attempt, detail) = classify_error(&error, &destination.authority);
-            debug!(upstream = name, destination = %destination.authority, %detail, "upstream attempt failed");
-            if let Some(attempt) = attempt {
-                destination.metrics.attempt(attempt, attempt_elapsed);
-            }
-            return finish_local(upstream, &destination, started, reason, &detail);
-        }
-        Err(_) => {
-            destination
-                .metrics
-                .attempt(AttemptResult::Timeout, attempt_elapsed);
-            let detail = format!(
-                "no response head from {} within {attempt_limit:?}",
-                destination.authority
-            );
-            return finish_local(upstream, &destination, started, Reason::Timeout, &detail);
+    let Some(in_flight) = destination.enter() else {
+        let detail = format!(
+            "{} already has {} requests in flight (concurrency.max_in_flight)",
+            destination.authority,
+            destination.gate.in_flight()
+        );
+        return finish_local(upstream, &destination, started, Reason::Overflow, &detail);
+    };
+    let jitter = ctx.registry.jitter();
+    let mut response = match attempt::run(upstream, &destination, parts, body, jitter).await {
+        Ok(response) => response,
+        Err(answer) => {
+            drop(in_flight);
+            return finish_answer(upstream, &destination, started, answer);
         }
     };
-
     let status = response.status();
-    let failed = upstream
-        .policy
-        .breaker
-        .failure_statuses
-        .contains(&status.as_u16());
-    let attempt = if failed {
-        AttemptResult::Failure
-    } else {
-        AttemptResult::Success
-    };
-    destination.metrics.attempt(attempt, attempt_elapsed);
 
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -179,7 +152,7 @@ pub async fn handle(
         status,
         started.elapsed(),
     );
-    response.map(ResponseBody::Upstream)
+    response.map(|body| ResponseBody::Upstream(body, Some(in_flight)))
 }
 
 /// Where an egress-listener request goes: a policy endpoint or the requested host, over TLS
@@ -231,6 +204,26 @@ pub fn reject_unrouted(ctx: &ProxyContext, reason: Reason, detail: &str) -> Resp
         reason,
         detail,
     )
+}
+
+/// Answers with what the attempt loop decided, and records the request.
+fn finish_answer(
+    upstream: &Upstream,
+    destination: &Destination,
+    started: Instant,
+    answer: LocalAnswer,
+) -> Response<ResponseBody> {
+    debug!(upstream = %upstream.policy.name, destination = %destination.authority, reason = answer.reason.as_str(), detail = %answer.detail, "local reply");
+    let reply = local_reply_with_retry_after(
+        answer.reason,
+        &upstream.policy.name,
+        &answer.detail,
+        answer.retry_after,
+    );
+    destination
+        .metrics
+        .request(answer.reason.outcome(), reply.status(), started.elapsed());
+    reply
 }
 
 /// Answers locally and records the request.

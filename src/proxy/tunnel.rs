@@ -2,7 +2,7 @@
 //! `HTTPS_PROXY`. fusebox connects first (policy, guard, connect timeout), answers 200 only
 //! once the upstream accepted, then splices bytes both ways until either side closes.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -12,11 +12,13 @@ use tracing::debug;
 
 use super::body::ResponseBody;
 use super::forward::classify_connect_error;
-use super::reply::local_reply;
+use super::attempt;
+use super::reply::local_reply_with_retry_after;
 use super::target::connect_target;
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
 use crate::registry::Destination;
+use crate::pipeline::breaker::{CallResult, FailureKind};
 use crate::telemetry::AttemptResult;
 use crate::upstream::connect;
 
@@ -34,14 +36,15 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
         None => (target.host.as_ref(), target.port),
     };
     let destination = upstream.destination(host, port);
-    let reject = |reason: Reason, detail: &str| {
+    let reject_after = |reason: Reason, detail: &str, retry_after: Option<Duration>| {
         debug!(upstream = name, destination = %destination.authority, reason = reason.as_str(), detail, "tunnel refused");
-        let reply = local_reply(reason, name, detail);
+        let reply = local_reply_with_retry_after(reason, name, detail, retry_after);
         destination
             .metrics
             .request(reason.outcome(), reply.status(), started.elapsed());
         reply
     };
+    let reject = |reason: Reason, detail: &str| reject_after(reason, detail, None);
     if !upstream.policy.allow {
         return reject(
             Reason::Denied,
@@ -52,23 +55,35 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
         return reject(Reason::Loop, "request came back to this fusebox (Via)");
     }
 
+    // The gate, the limiter and the breaker guard the tunnel's set-up; what flows through an
+    // open tunnel is opaque (TLS) and is not judged.
+    let Some(in_flight) = destination.enter() else {
+        let detail = format!("{} already has {} requests in flight (concurrency.max_in_flight)", destination.authority, destination.gate.in_flight());
+        return reject(Reason::Overflow, &detail);
+    };
+    let probe = match attempt::admit(&destination) {
+        Ok(probe) => probe,
+        Err(answer) => return reject_after(answer.reason, &answer.detail, answer.retry_after),
+    };
     let rules = upstream.connect_rules(std::sync::Arc::clone(ctx.registry.self_addrs()));
     let attempt_started = Instant::now();
-    let stream = match connect::connect(host, port, &rules).await {
+    let connected = connect::connect(host, port, &rules).await;
+    let elapsed = attempt_started.elapsed();
+    drop(in_flight);
+    let stream = match connected {
         Ok(stream) => stream,
         Err(error) => {
             let (reason, attempt, detail) = classify_connect_error(&error);
             if let Some(attempt) = attempt {
-                destination
-                    .metrics
-                    .attempt(attempt, attempt_started.elapsed());
+                let kind = if attempt == AttemptResult::Timeout { FailureKind::Timeout } else { FailureKind::ConnectFailed };
+                destination.record(CallResult { failure: Some(kind), duration: elapsed, probe });
+                destination.metrics.attempt(attempt, elapsed);
             }
             return reject(reason, &detail);
         }
     };
-    destination
-        .metrics
-        .attempt(AttemptResult::Success, attempt_started.elapsed());
+    destination.record(CallResult { failure: None, duration: elapsed, probe });
+    destination.metrics.attempt(AttemptResult::Success, elapsed);
 
     let app = hyper::upgrade::on(&mut req);
     let tunnel_destination = std::sync::Arc::clone(&destination);

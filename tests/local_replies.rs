@@ -1,0 +1,751 @@
+//! Local replies (DESIGN §5, a contract): whenever fusebox answers instead of the upstream, the
+//! app gets the contract status, `x-fusebox-reason`, `x-fusebox-upstream` and a one-line text
+//! body, and `/metrics` counts the request under the matching `outcome` and `code` (and the
+//! upstream try, if one was made, under the matching `result`).
+//!
+//! Malformed requests are sent over raw sockets, and where HTTP/1.1 allows the connection to
+//! survive the error, a second request on the same socket must be served.
+//!
+//! Policies that make upstream failures set `[retry] attempts = 1`, so that the attempt counts
+//! checked here are those of a single try whatever the retry defaults are.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use support::{policies_dir, refused_addr, FakeUpstream, TestFusebox};
+
+/// Safety net for anything that should happen; never reached on a healthy run.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/1.1 over a TCP stream.
+
+/// One response as read off the wire (or converted from reqwest).
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    async fn from_reqwest(response: reqwest::Response) -> RawResponse {
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let body = response.bytes().await.expect("response body").to_vec();
+        RawResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// A client connection that keeps unread bytes between responses (keep-alive).
+struct RawConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    async fn connect(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).await.expect("connect to fusebox");
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write request");
+    }
+
+    /// Reads more bytes into the buffer; false at EOF.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+            .await
+            .expect("fusebox answers in time")
+            .expect("read from fusebox");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn take_exact(&mut self, len: usize) -> Vec<u8> {
+        while self.buf.len() < len {
+            assert!(self.fill().await, "connection closed mid-message");
+        }
+        self.buf.drain(..len).collect()
+    }
+
+    async fn take_line(&mut self) -> String {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                return String::from_utf8_lossy(&line[..pos]).into_owned();
+            }
+            assert!(self.fill().await, "connection closed mid-line");
+        }
+    }
+
+    /// Reads one response (head and body, by Content-Length or to EOF).
+    async fn read_response(&mut self) -> RawResponse {
+        let status_line = self.take_line().await;
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.take_line().await;
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line has a colon");
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let mut response = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if let Some(len) = response.header("content-length") {
+            let len: usize = len.parse().expect("numeric content-length");
+            response.body = self.take_exact(len).await;
+        } else {
+            assert!(
+                response.header("transfer-encoding").is_none(),
+                "the replies in these tests have a length: {response:?}"
+            );
+            while self.fill().await {}
+            response.body = std::mem::take(&mut self.buf);
+        }
+        response
+    }
+
+    /// Sends a plain request to `upstream` on this connection and expects its 200.
+    async fn expect_still_usable(&mut self, upstream: &FakeUpstream) {
+        let hits = upstream.hits();
+        let request = format!(
+            "GET http://{host}/after HTTP/1.1\r\nHost: {host}\r\n\r\n",
+            host = upstream.authority()
+        );
+        self.send(request.as_bytes()).await;
+        let response = self.read_response().await;
+        assert_eq!(
+            response.status, 200,
+            "the same connection serves the next request: {response:?}"
+        );
+        assert_eq!(upstream.hits(), hits + 1);
+    }
+
+    /// Whether the server has closed the connection (EOF, or a reset).
+    async fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(PATIENCE, self.stream.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) => false,
+            Err(_) => panic!("the connection neither closed nor sent anything"),
+        }
+    }
+}
+
+/// Sends one request on a fresh connection and reads the response.
+async fn raw_exchange(fusebox: &TestFusebox, request: &str) -> RawResponse {
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    conn.send(request.as_bytes()).await;
+    conn.read_response().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks.
+
+/// Asserts the local-reply contract: status, reason, policy, and a one-line text body that
+/// starts with the reason.
+fn assert_local_reply(response: &RawResponse, status: u16, reason: &str, upstream: &str) {
+    assert_eq!(response.status, status, "{response:?}");
+    assert_eq!(
+        response.header("x-fusebox-reason"),
+        Some(reason),
+        "{response:?}"
+    );
+    assert_eq!(
+        response.header("x-fusebox-upstream"),
+        Some(upstream),
+        "{response:?}"
+    );
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|ct| ct.starts_with("text/plain")),
+        "{response:?}"
+    );
+    let body = String::from_utf8(response.body.clone()).expect("a text body");
+    assert!(
+        body.ends_with('\n') && body.matches('\n').count() == 1,
+        "one line: {body:?}"
+    );
+    assert!(
+        body.len() > reason.len() + 12,
+        "the line says what happened: {body:?}"
+    );
+}
+
+/// The sum of the samples of `name` whose labels include every `labels` pair (0 if none).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let matches = labels.iter().all(|(k, v)| {
+            label_text
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        });
+        if matches {
+            sum += value.parse::<f64>().expect("numeric sample");
+        }
+    }
+    sum
+}
+
+/// Asserts `fusebox_requests_total` for this policy × destination: exactly `count` requests
+/// with this outcome and code, and none with any other outcome.
+fn assert_requests(
+    metrics: &str,
+    upstream: &str,
+    destination: &str,
+    outcome: &str,
+    code: &str,
+    count: f64,
+) {
+    let base = [("upstream", upstream), ("destination", destination)];
+    let mut labels = base.to_vec();
+    labels.extend([("outcome", outcome), ("code", code)]);
+    assert_eq!(
+        metric(metrics, "fusebox_requests_total", &labels),
+        count,
+        "requests {labels:?} in:\n{metrics}"
+    );
+    assert_eq!(
+        metric(metrics, "fusebox_requests_total", &base),
+        count,
+        "no other outcome for {base:?} in:\n{metrics}"
+    );
+}
+
+/// Asserts `fusebox_attempts_total` for this policy × destination: `count` tries with this
+/// result and no try with another (pass `None` for "no try at all").
+fn assert_attempts(
+    metrics: &str,
+    upstream: &str,
+    destination: &str,
+    result: Option<&str>,
+    count: f64,
+) {
+    let base = [("upstream", upstream), ("destination", destination)];
+    let total = metric(metrics, "fusebox_attempts_total", &base);
+    match result {
+        Some(result) => {
+            let mut labels = base.to_vec();
+            labels.push(("result", result));
+            assert_eq!(
+                metric(metrics, "fusebox_attempts_total", &labels),
+                count,
+                "attempts {labels:?} in:\n{metrics}"
+            );
+            assert_eq!(total, count, "no other attempt result in:\n{metrics}");
+        }
+        None => assert_eq!(total, 0.0, "no upstream try for {base:?} in:\n{metrics}"),
+    }
+}
+
+/// `[retry] attempts = 1` plus `extra`: one try per request, so attempt counts are exact.
+fn single_try(extra: &str) -> String {
+    format!("{extra}\n[retry]\nattempts = 1\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// bad-request 400
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_line_gets_a_400() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    // hyper rejects this before fusebox's handler sees it: its own bare 400, without the
+    // x-fusebox headers, and it closes the connection (the framing of anything after an
+    // unparseable request line is unknowable, so HTTP does not allow reuse here).
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    conn.send(b"THIS IS NOT HTTP\r\n\r\n").await;
+    let response = conn.read_response().await;
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(conn.is_closed().await, "hyper closes after a parse error");
+
+    // fusebox itself is unharmed.
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    conn.expect_still_usable(&upstream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_scheme_is_a_bad_request_and_the_connection_survives() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    conn.send(b"GET ftp://127.0.0.1/file.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let response = conn.read_response().await;
+    assert_local_reply(&response, 400, "bad-request", "default");
+    let body = String::from_utf8_lossy(&response.body);
+    assert!(body.contains("scheme"), "{body:?}");
+    conn.expect_still_usable(&upstream).await;
+
+    let metrics = fusebox.metrics().await;
+    assert_requests(&metrics, "default", "_other", "bad_request", "4xx", 1.0);
+    assert_attempts(&metrics, "default", "_other", None, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_without_a_port_is_a_bad_request_and_the_connection_survives() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    conn.send(b"CONNECT 127.0.0.1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let response = conn.read_response().await;
+    assert_local_reply(&response, 400, "bad-request", "default");
+    let body = String::from_utf8_lossy(&response.body);
+    assert!(body.contains("port"), "{body:?}");
+    // A refused CONNECT does not switch protocols: the connection stays HTTP.
+    conn.expect_still_usable(&upstream).await;
+
+    let metrics = fusebox.metrics().await;
+    assert_requests(&metrics, "default", "_other", "bad_request", "4xx", 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_form_without_host_is_a_bad_request_and_the_connection_survives() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+
+    // hyper does not enforce RFC 9112's "Host is required in HTTP/1.1"; fusebox does, since
+    // without it there is nowhere to route to.
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    conn.send(b"GET /x HTTP/1.1\r\nUser-Agent: raw\r\n\r\n")
+        .await;
+    let response = conn.read_response().await;
+    assert_local_reply(&response, 400, "bad-request", "default");
+    let body = String::from_utf8_lossy(&response.body);
+    assert!(body.contains("Host"), "{body:?}");
+    conn.expect_still_usable(&upstream).await;
+
+    let metrics = fusebox.metrics().await;
+    assert_requests(&metrics, "default", "_other", "bad_request", "4xx", 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Oversized request heads: 431
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_the_limit_gets_431_and_the_connection_survives() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start_with(policies_dir(&[("default", "")]), |config| {
+        config.max_header_bytes = 16 * 1024;
+    })
+    .await;
+
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    let request = format!(
+        "GET http://{host}/big HTTP/1.1\r\nHost: {host}\r\nX-Big: {big}\r\n\r\n",
+        host = upstream.authority(),
+        big = "b".repeat(20 * 1024)
+    );
+    conn.send(request.as_bytes()).await;
+    let response = conn.read_response().await;
+    assert_local_reply(&response, 431, "bad-request", "default");
+    assert_eq!(upstream.hits(), 0, "an oversized request is not forwarded");
+    conn.expect_still_usable(&upstream).await;
+
+    // Just under the limit is fine.
+    let request = format!(
+        "GET http://{host}/fits HTTP/1.1\r\nHost: {host}\r\nX-Big: {big}\r\n\r\n",
+        host = upstream.authority(),
+        big = "b".repeat(15 * 1024)
+    );
+    conn.send(request.as_bytes()).await;
+    assert_eq!(conn.read_response().await.status, 200);
+
+    let metrics = fusebox.metrics().await;
+    assert_requests(&metrics, "default", "_other", "bad_request", "4xx", 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_far_beyond_the_limit_gets_431_without_harm() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start_with(policies_dir(&[("default", "")]), |config| {
+        config.max_header_bytes = 16 * 1024;
+    })
+    .await;
+
+    // Beyond hyper's read buffer (twice the limit), hyper answers its own bare 431 and closes;
+    // fusebox's handler never sees the request. Write from another task: the server stops
+    // reading long before 200 KiB, so the write may fail, and must not block the read.
+    let stream = TcpStream::connect(fusebox.agent().egress_addr())
+        .await
+        .unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let request = format!(
+        "GET http://{host}/huge HTTP/1.1\r\nHost: {host}\r\nX-Huge: {huge}\r\n\r\n",
+        host = upstream.authority(),
+        huge = "h".repeat(200 * 1024)
+    );
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(request.as_bytes()).await;
+        write
+    });
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(PATIENCE, read.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                received.extend_from_slice(&chunk[..n]);
+                if received.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => panic!("no answer to a 200 KiB head"),
+        }
+    }
+    let head = String::from_utf8_lossy(&received);
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head:?}");
+    drop(writer.await);
+    assert_eq!(upstream.hits(), 0);
+
+    // fusebox is still serving.
+    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+    conn.expect_still_usable(&upstream).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream failures
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connection_is_connect_failed_502() {
+    let fusebox = TestFusebox::start(&[("default", &single_try(""))]).await;
+    let addr = refused_addr().await;
+
+    let response = fusebox
+        .app()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap();
+    let response = RawResponse::from_reqwest(response).await;
+    assert_local_reply(&response, 502, "connect-failed", "default");
+
+    let metrics = fusebox.metrics().await;
+    let destination = addr.to_string();
+    assert_requests(
+        &metrics,
+        "default",
+        &destination,
+        "connect_failed",
+        "5xx",
+        1.0,
+    );
+    assert_attempts(
+        &metrics,
+        "default",
+        &destination,
+        Some("connect_failed"),
+        1.0,
+    );
+}
+
+/// A loopback address whose accept queue is full, so that the kernel drops new SYNs and a
+/// connect to it hangs (Linux: `listen(1)` queues two connections, then drops SYNs).
+struct SynBlackhole {
+    addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+/// Fills the accept queue of a fresh `listen(1)` socket; `None` if this kernel never made a
+/// connect hang (then the trick does not work here).
+async fn syn_blackhole() -> Option<SynBlackhole> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        // A queued connect completes in microseconds; one second without a SYN-ACK means the
+        // SYN was dropped.
+        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                return Some(SynBlackhole {
+                    addr,
+                    _listener: listener,
+                    _queued: queued,
+                })
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_is_timeout_504() {
+    let blackhole = syn_blackhole()
+        .await
+        .expect("a full listen backlog drops SYNs on this kernel");
+    let fusebox = TestFusebox::start(&[(
+        "default",
+        &single_try("[timeouts]\nconnect = \"300ms\"\nattempt = \"5s\"\ntotal = \"10s\""),
+    )])
+    .await;
+
+    let started = std::time::Instant::now();
+    let response = fusebox
+        .app()
+        .get(format!("http://{}/", blackhole.addr))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let response = RawResponse::from_reqwest(response).await;
+    assert_local_reply(&response, 504, "timeout", "default");
+    let body = String::from_utf8_lossy(&response.body);
+    assert!(body.contains("connect"), "a connect timeout: {body:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "not before the connect timeout: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the connect timeout, not the attempt timeout: {elapsed:?}"
+    );
+
+    let metrics = fusebox.metrics().await;
+    let destination = blackhole.addr.to_string();
+    assert_requests(&metrics, "default", &destination, "timeout", "5xx", 1.0);
+    assert_attempts(&metrics, "default", &destination, Some("timeout"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upstream_is_timeout_504() {
+    let upstream = FakeUpstream::builder().stall().start().await;
+    let fusebox =
+        TestFusebox::start(&[("default", &single_try("[timeouts]\nattempt = \"300ms\""))]).await;
+
+    let started = std::time::Instant::now();
+    let response = fusebox
+        .app()
+        .get(upstream.url("/slow"))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let response = RawResponse::from_reqwest(response).await;
+    assert_local_reply(&response, 504, "timeout", "default");
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "not before the attempt timeout: {elapsed:?}"
+    );
+    assert_eq!(upstream.hits(), 1);
+
+    let metrics = fusebox.metrics().await;
+    let destination = upstream.authority();
+    assert_requests(&metrics, "default", &destination, "timeout", "5xx", 1.0);
+    assert_attempts(&metrics, "default", &destination, Some("timeout"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_or_resetting_before_the_head_is_upstream_reset_502() {
+    for close in [true, false] {
+        let builder = FakeUpstream::builder();
+        let upstream = if close {
+            builder.close_before_head()
+        } else {
+            builder.reset_before_head()
+        }
+        .start()
+        .await;
+        let fusebox = TestFusebox::start(&[("default", &single_try(""))]).await;
+
+        let response = fusebox.app().get(upstream.url("/x")).send().await.unwrap();
+        let response = RawResponse::from_reqwest(response).await;
+        assert_local_reply(&response, 502, "upstream-reset", "default");
+        assert_eq!(upstream.hits(), 1, "close={close}");
+
+        let metrics = fusebox.metrics().await;
+        let destination = upstream.authority();
+        assert_requests(&metrics, "default", &destination, "reset", "5xx", 1.0);
+        assert_attempts(&metrics, "default", &destination, Some("reset"), 1.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// denied 403
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_with_allow_false_denies_its_hosts() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let other = FakeUpstream::with_status(200).await;
+    let blocked = format!("hosts = [\"{}\"]\nallow = false\n", upstream.authority());
+    let fusebox = TestFusebox::start(&[("default", ""), ("blocked", &blocked)]).await;
+
+    let response = fusebox.app().get(upstream.url("/x")).send().await.unwrap();
+    let response = RawResponse::from_reqwest(response).await;
+    assert_local_reply(&response, 403, "denied", "blocked");
+
+    let connect = format!(
+        "CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        host = upstream.authority()
+    );
+    let response = raw_exchange(&fusebox, &connect).await;
+    assert_local_reply(&response, 403, "denied", "blocked");
+    assert_eq!(upstream.connections(), 0, "denied before any connection");
+
+    // Another destination is not affected.
+    let response = fusebox.app().get(other.url("/y")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    let metrics = fusebox.metrics().await;
+    let destination = upstream.authority();
+    assert_requests(&metrics, "blocked", &destination, "denied", "4xx", 2.0);
+    assert_attempts(&metrics, "blocked", &destination, None, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_private_false_denies_loopback_destinations() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "allow_private = false\n")]).await;
+
+    let response = fusebox.app().get(upstream.url("/x")).send().await.unwrap();
+    let response = RawResponse::from_reqwest(response).await;
+    assert_local_reply(&response, 403, "denied", "default");
+
+    let connect = format!(
+        "CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        host = upstream.authority()
+    );
+    let response = raw_exchange(&fusebox, &connect).await;
+    assert_local_reply(&response, 403, "denied", "default");
+
+    // By name too: the check is on the address `localhost` resolves to.
+    let by_name = format!("http://localhost:{}/x", upstream.addr().port());
+    let response = fusebox.app().get(by_name).send().await.unwrap();
+    let response = RawResponse::from_reqwest(response).await;
+    assert_local_reply(&response, 403, "denied", "default");
+    assert_eq!(upstream.connections(), 0, "denied before any connection");
+
+    let metrics = fusebox.metrics().await;
+    let destination = upstream.authority();
+    assert_requests(&metrics, "default", &destination, "denied", "4xx", 2.0);
+    assert_attempts(&metrics, "default", &destination, None, 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// loop 508
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_get_508() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let app = fusebox.app();
+
+    // Through Via: learn the token from what the upstream saw, then send it back.
+    app.get(upstream.url("/first")).send().await.unwrap();
+    let via = upstream.last_request().unwrap().headers["via"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let response = app
+        .get(upstream.url("/again"))
+        .header("via", via.as_str())
+        .send()
+        .await
+        .unwrap();
+    let response = RawResponse::from_reqwest(response).await;
+    assert_local_reply(&response, 508, "loop", "default");
+    // The same for a tunnel: CONNECT carrying our Via is refused before connecting.
+    let response = raw_exchange(
+        &fusebox,
+        &format!(
+            "CONNECT {host} HTTP/1.1\r\nHost: {host}\r\nVia: {via}\r\n\r\n",
+            host = upstream.authority()
+        ),
+    )
+    .await;
+    assert_local_reply(&response, 508, "loop", "default");
+    assert_eq!(upstream.hits(), 1);
+    assert_eq!(upstream.connections(), 1);
+
+    // Through the destination address: fusebox's own egress listener, plain and CONNECT.
+    let egress = fusebox.agent().egress_addr();
+    let response = app.get(format!("http://{egress}/")).send().await.unwrap();
+    let response = RawResponse::from_reqwest(response).await;
+    assert_local_reply(&response, 508, "loop", "default");
+    let response = raw_exchange(
+        &fusebox,
+        &format!("CONNECT {egress} HTTP/1.1\r\nHost: {egress}\r\n\r\n"),
+    )
+    .await;
+    assert_local_reply(&response, 508, "loop", "default");
+    // An origin-form request naming fusebox in Host (the app treating the proxy as a server).
+    let response = raw_exchange(
+        &fusebox,
+        &format!("GET /status HTTP/1.1\r\nHost: {egress}\r\n\r\n"),
+    )
+    .await;
+    assert_local_reply(&response, 508, "loop", "default");
+
+    let metrics = fusebox.metrics().await;
+    let destination = upstream.authority();
+    assert_eq!(
+        metric(
+            &metrics,
+            "fusebox_requests_total",
+            &[
+                ("destination", &destination),
+                ("outcome", "loop"),
+                ("code", "5xx")
+            ]
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_requests(&metrics, "default", &egress.to_string(), "loop", "5xx", 3.0);
+    assert_attempts(&metrics, "default", &egress.to_string(), None, 0.0);
+}
