@@ -145,9 +145,8 @@ impl RawConn {
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut sum = 0.0;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(split) => split,
-            None => continue,
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
         };
         let (series_name, label_text) = match series.split_once('{') {
             Some((n, rest)) => (n, rest.trim_end_matches('}')),

@@ -130,7 +130,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(answer) => {
             drop(in_flight);
-            return finish_answer(upstream, &destination, started, answer);
+            return finish_answer(upstream, &destination, started, &answer);
         }
     };
     let status = response.status();
@@ -211,7 +211,7 @@ fn finish_answer(
     upstream: &Upstream,
     destination: &Destination,
     started: Instant,
-    answer: LocalAnswer,
+    answer: &LocalAnswer,
 ) -> Response<ResponseBody> {
     debug!(upstream = %upstream.policy.name, destination = %destination.authority, reason = answer.reason.as_str(), detail = %answer.detail, "local reply");
     let reply = local_reply_with_retry_after(
