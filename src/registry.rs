@@ -30,7 +30,10 @@ use crate::upstream::{client, Client, SelfAddrs};
 /// Runtime state of one policy.
 pub struct Upstream {
     pub policy: Arc<Policy>,
+    /// The pooled client for requested destinations.
     pub client: Client,
+    /// One pooled client per `endpoints` entry, each pinned to its endpoint.
+    endpoint_clients: Vec<Client>,
     next_endpoint: AtomicUsize,
     destinations: ArcSwap<HashMap<Box<str>, Arc<Destination>>>,
     insert: Mutex<()>,
@@ -192,17 +195,19 @@ impl Upstream {
         self_addrs: Arc<SelfAddrs>,
         jitter: bool,
     ) -> Result<Upstream, String> {
-        let rules = ConnectRules {
-            guard: GuardRules {
-                allow_private: policy.allow_private,
-                allow_link_local: policy.allow_link_local,
-            },
-            timeout: policy.timeouts.connect,
-            self_addrs,
+        let rules = connect_rules(&policy, &self_addrs);
+        let build = |pinned| {
+            client::build(&policy, rules.clone(), pinned)
+                .map_err(|e| format!("policy {}: {e}", policy.name))
         };
-        let client =
-            client::build(&policy, rules).map_err(|e| format!("policy {}: {e}", policy.name))?;
+        let client = build(None)?;
+        let endpoint_clients = policy
+            .endpoints
+            .iter()
+            .map(|endpoint| build(Some(endpoint)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstream {
+            endpoint_clients,
             name: Arc::from(policy.name.as_str()),
             labelled: AtomicUsize::new(0),
             jitter,
@@ -217,25 +222,19 @@ impl Upstream {
     }
 
     /// The connect rules of this policy, for CONNECT tunnels (which bypass the client).
-    pub fn connect_rules(&self, self_addrs: Arc<SelfAddrs>) -> ConnectRules {
-        ConnectRules {
-            guard: GuardRules {
-                allow_private: self.policy.allow_private,
-                allow_link_local: self.policy.allow_link_local,
-            },
-            timeout: self.policy.timeouts.connect,
-            self_addrs,
-        }
+    pub fn connect_rules(&self, self_addrs: &Arc<SelfAddrs>) -> ConnectRules {
+        connect_rules(&self.policy, self_addrs)
     }
 
-    /// The next endpoint, round robin, when the policy has `endpoints`.
-    pub fn next_endpoint(&self) -> Option<&Endpoint> {
+    /// The next endpoint, round robin, with the client pinned to it, when the policy has
+    /// `endpoints`.
+    pub fn next_endpoint(&self) -> Option<(&Endpoint, &Client)> {
         let endpoints = &self.policy.endpoints;
         if endpoints.is_empty() {
             return None;
         }
-        let n = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
-        Some(&endpoints[n % endpoints.len()])
+        let n = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        Some((&endpoints[n], &self.endpoint_clients[n]))
     }
 
     /// The state of `host:port`, created on first use. `host` is lowercase, unbracketed.
@@ -299,6 +298,17 @@ impl Upstream {
     /// Every destination seen so far.
     pub fn destinations(&self) -> Vec<Arc<Destination>> {
         self.destinations.load().values().cloned().collect()
+    }
+}
+
+fn connect_rules(policy: &Policy, self_addrs: &Arc<SelfAddrs>) -> ConnectRules {
+    ConnectRules {
+        guard: GuardRules {
+            allow_private: policy.allow_private,
+            allow_link_local: policy.allow_link_local,
+        },
+        timeout: policy.timeouts.connect,
+        self_addrs: Arc::clone(self_addrs),
     }
 }
 

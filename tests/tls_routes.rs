@@ -506,9 +506,6 @@ async fn route_listener_endpoint_refusing_connections_is_a_502() {
 /// Over HTTP/2 the upstream reads the target host from `:authority` (RFC 9113 §8.3.1: a
 /// client must not send a `Host` that differs from it), so `host_rewrite` must reach it there.
 #[tokio::test]
-#[ignore = "fusebox bug: over h2 the upstream gets :authority = the endpoint (127.0.0.1:PORT) and \
-            a different Host (api.internal); the fix (dial the endpoint while the URI carries \
-            the rewritten authority) is in src/proxy/forward.rs and the pooled client, not small"]
 async fn host_rewrite_reaches_an_h2_upstream_as_its_authority() {
     let pki = TestPki::new();
     let upstream = FakeUpstream::builder()

@@ -22,7 +22,7 @@ use crate::pipeline::limiter::LimitDecision;
 use crate::pipeline::retry::{matching_condition, may_resend, TryResult};
 use crate::registry::{Destination, Upstream};
 use crate::telemetry::AttemptResult;
-use crate::upstream::RequestBody;
+use crate::upstream::{Client, RequestBody};
 
 /// What fusebox answers itself when the loop ends without an upstream response to pass on.
 #[derive(Debug)]
@@ -74,6 +74,7 @@ pub fn admit(destination: &Destination) -> Result<bool, LocalAnswer> {
 /// Sends the request, retrying as the policy allows, until an answer is final.
 pub async fn run(
     upstream: &Upstream,
+    client: &Client,
     destination: &Destination,
     parts: Parts,
     body: Incoming,
@@ -116,7 +117,7 @@ pub async fn run(
 
         let mut probe_guard = ProbeGuard { destination, armed: probe };
         let started = Instant::now();
-        let result = tokio::time::timeout(limit, upstream.client.request(request)).await;
+        let result = tokio::time::timeout(limit, client.request(request)).await;
         let elapsed = started.elapsed();
         probe_guard.armed = false;
 

@@ -23,7 +23,7 @@ use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
 use crate::registry::{Destination, Upstream};
 use crate::telemetry::AttemptResult;
-use crate::upstream::ConnectError;
+use crate::upstream::{Client, ConnectError};
 
 /// Handles one request. `route` is the policy of the route listener it arrived on, if any.
 pub async fn handle(
@@ -34,7 +34,7 @@ pub async fn handle(
     let started = Instant::now();
     let snapshot = ctx.registry.load();
 
-    let (upstream, destination, uri) = match route {
+    let (upstream, destination, client, uri) = match route {
         Some(name) => {
             let Some(upstream) = snapshot.by_name(name) else {
                 // The policy was removed by a reload while this connection stayed open.
@@ -48,7 +48,7 @@ pub async fn handle(
                     &detail,
                 );
             };
-            let Some(endpoint) = upstream.next_endpoint() else {
+            let Some((endpoint, client)) = upstream.next_endpoint() else {
                 let detail = "route policy has no endpoints";
                 return finish_local(
                     upstream,
@@ -64,8 +64,8 @@ pub async fn handle(
             } else {
                 Scheme::HTTP
             };
-            let uri = upstream_uri(scheme, &destination.authority, req.uri());
-            (upstream, destination, uri)
+            let uri = upstream_uri(scheme, pinned_authority(upstream, &destination), req.uri());
+            (upstream, destination, client, uri)
         }
         None => {
             let target = match http_target(&req) {
@@ -75,8 +75,13 @@ pub async fn handle(
                 }
             };
             let upstream = snapshot.lookup(&target.host, target.port);
-            let (destination, scheme) = egress_destination(upstream, &target);
-            let uri = upstream_uri(scheme, &destination.authority, req.uri());
+            let (destination, scheme, client, pinned) = egress_destination(upstream, &target);
+            let authority = if pinned {
+                pinned_authority(upstream, &destination)
+            } else {
+                &destination.authority
+            };
+            let uri = upstream_uri(scheme, authority, req.uri());
             if !upstream.policy.allow {
                 let detail = format!(
                     "{} is not allowed by policy {}",
@@ -85,7 +90,7 @@ pub async fn handle(
                 );
                 return finish_local(upstream, &destination, started, Reason::Denied, &detail);
             }
-            (upstream, destination, uri)
+            (upstream, destination, client, uri)
         }
     };
 
@@ -126,7 +131,7 @@ pub async fn handle(
         return finish_local(upstream, &destination, started, Reason::Overflow, &detail);
     };
     let jitter = ctx.registry.jitter();
-    let mut response = match attempt::run(upstream, &destination, parts, body, jitter).await {
+    let mut response = match attempt::run(upstream, client, &destination, parts, body, jitter).await {
         Ok(response) => response,
         Err(answer) => {
             drop(in_flight);
@@ -155,13 +160,18 @@ pub async fn handle(
     response.map(|body| ResponseBody::Upstream(body, Some(in_flight)))
 }
 
-/// Where an egress-listener request goes: a policy endpoint or the requested host, over TLS
-/// when the policy originates it or the app asked for `https://`.
-fn egress_destination(upstream: &Upstream, target: &Target<'_>) -> (Arc<Destination>, Scheme) {
+/// Where an egress-listener request goes: a policy endpoint (with the client pinned to it:
+/// `true`) or the requested host, over TLS when the policy originates it or the app asked for
+/// `https://`.
+fn egress_destination<'u>(
+    upstream: &'u Upstream,
+    target: &Target<'_>,
+) -> (Arc<Destination>, Scheme, &'u Client, bool) {
     let tls = upstream.policy.tls || target.https;
     let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
-    if let Some(endpoint) = upstream.next_endpoint() {
-        return (upstream.destination(&endpoint.host, endpoint.port), scheme);
+    if let Some((endpoint, client)) = upstream.next_endpoint() {
+        let destination = upstream.destination(&endpoint.host, endpoint.port);
+        return (destination, scheme, client, true);
     }
     // `tls = true` turns `http://host/` into `https://host:443/`; an explicit port is kept.
     let port = if tls && !target.explicit_port {
@@ -169,7 +179,14 @@ fn egress_destination(upstream: &Upstream, target: &Target<'_>) -> (Arc<Destinat
     } else {
         target.port
     };
-    (upstream.destination(&target.host, port), scheme)
+    (upstream.destination(&target.host, port), scheme, &upstream.client, false)
+}
+
+/// The URI authority of a request to a pinned endpoint: `host_rewrite` when set, so that the
+/// HTTP/2 `:authority` and the TLS server name agree with the `Host` header; the endpoint
+/// otherwise. The connection goes to the endpoint either way.
+fn pinned_authority<'a>(upstream: &'a Upstream, destination: &'a Destination) -> &'a str {
+    upstream.policy.host_rewrite.as_deref().unwrap_or(&destination.authority)
 }
 
 fn upstream_uri(scheme: Scheme, authority: &str, original: &Uri) -> Result<Uri, http::Error> {

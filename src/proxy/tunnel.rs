@@ -32,7 +32,7 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     let upstream = snapshot.lookup(&target.host, target.port);
     let name = upstream.policy.name.as_str();
     let (host, port) = match upstream.next_endpoint() {
-        Some(endpoint) => (endpoint.host.as_str(), endpoint.port),
+        Some((endpoint, _)) => (endpoint.host.as_str(), endpoint.port),
         None => (target.host.as_ref(), target.port),
     };
     let destination = upstream.destination(host, port);
@@ -65,7 +65,7 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
         Ok(probe) => probe,
         Err(answer) => return reject_after(answer.reason, &answer.detail, answer.retry_after),
     };
-    let rules = upstream.connect_rules(std::sync::Arc::clone(ctx.registry.self_addrs()));
+    let rules = upstream.connect_rules(ctx.registry.self_addrs());
     let attempt_started = Instant::now();
     let connected = connect::connect(host, port, &rules).await;
     let elapsed = attempt_started.elapsed();

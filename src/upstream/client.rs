@@ -15,7 +15,7 @@ use rustls_pki_types::ServerName;
 
 use super::connect::{ConnectRules, Connector};
 use super::tls;
-use crate::policy::Policy;
+use crate::policy::{Endpoint, Policy};
 
 /// A request body sent upstream: the app's body streamed through, or bytes kept in memory.
 #[derive(Debug)]
@@ -65,7 +65,8 @@ pub type Client = legacy::Client<HttpsConnector<Connector>, RequestBody>;
 
 /// Builds the client for `policy`. Fails only when its TLS settings are unusable (a bad
 /// `ca_file` or `sni`), which the policy loader reports earlier.
-pub fn build(policy: &Policy, rules: ConnectRules) -> Result<Client, String> {
+/// Builds the client for `policy`; with `pinned`, every connection goes to that endpoint.
+pub fn build(policy: &Policy, rules: ConnectRules, pinned: Option<&Endpoint>) -> Result<Client, String> {
     let config = tls::client_config(policy.ca_file.as_deref())?;
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
@@ -81,7 +82,10 @@ pub fn build(policy: &Policy, rules: ConnectRules) -> Result<Client, String> {
     let connector = builder
         .enable_http1()
         .enable_http2()
-        .wrap_connector(Connector::new(rules));
+        .wrap_connector(match pinned {
+            Some(endpoint) => Connector::pinned(rules, &endpoint.host, endpoint.port),
+            None => Connector::new(rules),
+        });
     Ok(legacy::Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

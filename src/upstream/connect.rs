@@ -128,12 +128,25 @@ pub async fn connect(
 #[derive(Debug, Clone)]
 pub struct Connector {
     rules: Arc<ConnectRules>,
+    pinned: Option<Arc<(String, u16)>>,
 }
 
 impl Connector {
+    /// Connects to the host and port of each request's URI.
     pub fn new(rules: ConnectRules) -> Connector {
         Connector {
             rules: Arc::new(rules),
+            pinned: None,
+        }
+    }
+
+    /// Connects to `host:port` whatever the request's URI says. A policy's `endpoints` use this,
+    /// so that the URI (HTTP/2 `:authority`, TLS SNI) can carry the logical host name
+    /// (`host_rewrite`) while the connection goes to the endpoint.
+    pub fn pinned(rules: ConnectRules, host: &str, port: u16) -> Connector {
+        Connector {
+            rules: Arc::new(rules),
+            pinned: Some(Arc::from((host.to_owned(), port))),
         }
     }
 }
@@ -149,6 +162,10 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let rules = Arc::clone(&self.rules);
+        if let Some(pinned) = &self.pinned {
+            let pinned = Arc::clone(pinned);
+            return Box::pin(async move { connect(&pinned.0, pinned.1, &rules).await.map(TokioIo::new) });
+        }
         Box::pin(async move {
             let host = uri.host().ok_or(ConnectError::MissingHost)?;
             let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -1,0 +1,521 @@
+//! Limits (DESIGN §1, §3 `[rate_limit]` `[concurrency]` `[timeouts]`, §4, §5): the rate limiter
+//! in enforce and shadow mode, the concurrency gate's immediate `503 overflow`, the timeout on a
+//! stalled upstream, and the isolation of one destination from another's overload.
+//!
+//! Every policy here sets `[breaker] mode = "off"` so that a breaker trip cannot interfere, and
+//! every agent runs with `jitter = false`. Timing assertions are lower bounds only, or bounds
+//! generous enough that a slow machine cannot break them; where the limiter's refill could
+//! change a count on a slow machine, the expected count accounts for the time that passed.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{policies_dir, FakeUpstream, Reply, TestFusebox};
+
+/// Safety net for anything that should happen; never reached on a healthy run.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+const BREAKER_OFF: &str = "\n[breaker]\nmode = \"off\"\n";
+
+/// Starts fusebox on these `(name, toml)` policies, without jitter. `default.toml` (first)
+/// gets the breaker turned off, and every other policy inherits that.
+async fn start(default: &str, others: &[(&str, &str)]) -> TestFusebox {
+    let default = format!("{default}{BREAKER_OFF}");
+    let mut files = vec![("default", default.as_str())];
+    files.extend_from_slice(others);
+    TestFusebox::start_with(policies_dir(&files), |config| {
+        config.jitter = false;
+    })
+    .await
+}
+
+/// The sum of the samples of `name` whose labels include every `labels` pair (0 if none).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let matches = labels.iter().all(|(k, v)| {
+            label_text
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        });
+        if matches {
+            sum += value.parse::<f64>().expect("numeric sample");
+        }
+    }
+    sum
+}
+
+fn reason(response: &reqwest::Response) -> Option<&str> {
+    response
+        .headers()
+        .get("x-fusebox-reason")
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Asserts that `response` is fusebox's local reply with this status and reason.
+fn assert_local(response: &reqwest::Response, status: u16, reason_text: &str) {
+    assert_eq!(response.status(), status, "{response:?}");
+    assert_eq!(reason(response), Some(reason_text), "{response:?}");
+}
+
+/// The `q` quantile (0..=1) of sorted durations.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// Sends `n` GETs to `url` one after another; the latency of each (all must be 200).
+async fn latencies(app: &reqwest::Client, url: &str, n: usize) -> Vec<Duration> {
+    let mut all = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        let response = app.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}: {response:?}");
+        response.bytes().await.unwrap();
+        all.push(started.elapsed());
+    }
+    all.sort();
+    all
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. Rate limit.
+
+/// How many of `sent` requests a limiter of capacity 2 at 2 per second can have let through
+/// within `elapsed`: its capacity, plus one token per 500 ms that passed.
+fn limiter_allows_at_most(elapsed: Duration) -> u64 {
+    2 + u64::try_from(elapsed.as_millis() / 500).unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_rejects_beyond_capacity_with_429() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = start("[rate_limit]\nrps = 2\nburst = 0", &[]).await;
+    let app = fusebox.app();
+
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = app.get(upstream.url("/r")).send().await.unwrap();
+        let status = response.status().as_u16();
+        if status == 429 {
+            assert_local(&response, 429, "rate-limited");
+            let after: u64 = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("a numeric retry-after: {response:?}"));
+            assert!(after >= 1, "retry-after {after}");
+            assert_eq!(
+                response
+                    .headers()
+                    .get("x-fusebox-upstream")
+                    .and_then(|v| v.to_str().ok()),
+                Some("default")
+            );
+        } else {
+            assert_eq!(status, 200, "{response:?}");
+            assert!(reason(&response).is_none(), "{response:?}");
+        }
+        response.bytes().await.unwrap();
+        statuses.push(status);
+    }
+    let elapsed = started.elapsed();
+
+    let passed = statuses.iter().filter(|&&s| s == 200).count() as u64;
+    let limited = statuses.iter().filter(|&&s| s == 429).count() as u64;
+    println!("rate limit: {statuses:?} in {elapsed:?}");
+    assert_eq!(&statuses[..2], &[200, 200], "the capacity passes first");
+    // Exactly 2 on any machine that sends 5 requests within 500 ms (one refill interval).
+    assert!(
+        passed <= limiter_allows_at_most(elapsed),
+        "{passed} passed in {elapsed:?}: {statuses:?}"
+    );
+    assert!(limited >= 1, "{statuses:?}");
+    assert_eq!(upstream.hits(), passed, "rejected requests never reach it");
+
+    let text = fusebox.metrics().await;
+    let destination = upstream.authority();
+    let base = [
+        ("upstream", "default"),
+        ("destination", destination.as_str()),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut labels = base.to_vec();
+        labels.extend_from_slice(extra);
+        metric(&text, "fusebox_requests_total", &labels)
+    };
+    assert_eq!(
+        with(&[("outcome", "rate_limited"), ("code", "4xx")]),
+        limited as f64,
+        "{text}"
+    );
+    assert_eq!(
+        with(&[("outcome", "ok"), ("code", "2xx")]),
+        passed as f64,
+        "{text}"
+    );
+    assert_eq!(with(&[]), 5.0, "{text}");
+    // A local rejection is not an upstream try.
+    assert_eq!(
+        metric(&text, "fusebox_attempts_total", &base),
+        passed as f64,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_shadow_mode_counts_but_never_rejects() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = start("[rate_limit]\nrps = 2\nburst = 0\nmode = \"shadow\"", &[]).await;
+    let app = fusebox.app();
+
+    let started = Instant::now();
+    for _ in 0..5 {
+        let response = app.get(upstream.url("/r")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{response:?}");
+        assert!(reason(&response).is_none(), "{response:?}");
+        response.bytes().await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(upstream.hits(), 5);
+
+    let text = fusebox.metrics().await;
+    let destination = upstream.authority();
+    let shadow = metric(
+        &text,
+        "fusebox_shadow_rejections_total",
+        &[
+            ("upstream", "default"),
+            ("destination", &destination),
+            ("kind", "rate_limit"),
+        ],
+    );
+    println!("rate limit shadow: {shadow} shadow rejections in {elapsed:?}");
+    // Exactly 3 when the 5 requests take less than one refill interval (500 ms).
+    let fewest = 5u64.saturating_sub(limiter_allows_at_most(elapsed));
+    assert!(
+        shadow <= 3.0 && shadow >= fewest as f64,
+        "{shadow} shadow rejections in {elapsed:?}: {text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "fusebox_shadow_rejections_total",
+            &[("destination", &destination), ("kind", "breaker")],
+        ),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "fusebox_requests_total",
+            &[
+                ("destination", &destination),
+                ("outcome", "ok"),
+                ("code", "2xx")
+            ],
+        ),
+        5.0,
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. Concurrency gate.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_gate_overflows_immediately() {
+    // Two slow answers (slow enough that the checks in between cannot outlast them), then
+    // fast ones.
+    let slow = Reply::Status(200).after(Duration::from_secs(3));
+    let upstream = FakeUpstream::builder()
+        .replies([slow.clone(), slow, Reply::Status(200)])
+        .start()
+        .await;
+    let fusebox = start(
+        "[concurrency]\nmax_in_flight = 2\n[timeouts]\nattempt = \"10s\"\ntotal = \"20s\"",
+        &[],
+    )
+    .await;
+    let app = fusebox.app();
+    let destination = upstream.authority();
+    let in_flight = |text: &str| {
+        metric(
+            text,
+            "fusebox_in_flight",
+            &[("upstream", "default"), ("destination", &destination)],
+        )
+    };
+
+    let pending: Vec<_> = (0..2)
+        .map(|i| {
+            let (app, url) = (app.clone(), upstream.url(&format!("/slow/{i}")));
+            tokio::spawn(async move {
+                let response = app.get(url).send().await.unwrap();
+                let status = response.status();
+                response.bytes().await.unwrap();
+                status
+            })
+        })
+        .collect();
+    tokio::time::timeout(PATIENCE, upstream.wait_hits(2))
+        .await
+        .expect("both slow requests reach the upstream");
+
+    let response = app.get(upstream.url("/third")).send().await.unwrap();
+    assert_local(&response, 503, "overflow");
+    response.bytes().await.unwrap();
+    let text = fusebox.metrics().await;
+    assert!(
+        pending.iter().all(|p| !p.is_finished()),
+        "the third request was refused while the first two were still pending"
+    );
+    assert_eq!(in_flight(&text), 2.0, "{text}");
+    assert_eq!(upstream.hits(), 2, "the refused request never reached it");
+
+    for p in pending {
+        let status = tokio::time::timeout(PATIENCE, p)
+            .await
+            .expect("slow requests finish")
+            .expect("task");
+        assert_eq!(status, 200);
+    }
+    // The slots are freed as the responses end.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = fusebox.metrics().await;
+        if in_flight(&text) == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots freed: {text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let response = app.get(upstream.url("/after")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{response:?}");
+    response.bytes().await.unwrap();
+    assert_eq!(upstream.hits(), 3);
+
+    let text = fusebox.metrics().await;
+    let requests = |outcome, code| {
+        metric(
+            &text,
+            "fusebox_requests_total",
+            &[
+                ("upstream", "default"),
+                ("destination", &destination),
+                ("outcome", outcome),
+                ("code", code),
+            ],
+        )
+    };
+    assert_eq!(requests("overflow", "5xx"), 1.0, "{text}");
+    assert_eq!(requests("ok", "2xx"), 3.0, "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14. A stalled upstream ends in 504, within the default total.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upstream_gets_504_with_the_default_total() {
+    let upstream = FakeUpstream::builder().stall().start().await;
+    // Only the attempt timeout is set; `total` and `retry.on` are the defaults (5 s; no
+    // retry on timeouts).
+    let fusebox = start("[timeouts]\nattempt = \"300ms\"", &[]).await;
+
+    let started = Instant::now();
+    let response = fusebox
+        .app()
+        .get(upstream.url("/stuck"))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_local(&response, 504, "timeout");
+    let body = response.text().await.unwrap();
+    assert!(body.starts_with("fusebox: timeout: "), "{body:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "not before the attempt timeout: {elapsed:?}"
+    );
+    assert_eq!(upstream.hits(), 1, "timeouts are not retried by default");
+
+    let text = fusebox.metrics().await;
+    let destination = upstream.authority();
+    let labels = |extra: (&'static str, &'static str)| {
+        [
+            ("upstream", "default"),
+            ("destination", destination.as_str()),
+            extra,
+        ]
+    };
+    assert_eq!(
+        metric(
+            &text,
+            "fusebox_attempts_total",
+            &labels(("result", "timeout"))
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "fusebox_requests_total",
+            &labels(("outcome", "timeout"))
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15. Isolation: one destination's overload does not slow another down.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_destination_does_not_slow_down_another() {
+    const GATE: usize = 20;
+    const SAMPLES: usize = 200;
+    let a = FakeUpstream::builder().stall().start().await;
+    let b = FakeUpstream::with_status(200).await;
+    let policy_a = format!(
+        "hosts = [\"{}\"]\n[timeouts]\nattempt = \"500ms\"\n[concurrency]\nmax_in_flight = {GATE}\n",
+        a.authority()
+    );
+    let policy_b = format!("hosts = [\"{}\"]\n", b.authority());
+    let fusebox = start("", &[("a", &policy_a), ("b", &policy_b)]).await;
+    let app_a = fusebox.app();
+    let app_b = fusebox.app();
+    let url_b = b.url("/fast");
+
+    // Baseline, after a warm-up (connections, destination state).
+    latencies(&app_b, &url_b, 20).await;
+    let baseline = latencies(&app_b, &url_b, SAMPLES).await;
+
+    // A's gate filled by stalled calls, each refilled as soon as its timeout frees the slot.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..GATE)
+        .map(|i| {
+            let (app, url, stop) = (
+                app_a.clone(),
+                a.url(&format!("/stall/{i}")),
+                Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let response = app.get(&url).send().await.unwrap();
+                    let reason = reason(&response).map(str::to_owned);
+                    statuses.push((response.status().as_u16(), reason));
+                    response.bytes().await.unwrap();
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::timeout(PATIENCE, a.wait_hits(GATE as u64))
+        .await
+        .expect("A's gate fills");
+
+    // Beyond A's gate: refused at once, without reaching A.
+    let extra_started = Instant::now();
+    let mut extras = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let (app, url) = (app_a.clone(), a.url(&format!("/extra/{i}")));
+        extras.spawn(async move {
+            let response = app.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            let reason = reason(&response).map(str::to_owned);
+            response.bytes().await.unwrap();
+            (status, reason)
+        });
+    }
+    while let Some(extra) = extras.join_next().await {
+        let (status, reason) = extra.expect("extra request");
+        assert_eq!(
+            (status, reason.as_deref()),
+            (503, Some("overflow")),
+            "A's gate is full"
+        );
+    }
+    let extra_elapsed = extra_started.elapsed();
+
+    // B during A's overload.
+    let hits_before = a.hits();
+    let during = latencies(&app_b, &url_b, SAMPLES).await;
+    let a_hits_during = a.hits() - hits_before;
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        let statuses = tokio::time::timeout(PATIENCE, worker)
+            .await
+            .expect("A's callers finish")
+            .expect("worker");
+        for (status, reason) in statuses {
+            assert_eq!(
+                (status, reason.as_deref()),
+                (504, Some("timeout")),
+                "A's callers time out"
+            );
+        }
+    }
+
+    let (base_p50, base_p99) = (quantile(&baseline, 0.5), quantile(&baseline, 0.99));
+    let (p50, p99) = (quantile(&during, 0.5), quantile(&during, 0.99));
+    println!(
+        "isolation: B baseline p50 {base_p50:?} p99 {base_p99:?}; during A's overload p50 {p50:?} \
+         p99 {p99:?} ({a_hits_during} stalled calls reached A meanwhile); 3 overflow replies from A \
+         in {extra_elapsed:?}"
+    );
+    let bound = base_p99 * 10 + Duration::from_millis(50);
+    assert!(
+        p99 < bound,
+        "B's p99 during A's overload {p99:?} >= {bound:?} (baseline p99 {base_p99:?})"
+    );
+
+    let text = fusebox.metrics().await;
+    let b_dest = b.authority();
+    let b_requests = |outcome| {
+        metric(
+            &text,
+            "fusebox_requests_total",
+            &[
+                ("upstream", "b"),
+                ("destination", &b_dest),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(b_requests("ok"), (20 + 2 * SAMPLES) as f64, "{text}");
+    assert_eq!(
+        metric(&text, "fusebox_requests_total", &[("upstream", "b")]),
+        (20 + 2 * SAMPLES) as f64,
+        "no B request failed: {text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "fusebox_requests_total",
+            &[("upstream", "a"), ("outcome", "overflow")],
+        ),
+        3.0,
+        "{text}"
+    );
+}
