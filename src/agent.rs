@@ -205,9 +205,10 @@ impl Agent {
         }
     }
 
-    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
-    pub async fn run_until_signal(self) -> io::Result<()> {
-        wait_for_signal().await?;
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully. Install `signals` before
+    /// [`Agent::start`], so that a signal arriving while the agent starts is not lost.
+    pub async fn run_until_signal(self, mut signals: StopSignals) -> io::Result<()> {
+        signals.recv().await;
         info!("stop signal received; draining");
         self.shutdown().await;
         info!("stopped");
@@ -215,18 +216,28 @@ impl Agent {
     }
 }
 
-async fn wait_for_signal() -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result,
-            _ = term.recv() => Ok(()),
-        }
+/// SIGTERM and SIGINT, caught from the moment this value exists.
+#[derive(Debug)]
+pub struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; needs a running tokio runtime.
+    pub fn install() -> io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::agent::{Agent, RunConfig};
+use crate::agent::{Agent, RunConfig, StopSignals};
 
 #[derive(Debug, Parser)]
 #[command(name = "fusebox", version, about = "A resilience-focused egress agent")]
@@ -94,6 +94,13 @@ fn run(args: RunArgs) -> i32 {
         jitter: true,
     };
     runtime.block_on(async {
+        let signals = match StopSignals::install() {
+            Ok(signals) => signals,
+            Err(error) => {
+                eprintln!("fusebox: cannot install signal handlers: {error}");
+                return 1;
+            }
+        };
         let agent = match Agent::start(config).await {
             Ok(agent) => agent,
             Err(error) => {
@@ -101,7 +108,7 @@ fn run(args: RunArgs) -> i32 {
                 return 1;
             }
         };
-        match agent.run_until_signal().await {
+        match agent.run_until_signal(signals).await {
             Ok(()) => 0,
             Err(error) => {
                 eprintln!("fusebox: {error}");

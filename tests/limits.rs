@@ -80,13 +80,20 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// Sends `n` GETs to `url` one after another; the latency of each (all must be 200).
-async fn latencies(app: &reqwest::Client, url: &str, n: usize) -> Vec<Duration> {
+/// Sends GETs to `url` one after another, at least `n` and for at least `span`; the sorted
+/// latency of each (all must be 200).
+async fn latencies(app: &reqwest::Client, url: &str, n: usize, span: Duration) -> Vec<Duration> {
     let mut all = Vec::with_capacity(n);
-    for i in 0..n {
+    let begun = Instant::now();
+    while all.len() < n || begun.elapsed() < span {
         let started = Instant::now();
         let response = app.get(url).send().await.unwrap();
-        assert_eq!(response.status(), 200, "request {i}: {response:?}");
+        assert_eq!(
+            response.status(),
+            200,
+            "request {}: {response:?}",
+            all.len()
+        );
         response.bytes().await.unwrap();
         all.push(started.elapsed());
     }
@@ -407,8 +414,8 @@ async fn an_overloaded_destination_does_not_slow_down_another() {
     let url_b = b.url("/fast");
 
     // Baseline, after a warm-up (connections, destination state).
-    latencies(&app_b, &url_b, 20).await;
-    let baseline = latencies(&app_b, &url_b, SAMPLES).await;
+    let warm_up = latencies(&app_b, &url_b, 20, Duration::ZERO).await;
+    let baseline = latencies(&app_b, &url_b, SAMPLES, Duration::ZERO).await;
 
     // A's gate filled by stalled calls, each refilled as soon as its timeout frees the slot.
     let stop = Arc::new(AtomicBool::new(false));
@@ -458,9 +465,10 @@ async fn an_overloaded_destination_does_not_slow_down_another() {
     }
     let extra_elapsed = extra_started.elapsed();
 
-    // B during A's overload.
+    // B during A's overload, for long enough that A's stalled calls time out and are replaced
+    // several times meanwhile.
     let hits_before = a.hits();
-    let during = latencies(&app_b, &url_b, SAMPLES).await;
+    let during = latencies(&app_b, &url_b, SAMPLES, Duration::from_millis(1500)).await;
     let a_hits_during = a.hits() - hits_before;
     stop.store(true, Ordering::SeqCst);
     for worker in workers {
@@ -480,9 +488,11 @@ async fn an_overloaded_destination_does_not_slow_down_another() {
     let (base_p50, base_p99) = (quantile(&baseline, 0.5), quantile(&baseline, 0.99));
     let (p50, p99) = (quantile(&during, 0.5), quantile(&during, 0.99));
     println!(
-        "isolation: B baseline p50 {base_p50:?} p99 {base_p99:?}; during A's overload p50 {p50:?} \
-         p99 {p99:?} ({a_hits_during} stalled calls reached A meanwhile); 3 overflow replies from A \
-         in {extra_elapsed:?}"
+        "isolation: B baseline p50 {base_p50:?} p99 {base_p99:?} over {} requests; during A's \
+         overload p50 {p50:?} p99 {p99:?} over {} requests ({a_hits_during} stalled calls \
+         reached A meanwhile); 3 overflow replies from A in {extra_elapsed:?}",
+        baseline.len(),
+        during.len()
     );
     let bound = base_p99 * 10 + Duration::from_millis(50);
     assert!(
@@ -503,10 +513,11 @@ async fn an_overloaded_destination_does_not_slow_down_another() {
             ],
         )
     };
-    assert_eq!(b_requests("ok"), (20 + 2 * SAMPLES) as f64, "{text}");
+    let sent_to_b = (warm_up.len() + baseline.len() + during.len()) as f64;
+    assert_eq!(b_requests("ok"), sent_to_b, "{text}");
     assert_eq!(
         metric(&text, "fusebox_requests_total", &[("upstream", "b")]),
-        (20 + 2 * SAMPLES) as f64,
+        sent_to_b,
         "no B request failed: {text}"
     );
     assert_eq!(

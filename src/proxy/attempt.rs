@@ -94,11 +94,13 @@ pub async fn run(
     let mut tries = 0;
     loop {
         tries += 1;
-        let probe = admit(destination)?;
-        let now = Instant::now();
-        let Some(remaining) = deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+        // The deadline first: a try that cannot be made must not take a limiter token or a
+        // half-open probe slot (an admitted probe that is never recorded holds its slot until
+        // the breaker's lost-probe lease, `open_max`, runs out).
+        let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
             return Err(total_timeout(destination, policy.timeouts.total));
         };
+        let probe = admit(destination)?;
         let limit = policy.timeouts.attempt.min(remaining);
         // The last possible try takes the request itself; earlier ones send copies.
         let last_possible = tries >= retry.attempts || !replayable;
