@@ -18,6 +18,7 @@ use crate::policy::{load_dir, PolicyErrors};
 use crate::proxy::listener::{self, ServerLimits};
 use crate::proxy::ProxyContext;
 use crate::registry::Registry;
+use crate::reload::{self, ReloadError, Reloader};
 use crate::telemetry::Telemetry;
 use crate::upstream::{tls, SelfAddrs};
 
@@ -32,6 +33,10 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     /// Randomise breaker open periods and retry backoff (off in tests, for exact timings).
     pub jitter: bool,
+    /// Reload when the policies directory changes (SIGHUP and `POST /reload` always work).
+    pub watch: bool,
+    /// The bearer token that mutating admin endpoints require (`--admin-token`).
+    pub admin_token: Option<String>,
 }
 
 impl RunConfig {
@@ -44,6 +49,8 @@ impl RunConfig {
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(10),
             jitter: true,
+            watch: true,
+            admin_token: None,
         }
     }
 }
@@ -68,28 +75,27 @@ pub enum StartError {
 pub struct Agent {
     egress: SocketAddr,
     admin: SocketAddr,
-    routes: Vec<(String, SocketAddr)>,
     admin_state: Arc<AdminState>,
+    reloader: Arc<Reloader>,
     ctx: Arc<ProxyContext>,
+    /// Stops the proxy listeners (and the reload triggers).
     shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    /// Stops the admin server and upkeep, after the drain.
+    stop_observers: CancellationToken,
+    observers: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: what.to_owned(),
-            addr,
-            source,
-        })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        what: what.to_owned(),
+        addr,
+        source,
+    })
 }
 
 fn local_addr(listener: &TcpListener) -> SocketAddr {
-    listener
-        .local_addr()
-        .expect("a bound TCP listener has an address")
+    listener.local_addr().expect("a bound TCP listener has an address")
 }
 
 impl Agent {
@@ -99,27 +105,11 @@ impl Agent {
 
         let egress_listener = bind("egress listener", config.listen).await?;
         let admin_listener = bind("admin", config.admin).await?;
-        let mut route_listeners = Vec::new();
-        for policy in policies.routes() {
-            let addr = policy.listen.expect("routes() yields policies with listen");
-            let listener = bind(&format!("route listener of policy {}", policy.name), addr).await?;
-            route_listeners.push((policy.name.clone(), listener));
-        }
         let egress = local_addr(&egress_listener);
         let admin = local_addr(&admin_listener);
-        let routes: Vec<(String, SocketAddr)> = route_listeners
-            .iter()
-            .map(|(name, l)| (name.clone(), local_addr(l)))
-            .collect();
 
-        let self_addrs = Arc::new(SelfAddrs::default());
-        self_addrs.set(
-            [egress, admin]
-                .into_iter()
-                .chain(routes.iter().map(|(_, a)| *a))
-                .collect(),
-        );
         let telemetry = Telemetry::new();
+        let self_addrs = Arc::new(SelfAddrs::default());
         let registry = Arc::new(
             Registry::new(policies, Arc::clone(&telemetry), self_addrs, config.jitter)
                 .map_err(StartError::Upstream)?,
@@ -130,45 +120,46 @@ impl Agent {
             header_read_timeout: Duration::from_secs(30),
         };
         let shutdown = CancellationToken::new();
+        let stop_observers = CancellationToken::new();
 
-        let mut tasks = vec![tokio::spawn(listener::serve(
-            egress_listener,
+        let reloader = Reloader::start(
+            config.policies.clone(),
             Arc::clone(&ctx),
-            None,
             limits,
             shutdown.clone(),
-        ))];
-        for (name, listener) in route_listeners {
-            let route = Some(Arc::from(name.as_str()));
-            tasks.push(tokio::spawn(listener::serve(
-                listener,
-                Arc::clone(&ctx),
-                route,
-                limits,
-                shutdown.clone(),
-            )));
+            vec![egress, admin],
+        )
+        .await
+        .map_err(|e| StartError::Upstream(e.to_string()))?;
+        let reloader = Arc::new(reloader);
+        if config.watch {
+            reload::spawn_triggers(Arc::clone(&reloader), shutdown.clone())
+                .map_err(|e| StartError::Upstream(format!("cannot watch {}: {e}", config.policies.display())))?;
         }
+        ctx.tasks.spawn(listener::serve(egress_listener, Arc::clone(&ctx), None, limits, shutdown.clone()));
+
         let admin_state = Arc::new(AdminState {
             registry,
             ready: false.into(),
+            reloader: Arc::clone(&reloader),
+            admin_token: config.admin_token.clone(),
         });
-        tasks.push(tokio::spawn(admin::serve(
-            admin_listener,
-            Arc::clone(&admin_state),
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(upkeep(telemetry, shutdown.clone())));
+        let observers = vec![
+            tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state), stop_observers.clone())),
+            tokio::spawn(upkeep(telemetry, stop_observers.clone())),
+        ];
 
         admin_state.ready.store(true, Ordering::Release);
-        info!(%egress, %admin, routes = ?routes, "fusebox is ready");
+        info!(%egress, %admin, routes = ?reloader.route_addrs(), "fusebox is ready");
         Ok(Agent {
             egress,
             admin,
-            routes,
             admin_state,
+            reloader,
             ctx,
             shutdown,
-            tasks,
+            stop_observers,
+            observers,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -183,25 +174,30 @@ impl Agent {
 
     /// The bound address of a policy's route listener.
     pub fn route_addr(&self, policy: &str) -> Option<SocketAddr> {
-        self.routes
-            .iter()
+        self.reloader
+            .route_addrs()
+            .into_iter()
             .find(|(name, _)| name == policy)
-            .map(|(_, addr)| *addr)
+            .map(|(_, addr)| addr)
     }
 
-    /// Stops accepting, lets in-flight requests finish within the drain timeout, and returns.
+    /// Reloads the policies directory now (what `SIGHUP` and `POST /reload` do).
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        self.reloader.reload().await
+    }
+
+    /// Drains: `/readyz` turns 503, listeners stop accepting, in-flight requests and tunnels
+    /// finish within the drain timeout; then the admin server stops too.
     pub async fn shutdown(self) {
         self.admin_state.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
         self.ctx.tasks.close();
-        if tokio::time::timeout(self.drain_timeout, self.ctx.tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.drain_timeout, self.ctx.tasks.wait()).await.is_err() {
             warn!(drain_timeout = ?self.drain_timeout, "drain timeout over; closing what is still in flight");
+        }
+        self.stop_observers.cancel();
+        for task in self.observers {
+            let _ = task.await;
         }
     }
 

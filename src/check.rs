@@ -1,39 +1,167 @@
-//! `fusebox check`: validate a policies directory the way `fusebox run` and a reload would.
+//! `fusebox check`: validate a policies directory the way `fusebox run` and a reload would,
+//! then lint it for dangerous combinations of valid values ([`crate::policy::lint`]).
 //!
-//! Errors go to stderr as `file:line:col: message`, one per line, and make the exit code 1.
-//! A clean directory prints one summary line per policy to stdout and exits 0.
+//! Text format (default): errors go to stderr as `file:line:col: message` and warnings as
+//! `file:line:col: warning[code]: message`, one per line; a loaded directory prints one
+//! summary line per policy to stdout. JSON format: one document on stdout (see [`Report`]),
+//! nothing on stderr.
+//!
+//! Exit codes: 1 if there is any error; otherwise 2 with `--strict` if there is any warning;
+//! otherwise 0.
 
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 
-use crate::policy::{load_dir, HostPattern, Policy, PolicySet};
+use serde::Serialize;
+
+use crate::policy::lint::{lint, Warning};
+use crate::policy::{load_dir, HostPattern, Policy, PolicyError, PolicySet};
+
+/// Output format of `fusebox check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Compiler-style lines on stderr, a summary on stdout.
+    #[default]
+    Text,
+    /// One JSON document on stdout, for CI pipelines.
+    Json,
+}
+
+/// Exit code: errors.
+pub const EXIT_ERRORS: i32 = 1;
+/// Exit code: warnings only, with `--strict`.
+pub const EXIT_WARNINGS: i32 = 2;
 
 /// Runs `fusebox check` on `dir`; returns the process exit code.
-pub fn run(dir: &Path) -> i32 {
+pub fn run(dir: &Path, format: Format, strict: bool) -> i32 {
     run_to(
         dir,
+        format,
+        strict,
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
     )
 }
 
-fn run_to(dir: &Path, out: &mut impl Write, err: &mut impl Write) -> i32 {
-    let set = match load_dir(dir) {
-        Ok(set) => set,
-        Err(errors) => {
+fn run_to(
+    dir: &Path,
+    format: Format,
+    strict: bool,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> i32 {
+    let (set, errors) = match load_dir(dir) {
+        Ok(set) => (Some(set), Vec::new()),
+        Err(errors) => (None, errors.0),
+    };
+    let warnings = set.as_ref().map(lint).unwrap_or_default();
+    let code = if !errors.is_empty() {
+        EXIT_ERRORS
+    } else if strict && !warnings.is_empty() {
+        EXIT_WARNINGS
+    } else {
+        0
+    };
+    // A closed stdout or stderr must not turn a check into a panic: write errors are ignored.
+    match format {
+        Format::Text => {
             for error in &errors {
-                // A closed stderr must not turn a failed check into a panic.
                 let _ = writeln!(err, "{error}");
             }
-            return 1;
+            for warning in &warnings {
+                let _ = writeln!(err, "{warning}");
+            }
+            if let Some(set) = &set {
+                let _ = out.write_all(summary(set).as_bytes());
+            }
         }
-    };
-    // Lint warnings (DESIGN §3: dangerous combinations such as attempt timeout >= total) go
-    // here, printed to `err` as `file:line:col: warning: message`, without changing the
-    // exit code.
-    let _ = out.write_all(summary(&set).as_bytes());
-    0
+        Format::Json => {
+            let report = Report::new(code == 0, &errors, &warnings, set.as_ref());
+            if let Ok(mut json) = serde_json::to_string_pretty(&report) {
+                json.push('\n');
+                let _ = out.write_all(json.as_bytes());
+            }
+        }
+    }
+    code
+}
+
+/// The `--format json` document. `ok` is true exactly when the exit code is 0; `policies` is
+/// empty when the directory did not load.
+#[derive(Debug, Serialize)]
+struct Report {
+    ok: bool,
+    errors: Vec<JsonError>,
+    warnings: Vec<JsonWarning>,
+    policies: Vec<JsonPolicy>,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonError {
+    file: String,
+    line: usize,
+    col: usize,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonWarning {
+    file: String,
+    line: usize,
+    col: usize,
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonPolicy {
+    name: String,
+    file: String,
+    hosts: Vec<String>,
+    listen: Option<String>,
+}
+
+impl Report {
+    fn new(
+        ok: bool,
+        errors: &[PolicyError],
+        warnings: &[Warning],
+        set: Option<&PolicySet>,
+    ) -> Self {
+        Report {
+            ok,
+            errors: errors
+                .iter()
+                .map(|e| JsonError {
+                    file: e.file.display().to_string(),
+                    line: e.line,
+                    col: e.col,
+                    message: e.message.clone(),
+                })
+                .collect(),
+            warnings: warnings
+                .iter()
+                .map(|w| JsonWarning {
+                    file: w.file.display().to_string(),
+                    line: w.line,
+                    col: w.col,
+                    code: w.code,
+                    message: w.message.clone(),
+                })
+                .collect(),
+            policies: set
+                .into_iter()
+                .flat_map(PolicySet::all)
+                .map(|p| JsonPolicy {
+                    name: p.name.clone(),
+                    file: p.file.display().to_string(),
+                    hosts: p.hosts.iter().map(host_pattern).collect(),
+                    listen: p.listen.map(|a| a.to_string()),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One line per policy, default first: name, then what routes traffic to it.
@@ -96,8 +224,12 @@ mod tests {
     use super::*;
 
     fn check(dir: &Path) -> (i32, String, String) {
+        check_with(dir, Format::Text, false)
+    }
+
+    fn check_with(dir: &Path, format: Format, strict: bool) -> (i32, String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run_to(dir, &mut out, &mut err);
+        let code = run_to(dir, format, strict, &mut out, &mut err);
         (
             code,
             String::from_utf8(out).unwrap(),
@@ -152,5 +284,81 @@ mod tests {
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("payments"), "{out}");
         assert!(out.contains("listen 127.0.0.1:10000"), "{out}");
+    }
+
+    fn risky_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("api.toml"),
+            "hosts = [\"api.test\"]\n[timeouts]\nattempt = \"5s\"\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn warnings_go_to_stderr_and_exit_0_unless_strict() {
+        let dir = risky_dir();
+        let file = dir.path().join("api.toml");
+        let (code, out, err) = check(dir.path());
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("api      hosts api.test"), "{out}");
+        assert!(
+            err.starts_with(&format!(
+                "{}:3:11: warning[attempt-ge-total]: `timeouts.attempt` = 5s",
+                file.display()
+            )),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+
+        let (code, _, err2) = check_with(dir.path(), Format::Text, true);
+        assert_eq!(code, EXIT_WARNINGS);
+        assert_eq!(err2, err);
+    }
+
+    #[test]
+    fn strict_does_not_turn_errors_into_2() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), "[retry]\nattempts = 0\n").unwrap();
+        let (code, _, _) = check_with(dir.path(), Format::Text, true);
+        assert_eq!(code, EXIT_ERRORS);
+    }
+
+    #[test]
+    fn json_reports_everything_on_stdout() {
+        let dir = risky_dir();
+        let (code, out, err) = check_with(dir.path(), Format::Json, false);
+        assert_eq!(code, 0);
+        assert_eq!(err, "");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["ok"], true);
+        assert_eq!(doc["errors"], serde_json::json!([]));
+        let warning = &doc["warnings"][0];
+        assert_eq!(warning["code"], "attempt-ge-total");
+        assert_eq!(warning["line"], 3);
+        assert_eq!(warning["col"], 11);
+        assert_eq!(doc["policies"][1]["hosts"], serde_json::json!(["api.test"]));
+        assert_eq!(doc["policies"][0]["name"], "default");
+        assert_eq!(doc["policies"][0]["listen"], serde_json::Value::Null);
+
+        let (code, out, _) = check_with(dir.path(), Format::Json, true);
+        assert_eq!(code, EXIT_WARNINGS);
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["ok"], false);
+
+        std::fs::write(dir.path().join("bad.toml"), "nope = 1\n").unwrap();
+        let (code, out, err) = check_with(dir.path(), Format::Json, false);
+        assert_eq!(code, EXIT_ERRORS);
+        assert_eq!(err, "");
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["ok"], false);
+        assert_eq!(doc["errors"][0]["line"], 1);
+        assert!(doc["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown key `nope`"));
+        assert_eq!(doc["warnings"], serde_json::json!([]));
+        assert_eq!(doc["policies"], serde_json::json!([]));
     }
 }

@@ -1,4 +1,4 @@
-//! The command line (DESIGN §2, a contract): `run`, `check`. Each flag also reads its
+//! The command line (DESIGN §2, a contract): `run`, `check`, `status`. Each flag also reads its
 //! `FUSEBOX_*` environment variable.
 
 use std::net::SocketAddr;
@@ -22,6 +22,8 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the policies directory; exit 0 when clean, 1 on errors.
     Check(CheckArgs),
+    /// Show every destination's breaker: state, window counts, last trip reason.
+    Status(crate::status::StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +49,10 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "FUSEBOX_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Bearer token required by the admin API's POST endpoints (required for them at all when
+    /// --admin is not a loopback address).
+    #[arg(long, env = "FUSEBOX_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +60,13 @@ pub struct CheckArgs {
     /// Directory of policy files (*.toml).
     #[arg(long, env = "FUSEBOX_POLICIES", default_value = "./policies")]
     pub policies: PathBuf,
+    /// Output format: `text` (file:line:col lines on stderr, a summary on stdout) or `json`
+    /// (one document on stdout, for CI pipelines).
+    #[arg(long, env = "FUSEBOX_CHECK_FORMAT", value_enum, default_value_t = crate::check::Format::Text)]
+    pub format: crate::check::Format,
+    /// Exit 2 when there are warnings (dangerous combinations) but no errors.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,8 +79,9 @@ pub enum LogFormat {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check(args) => crate::check::run(&args.policies),
+        Command::Check(args) => crate::check::run(&args.policies, args.format, args.strict),
         Command::Run(args) => run(args),
+        Command::Status(args) => crate::status::run(&args),
     }
 }
 
@@ -92,6 +106,8 @@ fn run(args: RunArgs) -> i32 {
         max_header_bytes: args.max_header_bytes,
         drain_timeout: args.drain_timeout,
         jitter: true,
+        watch: true,
+        admin_token: args.admin_token,
     };
     runtime.block_on(async {
         let signals = match StopSignals::install() {

@@ -16,5 +16,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
+pub mod status;
 pub mod telemetry;
 pub mod upstream;

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::guard::GuardRules;
 use crate::pipeline::breaker::{
-    Admission, BreakerSnapshot, CallResult, CircuitBreaker, Jitter, State, Transition,
+    Admission, BreakerSnapshot, CallResult, CircuitBreaker, Forced, Jitter, State, Transition,
 };
 use crate::pipeline::budget::RetryBudget;
 use crate::pipeline::gate::{Gate, GatePermit};
@@ -295,6 +295,20 @@ impl Upstream {
         }))
     }
 
+    /// Carries an operator's forced breaker states over from the previous version of this
+    /// policy: they hold until reset, whatever the reloads in between.
+    fn keep_forced_from(&self, before: &Upstream) {
+        for old in before.destinations() {
+            let Some(forced) = old.breaker_snapshot().forced else { continue };
+            let Some((host, port)) = split_authority(&old.authority) else { continue };
+            let command = match forced {
+                Forced::Open => BreakerCommand::ForceOpen,
+                Forced::Closed => BreakerCommand::ForceClosed,
+            };
+            self.destination(host, port).command(command);
+        }
+    }
+
     /// Every destination seen so far.
     pub fn destinations(&self) -> Vec<Arc<Destination>> {
         self.destinations.load().values().cloned().collect()
@@ -310,6 +324,13 @@ fn connect_rules(policy: &Policy, self_addrs: &Arc<SelfAddrs>) -> ConnectRules {
         timeout: policy.timeouts.connect,
         self_addrs: Arc::clone(self_addrs),
     }
+}
+
+/// Splits `host:port` or `[v6]:port`, as made by [`AuthorityBuf`].
+pub fn split_authority(authority: &str) -> Option<(&str, u16)> {
+    let (host, port) = authority.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    Some((host, port.parse().ok()?))
 }
 
 /// Formats `host:port` (brackets around IPv6) into a stack buffer, so that looking up an
@@ -407,7 +428,7 @@ impl Registry {
         self_addrs: Arc<SelfAddrs>,
         jitter: bool,
     ) -> Result<Registry, String> {
-        let snapshot = build_snapshot(policies, 1, &telemetry, &self_addrs, jitter)?;
+        let snapshot = build_snapshot(policies, 1, None, &telemetry, &self_addrs, jitter)?;
         telemetry.config_generation.set(1.0);
         Ok(Registry {
             current: ArcSwap::from_pointee(snapshot),
@@ -415,6 +436,33 @@ impl Registry {
             self_addrs,
             jitter,
         })
+    }
+
+    /// Builds the next generation from `policies`: a policy that did not change keeps its
+    /// upstream (pooled client, every destination's breaker, limiter, budget and gate); a
+    /// changed or new one starts fresh, except that breakers an operator forced stay forced.
+    /// Nothing is swapped in yet: see [`Registry::swap`].
+    pub fn prepare(&self, policies: PolicySet) -> Result<Snapshot, String> {
+        let current = self.current.load_full();
+        build_snapshot(
+            policies,
+            current.generation + 1,
+            Some(&current),
+            &self.telemetry,
+            &self.self_addrs,
+            self.jitter,
+        )
+    }
+
+    /// Makes `next` the active generation, atomically; requests already under way finish with
+    /// the snapshot they started with.
+    pub fn swap(&self, next: Snapshot) -> u64 {
+        let generation = next.generation;
+        self.current.store(Arc::new(next));
+        // A gauge holds an f64; generations stay far below 2^53.
+        #[allow(clippy::cast_precision_loss)]
+        self.telemetry.config_generation.set(generation as f64);
+        generation
     }
 
     /// The active policies and their state; cheap, lock-free.
@@ -439,18 +487,26 @@ impl Registry {
 fn build_snapshot(
     policies: PolicySet,
     generation: u64,
+    previous: Option<&Snapshot>,
     telemetry: &Arc<Telemetry>,
     self_addrs: &Arc<SelfAddrs>,
     jitter: bool,
 ) -> Result<Snapshot, String> {
-    let make = |policy: &Arc<Policy>| {
-        Upstream::new(
+    let make = |policy: &Arc<Policy>| -> Result<Arc<Upstream>, String> {
+        let before = previous.and_then(|p| p.by_name(&policy.name));
+        if let Some(before) = before.filter(|b| *b.policy == **policy) {
+            return Ok(Arc::clone(before));
+        }
+        let fresh = Upstream::new(
             Arc::clone(policy),
             Arc::clone(telemetry),
             Arc::clone(self_addrs),
             jitter,
-        )
-        .map(Arc::new)
+        )?;
+        if let Some(before) = before {
+            fresh.keep_forced_from(before);
+        }
+        Ok(Arc::new(fresh))
     };
     let default = make(&policies.default)?;
     let others = policies

@@ -214,22 +214,22 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 struct Series<'a> {
     text: &'a str,
     upstream: &'a str,
-    destination: &'a str,
+    destination: String,
 }
 
 impl<'a> Series<'a> {
-    fn new(text: &'a str, upstream: &'a str, destination: &'a str) -> Self {
+    fn new(text: &'a str, upstream: &'a str, destination: &str) -> Self {
         Series {
             text,
             upstream,
-            destination,
+            destination: destination.to_owned(),
         }
     }
 
     fn get(&self, name: &str, extra: &[(&str, &str)]) -> f64 {
         let mut labels = vec![
             ("upstream", self.upstream),
-            ("destination", self.destination),
+            ("destination", self.destination.as_str()),
         ];
         labels.extend_from_slice(extra);
         metric(self.text, name, &labels)
@@ -239,7 +239,7 @@ impl<'a> Series<'a> {
     fn assert_state(&self, state: f64) {
         let labels = [
             ("upstream", self.upstream),
-            ("destination", self.destination),
+            ("destination", self.destination.as_str()),
         ];
         let line = self.text.lines().find(|l| {
             l.starts_with("fusebox_breaker_state{")
@@ -526,6 +526,82 @@ async fn a_successful_probe_closes_the_breaker() {
     let m = Series::new(&text, "default", &destination);
     m.assert_state(2.0);
     m.assert_transition("closed", "open", "consecutive_failures", 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_admits_one_probe_and_rejects_the_rest_meanwhile() {
+    let upstream = FakeUpstream::with_status(503).await;
+    let breaker = "consecutive_failures = 2\nopen_base = \"300ms\"\nopen_max = \"10s\"";
+    let fusebox = start(&[("default", &policy("", breaker, ""))]).await;
+    let url = upstream.url("/");
+    let destination = upstream.authority();
+
+    assert_passed_through(&get(&fusebox, &url).await, 503);
+    let (_, answer, tripped_before) = timed_get(&fusebox, &url).await;
+    assert_passed_through(&answer, 503);
+    tokio::time::sleep_until(tripped_before + Duration::from_millis(450)).await;
+
+    // The probe takes 3 s to answer; meanwhile other requests fail fast.
+    upstream.set_replies([
+        Reply::Status(200).after(Duration::from_secs(3)),
+        Reply::Status(200),
+    ]);
+    let probe = {
+        let app = fusebox.app();
+        let url = url.clone();
+        tokio::spawn(async move { app.get(url).timeout(PATIENCE).send().await })
+    };
+    tokio::time::timeout(PATIENCE, upstream.wait_hits(3))
+        .await
+        .expect("the probe reaches the upstream");
+    let answer = get(&fusebox, &url).await;
+    assert_eq!(
+        assert_breaker_open(&answer, "default", &destination, 1),
+        1,
+        "a probe is in flight: retry soon ({answer:?})"
+    );
+    assert_eq!(upstream.hits(), 3, "only the probe reached the upstream");
+
+    let probe = probe.await.expect("probe task").expect("probe answer");
+    assert_eq!(probe.status(), 200);
+    assert_passed_through(&get(&fusebox, &url).await, 200);
+    assert_eq!(upstream.hits(), 4);
+
+    let text = fusebox.metrics().await;
+    let m = Series::new(&text, "default", &destination);
+    m.assert_state(0.0);
+    m.assert_only_transitions(&[
+        ("closed", "open", "consecutive_failures", 1.0),
+        ("open", "half_open", "open_elapsed", 1.0),
+        ("half_open", "closed", "probe_succeeded", 1.0),
+    ]);
+    assert_eq!(m.requests("breaker_open", "5xx"), 1.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_pass_the_breaker_and_fail_fast_once_it_opens() {
+    // Three tries allowed on 503; the second failure trips the breaker, so the third try is
+    // refused locally instead of reaching the upstream.
+    let upstream = FakeUpstream::with_status(503).await;
+    let text = policy("", "consecutive_failures = 2", "").replace(
+        "attempts = 1",
+        "attempts = 3\non = [\"gateway-error\"]\nbackoff_base = \"1ms\"\nbackoff_max = \"5ms\"",
+    );
+    let fusebox = start(&[("default", &text)]).await;
+    let url = upstream.url("/");
+    let destination = upstream.authority();
+
+    let answer = get(&fusebox, &url).await;
+    assert_breaker_open(&answer, "default", &destination, 30);
+    assert_eq!(upstream.hits(), 2, "the retry after the trip was not sent");
+
+    let text = fusebox.metrics().await;
+    let m = Series::new(&text, "default", &destination);
+    m.assert_state(2.0);
+    m.assert_only_transitions(&[("closed", "open", "consecutive_failures", 1.0)]);
+    assert_eq!(m.attempts(), 2.0, "{text}");
+    assert_eq!(m.requests("breaker_open", "5xx"), 1.0, "{text}");
+    assert_eq!(m.all_requests(), 1.0, "{text}");
 }
 
 // ---------------------------------------------------------------------------------------------

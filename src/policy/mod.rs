@@ -8,6 +8,7 @@
 //!
 //! Every type derives `PartialEq` so that a reload can tell which policies changed.
 
+pub mod lint;
 mod load;
 mod matcher;
 mod raw;

@@ -1,0 +1,306 @@
+//! The JSON shapes of the admin API (DESIGN §6, a contract). The same types deserialize what
+//! the API sent, so `fusebox status` and the server cannot drift apart.
+//!
+//! Times are RFC 3339 in UTC with milliseconds (`2025-01-31T12:00:00.123Z`). Breaker instants
+//! are monotonic ([`tokio::time::Instant`]); they are turned into wall-clock times against one
+//! [`Clock`] reading per response, so every time in a response is consistent with the others.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::pipeline::breaker::{BreakerSnapshot, RecentFailure, State};
+use crate::policy::BreakerMode;
+use crate::registry::{Destination, Upstream};
+
+/// One destination's breaker: an element of `GET /upstreams`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationView {
+    /// The policy's name (the `upstream` metric label).
+    pub upstream: String,
+    /// `host:port`, IPv6 hosts in brackets (the `destination` metric label).
+    pub destination: String,
+    /// `closed`, `half-open` or `open`.
+    pub state: String,
+    /// When the breaker entered `state` (or was created), RFC 3339.
+    pub since: String,
+    /// The reason of the last transition (the `reason` label of
+    /// `fusebox_breaker_transitions_total`), `null` before the first one.
+    pub reason: Option<String>,
+    /// The live window when closed; the counts that tripped it otherwise.
+    pub window: WindowView,
+    /// When open (and not forced): milliseconds until the next probe may go, rounded up;
+    /// `0` once it may. `null` otherwise.
+    pub next_probe_in_ms: Option<u64>,
+    /// The last few failures, oldest first.
+    pub recent: Vec<FailureView>,
+    /// Requests in progress at this destination.
+    pub in_flight: u64,
+    /// `open` or `closed` when pinned by the admin API, `null` otherwise.
+    pub forced: Option<String>,
+    /// Extra: trips in a row since the breaker last closed (0 when closed).
+    #[serde(default)]
+    pub trips: u32,
+    /// Extra: the policy's breaker mode, `enforce`, `shadow` or `off`.
+    #[serde(default)]
+    pub mode: String,
+}
+
+/// Calls seen over the breaker's sliding window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowView {
+    pub calls: u32,
+    pub failures: u32,
+    pub slow: u32,
+}
+
+/// One recent failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureView {
+    /// RFC 3339.
+    pub time: String,
+    /// `connect_failed`, `reset`, `timeout` or `status`.
+    pub kind: String,
+    /// The upstream's status when `kind` is `status`, `null` otherwise.
+    pub status: Option<u16>,
+}
+
+/// The body of every admin error: `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// One reading of both clocks, to turn monotonic instants into wall-clock times.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub instant: Instant,
+    pub system: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            instant: Instant::now(),
+            system: SystemTime::now(),
+        }
+    }
+
+    /// The wall-clock time of a monotonic instant (instants after the reading count as now).
+    pub fn system_time(self, at: Instant) -> SystemTime {
+        let ago = self.instant.saturating_duration_since(at);
+        self.system.checked_sub(ago).unwrap_or(self.system)
+    }
+
+    /// An instant as RFC 3339 UTC with milliseconds.
+    pub fn rfc3339(self, at: Instant) -> String {
+        humantime::format_rfc3339_millis(self.system_time(at)).to_string()
+    }
+}
+
+/// The `state` of `/upstreams`.
+pub fn state_label(state: State) -> &'static str {
+    match state {
+        State::Closed => "closed",
+        State::HalfOpen => "half-open",
+        State::Open => "open",
+    }
+}
+
+/// A breaker mode as written in policy files.
+pub fn mode_label(mode: BreakerMode) -> &'static str {
+    match mode {
+        BreakerMode::Enforce => "enforce",
+        BreakerMode::Shadow => "shadow",
+        BreakerMode::Off => "off",
+    }
+}
+
+/// Milliseconds, rounded up, so that a wait still to come never reads as 0.
+pub fn ceil_millis(d: Duration) -> u64 {
+    let millis = d.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis).unwrap_or(u64::MAX)
+}
+
+impl DestinationView {
+    /// The view of one destination of `upstream`, now.
+    pub fn of(upstream: &Upstream, destination: &Destination, clock: Clock) -> DestinationView {
+        let snapshot = destination.breaker_snapshot();
+        let in_flight = u64::try_from(destination.gate.in_flight()).unwrap_or(u64::MAX);
+        DestinationView::from_snapshot(
+            &upstream.policy.name,
+            &destination.authority,
+            mode_label(upstream.policy.breaker.mode),
+            &snapshot,
+            in_flight,
+            clock,
+        )
+    }
+
+    /// The view of a breaker snapshot (pure: unit-tested with hand-built snapshots).
+    pub fn from_snapshot(
+        upstream: &str,
+        destination: &str,
+        mode: &str,
+        snapshot: &BreakerSnapshot,
+        in_flight: u64,
+        clock: Clock,
+    ) -> DestinationView {
+        let w = snapshot.window;
+        DestinationView {
+            upstream: upstream.to_owned(),
+            destination: destination.to_owned(),
+            state: state_label(snapshot.state).to_owned(),
+            since: clock.rfc3339(snapshot.since),
+            reason: snapshot.last_reason.map(|r| r.label().to_owned()),
+            window: WindowView {
+                calls: w.calls,
+                failures: w.failures,
+                slow: w.slow,
+            },
+            next_probe_in_ms: snapshot.next_probe_in.map(ceil_millis),
+            recent: snapshot
+                .recent
+                .iter()
+                .map(|f| FailureView::of(f, clock))
+                .collect(),
+            in_flight,
+            forced: snapshot.forced.map(|f| f.label().to_owned()),
+            trips: snapshot.trips,
+            mode: mode.to_owned(),
+        }
+    }
+}
+
+impl FailureView {
+    fn of(failure: &RecentFailure, clock: Clock) -> FailureView {
+        FailureView {
+            time: clock.rfc3339(failure.at),
+            kind: failure.kind.label().to_owned(),
+            status: failure.kind.status(),
+        }
+    }
+}
+
+/// Sorts views by upstream, then destination (the order of `/upstreams`).
+pub fn sort(views: &mut [DestinationView]) {
+    views.sort_by(|a, b| {
+        (a.upstream.as_str(), a.destination.as_str())
+            .cmp(&(b.upstream.as_str(), b.destination.as_str()))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::breaker::{FailureKind, Forced, Reason, WindowCounts};
+
+    fn clock() -> Clock {
+        Clock {
+            instant: Instant::now(),
+            system: humantime::parse_rfc3339("2025-01-31T12:00:00Z").unwrap(),
+        }
+    }
+
+    #[test]
+    fn an_open_breaker_serializes_every_contract_field() {
+        let clock = clock();
+        let snapshot = BreakerSnapshot {
+            state: State::Open,
+            since: clock.instant - Duration::from_millis(1500),
+            last_reason: Some(Reason::ConsecutiveFailures),
+            window: WindowCounts {
+                calls: 3,
+                failures: 2,
+                slow: 1,
+            },
+            next_probe_in: Some(Duration::from_micros(2_500_001)),
+            recent: vec![
+                RecentFailure {
+                    at: clock.instant - Duration::from_secs(2),
+                    kind: FailureKind::Status(503),
+                },
+                RecentFailure {
+                    at: clock.instant - Duration::from_secs(1),
+                    kind: FailureKind::ConnectFailed,
+                },
+            ],
+            forced: None,
+            trips: 1,
+        };
+        let view = DestinationView::from_snapshot(
+            "payments",
+            "[::1]:8080",
+            "enforce",
+            &snapshot,
+            4,
+            clock,
+        );
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "upstream": "payments",
+                "destination": "[::1]:8080",
+                "state": "open",
+                "since": "2025-01-31T11:59:58.500Z",
+                "reason": "consecutive_failures",
+                "window": {"calls": 3, "failures": 2, "slow": 1},
+                "next_probe_in_ms": 2501,
+                "recent": [
+                    {"time": "2025-01-31T11:59:58.000Z", "kind": "status", "status": 503},
+                    {"time": "2025-01-31T11:59:59.000Z", "kind": "connect_failed", "status": null},
+                ],
+                "in_flight": 4,
+                "forced": null,
+                "trips": 1,
+                "mode": "enforce",
+            })
+        );
+        let back: DestinationView = serde_json::from_value(json).unwrap();
+        assert_eq!(back, view);
+    }
+
+    #[test]
+    fn a_fresh_forced_breaker_has_nulls_where_nothing_happened() {
+        let clock = clock();
+        let snapshot = BreakerSnapshot {
+            state: State::HalfOpen,
+            since: clock.instant,
+            last_reason: None,
+            window: WindowCounts::default(),
+            next_probe_in: None,
+            recent: Vec::new(),
+            forced: Some(Forced::Closed),
+            trips: 0,
+        };
+        let view = DestinationView::from_snapshot("a", "b:1", "shadow", &snapshot, 0, clock);
+        assert_eq!(view.state, "half-open");
+        assert_eq!(view.reason, None);
+        assert_eq!(view.forced.as_deref(), Some("closed"));
+        let json = serde_json::to_value(&view).unwrap();
+        assert!(json["reason"].is_null());
+        assert!(json["next_probe_in_ms"].is_null());
+    }
+
+    #[test]
+    fn extras_are_optional_when_reading() {
+        let json = serde_json::json!({
+            "upstream": "a", "destination": "b:1", "state": "closed",
+            "since": "2025-01-31T12:00:00.000Z", "reason": null,
+            "window": {"calls": 0, "failures": 0, "slow": 0}, "next_probe_in_ms": null,
+            "recent": [], "in_flight": 0, "forced": null,
+        });
+        let view: DestinationView = serde_json::from_value(json).unwrap();
+        assert_eq!(view.trips, 0);
+        assert_eq!(view.mode, "");
+    }
+
+    #[test]
+    fn ceil_millis_rounds_up() {
+        assert_eq!(ceil_millis(Duration::ZERO), 0);
+        assert_eq!(ceil_millis(Duration::from_nanos(1)), 1);
+        assert_eq!(ceil_millis(Duration::from_millis(7)), 7);
+    }
+}

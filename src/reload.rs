@@ -1,0 +1,251 @@
+//! Hot reload (DESIGN §7): a change under `--policies` (file watch, debounced), `SIGHUP`, or
+//! `POST /reload` loads the whole directory, validates it, and swaps it in only if all of it is
+//! valid. Policies that did not change keep their state; route listeners are opened and closed
+//! to match. An invalid edit logs every error with `file:line:col`, counts
+//! `fusebox_config_reloads_total{result="failure"}`, and the old policies keep serving.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::policy::{load_dir, PolicySet};
+use crate::proxy::listener::{self, ServerLimits};
+use crate::proxy::ProxyContext;
+use crate::registry::Registry;
+
+/// Why a reload was refused; the old policies keep serving.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .errors.join("\n"))]
+pub struct ReloadError {
+    /// One line per problem, e.g. `policies/a.toml:3:7: unknown key ...`.
+    pub errors: Vec<String>,
+}
+
+impl ReloadError {
+    fn one(message: String) -> ReloadError {
+        ReloadError { errors: vec![message] }
+    }
+}
+
+/// Loads the policies directory into the registry and keeps the route listeners in step.
+#[derive(Debug)]
+pub struct Reloader {
+    dir: PathBuf,
+    registry: Arc<Registry>,
+    /// The route listeners; the lock also makes reloads run one at a time.
+    routes: tokio::sync::Mutex<RouteListeners>,
+    /// The egress and admin listeners, which never move.
+    fixed_addrs: Vec<SocketAddr>,
+    /// The route listeners' bound addresses, readable without waiting for a reload.
+    route_addrs: std::sync::Mutex<Vec<(String, SocketAddr)>>,
+}
+
+impl Reloader {
+    /// Binds the route listeners of the registry's current policies and serves them.
+    pub async fn start(
+        dir: PathBuf,
+        ctx: Arc<ProxyContext>,
+        limits: ServerLimits,
+        shutdown: CancellationToken,
+        fixed_addrs: Vec<SocketAddr>,
+    ) -> Result<Reloader, ReloadError> {
+        let registry = Arc::clone(&ctx.registry);
+        let mut routes = RouteListeners { ctx, limits, shutdown, running: BTreeMap::new() };
+        let policies = registry.load().policies.clone();
+        let fresh = routes.bind_missing(&policies).await?;
+        routes.commit(&policies, fresh);
+        let reloader = Reloader {
+            dir,
+            registry,
+            fixed_addrs,
+            route_addrs: std::sync::Mutex::default(),
+            routes: tokio::sync::Mutex::new(routes),
+        };
+        reloader.publish_addrs(&*reloader.routes.lock().await);
+        Ok(reloader)
+    }
+
+    /// Loads, validates and swaps in the whole directory; returns the active generation.
+    /// A directory identical to the active policies changes nothing.
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        let mut routes = self.routes.lock().await;
+        let telemetry = Arc::clone(self.registry.telemetry());
+        match self.reload_locked(&mut routes).await {
+            Ok(Some(generation)) => {
+                telemetry.reloads_success.increment(1);
+                info!(generation, dir = %self.dir.display(), "policies reloaded");
+                Ok(generation)
+            }
+            Ok(None) => Ok(self.registry.load().generation),
+            Err(failure) => {
+                telemetry.reloads_failure.increment(1);
+                for line in &failure.errors {
+                    error!("{line}");
+                }
+                warn!(dir = %self.dir.display(), "reload refused; the previous policies keep serving");
+                Err(failure)
+            }
+        }
+    }
+
+    /// `Ok(None)`: nothing changed.
+    async fn reload_locked(&self, routes: &mut RouteListeners) -> Result<Option<u64>, ReloadError> {
+        let dir = self.dir.clone();
+        let policies = tokio::task::spawn_blocking(move || load_dir(&dir))
+            .await
+            .map_err(|e| ReloadError::one(format!("policy loading stopped: {e}")))?
+            .map_err(|errors| ReloadError { errors: errors.iter().map(ToString::to_string).collect() })?;
+        if same_policies(&self.registry.load().policies, &policies) {
+            return Ok(None);
+        }
+        let fresh = routes.bind_missing(&policies).await?;
+        let next = self.registry.prepare(policies.clone()).map_err(ReloadError::one)?;
+        let generation = self.registry.swap(next);
+        routes.commit(&policies, fresh);
+        self.publish_addrs(routes);
+        Ok(Some(generation))
+    }
+
+    /// The bound address of each route listener, by policy name.
+    pub fn route_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.route_addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn publish_addrs(&self, routes: &RouteListeners) {
+        let bound = routes.bound();
+        let all = self.fixed_addrs.iter().copied().chain(bound.iter().map(|(_, addr)| *addr));
+        self.registry.self_addrs().set(all.collect());
+        *self.route_addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = bound;
+    }
+}
+
+fn same_policies(a: &PolicySet, b: &PolicySet) -> bool {
+    a.default == b.default && a.others == b.others
+}
+
+/// One running route listener.
+#[derive(Debug)]
+struct RunningRoute {
+    /// As configured (`listen`), which may have port 0.
+    listen: SocketAddr,
+    bound: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The route listeners of the active policies, by policy name.
+#[derive(Debug)]
+struct RouteListeners {
+    ctx: Arc<ProxyContext>,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+    running: BTreeMap<String, RunningRoute>,
+}
+
+impl RouteListeners {
+    /// Binds every route listener of `policies` that is not already running at the same
+    /// address. Nothing is served or stopped yet, so a failure changes nothing.
+    async fn bind_missing(&self, policies: &PolicySet) -> Result<Vec<(String, SocketAddr, TcpListener)>, ReloadError> {
+        let mut fresh = Vec::new();
+        let mut errors = Vec::new();
+        for policy in policies.routes() {
+            let Some(listen) = policy.listen else { continue };
+            if self.running.get(&policy.name).is_some_and(|r| r.listen == listen) {
+                continue;
+            }
+            match TcpListener::bind(listen).await {
+                Ok(listener) => fresh.push((policy.name.clone(), listen, listener)),
+                Err(e) => errors.push(format!(
+                    "{}: cannot listen on {listen} (route listener of policy {}): {e}",
+                    policy.file.display(),
+                    policy.name
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(fresh)
+        } else {
+            Err(ReloadError { errors })
+        }
+    }
+
+    /// Stops the listeners that `policies` no longer has (their connections finish what is in
+    /// flight) and serves the freshly bound ones.
+    fn commit(&mut self, policies: &PolicySet, fresh: Vec<(String, SocketAddr, TcpListener)>) {
+        let wanted: BTreeMap<&str, SocketAddr> =
+            policies.routes().filter_map(|p| Some((p.name.as_str(), p.listen?))).collect();
+        self.running.retain(|name, route| {
+            let keep = wanted.get(name.as_str()) == Some(&route.listen);
+            if !keep {
+                info!(policy = %name, addr = %route.bound, "route listener closed");
+                route.stop.cancel();
+            }
+            keep
+        });
+        for (name, listen, listener) in fresh {
+            let Ok(bound) = listener.local_addr() else { continue };
+            let stop = self.shutdown.child_token();
+            let route = Some(Arc::from(name.as_str()));
+            let serving = listener::serve(listener, Arc::clone(&self.ctx), route, self.limits, stop.clone());
+            self.ctx.tasks.spawn(serving);
+            info!(policy = %name, addr = %bound, "route listener open");
+            self.running.insert(name, RunningRoute { listen, bound, stop });
+        }
+    }
+
+    fn bound(&self) -> Vec<(String, SocketAddr)> {
+        self.running.iter().map(|(name, r)| (name.clone(), r.bound)).collect()
+    }
+}
+
+/// How long the directory must be quiet before a watched change is loaded: editors and
+/// ConfigMap updates write several files and renames in a burst.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Reloads on every change under the policies directory (debounced) and on `SIGHUP`, until
+/// `shutdown`. The directory itself is watched, not its files, so that editors that write a
+/// temporary file and rename it, and Kubernetes ConfigMap volumes that swap a `..data`
+/// symlink, are both seen.
+pub fn spawn_triggers(reloader: Arc<Reloader>, shutdown: CancellationToken) -> std::io::Result<()> {
+    let changed = Arc::new(Notify::new());
+    let notify_changed = Arc::clone(&changed);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            notify_changed.notify_one();
+        }
+    })
+    .map_err(std::io::Error::other)?;
+    watcher.watch(&reloader.dir, RecursiveMode::NonRecursive).map_err(std::io::Error::other)?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+
+    tokio::spawn(async move {
+        // The watcher stops when dropped: it lives as long as this task.
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = changed.notified() => {
+                    // Wait for the burst to end: every further event restarts the quiet period.
+                    loop {
+                        tokio::select! {
+                            () = changed.notified() => {}
+                            () = tokio::time::sleep(DEBOUNCE) => break,
+                        }
+                    }
+                    info!("policies directory changed; reloading");
+                }
+                _ = hangup.recv() => info!("SIGHUP received; reloading"),
+            }
+            // Failures are logged and counted by `reload` itself.
+            let _ = reloader.reload().await;
+        }
+    });
+    Ok(())
+}

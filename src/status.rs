@@ -1,0 +1,555 @@
+//! `fusebox status` (DESIGN §2): asks a running agent's admin API for `GET /upstreams` and
+//! prints one line per destination — breaker state, window counts, last transition reason.
+//!
+//! Rendering is a pure function of the rows, the time and whether to colour
+//! ([`render_table`]); the rest is fetching, error messages and the `--watch` loop.
+
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use crate::admin::json::{DestinationView, ErrorBody};
+
+/// `fusebox status` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Admin address of the running agent (`host:port`, or an `http://` URL). An unspecified
+    /// address such as 0.0.0.0:9901 (what `run` may listen on) is reached via loopback.
+    #[arg(long, env = "FUSEBOX_ADMIN", default_value = "127.0.0.1:9901")]
+    pub admin: String,
+    /// Refresh every second until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Only the destinations of this policy.
+    #[arg(long)]
+    pub upstream: Option<String>,
+}
+
+/// Runs `fusebox status`; returns the exit code: 0 shown, 1 the agent could not be asked.
+pub fn run(args: &StatusArgs) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fusebox: cannot start the runtime: {error}");
+            return 1;
+        }
+    };
+    runtime.block_on(status(args))
+}
+
+async fn status(args: &StatusArgs) -> i32 {
+    let target = AdminTarget::parse(&args.admin);
+    let client = match reqwest::Client::builder()
+        // The admin API is local: never send it through HTTP_PROXY (possibly fusebox itself).
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("fusebox: cannot build an HTTP client: {error}");
+            return 1;
+        }
+    };
+    let url = target.upstreams_url(args.upstream.as_deref());
+    let terminal = std::io::stdout().is_terminal();
+    let colour = terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+
+    if !args.watch {
+        return match fetch(&client, &url, &target).await {
+            Ok(rows) => {
+                let table = render_table(&rows, SystemTime::now(), colour);
+                if write_out(&table).is_err() {
+                    return 1;
+                }
+                0
+            }
+            Err(message) => {
+                eprintln!("{message}");
+                1
+            }
+        };
+    }
+
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let fetched = tokio::select! {
+            _ = &mut ctrl_c => return 0,
+            fetched = fetch(&client, &url, &target) => fetched,
+        };
+        let now = SystemTime::now();
+        let mut frame = String::new();
+        if terminal {
+            // Home, then clear the screen.
+            frame.push_str("\x1b[H\x1b[2J");
+        }
+        frame.push_str(&format!(
+            "fusebox status · {} · {} · every 1s, Ctrl-C to stop\n\n",
+            target.display,
+            humantime::format_rfc3339_seconds(now)
+        ));
+        match fetched {
+            Ok(rows) => frame.push_str(&render_table(&rows, now, colour)),
+            Err(message) => {
+                frame.push_str(&message);
+                frame.push_str(" (retrying)\n");
+            }
+        }
+        if !terminal {
+            frame.push('\n');
+        }
+        if write_out(&frame).is_err() {
+            return 1;
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => return 0,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Writes to stdout; an error (a closed pipe) ends the command instead of panicking.
+fn write_out(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
+/// Where the admin API is, as given to `--admin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AdminTarget {
+    /// `http://host:port`, no trailing slash.
+    base: String,
+    /// As shown in messages: `127.0.0.1:9901`.
+    display: String,
+}
+
+impl AdminTarget {
+    fn parse(admin: &str) -> AdminTarget {
+        let admin = admin.trim();
+        if let Some(rest) = admin
+            .strip_prefix("http://")
+            .or_else(|| admin.strip_prefix("https://"))
+        {
+            let rest = rest.trim_end_matches('/');
+            return AdminTarget {
+                base: admin.trim_end_matches('/').to_owned(),
+                display: rest.to_owned(),
+            };
+        }
+        let display = match admin.parse::<SocketAddr>() {
+            Ok(mut addr) => {
+                // `run --admin 0.0.0.0:9901` listens everywhere; connect through loopback.
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(match addr.ip() {
+                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    });
+                }
+                addr.to_string()
+            }
+            Err(_) => admin.to_owned(),
+        };
+        AdminTarget {
+            base: format!("http://{display}"),
+            display,
+        }
+    }
+
+    fn upstreams_url(&self, upstream: Option<&str>) -> String {
+        match upstream {
+            Some(name) => format!("{}/upstreams/{}", self.base, percent_encode(name)),
+            None => format!("{}/upstreams", self.base),
+        }
+    }
+}
+
+/// Encodes everything but unreserved characters (RFC 3986) for a path segment.
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET` the rows, or the one-line message to show instead.
+async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    target: &AdminTarget,
+) -> Result<Vec<DestinationView>, String> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|error| unreachable_message(&target.display, &error))?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|error| {
+        format!(
+            "fusebox admin at {}: reading the answer failed: {}",
+            target.display,
+            cause(&error)
+        )
+    })?;
+    if !status.is_success() {
+        let detail = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
+        return Err(format!(
+            "fusebox admin at {} answered {status}: {detail}",
+            target.display
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|error| {
+        format!(
+            "fusebox admin at {} sent something that is not a list of destinations ({error}); \
+             is that address a fusebox admin port?",
+            target.display
+        )
+    })
+}
+
+fn unreachable_message(display: &str, error: &reqwest::Error) -> String {
+    format!(
+        "cannot reach fusebox admin at {display}: {} — is `fusebox run` running? \
+         (--admin / FUSEBOX_ADMIN)",
+        cause(error)
+    )
+}
+
+/// The root cause of a request error, in a few words.
+fn cause(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let mut innermost: &dyn std::error::Error = error;
+    let mut current: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io_cause(io);
+        }
+        innermost = e;
+        current = e.source();
+    }
+    innermost.to_string()
+}
+
+fn io_cause(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        ErrorKind::TimedOut => "timed out".to_owned(),
+        ErrorKind::ConnectionReset => "connection reset".to_owned(),
+        ErrorKind::AddrNotAvailable => "address not available".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering.
+
+const HEADERS: [&str; 8] = [
+    "UPSTREAM",
+    "DESTINATION",
+    "STATE",
+    "SINCE",
+    "CALLS/FAIL/SLOW",
+    "LAST REASON",
+    "NEXT PROBE",
+    "IN FLIGHT",
+];
+/// The column that is coloured.
+const STATE_COLUMN: usize = 2;
+
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const RED: &str = "\x1b[31m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+/// The table `fusebox status` prints, one line per row, columns aligned; ANSI colours on the
+/// state (green closed, yellow half-open, red open) when `colour`. `now` is the time `since`
+/// is measured from.
+pub fn render_table(rows: &[DestinationView], now: SystemTime, colour: bool) -> String {
+    if rows.is_empty() {
+        return "no destinations yet\n".to_owned();
+    }
+    let cells: Vec<[String; 8]> = rows.iter().map(|row| cells(row, now)).collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADERS.map(str::to_owned);
+    push_line(&mut out, &header, &widths, |_| None, colour.then_some(BOLD));
+    for (row, line) in rows.iter().zip(&cells) {
+        let paint = |column: usize| {
+            (colour && column == STATE_COLUMN).then(|| state_colour(&row.state))
+        };
+        push_line(&mut out, line, &widths, paint, None);
+    }
+    out
+}
+
+fn push_line(
+    out: &mut String,
+    cells: &[String; 8],
+    widths: &[usize; 8],
+    paint: impl Fn(usize) -> Option<&'static str>,
+    whole: Option<&str>,
+) {
+    let mut line = String::new();
+    for (column, (cell, width)) in cells.iter().zip(widths).enumerate() {
+        if column > 0 {
+            line.push_str("  ");
+        }
+        match paint(column) {
+            Some(code) => {
+                line.push_str(code);
+                line.push_str(cell);
+                line.push_str(RESET);
+            }
+            None => line.push_str(cell),
+        }
+        if column + 1 < cells.len() {
+            let pad = width.saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+    }
+    let line = line.trim_end();
+    match whole {
+        Some(code) => {
+            out.push_str(code);
+            out.push_str(line);
+            out.push_str(RESET);
+        }
+        None => out.push_str(line),
+    }
+    out.push('\n');
+}
+
+fn state_colour(state: &str) -> &'static str {
+    match state {
+        "closed" => GREEN,
+        "half-open" => YELLOW,
+        _ => RED,
+    }
+}
+
+fn cells(row: &DestinationView, now: SystemTime) -> [String; 8] {
+    let mut state = row.state.clone();
+    if row.forced.is_some() {
+        state.push_str(" FORCED");
+    }
+    if matches!(row.mode.as_str(), "shadow" | "off") {
+        state.push_str(&format!(" ({})", row.mode));
+    }
+    let w = row.window;
+    [
+        row.upstream.clone(),
+        row.destination.clone(),
+        state,
+        since(&row.since, now),
+        format!("{}/{}/{}", w.calls, w.failures, w.slow),
+        row.reason.clone().unwrap_or_else(|| "-".to_owned()),
+        row.next_probe_in_ms
+            .map_or_else(|| "-".to_owned(), next_probe),
+        row.in_flight.to_string(),
+    ]
+}
+
+/// `3m12s ago`, from an RFC 3339 time; the raw text if it does not parse.
+fn since(rfc3339: &str, now: SystemTime) -> String {
+    match humantime::parse_rfc3339_weak(rfc3339) {
+        Ok(at) => ago(now.duration_since(at).unwrap_or(Duration::ZERO)),
+        Err(_) => rfc3339.to_owned(),
+    }
+}
+
+/// A past duration in its two largest units: `42s ago`, `3m12s ago`, `2h05m ago`, `3d04h ago`.
+fn ago(elapsed: Duration) -> String {
+    let s = elapsed.as_secs();
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m{:02}s ago", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m ago", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h ago", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// `now`, `4.2s`, `1m05s`.
+fn next_probe(ms: u64) -> String {
+    match ms {
+        0 => "now".to_owned(),
+        1..60_000 => {
+            // Tenths, rounded up: a probe 1 ms away is not "0.0s" away.
+            let tenths = ms.div_ceil(100);
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        }
+        _ => {
+            let s = ms.div_ceil(1000);
+            format!("{}m{:02}s", s / 60, s % 60)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::json::{FailureView, WindowView};
+
+    fn now() -> SystemTime {
+        humantime::parse_rfc3339("2025-01-31T12:00:00Z").unwrap()
+    }
+
+    fn row(upstream: &str, destination: &str, state: &str, since: &str) -> DestinationView {
+        DestinationView {
+            upstream: upstream.into(),
+            destination: destination.into(),
+            state: state.into(),
+            since: since.into(),
+            reason: None,
+            window: WindowView::default(),
+            next_probe_in_ms: None,
+            recent: Vec::new(),
+            in_flight: 0,
+            forced: None,
+            trips: 0,
+            mode: "enforce".into(),
+        }
+    }
+
+    fn sample() -> Vec<DestinationView> {
+        let mut open = row(
+            "payments",
+            "10.0.0.7:8080",
+            "open",
+            "2025-01-31T11:56:48.000Z",
+        );
+        open.reason = Some("consecutive_failures".into());
+        open.window = WindowView {
+            calls: 5,
+            failures: 5,
+            slow: 0,
+        };
+        open.next_probe_in_ms = Some(4_200);
+        open.trips = 1;
+        open.recent = vec![FailureView {
+            time: "2025-01-31T11:56:48.000Z".into(),
+            kind: "status".into(),
+            status: Some(503),
+        }];
+        let mut forced = row(
+            "payments",
+            "[::1]:9000",
+            "open",
+            "2025-01-31T11:59:58.000Z",
+        );
+        forced.reason = Some("forced".into());
+        forced.forced = Some("open".into());
+        let mut closed = row(
+            "default",
+            "api.example.com:443",
+            "closed",
+            "2025-01-31T09:00:00.000Z",
+        );
+        closed.window = WindowView {
+            calls: 120,
+            failures: 3,
+            slow: 1,
+        };
+        closed.in_flight = 2;
+        let mut half = row("search", "search:80", "half-open", "2025-01-31T12:00:01.000Z");
+        half.reason = Some("open_elapsed".into());
+        half.mode = "shadow".into();
+        vec![closed, open, forced, half]
+    }
+
+    #[test]
+    fn renders_an_aligned_table_without_colour() {
+        let table = render_table(&sample(), now(), false);
+        let expected = "\
+UPSTREAM  DESTINATION          STATE               SINCE       CALLS/FAIL/SLOW  LAST REASON           NEXT PROBE  IN FLIGHT
+default   api.example.com:443  closed              3h00m ago   120/3/1          -                     -           2
+payments  10.0.0.7:8080        open                3m12s ago   5/5/0            consecutive_failures  4.2s        0
+payments  [::1]:9000           open FORCED         2s ago      0/0/0            forced                -           0
+search    search:80            half-open (shadow)  0s ago      0/0/0            open_elapsed          -           0
+";
+        assert_eq!(table, expected, "\n{table}");
+        assert!(!table.contains('\x1b'));
+    }
+
+    #[test]
+    fn colours_only_the_state_and_keeps_alignment() {
+        let plain = render_table(&sample(), now(), false);
+        let coloured = render_table(&sample(), now(), true);
+        assert!(coloured.contains(&format!("{GREEN}closed{RESET}")));
+        assert!(coloured.contains(&format!("{RED}open{RESET}")));
+        assert!(coloured.contains(&format!("{RED}open FORCED{RESET}")));
+        assert!(coloured.contains(&format!("{YELLOW}half-open (shadow){RESET}")));
+        let stripped = coloured
+            .replace(GREEN, "")
+            .replace(YELLOW, "")
+            .replace(RED, "")
+            .replace(BOLD, "")
+            .replace(RESET, "");
+        assert_eq!(stripped, plain);
+    }
+
+    #[test]
+    fn empty_list() {
+        assert_eq!(render_table(&[], now(), true), "no destinations yet\n");
+    }
+
+    #[test]
+    fn relative_times() {
+        assert_eq!(ago(Duration::from_millis(900)), "0s ago");
+        assert_eq!(ago(Duration::from_secs(59)), "59s ago");
+        assert_eq!(ago(Duration::from_secs(192)), "3m12s ago");
+        assert_eq!(ago(Duration::from_secs(2 * 3600 + 5 * 60 + 9)), "2h05m ago");
+        assert_eq!(ago(Duration::from_secs(3 * 86400 + 4 * 3600)), "3d04h ago");
+        // A time in the future (clock skew) reads as now; garbage is shown as is.
+        assert_eq!(since("2025-01-31T12:00:05.000Z", now()), "0s ago");
+        assert_eq!(since("yesterday", now()), "yesterday");
+        assert_eq!(next_probe(0), "now");
+        assert_eq!(next_probe(1), "0.1s");
+        assert_eq!(next_probe(29_950), "30.0s");
+        assert_eq!(next_probe(65_000), "1m05s");
+    }
+
+    #[test]
+    fn admin_targets() {
+        let t = AdminTarget::parse("127.0.0.1:9901");
+        assert_eq!(t.base, "http://127.0.0.1:9901");
+        assert_eq!(t.display, "127.0.0.1:9901");
+        assert_eq!(
+            AdminTarget::parse("0.0.0.0:9901").base,
+            "http://127.0.0.1:9901"
+        );
+        assert_eq!(AdminTarget::parse("[::]:9901").base, "http://[::1]:9901");
+        assert_eq!(
+            AdminTarget::parse("localhost:9901").base,
+            "http://localhost:9901"
+        );
+        let url = AdminTarget::parse("http://fusebox.local:9901/");
+        assert_eq!(url.base, "http://fusebox.local:9901");
+        assert_eq!(url.display, "fusebox.local:9901");
+        assert_eq!(
+            url.upstreams_url(Some("a b/c")),
+            "http://fusebox.local:9901/upstreams/a%20b%2Fc"
+        );
+        assert_eq!(url.upstreams_url(None), "http://fusebox.local:9901/upstreams");
+    }
+}

@@ -1,0 +1,135 @@
+//! `fusebox status` (DESIGN §2): the built binary against an in-process agent's admin API
+//! after real traffic, and against an address where nothing listens.
+
+mod support;
+
+use std::process::Output;
+
+use support::{policies_dir, process::PROXY_VARS, refused_addr, FakeUpstream, TestFusebox};
+
+/// Runs `fusebox status ARGS..` on the blocking pool (the in-process agent keeps serving),
+/// without proxy or `FUSEBOX_*` variables. stdout is a pipe, so there is no colour.
+async fn status(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fusebox"));
+        command.arg("status").args(&args);
+        for var in PROXY_VARS {
+            command.env_remove(var);
+        }
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("FUSEBOX_") {
+                command.env_remove(var);
+            }
+        }
+        command.output().expect("run fusebox status")
+    })
+    .await
+    .expect("status task")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("UTF-8 output")
+}
+
+fn tripping_policy(upstream: &FakeUpstream) -> String {
+    format!(
+        "hosts = [\"{}\"]\n[retry]\nattempts = 1\n\
+         [breaker]\nconsecutive_failures = 2\nopen_base = \"30s\"\nslow_call_duration = \"30s\"\n",
+        upstream.authority()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_a_table_of_destinations() {
+    let failing = FakeUpstream::with_status(503).await;
+    let healthy = FakeUpstream::with_status(200).await;
+    let dir = policies_dir(&[("default", ""), ("pay", &tripping_policy(&failing))]);
+    let fusebox = TestFusebox::start_with(dir, |config| config.jitter = false).await;
+    let admin = fusebox.agent().admin_addr().to_string();
+
+    let output = status(&["--admin", &admin]).await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(text(&output.stdout), "no destinations yet\n");
+
+    let app = fusebox.app();
+    for url in [failing.url("/"), failing.url("/"), healthy.url("/")] {
+        app.get(url).send().await.expect("app request");
+    }
+
+    let output = status(&["--admin", &admin]).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(!stdout.contains('\x1b'), "no colour into a pipe:\n{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for header in ["UPSTREAM", "DESTINATION", "STATE", "SINCE", "CALLS/FAIL/SLOW"] {
+        assert!(lines[0].contains(header), "{stdout}");
+    }
+    let open = lines
+        .iter()
+        .find(|l| l.contains(&failing.authority()))
+        .unwrap_or_else(|| panic!("no line for the failing upstream:\n{stdout}"));
+    assert!(open.starts_with("pay "), "{stdout}");
+    assert!(open.contains(" open "), "{stdout}");
+    assert!(open.contains("2/2/0"), "{stdout}");
+    assert!(open.contains("consecutive_failures"), "{stdout}");
+    assert!(open.contains("s ago"), "{stdout}");
+    let closed = lines
+        .iter()
+        .find(|l| l.contains(&healthy.authority()))
+        .unwrap_or_else(|| panic!("no line for the healthy upstream:\n{stdout}"));
+    assert!(closed.starts_with("default "), "{stdout}");
+    assert!(closed.contains(" closed "), "{stdout}");
+    // Columns line up: the state column starts at the same offset on every line.
+    let column = lines[0].find("STATE").unwrap();
+    assert_eq!(&open[column..column + 4], "open", "{stdout}");
+    assert_eq!(&closed[column..column + 6], "closed", "{stdout}");
+
+    // --upstream filters; an unknown one is an error.
+    let output = status(&["--admin", &admin, "--upstream", "pay"]).await;
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stdout.contains(&failing.authority()), "{stdout}");
+    let output = status(&["--admin", &admin, "--upstream", "nope"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(text(&output.stderr).contains("no policy named"), "{output:?}");
+
+    fusebox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_an_unreachable_admin_address_clearly() {
+    let addr = refused_addr().await.to_string();
+    let output = status(&["--admin", &addr]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(output.stdout.is_empty(), "{output:?}");
+    let stderr = text(&output.stderr);
+    assert_eq!(
+        stderr,
+        format!(
+            "cannot reach fusebox admin at {addr}: connection refused — is `fusebox run` \
+             running? (--admin / FUSEBOX_ADMIN)\n"
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_the_admin_address_from_the_environment() {
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let admin = fusebox.agent().admin_addr().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fusebox"));
+        command.arg("status").env("FUSEBOX_ADMIN", &admin);
+        for var in PROXY_VARS {
+            command.env_remove(var);
+        }
+        command.output().expect("run fusebox status")
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(text(&output.stdout), "no destinations yet\n");
+    fusebox.shutdown().await;
+}
