@@ -42,6 +42,9 @@ pub fn run(args: &StatusArgs) -> i32 {
 
 async fn status(args: &StatusArgs) -> i32 {
     let target = AdminTarget::parse(&args.admin);
+    // No TLS is used here, but when reqwest is built with TLS support (test builds merge the
+    // dev-dependency's features) it wants a crypto provider: the binary's one.
+    crate::upstream::tls::install_crypto_provider();
     let client = match reqwest::Client::builder()
         // The admin API is local: never send it through HTTP_PROXY (possibly fusebox itself).
         .no_proxy()
@@ -295,9 +298,8 @@ pub fn render_table(rows: &[DestinationView], now: SystemTime, colour: bool) -> 
     let header = HEADERS.map(str::to_owned);
     push_line(&mut out, &header, &widths, |_| None, colour.then_some(BOLD));
     for (row, line) in rows.iter().zip(&cells) {
-        let paint = |column: usize| {
-            (colour && column == STATE_COLUMN).then(|| state_colour(&row.state))
-        };
+        let paint =
+            |column: usize| (colour && column == STATE_COLUMN).then(|| state_colour(&row.state));
         push_line(&mut out, line, &widths, paint, None);
     }
     out
@@ -451,12 +453,7 @@ mod tests {
             kind: "status".into(),
             status: Some(503),
         }];
-        let mut forced = row(
-            "payments",
-            "[::1]:9000",
-            "open",
-            "2025-01-31T11:59:58.000Z",
-        );
+        let mut forced = row("payments", "[::1]:9000", "open", "2025-01-31T11:59:58.000Z");
         forced.reason = Some("forced".into());
         forced.forced = Some("open".into());
         let mut closed = row(
@@ -471,7 +468,12 @@ mod tests {
             slow: 1,
         };
         closed.in_flight = 2;
-        let mut half = row("search", "search:80", "half-open", "2025-01-31T12:00:01.000Z");
+        let mut half = row(
+            "search",
+            "search:80",
+            "half-open",
+            "2025-01-31T12:00:01.000Z",
+        );
         half.reason = Some("open_elapsed".into());
         half.mode = "shadow".into();
         vec![closed, open, forced, half]
@@ -481,11 +483,11 @@ mod tests {
     fn renders_an_aligned_table_without_colour() {
         let table = render_table(&sample(), now(), false);
         let expected = "\
-UPSTREAM  DESTINATION          STATE               SINCE       CALLS/FAIL/SLOW  LAST REASON           NEXT PROBE  IN FLIGHT
-default   api.example.com:443  closed              3h00m ago   120/3/1          -                     -           2
-payments  10.0.0.7:8080        open                3m12s ago   5/5/0            consecutive_failures  4.2s        0
-payments  [::1]:9000           open FORCED         2s ago      0/0/0            forced                -           0
-search    search:80            half-open (shadow)  0s ago      0/0/0            open_elapsed          -           0
+UPSTREAM  DESTINATION          STATE               SINCE      CALLS/FAIL/SLOW  LAST REASON           NEXT PROBE  IN FLIGHT
+default   api.example.com:443  closed              3h00m ago  120/3/1          -                     -           2
+payments  10.0.0.7:8080        open                3m12s ago  5/5/0            consecutive_failures  4.2s        0
+payments  [::1]:9000           open FORCED         2s ago     0/0/0            forced                -           0
+search    search:80            half-open (shadow)  0s ago     0/0/0            open_elapsed          -           0
 ";
         assert_eq!(table, expected, "\n{table}");
         assert!(!table.contains('\x1b'));
@@ -550,6 +552,9 @@ search    search:80            half-open (shadow)  0s ago      0/0/0            
             url.upstreams_url(Some("a b/c")),
             "http://fusebox.local:9901/upstreams/a%20b%2Fc"
         );
-        assert_eq!(url.upstreams_url(None), "http://fusebox.local:9901/upstreams");
+        assert_eq!(
+            url.upstreams_url(None),
+            "http://fusebox.local:9901/upstreams"
+        );
     }
 }

@@ -145,7 +145,7 @@ impl Telemetry {
             |name, extra: &[Label]| self.recorder.register_counter(&key(name, extra), &METADATA);
         let gauge = |name| self.recorder.register_gauge(&key(name, &[]), &METADATA);
         let histogram = |name| self.recorder.register_histogram(&key(name, &[]), &METADATA);
-        DestinationMetrics {
+        let metrics = DestinationMetrics {
             telemetry: Arc::clone(self),
             labels,
             requests: std::array::from_fn(|_| OnceLock::new()),
@@ -170,9 +170,23 @@ impl Telemetry {
             in_flight: gauge("fusebox_in_flight"),
             tunnels_active: gauge("fusebox_tunnels_active"),
             breaker_state: gauge("fusebox_breaker_state"),
+        };
+        // The trip series exist at 0 from the destination's first request on: Prometheus'
+        // `increase()` cannot see a counter's first increment if the series is born with it.
+        for (from, reason) in TRIPS {
+            metrics.transition_counter(from, "open", reason).absolute(0);
         }
+        metrics
     }
 }
+
+/// Every way a breaker opens, as `(from, reason)` labels.
+const TRIPS: [(&str, &str); 4] = [
+    ("closed", "consecutive_failures"),
+    ("closed", "failure_rate"),
+    ("closed", "slow_call_rate"),
+    ("half_open", "probe_failed"),
+];
 
 /// Handles for one `upstream` × `destination`, resolved once.
 pub struct DestinationMetrics {
@@ -230,17 +244,16 @@ impl DestinationMetrics {
 
     /// Records one breaker state change. Transitions are rare, so the handle is looked up here.
     pub fn transition(&self, from: &'static str, to: &'static str, reason: &'static str) {
+        self.transition_counter(from, to, reason).increment(1);
+    }
+
+    fn transition_counter(&self, from: &'static str, to: &'static str, reason: &'static str) -> Counter {
         let mut labels = self.labels.to_vec();
         labels.push(Label::from_static_parts("from", from));
         labels.push(Label::from_static_parts("to", to));
         labels.push(Label::from_static_parts("reason", reason));
-        self.telemetry
-            .recorder
-            .register_counter(
-                &Key::from_parts("fusebox_breaker_transitions_total", labels),
-                &METADATA,
-            )
-            .increment(1);
+        let key = Key::from_parts("fusebox_breaker_transitions_total", labels);
+        self.telemetry.recorder.register_counter(&key, &METADATA)
     }
 
     fn register_counter(

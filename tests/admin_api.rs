@@ -140,7 +140,10 @@ async fn upstreams_explains_a_trip_field_by_field() {
     assert_eq!(row["destination"], upstream.authority().as_str());
     assert_eq!(row["state"], "open");
     let since = rfc3339(&row["since"]);
-    assert!(since >= before && recent(since, Duration::from_secs(60)), "{row:#}");
+    assert!(
+        since >= before && recent(since, Duration::from_secs(60)),
+        "{row:#}"
+    );
     assert_eq!(row["reason"], "consecutive_failures");
     assert_eq!(
         row["window"],
@@ -154,7 +157,10 @@ async fn upstreams_explains_a_trip_field_by_field() {
         assert_eq!(failure["kind"], "status");
         assert_eq!(failure["status"], 503);
         let at = rfc3339(&failure["time"]);
-        assert!(at >= before && at <= since + Duration::from_millis(1), "{row:#}");
+        assert!(
+            at >= before && at <= since + Duration::from_millis(1),
+            "{row:#}"
+        );
     }
     assert_eq!(row["in_flight"], 0);
     assert!(row["forced"].is_null(), "{row:#}");
@@ -176,7 +182,12 @@ async fn upstreams_filters_by_policy_and_sorts() {
     ])
     .await;
     // `healthy` and `other` fall to the default policy.
-    for url in [healthy.url("/"), other.url("/"), failing.url("/"), failing.url("/")] {
+    for url in [
+        healthy.url("/"),
+        other.url("/"),
+        failing.url("/"),
+        failing.url("/"),
+    ] {
         call(&fusebox, &url).await;
     }
 
@@ -206,13 +217,21 @@ async fn upstreams_filters_by_policy_and_sorts() {
     assert_eq!(status, StatusCode::OK);
     let default = array(&default);
     assert_eq!(default.len(), 2);
-    assert!(default.iter().all(|r| r["upstream"] == "default" && r["state"] == "closed"));
-    assert!(default.iter().all(|r| r["window"]["calls"] == 1 && r["reason"].is_null()));
+    assert!(default
+        .iter()
+        .all(|r| r["upstream"] == "default" && r["state"] == "closed"));
+    assert!(default
+        .iter()
+        .all(|r| r["window"]["calls"] == 1 && r["reason"].is_null()));
     assert!(default.iter().all(|r| r["next_probe_in_ms"].is_null()));
 
     let (status, idle) = get(&fusebox, "/upstreams/idle").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(idle, Value::Array(Vec::new()), "a known policy without traffic");
+    assert_eq!(
+        idle,
+        Value::Array(Vec::new()),
+        "a known policy without traffic"
+    );
 
     let (status, unknown) = get(&fusebox, "/upstreams/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -240,13 +259,20 @@ async fn force_open_fails_fast_and_reset_restores() {
     assert_eq!(rows[0]["state"], "open");
     assert_eq!(rows[0]["forced"], "open");
     assert_eq!(rows[0]["reason"], "forced");
-    assert!(rows[0]["next_probe_in_ms"].is_null(), "no probe while forced");
+    assert!(
+        rows[0]["next_probe_in_ms"].is_null(),
+        "no probe while forced"
+    );
 
     for _ in 0..3 {
         let (status, reason) = call(&fusebox, &upstream.url("/")).await;
         assert_eq!((status, reason.as_deref()), (503, Some("breaker-open")));
     }
-    assert_eq!(upstream.hits(), 1, "a forced-open breaker lets nothing through");
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "a forced-open breaker lets nothing through"
+    );
     let (_, listed) = get(&fusebox, "/upstreams/pay").await;
     assert_eq!(listed[0]["forced"], "open");
     let metrics = fusebox.metrics().await;
@@ -258,7 +284,11 @@ async fn force_open_fails_fast_and_reset_restores() {
     assert!(json[0]["forced"].is_null());
     assert_eq!(json[0]["reason"], "reset");
     assert_eq!(call(&fusebox, &upstream.url("/")).await, (200, None));
-    assert_eq!(upstream.hits(), 2, "after a reset requests reach the upstream again");
+    assert_eq!(
+        upstream.hits(),
+        2,
+        "after a reset requests reach the upstream again"
+    );
     let metrics = fusebox.metrics().await;
     assert_eq!(breaker_gauge(&metrics, "pay", &authority), Some(0.0));
 
@@ -355,7 +385,10 @@ async fn breaker_command_errors() {
         ("", StatusCode::BAD_REQUEST),
         ("?action=explode", StatusCode::BAD_REQUEST),
         ("?action=force-open&destinaton=a:1", StatusCode::BAD_REQUEST),
-        ("?action=force-open&destination=no-port", StatusCode::BAD_REQUEST),
+        (
+            "?action=force-open&destination=no-port",
+            StatusCode::BAD_REQUEST,
+        ),
         ("?action=reset&action=reset", StatusCode::BAD_REQUEST),
     ] {
         let (status, json) = post(&fusebox, &format!("/upstreams/pay/breaker{query}")).await;
@@ -393,7 +426,12 @@ async fn wrong_methods_get_405_with_allow_and_unknown_paths_404() {
         assert_eq!(headers["allow"], allow, "{method} {path}");
         assert!(error_message(&json).contains(method.as_str()), "{json}");
     }
-    for path in ["/", "/nope", "/upstreams/pay/nope", "/upstreams/pay/breaker/x"] {
+    for path in [
+        "/",
+        "/nope",
+        "/upstreams/pay/nope",
+        "/upstreams/pay/breaker/x",
+    ] {
         let (status, json) = get(&fusebox, path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         error_message(&json);
@@ -419,7 +457,10 @@ async fn config_shows_the_effective_policies_with_defaults_filled_in() {
 
     let (status, json) = get(&fusebox, "/config").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(json["generation"].as_u64().expect("generation") >= 1, "{json:#}");
+    assert!(
+        json["generation"].as_u64().expect("generation") >= 1,
+        "{json:#}"
+    );
     assert!(json["dir"].is_string());
 
     let default = &json["default"];
@@ -440,7 +481,10 @@ async fn config_shows_the_effective_policies_with_defaults_filled_in() {
     assert_eq!(pay["timeouts"]["attempt"], "10s");
     // Inherited from default.toml / the built-in defaults.
     assert_eq!(pay["breaker"]["window"], "10s");
-    assert_eq!(pay["breaker"]["failure_statuses"], serde_json::json!([500, 502, 503, 504]));
+    assert_eq!(
+        pay["breaker"]["failure_statuses"],
+        serde_json::json!([500, 502, 503, 504])
+    );
     assert!(pay["hosts"].is_array());
     assert!(json["policies"].get("default").is_none());
 
@@ -458,7 +502,10 @@ async fn reload_answers_with_a_generation_or_the_errors() {
         }
         StatusCode::BAD_REQUEST => {
             let errors = array(&json["errors"]);
-            assert!(!errors.is_empty() && errors.iter().all(Value::is_string), "{json}");
+            assert!(
+                !errors.is_empty() && errors.iter().all(Value::is_string),
+                "{json}"
+            );
         }
         other => panic!("POST /reload answered {other}: {json}"),
     }
@@ -483,8 +530,14 @@ async fn a_configured_token_is_required_for_post_even_on_loopback() {
 
     let (status, headers, json) = admin(&fusebox, Method::POST, &path, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
-    assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
-    assert!(error_message(&json).contains("FUSEBOX_ADMIN_TOKEN"), "{json}");
+    assert!(headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    assert!(
+        error_message(&json).contains("FUSEBOX_ADMIN_TOKEN"),
+        "{json}"
+    );
     let (status, _, _) = admin(&fusebox, Method::POST, &path, Some("wrong")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _, _) = admin(&fusebox, Method::POST, "/reload", None).await;

@@ -63,7 +63,13 @@ async fn status_prints_a_table_of_destinations() {
     assert!(!stdout.contains('\x1b'), "no colour into a pipe:\n{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
-    for header in ["UPSTREAM", "DESTINATION", "STATE", "SINCE", "CALLS/FAIL/SLOW"] {
+    for header in [
+        "UPSTREAM",
+        "DESTINATION",
+        "STATE",
+        "SINCE",
+        "CALLS/FAIL/SLOW",
+    ] {
         assert!(lines[0].contains(header), "{stdout}");
     }
     let open = lines
@@ -94,7 +100,10 @@ async fn status_prints_a_table_of_destinations() {
     assert!(stdout.contains(&failing.authority()), "{stdout}");
     let output = status(&["--admin", &admin, "--upstream", "nope"]).await;
     assert_eq!(output.status.code(), Some(1), "{output:?}");
-    assert!(text(&output.stderr).contains("no policy named"), "{output:?}");
+    assert!(
+        text(&output.stderr).contains("no policy named"),
+        "{output:?}"
+    );
 
     fusebox.shutdown().await;
 }

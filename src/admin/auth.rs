@@ -105,10 +105,7 @@ mod tests {
     fn a_configured_token_is_required_everywhere() {
         for loopback in [true, false] {
             let token = Some("s3cret");
-            assert_eq!(
-                authorize(loopback, token, None),
-                Decision::Unauthorized
-            );
+            assert_eq!(authorize(loopback, token, None), Decision::Unauthorized);
             assert_eq!(
                 authorize(loopback, token, Some(&header("Bearer wrong!"))),
                 Decision::Unauthorized

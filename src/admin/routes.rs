@@ -231,10 +231,7 @@ fn unknown_upstream(snapshot: &Snapshot, name: &str) -> AdminResponse {
     names.sort_unstable();
     json_error(
         StatusCode::NOT_FOUND,
-        &format!(
-            "no policy named {name:?}; policies: {}",
-            names.join(", ")
-        ),
+        &format!("no policy named {name:?}; policies: {}", names.join(", ")),
     )
 }
 
@@ -291,9 +288,7 @@ fn parse_breaker_query(query: Option<&str>) -> Result<BreakerParams, String> {
     let action = action.ok_or_else(|| format!("missing parameter action={ACTIONS}"))?;
     let command = parse_action(&action)
         .ok_or_else(|| format!("unknown action {action:?}; expected {ACTIONS}"))?;
-    let destination = destination
-        .map(|d| parse_destination(&d))
-        .transpose()?;
+    let destination = destination.map(|d| parse_destination(&d)).transpose()?;
     Ok(BreakerParams {
         command,
         destination,
@@ -330,7 +325,8 @@ fn breaker(state: &AdminState, conn: Conn, name: &str, query: Option<&str>) -> A
                 // A policy with `endpoints` knows its destinations before any traffic.
                 for endpoint in &upstream.policy.endpoints {
                     let known = targets.iter().any(|d| {
-                        split_authority(&d.authority) == Some((endpoint.host.as_str(), endpoint.port))
+                        split_authority(&d.authority)
+                            == Some((endpoint.host.as_str(), endpoint.port))
                     });
                     if !known {
                         targets.push(upstream.destination(&endpoint.host, endpoint.port));
@@ -423,11 +419,7 @@ fn routes_to(snapshot: &Snapshot, upstream: &Arc<Upstream>, host: &str, port: u1
 
 /// `host:port` or `[v6]:port` → lowercase host without brackets, and port.
 fn parse_destination(text: &str) -> Result<(String, u16), String> {
-    let bad = || {
-        format!(
-            "destination {text:?} is not host:port (IPv6 in brackets: [::1]:8080)"
-        )
-    };
+    let bad = || format!("destination {text:?} is not host:port (IPv6 in brackets: [::1]:8080)");
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, port) = rest.split_once("]:").ok_or_else(bad)?;
         host.parse::<Ipv6Addr>().map_err(|_| bad())?;
@@ -440,9 +432,9 @@ fn parse_destination(text: &str) -> Result<(String, u16), String> {
         (host, port)
     };
     let valid_host = !host.is_empty()
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':')
-        });
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
     if !valid_host {
         return Err(bad());
     }
@@ -512,11 +504,7 @@ fn config(state: &AdminState) -> AdminResponse {
         generation: snapshot.generation,
         dir: &set.dir,
         default: &set.default,
-        policies: set
-            .others
-            .iter()
-            .map(|p| (p.name.as_str(), &**p))
-            .collect(),
+        policies: set.others.iter().map(|p| (p.name.as_str(), &**p)).collect(),
     };
     json_response(StatusCode::OK, &view)
 }
@@ -672,8 +660,16 @@ mod tests {
             Ok(("10.0.0.7".into(), 8080))
         );
         for bad in [
-            "a.b", "a.b:", ":80", "a.b:0", "a.b:65536", "::1:80", "[::1]", "[zz]:80",
-            "a b:80", "a/b:80",
+            "a.b",
+            "a.b:",
+            ":80",
+            "a.b:0",
+            "a.b:65536",
+            "::1:80",
+            "[::1]",
+            "[zz]:80",
+            "a b:80",
+            "a/b:80",
         ] {
             assert!(parse_destination(bad).is_err(), "{bad}");
         }

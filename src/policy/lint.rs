@@ -711,16 +711,13 @@ mod tests {
     #[test]
     fn open_max_lt_open_base() {
         let full = assert_lints(
-            &[(
-                "a.toml",
-                "hosts = [\"a\"]\n[breaker]\nopen_base = \"30s\"\n",
-            )],
+            &[("a.toml", "hosts = [\"a\"]\n[breaker]\nopen_base = \"2m\"\n")],
             &["a.toml:3:13: open-max-lt-open-base"],
         );
         assert!(
             full[0].contains(
                 "`breaker.open_max` = 1m (built-in default) is shorter than \
-                              `breaker.open_base` = 30s:"
+                              `breaker.open_base` = 2m:"
             ),
             "{full:?}"
         );
@@ -728,10 +725,7 @@ mod tests {
         let full = assert_lints(
             &[
                 ("default.toml", "[breaker]\nopen_max = \"10s\"\n"),
-                (
-                    "a.toml",
-                    "hosts = [\"a\"]\n[breaker]\nopen_base = \"30s\"\n",
-                ),
+                ("a.toml", "hosts = [\"a\"]\n[breaker]\nopen_base = \"2m\"\n"),
             ],
             &["a.toml:3:13: open-max-lt-open-base"],
         );
@@ -755,7 +749,7 @@ mod tests {
         assert_lints(
             &files,
             &[
-                "c.toml:4:12: open-max-lt-open-base",
+                "c.toml:3:12: open-max-lt-open-base",
                 "default.toml:3:13: open-max-lt-open-base",
             ],
         );

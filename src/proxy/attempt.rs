@@ -72,6 +72,7 @@ pub fn admit(destination: &Destination) -> Result<bool, LocalAnswer> {
 }
 
 /// Sends the request, retrying as the policy allows, until an answer is final.
+/// `tries` counts the upstream tries made (0 when the request was refused before the first).
 pub async fn run(
     upstream: &Upstream,
     client: &Client,
@@ -79,6 +80,7 @@ pub async fn run(
     parts: Parts,
     body: Incoming,
     jitter: bool,
+    tries: &mut u32,
 ) -> Result<Response<Incoming>, LocalAnswer> {
     let policy = &upstream.policy;
     let retry = &policy.retry;
@@ -91,9 +93,7 @@ pub async fn run(
     let mut parts = Some(parts);
     let mut body = Some(body);
     let mut backoff: Option<Backoff> = None;
-    let mut tries = 0;
     loop {
-        tries += 1;
         // The deadline first: a try that cannot be made must not take a limiter token or a
         // half-open probe slot (an admitted probe that is never recorded holds its slot until
         // the breaker's lost-probe lease, `open_max`, runs out).
@@ -103,7 +103,7 @@ pub async fn run(
         let probe = admit(destination)?;
         let limit = policy.timeouts.attempt.min(remaining);
         // The last possible try takes the request itself; earlier ones send copies.
-        let last_possible = tries >= retry.attempts || !replayable;
+        let last_possible = *tries + 1 >= retry.attempts || !replayable;
         let (request_parts, request_body) = match (last_possible, parts.take(), body.take()) {
             (_, Some(p), Some(Body::Streaming(incoming))) => (p, RequestBody::Streaming(incoming)),
             (true, Some(p), Some(Body::Replayable(bytes))) => (p, RequestBody::Full(bytes)),
@@ -117,6 +117,7 @@ pub async fn run(
         };
         let request = Request::from_parts(request_parts, request_body);
 
+        *tries += 1;
         let mut probe_guard = ProbeGuard { destination, armed: probe };
         let started = Instant::now();
         let result = tokio::time::timeout(limit, client.request(request)).await;
@@ -162,7 +163,7 @@ pub async fn run(
 
         // The retry decision, on the response head.
         let Some(condition) = matching_condition(retry, try_result) else { return ending };
-        if tries >= retry.attempts || body.is_none() {
+        if *tries >= retry.attempts || body.is_none() {
             return ending;
         }
         // A request that never left fusebox may always be sent again; any other only when the

@@ -7,7 +7,6 @@
 //! wrong ends in one local reply and one metric outcome.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
@@ -16,6 +15,7 @@ use tracing::debug;
 
 use super::body::ResponseBody;
 use super::headers;
+use super::access::Seen;
 use super::attempt::{self, LocalAnswer};
 use super::reply::{local_reply, local_reply_with_retry_after};
 use super::target::{http_target, Target};
@@ -31,7 +31,7 @@ pub async fn handle(
     route: Option<&str>,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let started = Instant::now();
+    let seen = Seen::of(&req);
     let snapshot = ctx.registry.load();
 
     let (upstream, destination, client, uri) = match route {
@@ -43,7 +43,7 @@ pub async fn handle(
                 return finish_local(
                     upstream,
                     &upstream.other_destination(),
-                    started,
+                    &seen,
                     Reason::ConnectFailed,
                     &detail,
                 );
@@ -53,7 +53,7 @@ pub async fn handle(
                 return finish_local(
                     upstream,
                     &upstream.other_destination(),
-                    started,
+                    &seen,
                     Reason::ConnectFailed,
                     detail,
                 );
@@ -71,7 +71,7 @@ pub async fn handle(
             let target = match http_target(&req) {
                 Ok(target) => target,
                 Err(message) => {
-                    return reject_unrouted(ctx, Reason::BadRequest, &message);
+                    return reject_unrouted(ctx, &seen, Reason::BadRequest, &message);
                 }
             };
             let upstream = snapshot.lookup(&target.host, target.port);
@@ -88,7 +88,7 @@ pub async fn handle(
                     target_text(&target),
                     upstream.policy.name
                 );
-                return finish_local(upstream, &destination, started, Reason::Denied, &detail);
+                return finish_local(upstream, &destination, &seen, Reason::Denied, &detail);
             }
             (upstream, destination, client, uri)
         }
@@ -96,11 +96,11 @@ pub async fn handle(
 
     if headers::has_looped(req.headers(), &ctx.via_token) {
         let detail = "request came back to this fusebox (Via)";
-        return finish_local(upstream, &destination, started, Reason::Loop, detail);
+        return finish_local(upstream, &destination, &seen, Reason::Loop, detail);
     }
     let Ok(uri) = uri else {
         let detail = "cannot build the upstream URI";
-        return finish_local(upstream, &destination, started, Reason::BadRequest, detail);
+        return finish_local(upstream, &destination, &seen, Reason::BadRequest, detail);
     };
 
     let upgrading = headers::is_upgrade(req.headers());
@@ -128,14 +128,16 @@ pub async fn handle(
             destination.authority,
             destination.gate.in_flight()
         );
-        return finish_local(upstream, &destination, started, Reason::Overflow, &detail);
+        return finish_local(upstream, &destination, &seen, Reason::Overflow, &detail);
     };
     let jitter = ctx.registry.jitter();
-    let mut response = match attempt::run(upstream, client, &destination, parts, body, jitter).await {
+    let mut tries = 0;
+    let ran = attempt::run(upstream, client, &destination, parts, body, jitter, &mut tries).await;
+    let mut response = match ran {
         Ok(response) => response,
         Err(answer) => {
             drop(in_flight);
-            return finish_answer(upstream, &destination, started, &answer);
+            return finish_answer(upstream, &destination, &seen, &answer, tries);
         }
     };
     let status = response.status();
@@ -152,11 +154,7 @@ pub async fn handle(
     *response.version_mut() = http::Version::HTTP_11;
     headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
     headers::add_via(response.headers_mut(), &ctx.via);
-    destination.metrics.request(
-        Outcome::of_upstream_status(status),
-        status,
-        started.elapsed(),
-    );
+    seen.finish(&destination, status, Outcome::of_upstream_status(status), tries, None);
     response.map(|body| ResponseBody::Upstream(body, Some(in_flight)))
 }
 
@@ -211,51 +209,47 @@ fn target_text(target: &Target<'_>) -> String {
 
 /// Answers a request that never reached policy matching (it is counted under the default
 /// policy, `destination="_other"`).
-pub fn reject_unrouted(ctx: &ProxyContext, reason: Reason, detail: &str) -> Response<ResponseBody> {
+pub fn reject_unrouted(
+    ctx: &ProxyContext,
+    seen: &Seen,
+    reason: Reason,
+    detail: &str,
+) -> Response<ResponseBody> {
     let snapshot = ctx.registry.load();
     let upstream = snapshot.default();
-    finish_local(
-        upstream,
-        &upstream.other_destination(),
-        Instant::now(),
-        reason,
-        detail,
-    )
+    finish_local(upstream, &upstream.other_destination(), seen, reason, detail)
 }
 
 /// Answers with what the attempt loop decided, and records the request.
 fn finish_answer(
     upstream: &Upstream,
     destination: &Destination,
-    started: Instant,
+    seen: &Seen,
     answer: &LocalAnswer,
+    tries: u32,
 ) -> Response<ResponseBody> {
-    debug!(upstream = %upstream.policy.name, destination = %destination.authority, reason = answer.reason.as_str(), detail = %answer.detail, "local reply");
+    debug!(detail = %answer.detail, "local reply");
     let reply = local_reply_with_retry_after(
         answer.reason,
         &upstream.policy.name,
         &answer.detail,
         answer.retry_after,
     );
-    destination
-        .metrics
-        .request(answer.reason.outcome(), reply.status(), started.elapsed());
+    seen.finish(destination, reply.status(), answer.reason.outcome(), tries, Some(answer.reason));
     reply
 }
 
-/// Answers locally and records the request.
+/// Answers locally before any upstream try, and records the request.
 fn finish_local(
     upstream: &Upstream,
     destination: &Destination,
-    started: Instant,
+    seen: &Seen,
     reason: Reason,
     detail: &str,
 ) -> Response<ResponseBody> {
-    debug!(upstream = %upstream.policy.name, destination = %destination.authority, reason = reason.as_str(), detail, "local reply");
+    debug!(detail, "local reply");
     let reply = local_reply(reason, &upstream.policy.name, detail);
-    destination
-        .metrics
-        .request(reason.outcome(), reply.status(), started.elapsed());
+    seen.finish(destination, reply.status(), reason.outcome(), 0, Some(reason));
     reply
 }
 

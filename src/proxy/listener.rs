@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::body::ResponseBody;
+use super::access::Seen;
 use super::{forward, tunnel, ProxyContext};
 use crate::outcome::Reason;
 
@@ -100,12 +101,13 @@ async fn dispatch(
             "request head is larger than {} bytes",
             limits.max_header_bytes
         );
-        return forward::reject_unrouted(ctx, Reason::HeadersTooLarge, &detail);
+        return forward::reject_unrouted(ctx, &Seen::of(&req), Reason::HeadersTooLarge, &detail);
     }
     match (req.method() == Method::CONNECT, route) {
         (true, None) => tunnel::handle(ctx, req).await,
         (true, Some(_)) => forward::reject_unrouted(
             ctx,
+            &Seen::of(&req),
             Reason::BadRequest,
             "CONNECT is not supported on a route listener",
         ),

@@ -2,6 +2,7 @@
 //! ([`target`]), forwarded at L7 ([`forward`]) or tunnelled ([`tunnel`]), and anything fusebox
 //! answers itself is a [`reply`]. This is where requests meet the registry's state.
 
+pub mod access;
 pub mod attempt;
 pub mod body;
 pub mod forward;

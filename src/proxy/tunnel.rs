@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -12,6 +13,7 @@ use tracing::debug;
 
 use super::body::ResponseBody;
 use super::forward::classify_connect_error;
+use super::access::Seen;
 use super::attempt;
 use super::reply::local_reply_with_retry_after;
 use super::target::connect_target;
@@ -23,11 +25,11 @@ use crate::telemetry::AttemptResult;
 use crate::upstream::connect;
 
 pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<ResponseBody> {
-    let started = Instant::now();
+    let seen = Seen::of(&req);
     let snapshot = ctx.registry.load();
     let target = match connect_target(&req) {
         Ok(target) => target,
-        Err(message) => return super::forward::reject_unrouted(ctx, Reason::BadRequest, &message),
+        Err(message) => return super::forward::reject_unrouted(ctx, &seen, Reason::BadRequest, &message),
     };
     let upstream = snapshot.lookup(&target.host, target.port);
     let name = upstream.policy.name.as_str();
@@ -36,15 +38,13 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
         None => (target.host.as_ref(), target.port),
     };
     let destination = upstream.destination(host, port);
-    let reject_after = |reason: Reason, detail: &str, retry_after: Option<Duration>| {
-        debug!(upstream = name, destination = %destination.authority, reason = reason.as_str(), detail, "tunnel refused");
+    let reject_after = |reason: Reason, detail: &str, retry_after: Option<Duration>, tries| {
+        debug!(detail, "tunnel refused");
         let reply = local_reply_with_retry_after(reason, name, detail, retry_after);
-        destination
-            .metrics
-            .request(reason.outcome(), reply.status(), started.elapsed());
+        seen.finish(&destination, reply.status(), reason.outcome(), tries, Some(reason));
         reply
     };
-    let reject = |reason: Reason, detail: &str| reject_after(reason, detail, None);
+    let reject = |reason: Reason, detail: &str| reject_after(reason, detail, None, 0);
     if !upstream.policy.allow {
         return reject(
             Reason::Denied,
@@ -63,7 +63,7 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     };
     let probe = match attempt::admit(&destination) {
         Ok(probe) => probe,
-        Err(answer) => return reject_after(answer.reason, &answer.detail, answer.retry_after),
+        Err(answer) => return reject_after(answer.reason, &answer.detail, answer.retry_after, 0),
     };
     let rules = upstream.connect_rules(ctx.registry.self_addrs());
     let attempt_started = Instant::now();
@@ -79,7 +79,8 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
                 destination.record(CallResult { failure: Some(kind), duration: elapsed, probe });
                 destination.metrics.attempt(attempt, elapsed);
             }
-            return reject(reason, &detail);
+            let tries = u32::from(attempt.is_some());
+            return reject_after(reason, &detail, None, tries);
         }
     };
     destination.record(CallResult { failure: None, duration: elapsed, probe });
@@ -94,9 +95,7 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
         }
     });
     let response = Response::new(ResponseBody::empty());
-    destination
-        .metrics
-        .request(Outcome::Ok, response.status(), started.elapsed());
+    seen.finish(&destination, response.status(), Outcome::Ok, 1, None);
     response
 }
 

@@ -1,0 +1,272 @@
+//! `fusebox check` as CI pipelines run it: the built binary on policy directories with one
+//! dangerous combination each, in both output formats, with and without `--strict`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+struct Done {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn check(dir: &Path, args: &[&str]) -> Done {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_fusebox"))
+        .arg("check")
+        .arg("--policies")
+        .arg(dir)
+        .args(args)
+        .env_remove("FUSEBOX_POLICIES")
+        .env_remove("FUSEBOX_CHECK_FORMAT")
+        .output()
+        .expect("run fusebox check");
+    Done {
+        code: status.code(),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+fn json(done: &Done) -> Value {
+    serde_json::from_str(&done.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", done.stdout))
+}
+
+fn repo_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// Each lint: the files, then the `file:line:col` and code of the one warning expected.
+const CASES: &[(&[(&str, &str)], &str, &str)] = &[
+    (
+        &[(
+            "api.toml",
+            "hosts = [\"api.test\"]\n[timeouts]\nattempt = \"5s\"\ntotal = \"5s\"\n",
+        )],
+        "api.toml:3:11",
+        "attempt-ge-total",
+    ),
+    (
+        &[(
+            "api.toml",
+            "hosts = [\"api.test\"]\n[timeouts]\nconnect = \"3s\"\nattempt = \"1s\"\n\
+             total = \"3s\"\n",
+        )],
+        "api.toml:3:11",
+        "connect-ge-total",
+    ),
+    (
+        &[(
+            "api.toml",
+            "hosts = [\"api.test\"]\n[retry]\nmethods = [\"GET\", \"POST\"]\n",
+        )],
+        "api.toml:3:19",
+        "non-idempotent-retry",
+    ),
+    (
+        &[(
+            "api.toml",
+            "hosts = [\"api.test\"]\n[rate_limit]\nrps = 1\n",
+        )],
+        "api.toml:3:7",
+        "min-calls-unreachable",
+    ),
+    (
+        &[(
+            "api.toml",
+            "hosts = [\"api.test\"]\n[breaker]\nmin_calls = 2\nhalf_open_probes = 3\n",
+        )],
+        "api.toml:4:20",
+        "probes-gt-min-calls",
+    ),
+    (
+        &[(
+            "default.toml",
+            "[breaker]\nopen_base = \"30s\"\nopen_max = \"10s\"\n",
+        )],
+        "default.toml:3:12",
+        "open-max-lt-open-base",
+    ),
+    (
+        &[
+            ("a.toml", "hosts = [\"api.test\"]\n"),
+            ("b.toml", "hosts = [\"other.test\", \"API.test\"]\n"),
+        ],
+        "b.toml:1:24",
+        "duplicate-host",
+    ),
+    (
+        &[
+            (
+                "a.toml",
+                "listen = \"127.0.0.1:10000\"\nendpoints = [\"up.test:80\"]\n",
+            ),
+            (
+                "b.toml",
+                "listen = \"0.0.0.0:10000\"\nendpoints = [\"up.test:80\"]\n",
+            ),
+        ],
+        "b.toml:1:10",
+        "listen-port-reused",
+    ),
+];
+
+#[test]
+fn each_lint_prints_its_warning_and_exits_0_or_2_with_strict() {
+    for (files, at, code) in CASES {
+        let dir = dir_with(files);
+        let done = check(dir.path(), &[]);
+        let prefix = format!("{}/{at}: warning[{code}]: ", dir.path().display());
+        assert_eq!(done.code, Some(0), "{code}: {}", done.stderr);
+        let lines: Vec<&str> = done.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{code}: {}", done.stderr);
+        assert!(lines[0].starts_with(&prefix), "{code}: {}", done.stderr);
+        // The summary still goes to stdout.
+        assert!(
+            done.stdout.starts_with("default"),
+            "{code}: {}",
+            done.stdout
+        );
+
+        let strict = check(dir.path(), &["--strict"]);
+        assert_eq!(strict.code, Some(2), "{code}: {}", strict.stderr);
+        assert_eq!(strict.stderr, done.stderr);
+    }
+}
+
+#[test]
+fn repository_policies_are_clean_even_with_strict() {
+    let done = check(&repo_policies(), &["--strict"]);
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert_eq!(done.stderr, "");
+    assert!(done.stdout.contains("payments"), "{}", done.stdout);
+}
+
+#[test]
+fn errors_exit_1_with_or_without_strict() {
+    let dir = dir_with(&[
+        ("a.toml", "[retry]\nattempts = 0\n"),
+        (
+            "b.toml",
+            "hosts = [\"b.test\"]\n[timeouts]\nattempt = \"9s\"\n",
+        ),
+    ]);
+    for args in [&[][..], &["--strict"]] {
+        let done = check(dir.path(), args);
+        assert_eq!(done.code, Some(1), "{}", done.stderr);
+        assert_eq!(done.stdout, "");
+        // Errors keep their `file:line:col: message` form; no lint runs on a broken set.
+        let a = dir.path().join("a.toml");
+        assert!(
+            done.stderr
+                .starts_with(&format!("{}:2:12: `retry.attempts`", a.display())),
+            "{}",
+            done.stderr
+        );
+        assert!(!done.stderr.contains("warning["), "{}", done.stderr);
+    }
+}
+
+#[test]
+fn json_format_has_every_field() {
+    let (files, at, code) = CASES[0];
+    let dir = dir_with(files);
+    let done = check(dir.path(), &["--format", "json"]);
+    assert_eq!(done.code, Some(0), "{}", done.stdout);
+    assert_eq!(done.stderr, "");
+    let doc = json(&done);
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["errors"], serde_json::json!([]));
+    let warnings = doc["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{doc:#}");
+    let w = &warnings[0];
+    let (file, rest) = at.split_once(':').unwrap();
+    let (line, col) = rest.split_once(':').unwrap();
+    assert_eq!(
+        w["file"],
+        dir.path().join(file).display().to_string(),
+        "{doc:#}"
+    );
+    assert_eq!(w["line"], line.parse::<u64>().unwrap());
+    assert_eq!(w["col"], col.parse::<u64>().unwrap());
+    assert_eq!(w["code"], code);
+    assert!(w["message"].as_str().unwrap().contains("timeouts.attempt"));
+    let policies = doc["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 2, "{doc:#}");
+    assert_eq!(policies[0]["name"], "default");
+    assert_eq!(policies[0]["listen"], Value::Null);
+    assert_eq!(policies[1]["name"], "api");
+    assert_eq!(policies[1]["hosts"], serde_json::json!(["api.test"]));
+
+    let strict = check(dir.path(), &["--format", "json", "--strict"]);
+    assert_eq!(strict.code, Some(2));
+    assert_eq!(json(&strict)["ok"], false);
+}
+
+#[test]
+fn json_format_reports_errors_and_reads_its_variable() {
+    let dir = dir_with(&[("a.toml", "hosts = [\"a.test\"]\nbogus = 1\n")]);
+    let done = Command::new(env!("CARGO_BIN_EXE_fusebox"))
+        .arg("check")
+        .arg("--policies")
+        .arg(dir.path())
+        .env("FUSEBOX_CHECK_FORMAT", "json")
+        .output()
+        .unwrap();
+    let done = Done {
+        code: done.status.code(),
+        stdout: String::from_utf8(done.stdout).unwrap(),
+        stderr: String::from_utf8(done.stderr).unwrap(),
+    };
+    assert_eq!(done.code, Some(1), "{}", done.stdout);
+    assert_eq!(done.stderr, "");
+    let doc = json(&done);
+    assert_eq!(doc["ok"], false);
+    let error = &doc["errors"][0];
+    assert_eq!(
+        error["file"],
+        dir.path().join("a.toml").display().to_string()
+    );
+    assert_eq!(error["line"], 2);
+    assert_eq!(error["col"], 1);
+    assert!(error["message"].as_str().unwrap().contains("bogus"));
+    assert_eq!(doc["warnings"], serde_json::json!([]));
+    assert_eq!(doc["policies"], serde_json::json!([]));
+}
+
+#[test]
+fn json_lists_route_listeners() {
+    let done = check(&repo_policies(), &["--format", "json"]);
+    assert_eq!(done.code, Some(0));
+    let doc = json(&done);
+    let envoy = doc["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "envoy-example")
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    assert_eq!(envoy["listen"], "127.0.0.1:10000");
+}
+
+#[test]
+fn an_unknown_format_is_a_usage_error() {
+    let done = check(&repo_policies(), &["--format", "yaml"]);
+    // clap's usage errors exit 2, like `--strict` warnings: CI should not pass on either.
+    assert_eq!(done.code, Some(2), "{}", done.stderr);
+    assert_eq!(done.stdout, "");
+    assert!(done.stderr.contains("yaml"), "{}", done.stderr);
+}
