@@ -50,8 +50,14 @@ fn repo_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
 
-/// Each lint: the files, then the `file:line:col` and code of the one warning expected.
-const CASES: &[(&[(&str, &str)], &str, &str)] = &[
+/// One lint case: the files, then the `file:line:col` and code of the one warning expected.
+type Case = (
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static str,
+);
+
+const CASES: &[Case] = &[
     (
         &[(
             "api.toml",
