@@ -86,7 +86,7 @@ pub fn main() -> i32 {
 }
 
 fn run(args: RunArgs) -> i32 {
-    init_logging(args.log_format);
+    let _flush_logs_on_exit = init_logging(args.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(workers) = args.workers {
@@ -134,14 +134,21 @@ fn run(args: RunArgs) -> i32 {
     })
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a background writer, so that the access log never makes a
+/// request wait for the terminal or the log collector (lines are dropped, not queued without
+/// bound, if the writer falls far behind). Keep the returned guard alive: dropping it flushes.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
