@@ -192,10 +192,10 @@ impl Upstream {
     fn new(
         policy: Arc<Policy>,
         telemetry: Arc<Telemetry>,
-        self_addrs: Arc<SelfAddrs>,
+        self_addrs: &Arc<SelfAddrs>,
         jitter: bool,
     ) -> Result<Upstream, String> {
-        let rules = connect_rules(&policy, &self_addrs);
+        let rules = connect_rules(&policy, self_addrs);
         let build = |pinned| {
             client::build(&policy, rules.clone(), pinned)
                 .map_err(|e| format!("policy {}: {e}", policy.name))
@@ -500,7 +500,7 @@ fn build_snapshot(
         let fresh = Upstream::new(
             Arc::clone(policy),
             Arc::clone(telemetry),
-            Arc::clone(self_addrs),
+            self_addrs,
             jitter,
         )?;
         if let Some(before) = before {

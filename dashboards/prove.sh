@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# dashboards/prove.sh - proves the dashboard and the breaker-open alert against a real Prometheus
+# scraping a real fusebox under real traffic (CI runs it from .ci/run after `cargo test`).
+#
+# Usage (from anywhere):  bash dashboards/prove.sh          (about 100 s)
+#
+# What it does, all on 127.0.0.1, in a fresh `mktemp -d` work directory:
+#   1. uses ${FUSEBOX_BIN:-target/debug/fusebox} (runs `cargo build` when it is missing);
+#   2. starts dashboards/prove/upstream.py: one process with four listeners (flaky, limited,
+#      shadow, plain) whose /flaky answers 503 while its "down" flag is set;
+#   3. writes a policies directory: `flaky` (consecutive_failures = 3, open 2s..4s, 2 attempts,
+#      retry on gateway-error, breaker enforced), `limited` (rps = 2, burst = 0), `shadow`
+#      (breaker in shadow mode, retry budget 0 so every retry is refused) and default.toml;
+#   4. starts fusebox (`--workers 1`), waits for /readyz, then makes one failed reload (a broken
+#      file, POST /reload answers 400) and one successful reload;
+#   5. starts Prometheus (Debian's `prometheus`) scraping fusebox every second with
+#      dashboards/alerts.yml loaded, waits until the target is up, then drives traffic with curl
+#      for the rest of the run: the flaky destination down (its breaker trips and rejects, calls
+#      every 100 ms), rate-limited bursts, a failing shadow-mode destination, slow calls and
+#      timeouts, CONNECT tunnels (curl -p); after ~15 s the flaky destination comes up until its
+#      breaker closes again (checked on /metrics), then goes down again and stays down;
+#   6. ~35 s in, runs every query of dashboards/fusebox.json with ../shared/bench/
+#      check-dashboard-queries.py against that Prometheus: a query that errors or returns no
+#      series fails;
+#   7. polls /api/v1/alerts until FuseboxBreakerOpen fires for the flaky destination (up to 120 s).
+# Ends with `prove: N passed, N failed` (one check per dashboard query, the breaker recovery and
+# the alert); exit status 0 only when nothing failed. Everything started is stopped by PID.
+#
+# Environment: FUSEBOX_BIN (default target/debug/fusebox, relative to the repository root),
+# SHARED_DIR (default: `shared` beside the repository), PROMETHEUS (default prometheus),
+# PROMTOOL (default promtool), KEEP=1 keeps the work directory. Needs curl, python3, prometheus.
+set -euo pipefail
+unset http_proxy HTTP_PROXY https_proxy HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+SHARED_DIR=${SHARED_DIR:-$(cd "$ROOT/.." && pwd)/shared}
+CHECKER=$SHARED_DIR/bench/check-dashboard-queries.py
+DASH=$HERE/fusebox.json
+ALERTS=$HERE/alerts.yml
+PROMETHEUS=${PROMETHEUS:-prometheus}
+PROMTOOL=${PROMTOOL:-promtool}
+cd "$ROOT"
+FUSEBOX_BIN=${FUSEBOX_BIN:-target/debug/fusebox}
+
+START=$SECONDS
+passed=0
+failed=0
+say() { printf 'prove: [%3ds] %s\n' "$((SECONDS - START))" "$*"; }
+pass() { passed=$((passed + 1)); say "ok    $*"; }
+fail() { failed=$((failed + 1)); say "FAIL  $*"; }
+summary() { echo "prove: $passed passed, $failed failed"; }
+die() {  # a setup step failed: show the logs, count one failure, stop
+  say "FAIL  $*"
+  failed=$((failed + 1))
+  for f in "$WORK"/*.log; do
+    [ -s "$f" ] && { echo "--- last lines of $f"; tail -n 15 "$f"; }
+  done
+  summary
+  exit 1
+}
+
+for t in curl python3 "$PROMETHEUS" "$PROMTOOL"; do
+  command -v "$t" >/dev/null || { echo "prove: $t not found (Debian: apt-get install -y curl python3 prometheus)" >&2; exit 2; }
+done
+[ -f "$CHECKER" ] || { echo "prove: $CHECKER not found (set SHARED_DIR)" >&2; exit 2; }
+
+# ------------------------------------------------------------------ processes and cleanup
+WORK=$(mktemp -d -t fusebox-prove.XXXXXX)
+PIDS=()      # servers: stopped with SIGTERM, then waited for
+LOOPS=()     # traffic loops: each is its own process group (set -m), stopped with its curls
+cleanup() {
+  local rc=$? pid
+  set +e
+  rm -f "$WORK/running"
+  for pid in "${LOOPS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${LOOPS[@]}" "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  if [ "${KEEP:-0}" = 1 ]; then echo "prove: work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+set -m   # every background job gets its own process group, so a loop is stopped with its curl
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+get() { curl -sS --max-time 5 "$@"; }
+# wait_for SECONDS DESCRIPTION CMD...: polls CMD every 0.2 s
+wait_for() {
+  local secs=$1 what=$2 i; shift 2
+  for ((i = 0; i < secs * 5; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  die "timed out after ${secs}s waiting for $what"
+}
+# metric NAME LABEL-REGEX: the value of the first series of NAME on /metrics whose labels match
+metric() {
+  get "http://$ADMIN/metrics" | awk -v name="$1" -v re="$2" '
+    index($0, name "{") == 1 && $0 ~ re { print $NF; found = 1; exit }
+    END { if (!found) print "" }'
+}
+
+# ------------------------------------------------------------------ 1. fusebox binary
+if [ ! -x "$FUSEBOX_BIN" ]; then
+  say "$FUSEBOX_BIN missing: cargo build"
+  cargo build --quiet
+fi
+[ -x "$FUSEBOX_BIN" ] || die "no fusebox binary at $FUSEBOX_BIN"
+FUSEBOX_BIN=$(cd "$(dirname "$FUSEBOX_BIN")" && pwd)/$(basename "$FUSEBOX_BIN")
+say "work directory $WORK, fusebox $FUSEBOX_BIN, $("$PROMETHEUS" --version 2>&1 | head -n 1)"
+
+# ------------------------------------------------------------------ 2. upstreams
+python3 "$HERE/prove/upstream.py" "$WORK/ports" 4 </dev/null >"$WORK/upstream.log" 2>&1 &
+PIDS+=($!)
+wait_for 10 "the upstream to listen" test -s "$WORK/ports"
+{ read -r P_FLAKY; read -r P_LIMITED; read -r P_SHADOW; read -r P_PLAIN; } <"$WORK/ports"
+UP=http://127.0.0.1
+say "upstream pid ${PIDS[0]}: flaky :$P_FLAKY, limited :$P_LIMITED, shadow :$P_SHADOW, plain :$P_PLAIN"
+
+# ------------------------------------------------------------------ 3. policies
+POL=$WORK/policies
+mkdir -p "$POL"
+cat >"$POL/default.toml" <<EOF
+allow_private = true
+[timeouts]
+connect = "500ms"
+attempt = "1s"
+total = "3s"
+EOF
+cat >"$POL/flaky.toml" <<EOF
+hosts = ["127.0.0.1:$P_FLAKY"]
+[retry]
+attempts = 2
+on = ["gateway-error"]
+[breaker]
+mode = "enforce"
+consecutive_failures = 3
+open_base = "2s"
+open_max = "4s"
+EOF
+cat >"$POL/limited.toml" <<EOF
+hosts = ["127.0.0.1:$P_LIMITED"]
+[rate_limit]
+rps = 2
+burst = 0
+EOF
+cat >"$POL/shadow.toml" <<EOF
+hosts = ["127.0.0.1:$P_SHADOW"]
+[retry]
+attempts = 2
+on = ["gateway-error"]
+budget_ratio = 0
+budget_min_per_second = 0
+[breaker]
+mode = "shadow"
+consecutive_failures = 3
+open_base = "2s"
+open_max = "4s"
+EOF
+"$FUSEBOX_BIN" check --policies "$POL" >"$WORK/check.log" 2>&1 || die "fusebox check --policies $POL"
+
+# ------------------------------------------------------------------ 4. fusebox
+LISTEN=127.0.0.1:$(free_port)
+ADMIN=127.0.0.1:$(free_port)
+PROXY=http://$LISTEN
+RUST_LOG=${RUST_LOG:-warn} "$FUSEBOX_BIN" run --policies "$POL" --listen "$LISTEN" --admin "$ADMIN" \
+  --workers 1 </dev/null >"$WORK/fusebox.log" 2>&1 &
+PIDS+=($!)
+wait_for 20 "fusebox /readyz on $ADMIN" get -f "http://$ADMIN/readyz"
+say "fusebox pid ${PIDS[1]}: proxy $LISTEN, admin $ADMIN"
+
+# Reloads, so that the reload panels have both results. fusebox also watches the directory,
+# so writing and removing the broken file reloads (and fails) on its own as well.
+printf '[timeouts]\nconect = "1s"\n' >"$POL/broken.toml"
+code=$(curl -sS -o "$WORK/reload-bad.json" -w '%{http_code}' --max-time 10 -X POST "http://$ADMIN/reload")
+[ "$code" = 400 ] || die "POST /reload with a broken policy answered $code, expected 400: $(cat "$WORK/reload-bad.json")"
+rm -f "$POL/broken.toml"
+code=$(curl -sS -o "$WORK/reload-ok.json" -w '%{http_code}' --max-time 10 -X POST "http://$ADMIN/reload")
+[ "$code" = 200 ] || die "POST /reload answered $code, expected 200: $(cat "$WORK/reload-ok.json")"
+say "reloads: broken policy -> 400, valid -> 200 $(cat "$WORK/reload-ok.json")"
+
+# ------------------------------------------------------------------ 5. Prometheus
+PROM_ADDR=127.0.0.1:$(free_port)
+PROM=http://$PROM_ADDR
+cat >"$WORK/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - $ALERTS
+scrape_configs:
+  - job_name: fusebox
+    static_configs:
+      - targets: ["$ADMIN"]
+EOF
+"$PROMTOOL" check config "$WORK/prometheus.yml" >"$WORK/promtool.log" 2>&1 || die "promtool check config"
+"$PROMETHEUS" --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/data" \
+  --web.listen-address="$PROM_ADDR" </dev/null >"$WORK/prometheus.log" 2>&1 &
+PIDS+=($!)
+wait_for 30 "Prometheus /-/ready on $PROM_ADDR" get -f "$PROM/-/ready"
+target_up() {
+  get "$PROM/api/v1/targets" | python3 -c '
+import json, sys
+t = json.load(sys.stdin)["data"]["activeTargets"]
+sys.exit(0 if t and all(x["health"] == "up" for x in t) else 1)'
+}
+wait_for 30 "Prometheus to scrape fusebox (target up)" target_up
+say "prometheus pid ${PIDS[2]} on $PROM_ADDR: fusebox target up"
+
+# ------------------------------------------------------------------ traffic
+touch "$WORK/running"
+get -f "$UP:$P_FLAKY/down" >/dev/null
+# loop INTERVAL CMD...: runs CMD every INTERVAL seconds until the run ends, as its own job
+loop() {
+  local interval=$1; shift
+  ( while [ -e "$WORK/running" ]; do "$@" >/dev/null 2>&1 || true; sleep "$interval"; done ) </dev/null &
+  LOOPS+=($!)
+}
+via() { curl -s -o /dev/null --max-time 5 -x "$PROXY" "$@"; }
+burst() { local i; for i in 1 2 3 4 5; do via "$UP:$P_LIMITED/ok"; done; }
+loop 0.1 via "$UP:$P_FLAKY/flaky"                  # breaker: trips, rejects, recovers, re-trips
+loop 1 burst                                        # rate limited: 2 rps, bursts of 5
+loop 0.25 via "$UP:$P_SHADOW/fail"                  # shadow breaker, refused retries (budget 0)
+loop 0.5 via "$UP:$P_PLAIN/slow?ms=200"             # latency
+loop 3 via "$UP:$P_PLAIN/slow?ms=1500"              # attempt timeout (1s): outcome timeout
+loop 0.2 via -p "$UP:$P_PLAIN/slow?ms=2000"         # CONNECT tunnels, ~2 s each
+say "traffic started (${#LOOPS[@]} curl loops); flaky destination DOWN"
+
+FLAKY_DEST=127.0.0.1:$P_FLAKY
+sel="upstream=\"flaky\".*destination=\"$FLAKY_DEST\""
+state() { metric fusebox_breaker_state "$sel"; }
+closes() { metric fusebox_breaker_transitions_total "$sel.*to=\"closed\""; }
+state_is() { [ "$(state)" = "$1" ]; }
+
+# ------------------------------------------------------------------ recovery
+wait_for 15 "the flaky breaker to trip (fusebox_breaker_state 2)" state_is 2
+say "flaky breaker open (state 2)"
+while [ $((SECONDS - START)) -lt 20 ] && ((SECONDS - START < 20)); do sleep 0.5; done
+get -f "$UP:$P_FLAKY/up" >/dev/null
+say "flaky destination UP"
+recovered=0
+for _ in $(seq 50); do   # the open period is at most 4 s; a probe goes within 100 ms after it
+  c=$(closes)
+  if [ -n "$c" ] && [ "${c%.*}" -gt 0 ] 2>/dev/null && state_is 0; then recovered=1; break; fi
+  sleep 0.2
+done
+if [ $recovered = 1 ]; then
+  pass "recovery: breaker half-open -> closed (transitions to closed: $(closes), state $(state))"
+  sleep 2   # a few scrapes of the closed state
+else
+  fail "recovery: the flaky breaker did not close within 10 s (state $(state), transitions to closed: $(closes))"
+fi
+get -f "$UP:$P_FLAKY/down" >/dev/null
+say "flaky destination DOWN again"
+wait_for 15 "the flaky breaker to trip again" state_is 2
+say "flaky breaker open again (state 2), rejecting"
+
+# ------------------------------------------------------------------ 6. dashboard queries
+while ((SECONDS - START < 40)); do sleep 0.5; done
+say "running every query of dashboards/fusebox.json against Prometheus"
+set +e
+python3 "$CHECKER" --prom "$PROM" "$DASH" >"$WORK/queries.txt" 2>&1
+rc=$?
+set -e
+while IFS= read -r line; do
+  case $line in
+    "ok   "*) pass "query ${line#ok   }" ;;
+    EMPTY*) fail "query returned no series: ${line#EMPTY  }" ;;
+    ERROR*) fail "query error: ${line#ERROR  }" ;;
+    "       "*) say "            ${line#       }" ;;
+  esac
+done <"$WORK/queries.txt"
+if ! grep -q '^[0-9]* passed, [0-9]* failed$' "$WORK/queries.txt"; then
+  fail "check-dashboard-queries.py did not finish (exit $rc): $(tail -n 3 "$WORK/queries.txt")"
+elif [ $rc != 0 ] && ! grep -q '^EMPTY\|^ERROR' "$WORK/queries.txt"; then
+  fail "check-dashboard-queries.py exit $rc: $(tail -n 3 "$WORK/queries.txt")"
+fi
+
+# ------------------------------------------------------------------ 7. the alert
+alert_state() {  # state of FuseboxBreakerOpen for the flaky destination: firing, pending or none
+  get "$PROM/api/v1/alerts" | python3 -c '
+import json, sys
+dest = sys.argv[1]
+states = [a["state"] for a in json.load(sys.stdin)["data"]["alerts"]
+          if a["labels"].get("alertname") == "FuseboxBreakerOpen"
+          and a["labels"].get("upstream") == "flaky" and a["labels"].get("destination") == dest]
+print("firing" if "firing" in states else states[0] if states else "none")' "$FLAKY_DEST"
+}
+say "waiting for FuseboxBreakerOpen to fire (for: 1m; up to 120 s)"
+deadline=$((SECONDS + 120))
+last="" fired=0
+while ((SECONDS < deadline)); do
+  now=$(alert_state 2>/dev/null || echo "unknown")
+  if [ "$now" != "$last" ]; then
+    say "FuseboxBreakerOpen{upstream=\"flaky\"}: $now (breaker state $(state))"
+    last=$now
+  fi
+  if [ "$now" = firing ]; then fired=1; break; fi
+  sleep 2
+done
+if [ $fired = 1 ]; then
+  pass "alert FuseboxBreakerOpen firing for flaky -> $FLAKY_DEST (/api/v1/alerts)"
+else
+  fail "alert FuseboxBreakerOpen not firing after 120 s (last state: $last)"
+fi
+# the shadow breaker is open too but rejects nothing: the alert must not fire for it
+if get "$PROM/api/v1/alerts" | grep -q '"upstream":"shadow"'; then
+  say "note: an alert names the shadow upstream: $(get "$PROM/api/v1/alerts" | head -c 600)"
+fi
+
+say "done in $((SECONDS - START)) s"
+summary
+[ $failed = 0 ]
