@@ -270,6 +270,7 @@ impl Upstream {
                 Arc::strong_count(d) > 1
                     || d.gate.in_flight() > 0
                     || d.breaker().state() != State::Closed
+                    || d.breaker().forced().is_some()
             });
         }
         next.insert(key.into(), Arc::clone(&destination));

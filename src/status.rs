@@ -135,10 +135,8 @@ struct AdminTarget {
 impl AdminTarget {
     fn parse(admin: &str) -> AdminTarget {
         let admin = admin.trim();
-        if let Some(rest) = admin
-            .strip_prefix("http://")
-            .or_else(|| admin.strip_prefix("https://"))
-        {
+        // Plain HTTP only: the admin API does not speak TLS.
+        if let Some(rest) = admin.strip_prefix("http://") {
             let rest = rest.trim_end_matches('/');
             return AdminTarget {
                 base: admin.trim_end_matches('/').to_owned(),

@@ -88,7 +88,8 @@ impl State {
         }
     }
 
-    /// The `from` / `to` label of `fusebox_breaker_transitions_total`, and `/upstreams` `state`.
+    /// The `from` / `to` label of `fusebox_breaker_transitions_total` (`/upstreams` spells
+    /// half-open with a hyphen, as DESIGN §6 does).
     pub fn label(self) -> &'static str {
         match self {
             State::Closed => "closed",

@@ -20,6 +20,7 @@ use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::breaker::{Admission, CallResult, FailureKind};
 use crate::pipeline::limiter::LimitDecision;
 use crate::pipeline::retry::{matching_condition, may_resend, TryResult};
+use crate::policy::RetryOn;
 use crate::registry::{Destination, Upstream};
 use crate::telemetry::AttemptResult;
 use crate::upstream::{Client, RequestBody};
@@ -93,6 +94,8 @@ pub async fn run(
     let mut parts = Some(parts);
     let mut body = Some(body);
     let mut backoff: Option<Backoff> = None;
+    // The condition that allowed the retry about to be made; counted once it is really sent.
+    let mut retrying: Option<RetryOn> = None;
     loop {
         // The deadline first: a try that cannot be made must not take a limiter token or a
         // half-open probe slot (an admitted probe that is never recorded holds its slot until
@@ -101,6 +104,9 @@ pub async fn run(
             return Err(total_timeout(destination, policy.timeouts.total));
         };
         let probe = admit(destination)?;
+        if let Some(condition) = retrying.take() {
+            destination.metrics.retry(condition);
+        }
         let limit = policy.timeouts.attempt.min(remaining);
         // The last possible try takes the request itself; earlier ones send copies.
         let last_possible = *tries + 1 >= retry.attempts || !replayable;
@@ -183,7 +189,7 @@ pub async fn run(
             destination.metrics.retry_budget_exhausted.increment(1);
             return ending;
         }
-        destination.metrics.retry(condition);
+        retrying = Some(condition);
         drop(ending);
         tokio::time::sleep(delay).await;
     }
