@@ -179,7 +179,7 @@ code=$(curl -sS -o "$WORK/reload-bad.json" -w '%{http_code}' --max-time 10 -X PO
 rm -f "$POL/broken.toml"
 code=$(curl -sS -o "$WORK/reload-ok.json" -w '%{http_code}' --max-time 10 -X POST "http://$ADMIN/reload")
 [ "$code" = 200 ] || die "POST /reload answered $code, expected 200: $(cat "$WORK/reload-ok.json")"
-say "reloads: broken policy -> 400, valid -> 200 $(cat "$WORK/reload-ok.json")"
+say "reloads: broken policy -> 400, valid -> 200 $(tr -d ' \n' <"$WORK/reload-ok.json")"
 
 # ------------------------------------------------------------------ 5. Prometheus
 PROM_ADDR=127.0.0.1:$(free_port)
@@ -278,6 +278,26 @@ if ! grep -q '^[0-9]* passed, [0-9]* failed$' "$WORK/queries.txt"; then
 elif [ $rc != 0 ] && ! grep -q '^EMPTY\|^ERROR' "$WORK/queries.txt"; then
   fail "check-dashboard-queries.py exit $rc: $(tail -n 3 "$WORK/queries.txt")"
 fi
+
+# What the traffic produced (information, not checks: most series exist at 0 from a
+# destination's first request on, so "has series" alone does not show that the panels had data).
+get "$PROM/api/v1/query" --data-urlencode 'query=label_replace(sum by (outcome) (fusebox_requests_total), "what", "requests{outcome=\"$1\"}", "outcome", "(.*)")
+  or label_replace(sum by (to, reason) (fusebox_breaker_transitions_total), "what", "transitions{to=\"$1\"}", "to", "(.*)")
+  or label_replace(sum by (reason) (fusebox_retries_total), "what", "retries{reason=\"$1\"}", "reason", "(.*)")
+  or label_replace(sum(fusebox_retry_budget_exhausted_total), "what", "retry_budget_exhausted", "", "")
+  or label_replace(sum by (kind) (fusebox_shadow_rejections_total), "what", "shadow_rejections{kind=\"$1\"}", "kind", "(.*)")
+  or label_replace(max_over_time(sum(fusebox_tunnels_active)[1m:1s]), "what", "max tunnels_active (1m)", "", "")
+  or label_replace(sum by (result) (fusebox_config_reloads_total), "what", "config_reloads{result=\"$1\"}", "result", "(.*)")' \
+  | python3 -c '
+import json, sys
+rows = {}
+for r in json.load(sys.stdin)["data"]["result"]:
+    w = r["metric"].get("what", "?")
+    rows[w] = rows.get(w, 0) + float(r["value"][1])
+print(", ".join(f"{k} {v:g}" for k, v in sorted(rows.items())))
+zero = [k for k, v in rows.items() if v == 0 and not k.startswith("transitions")]
+if zero:
+    print("note: zero: " + ", ".join(sorted(zero)))' | fold -s -w 110 | while IFS= read -r line; do say "data: $line"; done || true
 
 # ------------------------------------------------------------------ 7. the alert
 alert_state() {  # alert_state UPSTREAM DESTINATION: FuseboxBreakerOpen's state, firing/pending/none

@@ -581,7 +581,8 @@ async fn half_open_admits_one_probe_and_rejects_the_rest_meanwhile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_pass_the_breaker_and_fail_fast_once_it_opens() {
     // Three tries allowed on 503; the second failure trips the breaker, so the third try is
-    // refused locally instead of reaching the upstream.
+    // refused without reaching the upstream, and the app gets the upstream's last answer (the
+    // real 503) rather than a local one. The next request is refused locally.
     let upstream = FakeUpstream::with_status(503).await;
     let text = policy("", "consecutive_failures = 2", "").replace(
         "attempts = 1",
@@ -592,16 +593,20 @@ async fn retries_pass_the_breaker_and_fail_fast_once_it_opens() {
     let destination = upstream.authority();
 
     let answer = get(&fusebox, &url).await;
-    assert_breaker_open(&answer, "default", &destination, 30);
+    assert_passed_through(&answer, 503);
     assert_eq!(upstream.hits(), 2, "the retry after the trip was not sent");
+    let answer = get(&fusebox, &url).await;
+    assert_breaker_open(&answer, "default", &destination, 30);
+    assert_eq!(upstream.hits(), 2);
 
     let text = fusebox.metrics().await;
     let m = Series::new(&text, "default", &destination);
     m.assert_state(2.0);
     m.assert_only_transitions(&[("closed", "open", "consecutive_failures", 1.0)]);
     assert_eq!(m.attempts(), 2.0, "{text}");
+    assert_eq!(m.requests("upstream_error", "5xx"), 1.0, "{text}");
     assert_eq!(m.requests("breaker_open", "5xx"), 1.0, "{text}");
-    assert_eq!(m.all_requests(), 1.0, "{text}");
+    assert_eq!(m.all_requests(), 2.0, "{text}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -96,14 +96,21 @@ pub async fn run(
     let mut backoff: Option<Backoff> = None;
     // The condition that allowed the retry about to be made; counted once it is really sent.
     let mut retrying: Option<RetryOn> = None;
+    // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
+    // all (deadline, limiter, open breaker), the app gets this real answer, not a local one.
+    let mut previous: Option<Result<Response<Incoming>, LocalAnswer>> = None;
     loop {
         // The deadline first: a try that cannot be made must not take a limiter token or a
         // half-open probe slot (an admitted probe that is never recorded holds its slot until
         // the breaker's lost-probe lease, `open_max`, runs out).
         let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-            return Err(total_timeout(destination, policy.timeouts.total));
+            return previous.unwrap_or_else(|| Err(total_timeout(destination, policy.timeouts.total)));
         };
-        let probe = admit(destination)?;
+        let probe = match admit(destination) {
+            Ok(probe) => probe,
+            Err(refused) => return previous.unwrap_or(Err(refused)),
+        };
+        drop(previous.take());
         if let Some(condition) = retrying.take() {
             destination.metrics.retry(condition);
         }
@@ -190,7 +197,7 @@ pub async fn run(
             return ending;
         }
         retrying = Some(condition);
-        drop(ending);
+        previous = Some(ending);
         tokio::time::sleep(delay).await;
     }
 }
