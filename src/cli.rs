@@ -20,7 +20,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: the egress listener, route listeners and the admin server.
     Run(RunArgs),
-    /// Validate the policies directory; exit 0 when clean, 1 on errors.
+    /// Validate and lint the policies directory; exit 0 clean, 1 on errors, 2 on warnings with --strict.
     Check(CheckArgs),
     /// Show every destination's breaker: state, window counts, last trip reason.
     Status(crate::status::StatusArgs),
