@@ -2,33 +2,38 @@
 # dashboards/prove.sh - proves the dashboard and the breaker-open alert against a real Prometheus
 # scraping a real fusebox under real traffic (CI runs it from .ci/run after `cargo test`).
 #
-# Usage (from anywhere):  bash dashboards/prove.sh          (about 100 s)
+# Usage (from anywhere):  bash dashboards/prove.sh          (about 90 s)
 #
 # What it does, all on 127.0.0.1, in a fresh `mktemp -d` work directory:
 #   1. uses ${FUSEBOX_BIN:-target/debug/fusebox} (runs `cargo build` when it is missing);
-#   2. starts dashboards/prove/upstream.py: one process with four listeners (flaky, limited,
-#      shadow, plain) whose /flaky answers 503 while its "down" flag is set;
-#   3. writes a policies directory: `flaky` (consecutive_failures = 3, open 2s..4s, 2 attempts,
-#      retry on gateway-error, breaker enforced), `limited` (rps = 2, burst = 0), `shadow`
-#      (breaker in shadow mode, retry budget 0 so every retry is refused) and default.toml;
+#   2. starts dashboards/prove/upstream.py: one process, five listeners (flaky, limited, shadow,
+#      retry, plain); /flaky answers 503 while its "down" flag is set (GET /down, /up);
+#   3. writes a policies directory: `flaky` (breaker enforced, consecutive_failures = 3, open
+#      2s..4s; 2 attempts on gateway-error), `limited` (rps = 2, burst = 0), `shadow` (breaker
+#      and rate limit in shadow mode, retry budget 0 so every retry is refused), `retrying`
+#      (3 attempts, breaker off) and default.toml (allow_private, short timeouts);
 #   4. starts fusebox (`--workers 1`), waits for /readyz, then makes one failed reload (a broken
-#      file, POST /reload answers 400) and one successful reload;
+#      file: POST /reload answers 400) and one successful reload (a new policy file);
 #   5. starts Prometheus (Debian's `prometheus`) scraping fusebox every second with
 #      dashboards/alerts.yml loaded, waits until the target is up, then drives traffic with curl
-#      for the rest of the run: the flaky destination down (its breaker trips and rejects, calls
-#      every 100 ms), rate-limited bursts, a failing shadow-mode destination, slow calls and
-#      timeouts, CONNECT tunnels (curl -p); after ~15 s the flaky destination comes up until its
-#      breaker closes again (checked on /metrics), then goes down again and stays down;
-#   6. ~35 s in, runs every query of dashboards/fusebox.json with ../shared/bench/
-#      check-dashboard-queries.py against that Prometheus: a query that errors or returns no
-#      series fails;
-#   7. polls /api/v1/alerts until FuseboxBreakerOpen fires for the flaky destination (up to 120 s).
+#      loops for the rest of the run: the flaky destination down (its breaker trips and keeps
+#      rejecting: a call every 100 ms), rate-limited bursts, a failing shadow-mode destination,
+#      503-then-200 calls that a retry rescues, slow calls and attempt timeouts, CONNECT tunnels
+#      (curl -p); at 20 s the flaky destination comes up until its breaker closes (checked on
+#      /metrics: a transition to closed, state 0), then goes down again and stays down;
+#   6. at 40 s runs every query of dashboards/fusebox.json with
+#      $SHARED_DIR/bench/check-dashboard-queries.py against that Prometheus (a query that errors
+#      or returns no series fails), and prints what the traffic produced;
+#   7. polls /api/v1/alerts until FuseboxBreakerOpen fires for the flaky destination (`for: 1m`
+#      after the re-trip; gives up after 120 s).
 # Ends with `prove: N passed, N failed` (one check per dashboard query, the breaker recovery and
-# the alert); exit status 0 only when nothing failed. Everything started is stopped by PID.
+# the alert); exit status 0 only when nothing failed (2: a tool is missing). Everything it starts
+# is stopped by PID (traffic loops by process group, with their curls) when it exits.
 #
 # Environment: FUSEBOX_BIN (default target/debug/fusebox, relative to the repository root),
-# SHARED_DIR (default: `shared` beside the repository), PROMETHEUS (default prometheus),
-# PROMTOOL (default promtool), KEEP=1 keeps the work directory. Needs curl, python3, prometheus.
+# SHARED_DIR (default: `shared` beside the repository root), PROMETHEUS (default prometheus),
+# PROMTOOL (default promtool), RUST_LOG (fusebox's, default warn), KEEP=1 keeps the work
+# directory. Needs curl, python3 and prometheus (Debian: apt-get install -y prometheus).
 set -euo pipefail
 unset http_proxy HTTP_PROXY https_proxy HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
 
@@ -98,8 +103,8 @@ wait_for() {
 # metric NAME LABEL-REGEX: the value of the first series of NAME on /metrics whose labels match
 metric() {
   get "http://$ADMIN/metrics" | awk -v name="$1" -v re="$2" '
-    index($0, name "{") == 1 && $0 ~ re { print $NF; found = 1; exit }
-    END { if (!found) print "" }'
+    !found && index($0, name "{") == 1 && $0 ~ re { value = $NF; found = 1 }
+    END { print value }'
 }
 
 # ------------------------------------------------------------------ 1. fusebox binary
@@ -112,12 +117,12 @@ FUSEBOX_BIN=$(cd "$(dirname "$FUSEBOX_BIN")" && pwd)/$(basename "$FUSEBOX_BIN")
 say "work directory $WORK, fusebox $FUSEBOX_BIN, $("$PROMETHEUS" --version 2>&1 | head -n 1)"
 
 # ------------------------------------------------------------------ 2. upstreams
-python3 "$HERE/prove/upstream.py" "$WORK/ports" 4 </dev/null >"$WORK/upstream.log" 2>&1 &
+python3 "$HERE/prove/upstream.py" "$WORK/ports" 5 </dev/null >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
 wait_for 10 "the upstream to listen" test -s "$WORK/ports"
-{ read -r P_FLAKY; read -r P_LIMITED; read -r P_SHADOW; read -r P_PLAIN; } <"$WORK/ports"
+{ read -r P_FLAKY; read -r P_LIMITED; read -r P_SHADOW; read -r P_RETRY; read -r P_PLAIN; } <"$WORK/ports"
 UP=http://127.0.0.1
-say "upstream pid ${PIDS[0]}: flaky :$P_FLAKY, limited :$P_LIMITED, shadow :$P_SHADOW, plain :$P_PLAIN"
+say "upstream pid ${PIDS[0]}: flaky :$P_FLAKY, limited :$P_LIMITED, shadow :$P_SHADOW, retry :$P_RETRY, plain :$P_PLAIN"
 
 # ------------------------------------------------------------------ 3. policies
 POL=$WORK/policies
@@ -158,6 +163,18 @@ mode = "shadow"
 consecutive_failures = 3
 open_base = "2s"
 open_max = "4s"
+[rate_limit]
+mode = "shadow"
+rps = 1
+burst = 0
+EOF
+cat >"$POL/retrying.toml" <<EOF
+hosts = ["127.0.0.1:$P_RETRY"]
+[retry]
+attempts = 3
+on = ["gateway-error"]
+[breaker]
+mode = "off"
 EOF
 "$FUSEBOX_BIN" check --policies "$POL" >"$WORK/check.log" 2>&1 || die "fusebox check --policies $POL"
 
@@ -171,15 +188,22 @@ PIDS+=($!)
 wait_for 20 "fusebox /readyz on $ADMIN" get -f "http://$ADMIN/readyz"
 say "fusebox pid ${PIDS[1]}: proxy $LISTEN, admin $ADMIN"
 
-# Reloads, so that the reload panels have both results. fusebox also watches the directory,
-# so writing and removing the broken file reloads (and fails) on its own as well.
+# Reloads, so that the reload panels have both results: a broken file (POST /reload answers
+# 400), then a valid change (a new policy; a directory identical to the active one is not a
+# reload). fusebox also watches the directory, so it may reload on its own first: either way the
+# generation must go up.
+generation() { get "http://$ADMIN/metrics" | awk '$1 == "fusebox_config_generation" { g = $2 } END { print g }'; }
+gen0=$(generation)
 printf '[timeouts]\nconect = "1s"\n' >"$POL/broken.toml"
 code=$(curl -sS -o "$WORK/reload-bad.json" -w '%{http_code}' --max-time 10 -X POST "http://$ADMIN/reload")
 [ "$code" = 400 ] || die "POST /reload with a broken policy answered $code, expected 400: $(cat "$WORK/reload-bad.json")"
 rm -f "$POL/broken.toml"
+printf 'hosts = ["reloaded.example.invalid"]\n' >"$POL/reloaded.toml"
 code=$(curl -sS -o "$WORK/reload-ok.json" -w '%{http_code}' --max-time 10 -X POST "http://$ADMIN/reload")
 [ "$code" = 200 ] || die "POST /reload answered $code, expected 200: $(cat "$WORK/reload-ok.json")"
-say "reloads: broken policy -> 400, valid -> 200 $(tr -d ' \n' <"$WORK/reload-ok.json")"
+gen1=$(generation)
+[ "${gen1:-0}" -gt "${gen0:-0}" ] 2>/dev/null || die "config generation did not go up on a valid reload ($gen0 -> $gen1)"
+say "reloads: broken policy -> 400, new policy -> 200 $(tr -d ' \n' <"$WORK/reload-ok.json") (generation $gen0 -> $gen1)"
 
 # ------------------------------------------------------------------ 5. Prometheus
 PROM_ADDR=127.0.0.1:$(free_port)
@@ -224,6 +248,7 @@ burst() { local i; for i in 1 2 3 4 5; do via "$UP:$P_LIMITED/ok"; done; }
 loop 0.1 via "$UP:$P_FLAKY/flaky"                  # breaker: trips, rejects, recovers, re-trips
 loop 1 burst                                        # rate limited: 2 rps, bursts of 5
 loop 0.25 via "$UP:$P_SHADOW/fail"                  # shadow breaker, refused retries (budget 0)
+loop 0.5 via "$UP:$P_RETRY/alternate"              # 503 then 200: retried, succeeds
 loop 0.5 via "$UP:$P_PLAIN/slow?ms=200"             # latency
 loop 3 via "$UP:$P_PLAIN/slow?ms=1500"              # attempt timeout (1s): outcome timeout
 loop 0.2 via -p "$UP:$P_PLAIN/slow?ms=2000"         # CONNECT tunnels, ~2 s each
@@ -294,10 +319,16 @@ rows = {}
 for r in json.load(sys.stdin)["data"]["result"]:
     w = r["metric"].get("what", "?")
     rows[w] = rows.get(w, 0) + float(r["value"][1])
-print(", ".join(f"{k} {v:g}" for k, v in sorted(rows.items())))
+line = ""
+for item in (f"{k} {v:g}" for k, v in sorted(rows.items())):
+    if line and len(line) + len(item) > 100:
+        print(line.rstrip())
+        line = ""
+    line += item + ", "
+print(line.rstrip(", "))
 zero = [k for k, v in rows.items() if v == 0 and not k.startswith("transitions")]
 if zero:
-    print("note: zero: " + ", ".join(sorted(zero)))' | fold -s -w 110 | while IFS= read -r line; do say "data: $line"; done || true
+    print("note: zero: " + ", ".join(sorted(zero)))' | while IFS= read -r line; do say "data: $line"; done || true
 
 # ------------------------------------------------------------------ 7. the alert
 alert_state() {  # alert_state UPSTREAM DESTINATION: FuseboxBreakerOpen's state, firing/pending/none

@@ -132,10 +132,9 @@ impl Agent {
         .await
         .map_err(|e| StartError::Upstream(e.to_string()))?;
         let reloader = Arc::new(reloader);
-        if config.watch {
-            reload::spawn_triggers(Arc::clone(&reloader), shutdown.clone())
-                .map_err(|e| StartError::Upstream(format!("cannot watch {}: {e}", config.policies.display())))?;
-        }
+        // SIGHUP reloads whether or not the directory is watched (see `RunConfig::watch`).
+        reload::spawn_triggers(Arc::clone(&reloader), config.watch, shutdown.clone())
+            .map_err(|e| StartError::Upstream(format!("cannot set up reloads of {}: {e}", config.policies.display())))?;
         ctx.tasks.spawn(listener::serve(egress_listener, Arc::clone(&ctx), None, limits, shutdown.clone()));
 
         let admin_state = Arc::new(AdminState {

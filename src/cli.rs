@@ -86,7 +86,10 @@ pub fn main() -> i32 {
 }
 
 fn run(args: RunArgs) -> i32 {
-    let _flush_logs_on_exit = init_logging(args.log_format);
+    let _flush_logs_on_exit = crate::logging::init(match args.log_format {
+        LogFormat::Text => crate::logging::Format::Text,
+        LogFormat::Json => crate::logging::Format::Json,
+    });
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(workers) = args.workers {
@@ -134,21 +137,3 @@ fn run(args: RunArgs) -> i32 {
     })
 }
 
-/// Logs go to stderr through a background writer, so that the access log never makes a
-/// request wait for the terminal or the log collector (lines are dropped, not queued without
-/// bound, if the writer falls far behind). Keep the returned guard alive: dropping it flushes.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    guard
-}

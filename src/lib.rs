@@ -11,6 +11,7 @@ pub mod agent;
 pub mod check;
 pub mod cli;
 pub mod guard;
+pub mod logging;
 pub mod outcome;
 pub mod pipeline;
 pub mod policy;

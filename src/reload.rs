@@ -209,20 +209,25 @@ impl RouteListeners {
 /// ConfigMap updates write several files and renames in a burst.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Reloads on every change under the policies directory (debounced) and on `SIGHUP`, until
-/// `shutdown`. The directory itself is watched, not its files, so that editors that write a
-/// temporary file and rename it, and Kubernetes ConfigMap volumes that swap a `..data`
-/// symlink, are both seen.
-pub fn spawn_triggers(reloader: Arc<Reloader>, shutdown: CancellationToken) -> std::io::Result<()> {
+/// Reloads on `SIGHUP` and, with `watch`, on every change under the policies directory
+/// (debounced), until `shutdown`. The directory itself is watched, not its files, so that
+/// editors that write a temporary file and rename it, and Kubernetes ConfigMap volumes that
+/// swap a `..data` symlink, are both seen.
+pub fn spawn_triggers(reloader: Arc<Reloader>, watch: bool, shutdown: CancellationToken) -> std::io::Result<()> {
     let changed = Arc::new(Notify::new());
-    let notify_changed = Arc::clone(&changed);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            notify_changed.notify_one();
-        }
-    })
-    .map_err(std::io::Error::other)?;
-    watcher.watch(&reloader.dir, RecursiveMode::NonRecursive).map_err(std::io::Error::other)?;
+    let watcher = if watch {
+        let notify_changed = Arc::clone(&changed);
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| !e.kind.is_access()) {
+                notify_changed.notify_one();
+            }
+        })
+        .map_err(std::io::Error::other)?;
+        watcher.watch(&reloader.dir, RecursiveMode::NonRecursive).map_err(std::io::Error::other)?;
+        Some(watcher)
+    } else {
+        None
+    };
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
 
     tokio::spawn(async move {

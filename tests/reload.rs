@@ -29,9 +29,10 @@ use support::{direct_client, policies_dir, FakeUpstream, FuseboxProcess, Reply, 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// How long a bounded poll waits for something that should happen (a reload after a file
-/// change is debounced 250 ms; a listener closes as soon as its task runs).
-const WAIT: Duration = Duration::from_secs(5);
+/// How long a bounded poll waits for something that should happen soon (a reload after a
+/// file change is debounced 250 ms; a listener closes as soon as its task runs). Only a
+/// broken fusebox makes a test wait this long.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// Polls `check` every 20 ms until it holds; panics after [`WAIT`].
 async fn wait_for<F, Fut>(what: &str, mut check: F)
@@ -152,7 +153,10 @@ async fn reload_refused(admin_url: &str) -> Vec<String> {
         .iter()
         .map(|e| e.as_str().expect("each error is a string").to_owned())
         .collect();
-    assert!(!errors.is_empty(), "POST /reload 400 with no errors: {json}");
+    assert!(
+        !errors.is_empty(),
+        "POST /reload 400 with no errors: {json}"
+    );
     errors
 }
 
@@ -211,7 +215,9 @@ fn window_calls(view: &Value) -> u64 {
 /// `POST /upstreams/{name}/breaker?action=ACTION`.
 async fn breaker_command(admin_url: &str, name: &str, action: &str) {
     let response = direct_client()
-        .post(format!("{admin_url}/upstreams/{name}/breaker?action={action}"))
+        .post(format!(
+            "{admin_url}/upstreams/{name}/breaker?action={action}"
+        ))
         .send()
         .await
         .expect("POST breaker command");
@@ -232,13 +238,13 @@ async fn call(app: &reqwest::Client, url: &str) -> (u16, Option<String>, String)
     (status, reason, body)
 }
 
-/// A loopback port nobody listens on right now (bound to port 0, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+/// `N` distinct loopback ports nobody listens on right now (bound to port 0 together, then
+/// released).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
 }
 
 /// Whether connecting to `addr` is refused (nothing listens there).
@@ -296,13 +302,21 @@ struct BSettings {
 
 fn render_b(port: u16, settings: BSettings, breakage: Option<Breakage>) -> String {
     assert!((2..=9).contains(&settings.attempt) && (3..=9).contains(&settings.failures));
-    let unit = if breakage == Some(Breakage::BadDuration) { 'x' } else { 's' };
+    let unit = if breakage == Some(Breakage::BadDuration) {
+        'x'
+    } else {
+        's'
+    };
     let window = if breakage == Some(Breakage::UnknownKey) {
         "windoq"
     } else {
         "window"
     };
-    let assign = if breakage == Some(Breakage::BadToml) { ':' } else { '=' };
+    let assign = if breakage == Some(Breakage::BadToml) {
+        ':'
+    } else {
+        '='
+    };
     format!(
         "hosts = [\"127.0.0.1:{port}\"]\n\
          [timeouts]\n\
@@ -394,9 +408,15 @@ impl BWriter {
                     .expect("open b.toml for writing");
                 file.write_all(contents.as_bytes()).expect("write b.toml");
             }
-            Method::TempInDir => write_renamed(&self.path(), &self.dir.join(".b.toml.tmp"), contents),
+            Method::TempInDir => {
+                write_renamed(&self.path(), &self.dir.join(".b.toml.tmp"), contents)
+            }
             Method::TempOutside => {
-                write_renamed(&self.path(), &self.outside.path().join("b.toml.new"), contents);
+                write_renamed(
+                    &self.path(),
+                    &self.outside.path().join("b.toml.new"),
+                    contents,
+                );
             }
             Method::SymlinkSwap => self.swap_data(contents),
         }
@@ -475,6 +495,11 @@ struct Traffic {
     done: AtomicU64,
 }
 
+/// The acceptance test of hot reload: 50 rewrites of `b.toml` (a third of them invalid, some
+/// identical to what is active) under continuous traffic to A (`a.toml`, never changed) and B.
+/// No request fails; the generation goes up exactly once per valid distinct change; every
+/// refused reload is counted; A keeps its breaker (its window counts every A request), B's
+/// starts over on each change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
     let upstream_a = FakeUpstream::with_status(200).await;
@@ -488,16 +513,12 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
         attempt: 2,
         failures: 5,
     };
-    let fusebox = start(&[
-        ("a", &a_policy),
-        ("b", &render_b(b_port, active, None)),
-    ])
-    .await;
+    let fusebox = start(&[("a", &a_policy), ("b", &render_b(b_port, active, None))]).await;
     let admin = fusebox.admin_url();
     let a_authority = upstream_a.authority();
     let b_authority = upstream_b.authority();
 
-    // The app: one sequential loop and three more concurrent ones, each alternating A and B.
+    // The app: four tasks at once, each a loop of back-to-back requests alternating A and B.
     let stop = Arc::new(AtomicBool::new(false));
     let traffic_a = Arc::new(Traffic::default());
     let traffic_b = Arc::new(Traffic::default());
@@ -522,7 +543,13 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
                         let status = response.status();
                         let reason = response.headers().get("x-fusebox-reason").cloned();
                         match response.text().await {
-                            Ok(body) if status == 200 && reason.is_none() && body.starts_with("fake upstream: 200") => None,
+                            Ok(body)
+                                if status == 200
+                                    && reason.is_none()
+                                    && body.starts_with("fake upstream: 200") =>
+                            {
+                                None
+                            }
                             Ok(body) => Some(format!("{url}: {status} {reason:?} {body:?}")),
                             Err(e) => Some(format!("{url}: {status}, body failed: {e}")),
                         }
@@ -546,7 +573,6 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
     let a_first = destination(&admin, "a", &a_authority)
         .await
         .expect("A has a destination");
-    let a_since = a_first["since"].as_str().expect("since").to_owned();
     let mut a_calls = window_calls(&a_first);
 
     let mut writer = BWriter::new(fusebox.dir(), render_b(b_port, active, None));
@@ -555,7 +581,13 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
     let mut b_done_before_last_change = 0;
     for i in 0..REWRITES {
         let step = if i % 3 == 1 {
-            Step::Break([Breakage::BadToml, Breakage::UnknownKey, Breakage::BadDuration][(i / 3) % 3])
+            Step::Break(
+                [
+                    Breakage::BadToml,
+                    Breakage::UnknownKey,
+                    Breakage::BadDuration,
+                ][(i / 3) % 3],
+            )
         } else if i % 8 == 6 {
             Step::Same
         } else {
@@ -563,11 +595,19 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
         };
         let settings = match step {
             Step::Change if changes % 2 == 0 => BSettings {
-                attempt: if active.attempt == 9 { 2 } else { active.attempt + 1 },
+                attempt: if active.attempt == 9 {
+                    2
+                } else {
+                    active.attempt + 1
+                },
                 ..active
             },
             Step::Change => BSettings {
-                failures: if active.failures == 9 { 3 } else { active.failures + 1 },
+                failures: if active.failures == 9 {
+                    3
+                } else {
+                    active.failures + 1
+                },
                 ..active
             },
             Step::Same | Step::Break(_) => active,
@@ -586,7 +626,11 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
         if i == LINKED.start {
             // Into the ConfigMap layout: the same contents, so nothing to apply.
             writer.link();
-            assert_eq!(reload_ok(&admin).await, generation, "linking b.toml changed nothing");
+            assert_eq!(
+                reload_ok(&admin).await,
+                generation,
+                "linking b.toml changed nothing"
+            );
         }
         let before = reload_metrics(&admin).await;
         let b_done_before = traffic_b.done.load(Ordering::SeqCst);
@@ -596,7 +640,12 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
         } else if LINKED.contains(&i) {
             writer.write(&contents, Method::SymlinkSwap)
         } else {
-            let method = [Method::InPlace, Method::TempInDir, Method::InPlace, Method::TempOutside][i % 4];
+            let method = [
+                Method::InPlace,
+                Method::TempInDir,
+                Method::InPlace,
+                Method::TempOutside,
+            ][i % 4];
             writer.write(&contents, method)
         };
         let context = format!("rewrite {i}: {step:?} by {method:?}, reloaded by {trigger:?}");
@@ -611,12 +660,17 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
                     assert_eq!(reload_ok(&admin).await, generation, "{context}");
                 } else {
                     let admin = admin.as_str();
-                    wait_for(&format!("generation {generation} after {context}"), || async move {
-                        reload_metrics(admin).await.generation >= generation
-                    })
+                    wait_for(
+                        &format!("generation {generation} after {context}"),
+                        || async move { reload_metrics(admin).await.generation >= generation },
+                    )
                     .await;
                 }
-                assert_eq!(reload_metrics(&admin).await.generation, generation, "{context}");
+                assert_eq!(
+                    reload_metrics(&admin).await.generation,
+                    generation,
+                    "{context}"
+                );
                 // B's policy changed: its destination started over after the swap, so it
                 // counts no request that had completed before the rewrite.
                 let b_calls = destination(&admin, "b", &b_authority)
@@ -646,28 +700,42 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
                     breakage.line()
                 );
                 let after = reload_metrics(&admin).await;
-                assert!(after.failures > before.failures, "{context}: failure not counted");
+                assert!(
+                    after.failures > before.failures,
+                    "{context}: failure not counted"
+                );
                 assert_eq!(after.generation, generation, "{context}");
             }
             (Step::Break(_), Trigger::Watch) => {
                 watched_breaks += 1;
                 let admin = admin.as_str();
-                wait_for(&format!("a counted failure after {context}"), || async move {
-                    reload_metrics(admin).await.failures > before.failures
-                })
+                wait_for(
+                    &format!("a counted failure after {context}"),
+                    || async move { reload_metrics(admin).await.failures > before.failures },
+                )
                 .await;
-                assert_eq!(reload_metrics(admin).await.generation, generation, "{context}");
+                assert_eq!(
+                    reload_metrics(admin).await.generation,
+                    generation,
+                    "{context}"
+                );
             }
         }
 
-        // A's policy never changed: its destination, and so its breaker window, is the same.
+        // A's policy never changed: its destination, and so its breaker window, is the one
+        // from before the first rewrite, which has counted every A request completed so far.
+        // (`since` is not compared: it is rendered from two clock readings, to the ms.)
+        let a_done_now = traffic_a.done.load(Ordering::SeqCst);
         let a_view = destination(&admin, "a", &a_authority)
             .await
             .unwrap_or_else(|| panic!("{context}: A's destination is gone"));
-        assert_eq!(a_view["since"], a_since.as_str(), "{context}: A's breaker was replaced");
         assert_eq!(a_view["state"], "closed", "{context}");
         let calls = window_calls(&a_view);
-        assert!(calls >= a_calls, "{context}: A's window went from {a_calls} to {calls} calls");
+        assert!(
+            calls >= a_calls && calls >= a_done_now,
+            "{context}: A's window went from {a_calls} to {calls} calls, with {a_done_now} \
+             A requests done: its breaker was replaced"
+        );
         a_calls = calls;
     }
     assert!(!writer.linked);
@@ -678,7 +746,8 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
     wait_for("traffic after the last rewrite", || {
         let (a, b) = (Arc::clone(&traffic_a), Arc::clone(&traffic_b));
         async move {
-            a.done.load(Ordering::SeqCst) >= a_done + 10 && b.done.load(Ordering::SeqCst) >= b_done + 10
+            a.done.load(Ordering::SeqCst) >= a_done + 10
+                && b.done.load(Ordering::SeqCst) >= b_done + 10
         }
     })
     .await;
@@ -704,9 +773,12 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
 
     // The generation went up exactly once per valid distinct change.
     let last = reload_metrics(&admin).await;
-    assert!(changes >= 25, "the plan has {changes} valid distinct changes");
+    assert!(
+        changes >= 25,
+        "the plan has {changes} valid distinct changes"
+    );
     assert_eq!(last.generation, first.generation + u64::from(changes));
-    assert_eq!(last.successes, first.successes + u64::from(changes));
+    assert!(last.successes >= first.successes + u64::from(changes));
     assert!(
         last.failures >= first.failures + u64::from(posted_breaks),
         "{posted_breaks} invalid rewrites were refused by POST /reload, yet the failure \
@@ -715,13 +787,19 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
         last.failures
     );
     assert!(last.failures >= first.failures + u64::from(posted_breaks + watched_breaks));
-    assert!(posted_breaks >= 10 && watched_breaks >= 2, "{posted_breaks} {watched_breaks}");
+    assert!(
+        posted_breaks >= 10 && watched_breaks >= 2,
+        "{posted_breaks} {watched_breaks}"
+    );
 
     // A kept one breaker all along: it counted every A request. B's was replaced on each
     // change: it counts at most what was sent after the last one.
     let a_view = destination(&admin, "a", &a_authority).await.expect("A");
-    assert_eq!(a_view["since"], a_since.as_str());
-    assert_eq!(window_calls(&a_view), total_a, "A's window counts every A request");
+    assert_eq!(
+        window_calls(&a_view),
+        total_a,
+        "A's window counts every A request"
+    );
     let b_view = destination(&admin, "b", &b_authority).await.expect("B");
     let b_calls = window_calls(&b_view);
     assert!(b_done_before_last_change > 0);
@@ -732,7 +810,12 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
     );
 
     // Every way of writing was used.
-    for method in [Method::InPlace, Method::TempInDir, Method::TempOutside, Method::SymlinkSwap] {
+    for method in [
+        Method::InPlace,
+        Method::TempInDir,
+        Method::TempOutside,
+        Method::SymlinkSwap,
+    ] {
         assert!(
             writer.used.get(&method).copied().unwrap_or(0) >= 2,
             "{method:?} used {:?}",
@@ -793,7 +876,9 @@ async fn forced_open_breaker_survives_a_reload_of_its_changed_policy() {
     breaker_command(&admin, "b", "reset").await;
     let (status, reason, _) = call(&app, &url_b).await;
     assert_eq!((status, reason), (200, None));
-    let view = destination(&admin, "b", &upstream_b.authority()).await.expect("B");
+    let view = destination(&admin, "b", &upstream_b.authority())
+        .await
+        .expect("B");
     assert_eq!(view["forced"], Value::Null, "{view}");
     assert_eq!(view["state"], "closed", "{view}");
     fusebox.shutdown().await;
@@ -815,13 +900,17 @@ async fn route_listeners_open_move_and_close_with_the_policies() {
             upstream.authority()
         )
     };
-    let (port1, port2, port3) = (free_port(), free_port(), free_port());
+    let [port1, port2, port3] = free_ports();
     let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let fusebox = start(&[("r", &route_policy(port1))]).await;
     let admin = fusebox.admin_url();
     let direct = direct_client();
     assert_eq!(fusebox.agent().route_addr("r"), Some(addr(port1)));
-    let ok = direct.get(format!("http://{}/ok", addr(port1))).send().await.expect("GET via port 1");
+    let ok = direct
+        .get(format!("http://{}/ok", addr(port1)))
+        .send()
+        .await
+        .expect("GET via port 1");
     assert_eq!(ok.status(), 200);
 
     // A slow request is under way on port 1 while the route moves to port 2.
@@ -835,11 +924,22 @@ async fn route_listeners_open_move_and_close_with_the_policies() {
     std::fs::write(fusebox.dir().join("r.toml"), route_policy(port2)).expect("rewrite r.toml");
     assert_eq!(reload_ok(&admin).await, 2);
     assert_eq!(fusebox.agent().route_addr("r"), Some(addr(port2)));
-    let moved = direct.get(format!("http://{}/ok", addr(port2))).send().await.expect("GET via port 2");
+    let moved = direct
+        .get(format!("http://{}/ok", addr(port2)))
+        .send()
+        .await
+        .expect("GET via port 2");
     assert_eq!(moved.status(), 200);
     wait_for("port 1 to close", || refuses(addr(port1))).await;
-    let slow = slow.await.expect("slow task").expect("the slow request completes");
-    assert_eq!(slow.status(), 200, "a request in flight on a closed listener completes");
+    let slow = slow
+        .await
+        .expect("slow task")
+        .expect("the slow request completes");
+    assert_eq!(
+        slow.status(),
+        200,
+        "a request in flight on a closed listener completes"
+    );
     assert!(slow.headers().get("x-fusebox-reason").is_none());
 
     // Removing the policy closes its listener.
@@ -852,9 +952,49 @@ async fn route_listeners_open_move_and_close_with_the_policies() {
     std::fs::write(fusebox.dir().join("s.toml"), route_policy(port3)).expect("write s.toml");
     assert_eq!(reload_ok(&admin).await, 4);
     assert_eq!(fusebox.agent().route_addr("s"), Some(addr(port3)));
-    let opened = direct.get(format!("http://{}/ok", addr(port3))).send().await.expect("GET via port 3");
+    let opened = direct
+        .get(format!("http://{}/ok", addr(port3)))
+        .send()
+        .await
+        .expect("GET via port 3");
     assert_eq!(opened.status(), 200);
     assert!(refuses(addr(port1)).await && refuses(addr(port2)).await);
+    fusebox.shutdown().await;
+}
+
+/// Renaming a route policy's file (a ConfigMap reorganised, a policy renamed) keeps its
+/// `listen` address: the new policy must take the port over from the old one.
+#[tokio::test]
+#[ignore = "fusebox bug: the reload binds the renamed policy's listener before the old one \
+            closes, gets EADDRINUSE and is refused (src/reload.rs RouteListeners::bind_missing \
+            keys running listeners by policy name; a hand-over is not a small fix)"]
+async fn route_listener_port_follows_a_renamed_policy() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let [port] = free_ports();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let policy = format!(
+        "listen = \"{addr}\"\nendpoints = [\"{}\"]\n",
+        upstream.authority()
+    );
+    let fusebox = start(&[("r", &policy)]).await;
+    let admin = fusebox.admin_url();
+    assert_eq!(fusebox.agent().route_addr("r"), Some(addr));
+
+    write_renamed(
+        &fusebox.dir().join("s.toml"),
+        &fusebox.dir().join(".s.toml.tmp"),
+        &policy,
+    );
+    std::fs::remove_file(fusebox.dir().join("r.toml")).expect("remove r.toml");
+    assert_eq!(reload_ok(&admin).await, 2);
+    assert_eq!(fusebox.agent().route_addr("r"), None);
+    assert_eq!(fusebox.agent().route_addr("s"), Some(addr));
+    let response = direct_client()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .expect("GET via the renamed policy's port");
+    assert_eq!(response.status(), 200);
     fusebox.shutdown().await;
 }
 
@@ -876,14 +1016,24 @@ async fn invalid_reload_keeps_the_old_policies_in_effect() {
          [concurrency]\nmax_in_flight = 1\n",
         upstream_b.authority()
     );
-    let fusebox = start(&[("a", &a_policy), ("b", &b_policy)]).await;
+    // Only this test's `POST /reload` may reload: no watcher, and no SIGHUP from the test below.
+    let _signals = SIGNALS.lock().await;
+    let dir = policies_dir(&[("a", &a_policy), ("b", &b_policy)]);
+    let fusebox = TestFusebox::start_with(dir, |config| {
+        config.jitter = false;
+        config.watch = false;
+    })
+    .await;
     let (admin, app) = (fusebox.admin_url(), fusebox.app());
     let held = tokio::spawn(app.get(upstream_b.url("/hold")).send());
     upstream_b.wait_hits(1).await;
     let overflow = |(status, reason, _): (u16, Option<String>, String)| {
         status == 503 && reason.as_deref() == Some("overflow")
     };
-    assert!(overflow(call(&app, &upstream_b.url("/")).await), "B's limit holds");
+    assert!(
+        overflow(call(&app, &upstream_b.url("/")).await),
+        "B's limit holds"
+    );
     let before = reload_metrics(&admin).await;
 
     // The edit lifts the limit but has an unknown key on line 5.
@@ -905,7 +1055,10 @@ async fn invalid_reload_keeps_the_old_policies_in_effect() {
 
     // The old policies keep serving: A works, B's limit is still in effect.
     assert_eq!(call(&app, &upstream_a.url("/")).await.0, 200);
-    assert!(overflow(call(&app, &upstream_b.url("/")).await), "B's old limit is kept");
+    assert!(
+        overflow(call(&app, &upstream_b.url("/")).await),
+        "B's old limit is kept"
+    );
     let config = get_config(&admin).await;
     assert_eq!(config["policies"]["b"]["concurrency"]["max_in_flight"], 1);
     assert!(!held.is_finished(), "the held request is still in flight");
@@ -915,7 +1068,51 @@ async fn invalid_reload_keeps_the_old_policies_in_effect() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. SIGHUP on the built binary.
+// 5. SIGHUP.
+
+/// Held by the test that sends SIGHUP to this test process (every in-process agent reloads on
+/// it) and by the test that counts reload failures exactly.
+static SIGNALS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+async fn sighup_reloads_an_agent_that_does_not_watch() {
+    let _signals = SIGNALS.lock().await;
+    // Whatever fusebox does, SIGHUP must not end the test process.
+    let _keep_alive = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("install a SIGHUP handler");
+    let fusebox =
+        TestFusebox::start_with(policies_dir(&[("b", "hosts = [\"b.test\"]\n")]), |config| {
+            config.jitter = false;
+            config.watch = false;
+        })
+        .await;
+    let admin = fusebox.admin_url();
+    let generation = reload_metrics(&admin).await.generation;
+    // Without a watcher, only SIGHUP (or POST /reload) can make fusebox see this edit.
+    std::fs::write(
+        fusebox.dir().join("b.toml"),
+        "hosts = [\"b.test\"]\n[timeouts]\nattempt = \"3s\"\n",
+    )
+    .expect("edit b.toml");
+    let status = std::process::Command::new("/bin/kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .expect("run /bin/kill");
+    assert!(status.success());
+    {
+        let admin = admin.as_str();
+        wait_for("a new generation after SIGHUP", || async move {
+            reload_metrics(admin).await.generation > generation
+        })
+        .await;
+    }
+    assert_eq!(reload_metrics(&admin).await.generation, generation + 1);
+    assert_eq!(
+        get_config(&admin).await["policies"]["b"]["timeouts"]["attempt"],
+        "3s"
+    );
+    fusebox.shutdown().await;
+}
 
 #[tokio::test]
 async fn sighup_reloads_the_binary_and_keeps_it_running() {
@@ -924,7 +1121,11 @@ async fn sighup_reloads_the_binary_and_keeps_it_running() {
     let dir = policies_dir(&[("default", "")]);
     let outside = tempfile::tempdir().expect("create outside dir");
     let target = outside.path().join("b.toml");
-    std::fs::write(&target, "hosts = [\"b.test\"]\n[timeouts]\nattempt = \"2s\"\n").expect("write b");
+    std::fs::write(
+        &target,
+        "hosts = [\"b.test\"]\n[timeouts]\nattempt = \"2s\"\n",
+    )
+    .expect("write b");
     std::os::unix::fs::symlink(&target, dir.path().join("b.toml")).expect("link b.toml");
     let mut fusebox = FuseboxProcess::spawn(dir.path(), &[], &[]).await;
     let admin = fusebox.admin_url();
@@ -940,7 +1141,11 @@ async fn sighup_reloads_the_binary_and_keeps_it_running() {
     // Nothing changed: the process survives (SIGHUP's default action would end it).
     hangup(fusebox.pid());
     // A valid edit, then SIGHUP: a new generation.
-    std::fs::write(&target, "hosts = [\"b.test\"]\n[timeouts]\nattempt = \"3s\"\n").expect("edit b");
+    std::fs::write(
+        &target,
+        "hosts = [\"b.test\"]\n[timeouts]\nattempt = \"3s\"\n",
+    )
+    .expect("edit b");
     hangup(fusebox.pid());
     {
         let admin = admin.as_str();
@@ -950,21 +1155,29 @@ async fn sighup_reloads_the_binary_and_keeps_it_running() {
         .await;
     }
     let metrics = reload_metrics(&admin).await;
-    assert_eq!((metrics.generation, metrics.successes), (2, 1), "{metrics:?}");
+    assert_eq!(metrics.generation, 2, "{metrics:?}");
+    assert!(metrics.successes >= 1, "{metrics:?}");
 
     // An invalid edit, then SIGHUP: refused and counted, the process keeps running.
-    std::fs::write(&target, "hosts = [\"b.test\"]\n[timeouts]\nattempt = \"3 parsecs\"\n")
-        .expect("break b");
+    std::fs::write(
+        &target,
+        "hosts = [\"b.test\"]\n[timeouts]\nattempt = \"3 parsecs\"\n",
+    )
+    .expect("break b");
     hangup(fusebox.pid());
     {
         let admin = admin.as_str();
         wait_for("a counted failure after SIGHUP", || async move {
-            reload_metrics(admin).await.failures >= metrics.failures + 1
+            reload_metrics(admin).await.failures > metrics.failures
         })
         .await;
     }
     assert_eq!(reload_metrics(&admin).await.generation, 2);
-    assert!(fusebox.try_wait().is_none(), "fusebox is still running:\n{}", fusebox.logs());
+    assert!(
+        fusebox.try_wait().is_none(),
+        "fusebox is still running:\n{}",
+        fusebox.logs()
+    );
     let health = direct_client()
         .get(format!("{admin}/healthz"))
         .send()
@@ -972,6 +1185,12 @@ async fn sighup_reloads_the_binary_and_keeps_it_running() {
         .expect("GET /healthz");
     assert_eq!(health.status(), 200);
     let logs = fusebox.logs();
-    assert!(logs.contains("SIGHUP"), "the reloads were SIGHUP's:\n{logs}");
-    assert!(logs.contains("b.toml:3:"), "the error is logged with its location:\n{logs}");
+    assert!(
+        logs.contains("SIGHUP"),
+        "the reloads were SIGHUP's:\n{logs}"
+    );
+    assert!(
+        logs.contains("b.toml:3:"),
+        "the error is logged with its location:\n{logs}"
+    );
 }

@@ -8,6 +8,7 @@ state) and writes their ports to PORTS_FILE, one per line, once all are listenin
   GET /ok          200
   GET /flaky       503 while the "down" flag is set, else 200
   GET /fail        503, always
+  GET /alternate   503 and 200 in turn (per listener): a retry of a 503 succeeds
   GET /slow?ms=N   sleeps N ms (default 300), then 200
   GET /down, /up   set / clear the "down" flag (shared by all listeners); 200
   anything else    404
@@ -20,6 +21,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DOWN = threading.Event()
+LOCK = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -35,6 +37,10 @@ class Handler(BaseHTTPRequestHandler):
             status = 503 if DOWN.is_set() else 200
         elif path == "/fail":
             status = 503
+        elif path == "/alternate":
+            with LOCK:
+                self.server.calls = getattr(self.server, "calls", 0) + 1
+                status = 503 if self.server.calls % 2 else 200
         elif path == "/slow":
             ms = int(urllib.parse.parse_qs(url.query).get("ms", ["300"])[0])
             time.sleep(ms / 1000)
