@@ -304,6 +304,13 @@ elif [ $rc != 0 ] && ! grep -q '^EMPTY\|^ERROR' "$WORK/queries.txt"; then
   fail "check-dashboard-queries.py exit $rc: $(tail -n 3 "$WORK/queries.txt")"
 fi
 
+# Metrics hygiene on the live exposition: HELP, TYPE, units and names as promtool wants them.
+if get "http://$ADMIN/metrics" >"$WORK/metrics.txt" && lint=$("$PROMTOOL" check metrics <"$WORK/metrics.txt" 2>&1); then
+  pass "promtool check metrics on fusebox's /metrics"
+else
+  fail "promtool check metrics on fusebox's /metrics: $lint"
+fi
+
 # What the traffic produced (information, not checks: most series exist at 0 from a
 # destination's first request on, so "has series" alone does not show that the panels had data).
 get "$PROM/api/v1/query" --data-urlencode 'query=label_replace(sum by (outcome) (fusebox_requests_total), "what", "requests{outcome=\"$1\"}", "outcome", "(.*)")
