@@ -87,15 +87,19 @@ pub struct Agent {
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        what: what.to_owned(),
-        addr,
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: what.to_owned(),
+            addr,
+            source,
+        })
 }
 
 fn local_addr(listener: &TcpListener) -> SocketAddr {
-    listener.local_addr().expect("a bound TCP listener has an address")
+    listener
+        .local_addr()
+        .expect("a bound TCP listener has an address")
 }
 
 impl Agent {
@@ -133,9 +137,21 @@ impl Agent {
         .map_err(|e| StartError::Upstream(e.to_string()))?;
         let reloader = Arc::new(reloader);
         // SIGHUP reloads whether or not the directory is watched (see `RunConfig::watch`).
-        reload::spawn_triggers(Arc::clone(&reloader), config.watch, shutdown.clone())
-            .map_err(|e| StartError::Upstream(format!("cannot set up reloads of {}: {e}", config.policies.display())))?;
-        ctx.tasks.spawn(listener::serve(egress_listener, Arc::clone(&ctx), None, limits, shutdown.clone()));
+        reload::spawn_triggers(Arc::clone(&reloader), config.watch, shutdown.clone()).map_err(
+            |e| {
+                StartError::Upstream(format!(
+                    "cannot set up reloads of {}: {e}",
+                    config.policies.display()
+                ))
+            },
+        )?;
+        ctx.tasks.spawn(listener::serve(
+            egress_listener,
+            Arc::clone(&ctx),
+            None,
+            limits,
+            shutdown.clone(),
+        ));
 
         let admin_state = Arc::new(AdminState {
             registry,
@@ -144,7 +160,11 @@ impl Agent {
             admin_token: config.admin_token.clone(),
         });
         let observers = vec![
-            tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state), stop_observers.clone())),
+            tokio::spawn(admin::serve(
+                admin_listener,
+                Arc::clone(&admin_state),
+                stop_observers.clone(),
+            )),
             tokio::spawn(upkeep(telemetry, stop_observers.clone())),
         ];
 
@@ -191,7 +211,10 @@ impl Agent {
         self.admin_state.ready.store(false, Ordering::Release);
         self.shutdown.cancel();
         self.ctx.tasks.close();
-        if tokio::time::timeout(self.drain_timeout, self.ctx.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.drain_timeout, self.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
             warn!(drain_timeout = ?self.drain_timeout, "drain timeout over; closing what is still in flight");
         }
         self.stop_observers.cancel();

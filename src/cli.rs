@@ -136,4 +136,3 @@ fn run(args: RunArgs) -> i32 {
         }
     })
 }
-

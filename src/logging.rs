@@ -84,7 +84,10 @@ fn flush(shared: &Mutex<Buffer>) {
     let mut stderr = io::stderr().lock();
     let _ = stderr.write_all(&bytes);
     if dropped > 0 {
-        let _ = writeln!(stderr, "fusebox: {dropped} log lines dropped: stderr could not keep up");
+        let _ = writeln!(
+            stderr,
+            "fusebox: {dropped} log lines dropped: stderr could not keep up"
+        );
     }
     let _ = stderr.flush();
 }
@@ -95,10 +98,12 @@ pub fn init(format: Format) -> FlushOnDrop {
     let shared = Arc::new(Mutex::new(Buffer::default()));
     let flusher = Arc::clone(&shared);
     // A detached thread: it sleeps between flushes and ends with the process.
-    let _ = thread::Builder::new().name("fusebox-log".into()).spawn(move || loop {
-        thread::sleep(FLUSH_EVERY);
-        flush(&flusher);
-    });
+    let _ = thread::Builder::new()
+        .name("fusebox-log".into())
+        .spawn(move || loop {
+            thread::sleep(FLUSH_EVERY);
+            flush(&flusher);
+        });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -63,8 +63,18 @@ pub struct Destination {
 }
 
 impl Destination {
-    fn new(policy: &Policy, upstream: Arc<str>, authority: Box<str>, metrics: Arc<DestinationMetrics>, jitter: bool) -> Destination {
-        let jitter = if jitter { Jitter::Fraction(BREAKER_JITTER) } else { Jitter::None };
+    fn new(
+        policy: &Policy,
+        upstream: Arc<str>,
+        authority: Box<str>,
+        metrics: Arc<DestinationMetrics>,
+        jitter: bool,
+    ) -> Destination {
+        let jitter = if jitter {
+            Jitter::Fraction(BREAKER_JITTER)
+        } else {
+            Jitter::None
+        };
         metrics.breaker_state.set(State::Closed.as_gauge());
         Destination {
             authority,
@@ -73,21 +83,30 @@ impl Destination {
             gate: Gate::new(&policy.concurrency),
             limiter: RateLimiter::new(&policy.rate_limit),
             budget: RetryBudget::new(&policy.retry),
-            breaker: Mutex::new(CircuitBreaker::new(policy.breaker.clone(), jitter, Instant::now())),
+            breaker: Mutex::new(CircuitBreaker::new(
+                policy.breaker.clone(),
+                jitter,
+                Instant::now(),
+            )),
         }
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
         // A panic while holding the lock cannot leave the breaker half-updated in a way that
         // matters more than losing traffic: keep serving.
-        self.breaker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.breaker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Enters the concurrency gate; `None` when it is full (503 `overflow`).
     pub fn enter(&self) -> Option<InFlight> {
         let permit = self.gate.try_enter()?;
         self.metrics.in_flight.increment(1.0);
-        Some(InFlight { _permit: permit, gauge: self.metrics.in_flight.clone() })
+        Some(InFlight {
+            _permit: permit,
+            gauge: self.metrics.in_flight.clone(),
+        })
     }
 
     /// Asks the breaker to let one attempt through.
@@ -135,7 +154,11 @@ impl Destination {
 
     fn observe(&self, transition: &Transition) {
         self.metrics.breaker_state.set(transition.to.as_gauge());
-        self.metrics.transition(transition.from.label(), transition.to.label(), transition.reason.label());
+        self.metrics.transition(
+            transition.from.label(),
+            transition.to.label(),
+            transition.reason.label(),
+        );
         let w = transition.window;
         warn!(
             upstream = %self.upstream,
@@ -292,7 +315,10 @@ impl Upstream {
 
     fn other_metrics(&self) -> Arc<DestinationMetrics> {
         Arc::clone(self.other_metrics.get_or_init(|| {
-            Arc::new(self.telemetry.destination(&self.policy.name, OTHER_DESTINATION))
+            Arc::new(
+                self.telemetry
+                    .destination(&self.policy.name, OTHER_DESTINATION),
+            )
         }))
     }
 
@@ -300,8 +326,12 @@ impl Upstream {
     /// policy: they hold until reset, whatever the reloads in between.
     fn keep_forced_from(&self, before: &Upstream) {
         for old in before.destinations() {
-            let Some(forced) = old.breaker_snapshot().forced else { continue };
-            let Some((host, port)) = split_authority(&old.authority) else { continue };
+            let Some(forced) = old.breaker_snapshot().forced else {
+                continue;
+            };
+            let Some((host, port)) = split_authority(&old.authority) else {
+                continue;
+            };
             let command = match forced {
                 Forced::Open => BreakerCommand::ForceOpen,
                 Forced::Closed => BreakerCommand::ForceClosed,
@@ -330,7 +360,10 @@ fn connect_rules(policy: &Policy, self_addrs: &Arc<SelfAddrs>) -> ConnectRules {
 /// Splits `host:port` or `[v6]:port`, as made by [`AuthorityBuf`].
 pub fn split_authority(authority: &str) -> Option<(&str, u16)> {
     let (host, port) = authority.rsplit_once(':')?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     Some((host, port.parse().ok()?))
 }
 

@@ -31,7 +31,9 @@ pub struct ReloadError {
 
 impl ReloadError {
     fn one(message: String) -> ReloadError {
-        ReloadError { errors: vec![message] }
+        ReloadError {
+            errors: vec![message],
+        }
     }
 }
 
@@ -58,7 +60,12 @@ impl Reloader {
         fixed_addrs: Vec<SocketAddr>,
     ) -> Result<Reloader, ReloadError> {
         let registry = Arc::clone(&ctx.registry);
-        let mut routes = RouteListeners { ctx, limits, shutdown, running: BTreeMap::new() };
+        let mut routes = RouteListeners {
+            ctx,
+            limits,
+            shutdown,
+            running: BTreeMap::new(),
+        };
         let policies = registry.load().policies.clone();
         let fresh = routes.bind_missing(&policies).await?;
         routes.commit(&policies, fresh);
@@ -102,12 +109,17 @@ impl Reloader {
         let policies = tokio::task::spawn_blocking(move || load_dir(&dir))
             .await
             .map_err(|e| ReloadError::one(format!("policy loading stopped: {e}")))?
-            .map_err(|errors| ReloadError { errors: errors.iter().map(ToString::to_string).collect() })?;
+            .map_err(|errors| ReloadError {
+                errors: errors.iter().map(ToString::to_string).collect(),
+            })?;
         if same_policies(&self.registry.load().policies, &policies) {
             return Ok(None);
         }
         let fresh = routes.bind_missing(&policies).await?;
-        let next = self.registry.prepare(policies.clone()).map_err(ReloadError::one)?;
+        let next = self
+            .registry
+            .prepare(policies.clone())
+            .map_err(ReloadError::one)?;
         let generation = self.registry.swap(next);
         routes.commit(&policies, fresh);
         self.publish_addrs(routes);
@@ -116,14 +128,24 @@ impl Reloader {
 
     /// The bound address of each route listener, by policy name.
     pub fn route_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.route_addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.route_addrs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn publish_addrs(&self, routes: &RouteListeners) {
         let bound = routes.bound();
-        let all = self.fixed_addrs.iter().copied().chain(bound.iter().map(|(_, addr)| *addr));
+        let all = self
+            .fixed_addrs
+            .iter()
+            .copied()
+            .chain(bound.iter().map(|(_, addr)| *addr));
         self.registry.self_addrs().set(all.collect());
-        *self.route_addrs.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = bound;
+        *self
+            .route_addrs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = bound;
     }
 }
 
@@ -152,12 +174,21 @@ struct RouteListeners {
 impl RouteListeners {
     /// Binds every route listener of `policies` that is not already running at the same
     /// address. Nothing is served or stopped yet, so a failure changes nothing.
-    async fn bind_missing(&self, policies: &PolicySet) -> Result<Vec<(String, SocketAddr, TcpListener)>, ReloadError> {
+    async fn bind_missing(
+        &self,
+        policies: &PolicySet,
+    ) -> Result<Vec<(String, SocketAddr, TcpListener)>, ReloadError> {
         let mut fresh = Vec::new();
         let mut errors = Vec::new();
         for policy in policies.routes() {
-            let Some(listen) = policy.listen else { continue };
-            if self.running.get(&policy.name).is_some_and(|r| r.listen == listen) {
+            let Some(listen) = policy.listen else {
+                continue;
+            };
+            if self
+                .running
+                .get(&policy.name)
+                .is_some_and(|r| r.listen == listen)
+            {
                 continue;
             }
             match TcpListener::bind(listen).await {
@@ -179,8 +210,10 @@ impl RouteListeners {
     /// Stops the listeners that `policies` no longer has (their connections finish what is in
     /// flight) and serves the freshly bound ones.
     fn commit(&mut self, policies: &PolicySet, fresh: Vec<(String, SocketAddr, TcpListener)>) {
-        let wanted: BTreeMap<&str, SocketAddr> =
-            policies.routes().filter_map(|p| Some((p.name.as_str(), p.listen?))).collect();
+        let wanted: BTreeMap<&str, SocketAddr> = policies
+            .routes()
+            .filter_map(|p| Some((p.name.as_str(), p.listen?)))
+            .collect();
         self.running.retain(|name, route| {
             let keep = wanted.get(name.as_str()) == Some(&route.listen);
             if !keep {
@@ -190,18 +223,36 @@ impl RouteListeners {
             keep
         });
         for (name, listen, listener) in fresh {
-            let Ok(bound) = listener.local_addr() else { continue };
+            let Ok(bound) = listener.local_addr() else {
+                continue;
+            };
             let stop = self.shutdown.child_token();
             let route = Some(Arc::from(name.as_str()));
-            let serving = listener::serve(listener, Arc::clone(&self.ctx), route, self.limits, stop.clone());
+            let serving = listener::serve(
+                listener,
+                Arc::clone(&self.ctx),
+                route,
+                self.limits,
+                stop.clone(),
+            );
             self.ctx.tasks.spawn(serving);
             info!(policy = %name, addr = %bound, "route listener open");
-            self.running.insert(name, RunningRoute { listen, bound, stop });
+            self.running.insert(
+                name,
+                RunningRoute {
+                    listen,
+                    bound,
+                    stop,
+                },
+            );
         }
     }
 
     fn bound(&self) -> Vec<(String, SocketAddr)> {
-        self.running.iter().map(|(name, r)| (name.clone(), r.bound)).collect()
+        self.running
+            .iter()
+            .map(|(name, r)| (name.clone(), r.bound))
+            .collect()
     }
 }
 
@@ -213,17 +264,24 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 /// (debounced), until `shutdown`. The directory itself is watched, not its files, so that
 /// editors that write a temporary file and rename it, and Kubernetes ConfigMap volumes that
 /// swap a `..data` symlink, are both seen.
-pub fn spawn_triggers(reloader: Arc<Reloader>, watch: bool, shutdown: CancellationToken) -> std::io::Result<()> {
+pub fn spawn_triggers(
+    reloader: Arc<Reloader>,
+    watch: bool,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let changed = Arc::new(Notify::new());
     let watcher = if watch {
         let notify_changed = Arc::clone(&changed);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
-                notify_changed.notify_one();
-            }
-        })
-        .map_err(std::io::Error::other)?;
-        watcher.watch(&reloader.dir, RecursiveMode::NonRecursive).map_err(std::io::Error::other)?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    notify_changed.notify_one();
+                }
+            })
+            .map_err(std::io::Error::other)?;
+        watcher
+            .watch(&reloader.dir, RecursiveMode::NonRecursive)
+            .map_err(std::io::Error::other)?;
         Some(watcher)
     } else {
         None

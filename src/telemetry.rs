@@ -247,7 +247,12 @@ impl DestinationMetrics {
         self.transition_counter(from, to, reason).increment(1);
     }
 
-    fn transition_counter(&self, from: &'static str, to: &'static str, reason: &'static str) -> Counter {
+    fn transition_counter(
+        &self,
+        from: &'static str,
+        to: &'static str,
+        reason: &'static str,
+    ) -> Counter {
         let mut labels = self.labels.to_vec();
         labels.push(Label::from_static_parts("from", from));
         labels.push(Label::from_static_parts("to", to));

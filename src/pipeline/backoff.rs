@@ -48,7 +48,12 @@ impl Backoff {
             .with_max_delay(retry.backoff_max)
             .without_max_times()
             .build();
-        Self { schedule, max: retry.backoff_max, jitter, rng }
+        Self {
+            schedule,
+            max: retry.backoff_max,
+            jitter,
+            rng,
+        }
     }
 
     /// The delay before the next retry; each call moves on to the following retry.

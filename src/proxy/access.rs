@@ -21,7 +21,11 @@ pub struct Seen {
 
 impl Seen {
     pub fn of<B>(req: &Request<B>) -> Seen {
-        Seen { started: Instant::now(), method: req.method().clone(), uri: req.uri().clone() }
+        Seen {
+            started: Instant::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+        }
     }
 
     /// Records the request as answered with `status` (`reason`: answered by fusebox itself).

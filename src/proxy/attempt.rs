@@ -35,7 +35,11 @@ pub struct LocalAnswer {
 
 impl LocalAnswer {
     fn new(reason: Reason, detail: String) -> LocalAnswer {
-        LocalAnswer { reason, detail, retry_after: None }
+        LocalAnswer {
+            reason,
+            detail,
+            retry_after: None,
+        }
     }
 }
 
@@ -103,8 +107,12 @@ pub async fn run(
         // The deadline first: a try that cannot be made must not take a limiter token or a
         // half-open probe slot (an admitted probe that is never recorded holds its slot until
         // the breaker's lost-probe lease, `open_max`, runs out).
-        let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-            return previous.unwrap_or_else(|| Err(total_timeout(destination, policy.timeouts.total)));
+        let Some(remaining) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return previous
+                .unwrap_or_else(|| Err(total_timeout(destination, policy.timeouts.total)));
         };
         let probe = match admit(destination) {
             Ok(probe) => probe,
@@ -131,7 +139,10 @@ pub async fn run(
         let request = Request::from_parts(request_parts, request_body);
 
         *tries += 1;
-        let mut probe_guard = ProbeGuard { destination, armed: probe };
+        let mut probe_guard = ProbeGuard {
+            destination,
+            armed: probe,
+        };
         let started = Instant::now();
         let result = tokio::time::timeout(limit, client.request(request)).await;
         let elapsed = started.elapsed();
@@ -146,7 +157,11 @@ pub async fn run(
                     duration: elapsed,
                     probe,
                 });
-                let result = if failed { AttemptResult::Failure } else { AttemptResult::Success };
+                let result = if failed {
+                    AttemptResult::Failure
+                } else {
+                    AttemptResult::Success
+                };
                 destination.metrics.attempt(result, elapsed);
                 (TryResult::Status(status), Ok(response))
             }
@@ -162,20 +177,37 @@ pub async fn run(
                     AttemptResult::Reset => (FailureKind::Reset, TryResult::Reset),
                     _ => (FailureKind::ConnectFailed, TryResult::ConnectFailed),
                 };
-                destination.record(CallResult { failure: Some(kind), duration: elapsed, probe });
+                destination.record(CallResult {
+                    failure: Some(kind),
+                    duration: elapsed,
+                    probe,
+                });
                 destination.metrics.attempt(attempt, elapsed);
                 (try_result, Err(LocalAnswer::new(reason, detail)))
             }
             Err(_) => {
-                destination.record(CallResult { failure: Some(FailureKind::Timeout), duration: elapsed, probe });
+                destination.record(CallResult {
+                    failure: Some(FailureKind::Timeout),
+                    duration: elapsed,
+                    probe,
+                });
                 destination.metrics.attempt(AttemptResult::Timeout, elapsed);
-                let detail = format!("no response head from {} within {}", destination.authority, humantime::format_duration(limit));
-                (TryResult::Timeout, Err(LocalAnswer::new(Reason::Timeout, detail)))
+                let detail = format!(
+                    "no response head from {} within {}",
+                    destination.authority,
+                    humantime::format_duration(limit)
+                );
+                (
+                    TryResult::Timeout,
+                    Err(LocalAnswer::new(Reason::Timeout, detail)),
+                )
             }
         };
 
         // The retry decision, on the response head.
-        let Some(condition) = matching_condition(retry, try_result) else { return ending };
+        let Some(condition) = matching_condition(retry, try_result) else {
+            return ending;
+        };
         if *tries >= retry.attempts || body.is_none() {
             return ending;
         }
@@ -187,7 +219,9 @@ pub async fn run(
         let delay = match retry_after(retry.honor_retry_after, &ending) {
             Some(after) if Instant::now() + after >= deadline => return ending,
             Some(after) => after,
-            None => backoff.get_or_insert_with(|| Backoff::new(retry, jitter)).delay(),
+            None => backoff
+                .get_or_insert_with(|| Backoff::new(retry, jitter))
+                .delay(),
         };
         if Instant::now() + delay >= deadline {
             return ending;
@@ -205,10 +239,16 @@ pub async fn run(
 /// The delay a 429 or 503 asks for with `Retry-After`, when the policy honours it.
 fn retry_after(honor: bool, ending: &Result<Response<Incoming>, LocalAnswer>) -> Option<Duration> {
     let response = ending.as_ref().ok().filter(|_| honor)?;
-    if !matches!(response.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+    if !matches!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
         return None;
     }
-    retry_after_delay(response.headers().get(header::RETRY_AFTER)?, SystemTime::now())
+    retry_after_delay(
+        response.headers().get(header::RETRY_AFTER)?,
+        SystemTime::now(),
+    )
 }
 
 fn total_timeout(destination: &Destination, total: Duration) -> LocalAnswer {
@@ -230,7 +270,12 @@ enum Body {
     Streaming(Incoming),
 }
 
-async fn prepare_body(body: Incoming, parts: &Parts, max_replay: u64, deadline: Instant) -> Result<Body, LocalAnswer> {
+async fn prepare_body(
+    body: Incoming,
+    parts: &Parts,
+    max_replay: u64,
+    deadline: Instant,
+) -> Result<Body, LocalAnswer> {
     if http_body::Body::is_end_stream(&body) {
         return Ok(Body::Replayable(None));
     }
@@ -244,8 +289,14 @@ async fn prepare_body(body: Incoming, parts: &Parts, max_replay: u64, deadline: 
             let collected = tokio::time::timeout_at(deadline, body.collect()).await;
             match collected {
                 Ok(Ok(collected)) => Ok(Body::Replayable(Some(collected.to_bytes()))),
-                Ok(Err(error)) => Err(LocalAnswer::new(Reason::BadRequest, format!("reading the request body failed: {error}"))),
-                Err(_) => Err(LocalAnswer::new(Reason::Timeout, "the app did not send its request body within the total timeout".to_owned())),
+                Ok(Err(error)) => Err(LocalAnswer::new(
+                    Reason::BadRequest,
+                    format!("reading the request body failed: {error}"),
+                )),
+                Err(_) => Err(LocalAnswer::new(
+                    Reason::Timeout,
+                    "the app did not send its request body within the total timeout".to_owned(),
+                )),
             }
         }
         _ => Ok(Body::Streaming(body)),

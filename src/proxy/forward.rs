@@ -13,10 +13,10 @@ use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use super::body::ResponseBody;
-use super::headers;
 use super::access::Seen;
 use super::attempt::{self, LocalAnswer};
+use super::body::ResponseBody;
+use super::headers;
 use super::reply::{local_reply, local_reply_with_retry_after};
 use super::target::{http_target, Target};
 use super::ProxyContext;
@@ -132,7 +132,16 @@ pub async fn handle(
     };
     let jitter = ctx.registry.jitter();
     let mut tries = 0;
-    let ran = attempt::run(upstream, client, &destination, parts, body, jitter, &mut tries).await;
+    let ran = attempt::run(
+        upstream,
+        client,
+        &destination,
+        parts,
+        body,
+        jitter,
+        &mut tries,
+    )
+    .await;
     let mut response = match ran {
         Ok(response) => response,
         Err(answer) => {
@@ -154,7 +163,13 @@ pub async fn handle(
     *response.version_mut() = http::Version::HTTP_11;
     headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
     headers::add_via(response.headers_mut(), &ctx.via);
-    seen.finish(&destination, status, Outcome::of_upstream_status(status), tries, None);
+    seen.finish(
+        &destination,
+        status,
+        Outcome::of_upstream_status(status),
+        tries,
+        None,
+    );
     response.map(|body| ResponseBody::Upstream(body, Some(in_flight)))
 }
 
@@ -177,14 +192,23 @@ fn egress_destination<'u>(
     } else {
         target.port
     };
-    (upstream.destination(&target.host, port), scheme, &upstream.client, false)
+    (
+        upstream.destination(&target.host, port),
+        scheme,
+        &upstream.client,
+        false,
+    )
 }
 
 /// The URI authority of a request to a pinned endpoint: `host_rewrite` when set, so that the
 /// HTTP/2 `:authority` and the TLS server name agree with the `Host` header; the endpoint
 /// otherwise. The connection goes to the endpoint either way.
 fn pinned_authority<'a>(upstream: &'a Upstream, destination: &'a Destination) -> &'a str {
-    upstream.policy.host_rewrite.as_deref().unwrap_or(&destination.authority)
+    upstream
+        .policy
+        .host_rewrite
+        .as_deref()
+        .unwrap_or(&destination.authority)
 }
 
 fn upstream_uri(scheme: Scheme, authority: &str, original: &Uri) -> Result<Uri, http::Error> {
@@ -217,7 +241,13 @@ pub fn reject_unrouted(
 ) -> Response<ResponseBody> {
     let snapshot = ctx.registry.load();
     let upstream = snapshot.default();
-    finish_local(upstream, &upstream.other_destination(), seen, reason, detail)
+    finish_local(
+        upstream,
+        &upstream.other_destination(),
+        seen,
+        reason,
+        detail,
+    )
 }
 
 /// Answers with what the attempt loop decided, and records the request.
@@ -235,7 +265,13 @@ fn finish_answer(
         &answer.detail,
         answer.retry_after,
     );
-    seen.finish(destination, reply.status(), answer.reason.outcome(), tries, Some(answer.reason));
+    seen.finish(
+        destination,
+        reply.status(),
+        answer.reason.outcome(),
+        tries,
+        Some(answer.reason),
+    );
     reply
 }
 
@@ -249,7 +285,13 @@ fn finish_local(
 ) -> Response<ResponseBody> {
     debug!(detail, "local reply");
     let reply = local_reply(reason, &upstream.policy.name, detail);
-    seen.finish(destination, reply.status(), reason.outcome(), 0, Some(reason));
+    seen.finish(
+        destination,
+        reply.status(),
+        reason.outcome(),
+        0,
+        Some(reason),
+    );
     reply
 }
 

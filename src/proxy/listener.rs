@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::body::ResponseBody;
 use super::access::Seen;
+use super::body::ResponseBody;
 use super::{forward, tunnel, ProxyContext};
 use crate::outcome::Reason;
 

@@ -4,23 +4,22 @@
 
 use std::time::{Duration, Instant};
 
-
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::body::ResponseBody;
-use super::forward::classify_connect_error;
 use super::access::Seen;
 use super::attempt;
+use super::body::ResponseBody;
+use super::forward::classify_connect_error;
 use super::reply::local_reply_with_retry_after;
 use super::target::connect_target;
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
-use crate::registry::Destination;
 use crate::pipeline::breaker::{CallResult, FailureKind};
+use crate::registry::Destination;
 use crate::telemetry::AttemptResult;
 use crate::upstream::connect;
 
@@ -29,7 +28,9 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     let snapshot = ctx.registry.load();
     let target = match connect_target(&req) {
         Ok(target) => target,
-        Err(message) => return super::forward::reject_unrouted(ctx, &seen, Reason::BadRequest, &message),
+        Err(message) => {
+            return super::forward::reject_unrouted(ctx, &seen, Reason::BadRequest, &message)
+        }
     };
     let upstream = snapshot.lookup(&target.host, target.port);
     let name = upstream.policy.name.as_str();
@@ -41,7 +42,13 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     let reject_after = |reason: Reason, detail: &str, retry_after: Option<Duration>, tries| {
         debug!(detail, "tunnel refused");
         let reply = local_reply_with_retry_after(reason, name, detail, retry_after);
-        seen.finish(&destination, reply.status(), reason.outcome(), tries, Some(reason));
+        seen.finish(
+            &destination,
+            reply.status(),
+            reason.outcome(),
+            tries,
+            Some(reason),
+        );
         reply
     };
     let reject = |reason: Reason, detail: &str| reject_after(reason, detail, None, 0);
@@ -58,7 +65,11 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     // The gate, the limiter and the breaker guard the tunnel's set-up; what flows through an
     // open tunnel is opaque (TLS) and is not judged.
     let Some(in_flight) = destination.enter() else {
-        let detail = format!("{} already has {} requests in flight (concurrency.max_in_flight)", destination.authority, destination.gate.in_flight());
+        let detail = format!(
+            "{} already has {} requests in flight (concurrency.max_in_flight)",
+            destination.authority,
+            destination.gate.in_flight()
+        );
         return reject(Reason::Overflow, &detail);
     };
     let probe = match attempt::admit(&destination) {
@@ -75,15 +86,27 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
         Err(error) => {
             let (reason, attempt, detail) = classify_connect_error(&error);
             if let Some(attempt) = attempt {
-                let kind = if attempt == AttemptResult::Timeout { FailureKind::Timeout } else { FailureKind::ConnectFailed };
-                destination.record(CallResult { failure: Some(kind), duration: elapsed, probe });
+                let kind = if attempt == AttemptResult::Timeout {
+                    FailureKind::Timeout
+                } else {
+                    FailureKind::ConnectFailed
+                };
+                destination.record(CallResult {
+                    failure: Some(kind),
+                    duration: elapsed,
+                    probe,
+                });
                 destination.metrics.attempt(attempt, elapsed);
             }
             let tries = u32::from(attempt.is_some());
             return reject_after(reason, &detail, None, tries);
         }
     };
-    destination.record(CallResult { failure: None, duration: elapsed, probe });
+    destination.record(CallResult {
+        failure: None,
+        duration: elapsed,
+        probe,
+    });
     destination.metrics.attempt(AttemptResult::Success, elapsed);
 
     let app = hyper::upgrade::on(&mut req);

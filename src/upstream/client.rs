@@ -66,7 +66,11 @@ pub type Client = legacy::Client<HttpsConnector<Connector>, RequestBody>;
 /// Builds the client for `policy`. Fails only when its TLS settings are unusable (a bad
 /// `ca_file` or `sni`), which the policy loader reports earlier.
 /// Builds the client for `policy`; with `pinned`, every connection goes to that endpoint.
-pub fn build(policy: &Policy, rules: ConnectRules, pinned: Option<&Endpoint>) -> Result<Client, String> {
+pub fn build(
+    policy: &Policy,
+    rules: ConnectRules,
+    pinned: Option<&Endpoint>,
+) -> Result<Client, String> {
     let config = tls::client_config(policy.ca_file.as_deref())?;
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)

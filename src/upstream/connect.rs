@@ -164,7 +164,9 @@ impl tower_service::Service<Uri> for Connector {
         let rules = Arc::clone(&self.rules);
         if let Some(pinned) = &self.pinned {
             let pinned = Arc::clone(pinned);
-            return Box::pin(async move { connect(&pinned.0, pinned.1, &rules).await.map(TokioIo::new) });
+            return Box::pin(async move {
+                connect(&pinned.0, pinned.1, &rules).await.map(TokioIo::new)
+            });
         }
         Box::pin(async move {
             let host = uri.host().ok_or(ConnectError::MissingHost)?;
