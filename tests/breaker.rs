@@ -13,6 +13,8 @@
 
 mod support;
 
+use support::metrics::metric;
+
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -183,32 +185,6 @@ fn assert_breaker_open(answer: &Answer, upstream: &str, destination: &str, max_s
 
 // ---------------------------------------------------------------------------------------------
 // Metrics.
-
-/// The sum of the samples of `name` whose labels include every `labels` pair (0 if none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (series_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            continue;
-        }
-        let matches = labels.iter().all(|(k, v)| {
-            label_text
-                .split(',')
-                .any(|pair| pair == format!("{k}=\"{v}\""))
-        });
-        if matches {
-            sum += value.parse::<f64>().expect("numeric sample");
-        }
-    }
-    sum
-}
 
 /// One policy × destination's view of `/metrics`.
 struct Series<'a> {

@@ -11,6 +11,8 @@
 
 mod support;
 
+use support::metrics::metric;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -206,32 +208,6 @@ fn assert_local_reply(response: &RawResponse, status: u16, reason: &str, upstrea
         body.len() > reason.len() + 12,
         "the line says what happened: {body:?}"
     );
-}
-
-/// The sum of the samples of `name` whose labels include every `labels` pair (0 if none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (series_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            continue;
-        }
-        let matches = labels.iter().all(|(k, v)| {
-            label_text
-                .split(',')
-                .any(|pair| pair == format!("{k}=\"{v}\""))
-        });
-        if matches {
-            sum += value.parse::<f64>().expect("numeric sample");
-        }
-    }
-    sum
 }
 
 /// Asserts `fusebox_requests_total` for this policy × destination: exactly `count` requests

@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod metrics;
 pub mod process;
 pub mod tls;
 pub mod upstream;
