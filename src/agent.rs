@@ -216,6 +216,9 @@ impl Agent {
             .is_err()
         {
             warn!(drain_timeout = ?self.drain_timeout, "drain timeout over; closing what is still in flight");
+            self.ctx.hard_stop.cancel();
+            // Closing is immediate; the bound only guards against a task that ignores it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.ctx.tasks.wait()).await;
         }
         self.stop_observers.cancel();
         for task in self.observers {

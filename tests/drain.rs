@@ -371,14 +371,10 @@ async fn drain_timeout_bounds_shutdown_with_a_stalled_request() {
 // ---------------------------------------------------------------------------------------------
 // 7a. What the drain timeout cut off is closed.
 
-/// `Agent::shutdown` logs "drain timeout over; closing what is still in flight" but closes
-/// nothing: app connections and tunnels live on `ProxyContext::tasks`, a `TaskTracker` that
-/// can only be waited for, and neither the tunnel splice nor a connection already told to
-/// shut down gracefully watches anything after that. The binary exits right after, which
-/// closes them; an embedded agent keeps serving them after `shutdown()` returned.
+/// Once the drain timeout is over, `Agent::shutdown` closes what is still open (app
+/// connections with a request in flight, tunnels) before it returns, so an embedded agent does
+/// not keep serving them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fusebox bug: Agent::shutdown leaves requests and tunnels open after the drain \
-            timeout (needs a hard-stop token in src/proxy/listener.rs and tunnel.rs)"]
 async fn drain_timeout_closes_requests_and_tunnels_still_open() {
     let stalling = FakeUpstream::builder().stall().start().await;
     let echo = FakeUpstream::with_status(200).await;

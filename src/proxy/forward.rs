@@ -155,8 +155,13 @@ pub async fn handle(
     if switching {
         if let Some(app_upgrade) = app_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            ctx.tasks
-                .spawn(splice_upgrade(app_upgrade, upstream_upgrade));
+            let hard_stop = ctx.hard_stop.clone();
+            ctx.tasks.spawn(async move {
+                tokio::select! {
+                    () = splice_upgrade(app_upgrade, upstream_upgrade) => {}
+                    () = hard_stop.cancelled() => {}
+                }
+            });
         }
     }
     // hyper speaks HTTP/1.1 to the app whatever the upstream spoke (1.0, h2).

@@ -73,14 +73,19 @@ pub async fn serve(
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let shutdown = shutdown.clone();
+        let hard_stop = ctx.hard_stop.clone();
         ctx.tasks.spawn(async move {
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 () = shutdown.cancelled() => {
-                    // Finish the request in flight (if any), then close instead of keeping alive.
+                    // Finish the request in flight (if any), then close instead of keeping
+                    // alive; once the drain timeout is over, close whatever is left.
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    tokio::select! {
+                        result = connection.as_mut() => result,
+                        () = hard_stop.cancelled() => Ok(()),
+                    }
                 }
             };
             if let Err(error) = result {

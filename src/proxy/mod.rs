@@ -28,6 +28,8 @@ pub struct ProxyContext {
     pub via_token: String,
     /// App connections and tunnels, so that shutdown can wait for them to finish.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when the drain timeout is over: whatever is still open is closed.
+    pub hard_stop: tokio_util::sync::CancellationToken,
 }
 
 impl ProxyContext {
@@ -39,6 +41,7 @@ impl ProxyContext {
             via,
             via_token,
             tasks: tokio_util::task::TaskTracker::new(),
+            hard_stop: tokio_util::sync::CancellationToken::new(),
         }
     }
 }

@@ -8,6 +8,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::access::Seen;
@@ -111,9 +112,10 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
 
     let app = hyper::upgrade::on(&mut req);
     let tunnel_destination = std::sync::Arc::clone(&destination);
+    let hard_stop = ctx.hard_stop.clone();
     ctx.tasks.spawn(async move {
         match app.await {
-            Ok(app) => splice(app, stream, &tunnel_destination).await,
+            Ok(app) => splice(app, stream, &tunnel_destination, &hard_stop).await,
             Err(error) => debug!(%error, "CONNECT upgrade failed"),
         }
     });
@@ -122,16 +124,25 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     response
 }
 
-async fn splice(app: hyper::upgrade::Upgraded, mut upstream: TcpStream, destination: &Destination) {
+/// Copies bytes both ways until either side closes, or until the drain timeout is over.
+async fn splice(
+    app: hyper::upgrade::Upgraded,
+    mut upstream: TcpStream,
+    destination: &Destination,
+    hard_stop: &CancellationToken,
+) {
     destination.metrics.tunnels_active.increment(1.0);
     let mut app = TokioIo::new(app);
-    match tokio::io::copy_bidirectional(&mut app, &mut upstream).await {
-        Ok((to_upstream, to_app)) => {
-            debug!(destination = %destination.authority, to_upstream, to_app, "tunnel closed")
-        }
-        Err(error) => {
-            debug!(destination = %destination.authority, %error, "tunnel ended with an error")
-        }
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut app, &mut upstream) => match copied {
+            Ok((to_upstream, to_app)) => {
+                debug!(destination = %destination.authority, to_upstream, to_app, "tunnel closed");
+            }
+            Err(error) => {
+                debug!(destination = %destination.authority, %error, "tunnel ended with an error");
+            }
+        },
+        () = hard_stop.cancelled() => debug!(destination = %destination.authority, "tunnel closed: drain timeout over"),
     }
     destination.metrics.tunnels_active.decrement(1.0);
 }
