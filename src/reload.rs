@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -156,19 +157,46 @@ fn same_policies(a: &PolicySet, b: &PolicySet) -> bool {
 /// One running route listener.
 #[derive(Debug)]
 struct RunningRoute {
-    /// As configured (`listen`), which may have port 0.
-    listen: SocketAddr,
+    /// The policy it serves; swapped in place when a reload renames the policy but keeps its
+    /// `listen` address, so the port is handed over without closing it.
+    policy: Arc<ArcSwap<String>>,
     bound: SocketAddr,
     stop: CancellationToken,
 }
 
-/// The route listeners of the active policies, by policy name.
+/// What identifies a route listener across reloads: its configured address. Port 0 ("any
+/// free port", used in tests) cannot be shared, so those are told apart by policy as well.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum RouteKey {
+    Addr(SocketAddr),
+    AnyPort(SocketAddr, String),
+}
+
+impl RouteKey {
+    fn of(policy: &str, listen: SocketAddr) -> RouteKey {
+        if listen.port() == 0 {
+            RouteKey::AnyPort(listen, policy.to_owned())
+        } else {
+            RouteKey::Addr(listen)
+        }
+    }
+}
+
+/// The route listeners of `policies`, by key, with the policy each serves.
+fn wanted_routes(policies: &PolicySet) -> BTreeMap<RouteKey, &str> {
+    policies
+        .routes()
+        .filter_map(|p| Some((RouteKey::of(&p.name, p.listen?), p.name.as_str())))
+        .collect()
+}
+
+/// The route listeners of the active policies.
 #[derive(Debug)]
 struct RouteListeners {
     ctx: Arc<ProxyContext>,
     limits: ServerLimits,
     shutdown: CancellationToken,
-    running: BTreeMap<String, RunningRoute>,
+    running: BTreeMap<RouteKey, RunningRoute>,
 }
 
 impl RouteListeners {
@@ -177,22 +205,19 @@ impl RouteListeners {
     async fn bind_missing(
         &self,
         policies: &PolicySet,
-    ) -> Result<Vec<(String, SocketAddr, TcpListener)>, ReloadError> {
+    ) -> Result<Vec<(RouteKey, String, TcpListener)>, ReloadError> {
         let mut fresh = Vec::new();
         let mut errors = Vec::new();
         for policy in policies.routes() {
             let Some(listen) = policy.listen else {
                 continue;
             };
-            if self
-                .running
-                .get(&policy.name)
-                .is_some_and(|r| r.listen == listen)
-            {
+            let key = RouteKey::of(&policy.name, listen);
+            if self.running.contains_key(&key) {
                 continue;
             }
             match TcpListener::bind(listen).await {
-                Ok(listener) => fresh.push((policy.name.clone(), listen, listener)),
+                Ok(listener) => fresh.push((key, policy.name.clone(), listener)),
                 Err(e) => errors.push(format!(
                     "{}: cannot listen on {listen} (route listener of policy {}): {e}",
                     policy.file.display(),
@@ -208,39 +233,43 @@ impl RouteListeners {
     }
 
     /// Stops the listeners that `policies` no longer has (their connections finish what is in
-    /// flight) and serves the freshly bound ones.
-    fn commit(&mut self, policies: &PolicySet, fresh: Vec<(String, SocketAddr, TcpListener)>) {
-        let wanted: BTreeMap<&str, SocketAddr> = policies
-            .routes()
-            .filter_map(|p| Some((p.name.as_str(), p.listen?)))
-            .collect();
-        self.running.retain(|name, route| {
-            let keep = wanted.get(name.as_str()) == Some(&route.listen);
-            if !keep {
-                info!(policy = %name, addr = %route.bound, "route listener closed");
-                route.stop.cancel();
+    /// flight), points kept ones at their (possibly renamed) policy, and serves the freshly
+    /// bound ones.
+    fn commit(&mut self, policies: &PolicySet, fresh: Vec<(RouteKey, String, TcpListener)>) {
+        let wanted = wanted_routes(policies);
+        self.running.retain(|key, route| match wanted.get(key) {
+            Some(name) => {
+                if route.policy.load().as_str() != *name {
+                    info!(policy = %name, addr = %route.bound, "route listener handed over");
+                    route.policy.store(Arc::new((*name).to_owned()));
+                }
+                true
             }
-            keep
+            None => {
+                info!(policy = %route.policy.load(), addr = %route.bound, "route listener closed");
+                route.stop.cancel();
+                false
+            }
         });
-        for (name, listen, listener) in fresh {
+        for (key, name, listener) in fresh {
             let Ok(bound) = listener.local_addr() else {
                 continue;
             };
             let stop = self.shutdown.child_token();
-            let route = Some(Arc::from(name.as_str()));
+            let policy = Arc::new(ArcSwap::from_pointee(name));
             let serving = listener::serve(
                 listener,
                 Arc::clone(&self.ctx),
-                route,
+                Some(Arc::clone(&policy)),
                 self.limits,
                 stop.clone(),
             );
             self.ctx.tasks.spawn(serving);
-            info!(policy = %name, addr = %bound, "route listener open");
+            info!(policy = %policy.load(), addr = %bound, "route listener open");
             self.running.insert(
-                name,
+                key,
                 RunningRoute {
-                    listen,
+                    policy,
                     bound,
                     stop,
                 },
@@ -250,8 +279,8 @@ impl RouteListeners {
 
     fn bound(&self) -> Vec<(String, SocketAddr)> {
         self.running
-            .iter()
-            .map(|(name, r)| (name.clone(), r.bound))
+            .values()
+            .map(|r| (r.policy.load().as_ref().clone(), r.bound))
             .collect()
     }
 }

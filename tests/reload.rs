@@ -965,9 +965,6 @@ async fn route_listeners_open_move_and_close_with_the_policies() {
 /// Renaming a route policy's file (a ConfigMap reorganised, a policy renamed) keeps its
 /// `listen` address: the new policy must take the port over from the old one.
 #[tokio::test]
-#[ignore = "fusebox bug: the reload binds the renamed policy's listener before the old one \
-            closes, gets EADDRINUSE and is refused (src/reload.rs RouteListeners::bind_missing \
-            keys running listeners by policy name; a hand-over is not a small fix)"]
 async fn route_listener_port_follows_a_renamed_policy() {
     let upstream = FakeUpstream::with_status(200).await;
     let [port] = free_ports();

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -37,7 +38,7 @@ pub struct ServerLimits {
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
-    route: Option<Arc<str>>,
+    route: Option<Arc<ArcSwap<String>>>,
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
@@ -66,8 +67,13 @@ pub async fn serve(
         let route = route.clone();
         let service = service_fn(move |req| {
             let ctx = Arc::clone(&service_ctx);
-            let route = route.clone();
-            async move { Ok::<_, Infallible>(dispatch(&ctx, route.as_deref(), limits, req).await) }
+            // The policy a route listener serves may be renamed by a reload: read it per request.
+            let route = route.as_ref().map(|r| r.load_full());
+            async move {
+                Ok::<_, Infallible>(
+                    dispatch(&ctx, route.as_deref().map(String::as_str), limits, req).await,
+                )
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
