@@ -555,24 +555,54 @@ async fn workers_and_json_log_format_flags_are_accepted() {
     )
     .await;
     let response = app_client(&fusebox.egress_url())
-        .get(upstream.url("/"))
+        .get(upstream.url("/path?secret=1"))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    let logs = fusebox.logs();
+    // Log lines reach stderr in batches (every 100 ms): wait for the access line.
+    let started = Instant::now();
+    let logs = loop {
+        let logs = fusebox.logs();
+        if logs.contains("fusebox::access") || started.elapsed() > PATIENCE {
+            break logs;
+        }
+        tokio::time::sleep(POLL).await;
+    };
     let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty(), "fusebox logs at least its start");
+    let mut parsed = Vec::new();
     for line in &lines {
         let value: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         assert!(value.is_object(), "{line}");
+        parsed.push(value);
     }
     assert!(
         lines.iter().any(|l| l.contains("ready")),
         "a start line says fusebox is ready:\n{logs}"
     );
+    // One structured access line for the request, without the query string.
+    let access: Vec<_> = parsed
+        .iter()
+        .filter(|v| v["target"] == "fusebox::access")
+        .collect();
+    assert_eq!(access.len(), 1, "{logs}");
+    let fields = &access[0]["fields"];
+    assert_eq!(fields["upstream"], "default", "{logs}");
+    assert_eq!(
+        fields["destination"],
+        upstream.authority().as_str(),
+        "{logs}"
+    );
+    assert_eq!(fields["method"], "GET", "{logs}");
+    assert_eq!(fields["path"], "/path", "{logs}");
+    assert_eq!(fields["status"], 200, "{logs}");
+    assert_eq!(fields["outcome"], "ok", "{logs}");
+    assert_eq!(fields["attempts"], 1, "{logs}");
+    assert!(fields["duration_ms"].as_f64().is_some(), "{logs}");
+    assert!(fields.get("reason").is_none(), "{logs}");
 }
 
 // ---------------------------------------------------------------------------------------------

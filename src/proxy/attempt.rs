@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::forward::classify_error;
+use super::failure::classify_error;
 use crate::outcome::Reason;
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::breaker::{Admission, CallResult, FailureKind};

@@ -3,8 +3,9 @@
 //!
 //! The request is matched to a policy, checked, rewritten for the upstream (hop-by-hop headers
 //! out, `Via` in, TLS origination, endpoints, `host_rewrite`), sent through the policy's pooled
-//! client, and the response head is handed back with its body streaming. Every way this can go
-//! wrong ends in one local reply and one metric outcome.
+//! client by the attempt loop ([`super::attempt`]), and the response head is handed back with
+//! its body streaming. Every way this can go wrong ends in one local reply and one metric
+//! outcome.
 
 use std::sync::Arc;
 
@@ -22,8 +23,7 @@ use super::target::{http_target, Target};
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
 use crate::registry::{Destination, Upstream};
-use crate::telemetry::AttemptResult;
-use crate::upstream::{Client, ConnectError};
+use crate::upstream::Client;
 
 /// Handles one request. `route` is the policy of the route listener it arrived on, if any.
 pub async fn handle(
@@ -298,64 +298,6 @@ fn finish_local(
         Some(reason),
     );
     reply
-}
-
-/// Maps a client error to the local reply, the attempt result and a line for people.
-pub fn classify_error(
-    error: &hyper_util::client::legacy::Error,
-    authority: &str,
-) -> (Reason, Option<AttemptResult>, String) {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(connect) = current.downcast_ref::<ConnectError>() {
-            return classify_connect_error(connect);
-        }
-        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
-            return (
-                Reason::ConnectFailed,
-                Some(AttemptResult::ConnectFailed),
-                format!("TLS handshake with {authority} failed: {tls}"),
-            );
-        }
-        // io::Error hides its payload from `source()`; look inside.
-        source = match current
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => current.source(),
-        };
-    }
-    if error.is_connect() {
-        (
-            Reason::ConnectFailed,
-            Some(AttemptResult::ConnectFailed),
-            format!("connect to {authority} failed: {error}"),
-        )
-    } else {
-        let detail = match std::error::Error::source(error) {
-            Some(cause) => format!(
-                "{authority} closed or reset the connection before a response head: {cause}"
-            ),
-            None => format!("{authority} closed or reset the connection before a response head"),
-        };
-        (Reason::UpstreamReset, Some(AttemptResult::Reset), detail)
-    }
-}
-
-/// Maps a connect failure to the local reply, the attempt result (none when fusebox refused
-/// before trying) and a line for people.
-pub fn classify_connect_error(error: &ConnectError) -> (Reason, Option<AttemptResult>, String) {
-    let (reason, attempt) = match error {
-        ConnectError::Denied(_) => (Reason::Denied, None),
-        ConnectError::Loop(_) => (Reason::Loop, None),
-        ConnectError::Timeout { .. } => (Reason::Timeout, Some(AttemptResult::Timeout)),
-        ConnectError::Resolve { .. }
-        | ConnectError::NoAddress { .. }
-        | ConnectError::Io { .. }
-        | ConnectError::MissingHost => (Reason::ConnectFailed, Some(AttemptResult::ConnectFailed)),
-    };
-    (reason, attempt, error.to_string())
 }
 
 async fn splice_upgrade(app: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod attempt;
 pub mod body;
+pub mod failure;
 pub mod forward;
 pub mod headers;
 pub mod listener;

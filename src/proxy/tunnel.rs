@@ -14,7 +14,7 @@ use tracing::debug;
 use super::access::Seen;
 use super::attempt;
 use super::body::ResponseBody;
-use super::forward::classify_connect_error;
+use super::failure::classify_connect_error;
 use super::reply::local_reply_with_retry_after;
 use super::target::connect_target;
 use super::ProxyContext;
