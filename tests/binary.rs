@@ -640,6 +640,8 @@ async fn graceful_stop(signal: &str) {
     loop {
         match TcpStream::connect(egress).await {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            // The listener closed while this handshake sat in its queue: try again.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             Err(e) => panic!("unexpected connect error: {e}"),
             Ok(stream) => drop(stream),
         }

@@ -42,7 +42,22 @@ impl FuseboxProcess {
     /// Runs `fusebox run --policies DIR --listen 127.0.0.1:P --admin 127.0.0.1:Q EXTRA_ARGS..`
     /// with `env` added to an environment without proxy or `FUSEBOX_*` variables, and waits
     /// (up to ~10 s) until `GET /readyz` answers 200.
+    ///
+    /// The ports are picked by binding port 0 and letting go, so another test may take one in
+    /// between: a start that fails with "Address already in use" is retried on fresh ports.
     pub async fn spawn(policies: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        for _ in 0..5 {
+            let mut process = Self::start(policies, extra_args, env);
+            match process.wait_ready().await {
+                Ok(()) => return process,
+                Err(logs) if logs.contains("Address already in use") => continue,
+                Err(logs) => panic!("fusebox exited before ready:\n{logs}"),
+            }
+        }
+        panic!("fusebox could not bind free ports in 5 tries");
+    }
+
+    fn start(policies: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let (listen, admin) = free_ports();
         let log_dir = tempfile::tempdir().expect("create log dir");
         let log = log_dir.path().join("fusebox.log");
@@ -73,29 +88,25 @@ impl FuseboxProcess {
         }
         command.envs(env.iter().copied());
         let child = command.spawn().expect("spawn fusebox binary");
-        let mut process = FuseboxProcess {
+        FuseboxProcess {
             child,
             listen,
             admin,
             log,
             _log_dir: log_dir,
-        };
-        process.wait_ready().await;
-        process
+        }
     }
 
-    async fn wait_ready(&mut self) {
+    /// `Err` with the logs when the child exited before it was ready.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         for _ in 0..READY_ATTEMPTS {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "fusebox exited with {status} before ready:\n{}",
-                    self.logs()
-                );
+                return Err(format!("exit {status}: {}", self.logs()));
             }
             let probe =
                 tokio::time::timeout(READY_INTERVAL * 20, get_status(self.admin, "/readyz"));
             if probe.await.ok().flatten() == Some(200) {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(READY_INTERVAL).await;
         }
