@@ -8,12 +8,13 @@
 mod support;
 
 use support::metrics::metric;
+use support::raw::RawConn;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use support::{app_client_with_tls, download_byte, FakeUpstream, TestFusebox, TestPki};
 
@@ -22,123 +23,6 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // Raw HTTP/1.1 over a TCP stream, for requests reqwest would not send as written.
-
-/// One response as read off the wire.
-#[derive(Debug)]
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A client connection that keeps unread bytes between responses, so one connection can
-/// carry several requests (keep-alive) or switch protocols after a 101.
-struct RawConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawConn {
-    async fn connect(addr: SocketAddr) -> RawConn {
-        let stream = TcpStream::connect(addr).await.expect("connect to fusebox");
-        RawConn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write request");
-    }
-
-    /// Reads more bytes into the buffer; false at EOF.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
-            .await
-            .expect("fusebox answers in time")
-            .expect("read from fusebox");
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    async fn take_exact(&mut self, len: usize) -> Vec<u8> {
-        while self.buf.len() < len {
-            assert!(self.fill().await, "connection closed mid-message");
-        }
-        self.buf.drain(..len).collect()
-    }
-
-    async fn take_line(&mut self) -> String {
-        loop {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                return String::from_utf8_lossy(&line[..pos]).into_owned();
-            }
-            assert!(self.fill().await, "connection closed mid-line");
-        }
-    }
-
-    /// Reads one response (head and body, by Content-Length or chunked).
-    async fn read_response(&mut self) -> RawResponse {
-        let status_line = self.take_line().await;
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let mut headers = Vec::new();
-        loop {
-            let line = self.take_line().await;
-            if line.is_empty() {
-                break;
-            }
-            let (name, value) = line.split_once(':').expect("header line has a colon");
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
-        let mut response = RawResponse {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        if status == 101 || status == 204 || status == 304 || (100..200).contains(&status) {
-            return response;
-        }
-        if let Some(len) = response.header("content-length") {
-            let len: usize = len.parse().expect("numeric content-length");
-            response.body = self.take_exact(len).await;
-        } else if response
-            .header("transfer-encoding")
-            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-        {
-            loop {
-                let size_line = self.take_line().await;
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
-                    .expect("chunk size");
-                if size == 0 {
-                    while !self.take_line().await.is_empty() {}
-                    break;
-                }
-                let chunk = self.take_exact(size).await;
-                response.body.extend_from_slice(&chunk);
-                self.take_exact(2).await;
-            }
-        } else {
-            while self.fill().await {}
-            response.body = std::mem::take(&mut self.buf);
-        }
-        response
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Metrics text.

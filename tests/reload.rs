@@ -13,6 +13,8 @@
 
 mod support;
 
+use support::metrics::metric;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
@@ -51,32 +53,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The sum of the samples of `name` whose labels include every `labels` pair (0 if none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (series_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            continue;
-        }
-        let matches = labels.iter().all(|(k, v)| {
-            label_text
-                .split(',')
-                .any(|pair| pair == format!("{k}=\"{v}\""))
-        });
-        if matches {
-            sum += value.parse::<f64>().expect("numeric sample");
-        }
-    }
-    sum
 }
 
 /// The reload metrics of the admin server at `admin_url`.

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod app;
 pub mod metrics;
 pub mod process;
+pub mod raw;
 pub mod tls;
 pub mod upstream;
 
