@@ -77,7 +77,15 @@ pub enum LogFormat {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // `--help` and `--version` are not errors. A usage error exits 64 (EX_USAGE), not
+            // clap's 2, which `fusebox check --strict` uses for "warnings found".
+            return if error.use_stderr() { 64 } else { 0 };
+        }
+    };
     match cli.command {
         Command::Check(args) => crate::check::run(&args.policies, args.format, args.strict),
         Command::Run(args) => run(args),

@@ -271,8 +271,8 @@ fn json_lists_route_listeners() {
 #[test]
 fn an_unknown_format_is_a_usage_error() {
     let done = check(&repo_policies(), &["--format", "yaml"]);
-    // clap's usage errors exit 2, like `--strict` warnings: CI should not pass on either.
-    assert_eq!(done.code, Some(2), "{}", done.stderr);
+    // Usage errors exit 64 (EX_USAGE), distinct from 1 (errors) and 2 (--strict warnings).
+    assert_eq!(done.code, Some(64), "{}", done.stderr);
     assert_eq!(done.stdout, "");
     assert!(done.stderr.contains("yaml"), "{}", done.stderr);
 }
