@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use http::uri::Authority;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -34,6 +35,8 @@ pub struct Upstream {
     pub client: Client,
     /// One pooled client per `endpoints` entry, each pinned to its endpoint.
     endpoint_clients: Vec<Client>,
+    /// `host_rewrite`, parsed once for upstream URIs.
+    pub rewrite_authority: Option<Authority>,
     next_endpoint: AtomicUsize,
     destinations: ArcSwap<HashMap<Box<str>, Arc<Destination>>>,
     insert: Mutex<()>,
@@ -52,6 +55,8 @@ pub struct Upstream {
 pub struct Destination {
     /// `host:port`, as in the `destination` metric label (IPv6 hosts in brackets).
     pub authority: Box<str>,
+    /// The same, parsed once for upstream URIs (`None` for `_other`).
+    pub uri_authority: Option<Authority>,
     /// The policy's name, for logs.
     pub upstream: Arc<str>,
     pub metrics: Arc<DestinationMetrics>,
@@ -77,6 +82,7 @@ impl Destination {
         };
         metrics.breaker_state.set(State::Closed.as_gauge());
         Destination {
+            uri_authority: Authority::try_from(&*authority).ok(),
             authority,
             upstream,
             metrics,
@@ -124,11 +130,6 @@ impl Destination {
         if let Some(transition) = transition {
             self.observe(&transition);
         }
-    }
-
-    /// Whether an upstream status counts as a breaker failure for this destination.
-    pub fn is_failure_status(&self, status: u16) -> bool {
-        self.breaker().is_failure_status(status)
     }
 
     /// Applies an operator's command to the breaker (admin API).
@@ -230,6 +231,10 @@ impl Upstream {
             .map(|endpoint| build(Some(endpoint)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstream {
+            rewrite_authority: policy
+                .host_rewrite
+                .as_deref()
+                .and_then(|h| Authority::try_from(h).ok()),
             endpoint_clients,
             name: Arc::from(policy.name.as_str()),
             labelled: AtomicUsize::new(0),

@@ -151,7 +151,7 @@ pub async fn run(
         let (try_result, ending) = match result {
             Ok(Ok(response)) => {
                 let status = response.status();
-                let failed = destination.is_failure_status(status.as_u16());
+                let failed = policy.breaker.failure_statuses.contains(&status.as_u16());
                 destination.record(CallResult {
                     failure: failed.then_some(FailureKind::Status(status.as_u16())),
                     duration: elapsed,

@@ -79,7 +79,7 @@ pub async fn handle(
             let authority = if pinned {
                 pinned_authority(upstream, &destination)
             } else {
-                &destination.authority
+                destination.uri_authority.as_ref()
             };
             let uri = upstream_uri(scheme, authority, req.uri());
             if !upstream.policy.allow {
@@ -98,7 +98,7 @@ pub async fn handle(
         let detail = "request came back to this fusebox (Via)";
         return finish_local(upstream, &destination, &seen, Reason::Loop, detail);
     }
-    let Ok(uri) = uri else {
+    let Some(uri) = uri else {
         let detail = "cannot build the upstream URI";
         return finish_local(upstream, &destination, &seen, Reason::BadRequest, detail);
     };
@@ -208,24 +208,29 @@ fn egress_destination<'u>(
 /// The URI authority of a request to a pinned endpoint: `host_rewrite` when set, so that the
 /// HTTP/2 `:authority` and the TLS server name agree with the `Host` header; the endpoint
 /// otherwise. The connection goes to the endpoint either way.
-fn pinned_authority<'a>(upstream: &'a Upstream, destination: &'a Destination) -> &'a str {
+fn pinned_authority<'a>(
+    upstream: &'a Upstream,
+    destination: &'a Destination,
+) -> Option<&'a Authority> {
     upstream
-        .policy
-        .host_rewrite
-        .as_deref()
-        .unwrap_or(&destination.authority)
+        .rewrite_authority
+        .as_ref()
+        .or(destination.uri_authority.as_ref())
 }
 
-fn upstream_uri(scheme: Scheme, authority: &str, original: &Uri) -> Result<Uri, http::Error> {
+/// The request's path and query on the upstream's scheme and authority (parsed once per
+/// destination, so this copies reference counts, not text).
+fn upstream_uri(scheme: Scheme, authority: Option<&Authority>, original: &Uri) -> Option<Uri> {
     let path = original
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     Uri::builder()
         .scheme(scheme)
-        .authority(Authority::try_from(authority)?)
+        .authority(authority?.clone())
         .path_and_query(path)
         .build()
+        .ok()
 }
 
 fn target_text(target: &Target<'_>) -> String {
