@@ -487,12 +487,22 @@ async fn run_configured_by_environment_variables_only() {
     assert_eq!(response.text().await.unwrap(), "env ok");
     assert_eq!(upstream.hits(), 1);
 
+    // Log lines reach the file in batches: wait for the request's access line.
+    let started = Instant::now();
+    while !logs().contains("fusebox::access") && started.elapsed() < PATIENCE {
+        tokio::time::sleep(POLL).await;
+    }
     child.0.kill().expect("kill fusebox by its PID");
     child.0.wait().unwrap();
     let logs = logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(
-        logs.lines()
-            .filter(|l| !l.trim().is_empty())
+        lines.iter().any(|l| l.contains("fusebox::access")),
+        "an access line was logged:\n{logs}"
+    );
+    assert!(
+        lines
+            .iter()
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
         "FUSEBOX_LOG_FORMAT=json gives JSON lines:\n{logs}"
     );
