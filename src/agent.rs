@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::policy::listeners::{listener_conflicts, FixedListener};
 use crate::policy::{load_dir, PolicyErrors};
 use crate::proxy::listener::{self, ServerLimits};
 use crate::proxy::ProxyContext;
@@ -96,6 +97,11 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
         })
 }
 
+/// The listeners that never move, as bound: route listeners must not collide with them.
+fn fixed_listeners(egress: SocketAddr, admin: SocketAddr) -> Vec<FixedListener> {
+    vec![FixedListener::egress(egress), FixedListener::admin(admin)]
+}
+
 fn local_addr(listener: &TcpListener) -> SocketAddr {
     listener
         .local_addr()
@@ -111,6 +117,10 @@ impl Agent {
         let admin_listener = bind("admin", config.admin).await?;
         let egress = local_addr(&egress_listener);
         let admin = local_addr(&admin_listener);
+        let conflicts = listener_conflicts(&policies, &fixed_listeners(egress, admin));
+        if !conflicts.is_empty() {
+            return Err(StartError::Policies(PolicyErrors(conflicts)));
+        }
 
         let telemetry = Telemetry::new();
         let self_addrs = Arc::new(SelfAddrs::default());
@@ -131,7 +141,7 @@ impl Agent {
             Arc::clone(&ctx),
             limits,
             shutdown.clone(),
-            vec![egress, admin],
+            fixed_listeners(egress, admin),
         )
         .await
         .map_err(|e| StartError::Upstream(e.to_string()))?;

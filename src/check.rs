@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::policy::lint::{lint, Warning};
+use crate::policy::listeners::{listener_conflicts, FixedListener};
 use crate::policy::{load_dir, HostPattern, Policy, PolicyError, PolicySet};
 
 /// Output format of `fusebox check`.
@@ -33,10 +34,18 @@ pub const EXIT_ERRORS: i32 = 1;
 /// Exit code: warnings only, with `--strict`.
 pub const EXIT_WARNINGS: i32 = 2;
 
-/// Runs `fusebox check` on `dir`; returns the process exit code.
-pub fn run(dir: &Path, format: Format, strict: bool) -> i32 {
+/// What `fusebox check` checks: the policies directory, and the listeners `fusebox run` would
+/// bind besides the route listeners (`--listen`, `--admin`).
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    pub dir: &'a Path,
+    pub fixed: Vec<FixedListener>,
+}
+
+/// Runs `fusebox check`; returns the process exit code.
+pub fn run(target: &Target<'_>, format: Format, strict: bool) -> i32 {
     run_to(
-        dir,
+        target,
         format,
         strict,
         &mut std::io::stdout().lock(),
@@ -45,14 +54,18 @@ pub fn run(dir: &Path, format: Format, strict: bool) -> i32 {
 }
 
 fn run_to(
-    dir: &Path,
+    target: &Target<'_>,
     format: Format,
     strict: bool,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> i32 {
-    let (set, errors) = match load_dir(dir) {
-        Ok(set) => (Some(set), Vec::new()),
+    // The same refusals as `fusebox run`: what does not load, and listeners it cannot bind.
+    let (set, errors) = match load_dir(target.dir) {
+        Ok(set) => {
+            let conflicts = listener_conflicts(&set, &target.fixed);
+            (Some(set), conflicts)
+        }
         Err(errors) => (None, errors.0),
     };
     let warnings = set.as_ref().map(lint).unwrap_or_default();
@@ -229,7 +242,14 @@ mod tests {
 
     fn check_with(dir: &Path, format: Format, strict: bool) -> (i32, String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run_to(dir, format, strict, &mut out, &mut err);
+        let target = Target {
+            dir,
+            fixed: vec![
+                FixedListener::egress("127.0.0.1:15001".parse().unwrap()),
+                FixedListener::admin("127.0.0.1:9901".parse().unwrap()),
+            ],
+        };
+        let code = run_to(&target, format, strict, &mut out, &mut err);
         (
             code,
             String::from_utf8(out).unwrap(),
@@ -278,12 +298,51 @@ mod tests {
     }
 
     #[test]
-    fn repository_policies_check_clean() {
+    fn repository_policies_check_clean_and_open_no_route_listener() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        let (code, out, err) = check(&dir);
-        assert_eq!(code, 0, "{err}");
+        let (code, out, err) = check_with(&dir, Format::Text, true);
+        assert_eq!((code, err.as_str()), (0, ""));
         assert!(out.contains("payments"), "{out}");
-        assert!(out.contains("listen 127.0.0.1:10000"), "{out}");
+        assert!(!out.contains("listen"), "bundled policies must not open listeners: {out}");
+    }
+
+    #[test]
+    fn every_example_directory_checks_clean() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&examples).unwrap() {
+            let dir = entry.unwrap().path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let (code, out, err) = check_with(&dir, Format::Text, true);
+            assert_eq!((code, err.as_str()), (0, ""), "{}", dir.display());
+            assert!(out.starts_with("default"), "{out}");
+            seen += 1;
+        }
+        assert!(seen >= 1, "no example directory under {}", examples.display());
+    }
+
+    #[test]
+    fn listener_conflicts_are_errors_at_the_listen_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let route = |listen: &str| format!("listen = \"{listen}\"\nendpoints = [\"u.test:1\"]\n");
+        std::fs::write(dir.path().join("a.toml"), route("127.0.0.1:10000")).unwrap();
+        std::fs::write(dir.path().join("b.toml"), route("127.0.0.1:10000")).unwrap();
+        std::fs::write(dir.path().join("c.toml"), route("127.0.0.1:15001")).unwrap();
+        std::fs::write(dir.path().join("d.toml"), route("0.0.0.0:9901")).unwrap();
+        let (code, out, err) = check(dir.path());
+        assert_eq!(code, 1, "{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "{err}");
+        let at = |file: &str| format!("{}:1:10: ", dir.path().join(file).display());
+        assert!(lines[0].starts_with(&at("b.toml")), "{err}");
+        assert!(lines[0].contains("policy `a`"), "{err}");
+        assert!(lines[1].starts_with(&at("c.toml")), "{err}");
+        assert!(lines[1].contains("egress listener (--listen) on 127.0.0.1:15001"), "{err}");
+        assert!(lines[2].starts_with(&at("d.toml")), "{err}");
+        assert!(lines[2].contains("admin server (--admin) on 127.0.0.1:9901"), "{err}");
+        assert!(out.contains("default"), "the summary still shows what loaded: {out}");
     }
 
     fn risky_dir() -> tempfile::TempDir {

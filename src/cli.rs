@@ -1,4 +1,4 @@
-//! The command line (DESIGN §2, a contract): `run`, `check`, `status`. Each flag also reads its
+//! The command line (docs/ARCHITECTURE.md §2, a contract): `run`, `check`, `status`. Each flag also reads its
 //! `FUSEBOX_*` environment variable.
 
 use std::net::SocketAddr;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::agent::{Agent, RunConfig, StopSignals};
+use crate::policy::listeners::FixedListener;
 
 #[derive(Debug, Parser)]
 #[command(name = "fusebox", version, about = "A resilience-focused egress agent")]
@@ -50,9 +51,33 @@ pub struct RunArgs {
     #[arg(long, env = "FUSEBOX_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// Bearer token required by the admin API's POST endpoints (required for them at all when
-    /// --admin is not a loopback address).
+    /// --admin is not a loopback address). Visible in `ps`: prefer --admin-token-file.
     #[arg(long, env = "FUSEBOX_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Read the admin token from this file (a Docker or Kubernetes secret); surrounding
+    /// whitespace is trimmed.
+    #[arg(
+        long,
+        env = "FUSEBOX_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token",
+        value_name = "PATH"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// The admin token from `--admin-token` or `--admin-token-file`. An unreadable or empty file is
+/// an error: an operator who points at a secret expects it to be used.
+fn admin_token(args: &RunArgs) -> Result<Option<String>, String> {
+    let Some(path) = &args.admin_token_file else {
+        return Ok(args.admin_token.clone());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --admin-token-file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("--admin-token-file {} is empty", path.display()));
+    }
+    Ok(Some(token.to_owned()))
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +92,12 @@ pub struct CheckArgs {
     /// Exit 2 when there are warnings (dangerous combinations) but no errors.
     #[arg(long)]
     pub strict: bool,
+    /// The egress listener `fusebox run` will bind: a route listener on it is an error.
+    #[arg(long, env = "FUSEBOX_LISTEN", default_value = "127.0.0.1:15001")]
+    pub listen: SocketAddr,
+    /// The admin address `fusebox run` will bind: a route listener on it is an error.
+    #[arg(long, env = "FUSEBOX_ADMIN", default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -87,13 +118,29 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Check(args) => crate::check::run(&args.policies, args.format, args.strict),
+        Command::Check(args) => {
+            let target = crate::check::Target {
+                dir: &args.policies,
+                fixed: vec![
+                    FixedListener::egress(args.listen),
+                    FixedListener::admin(args.admin),
+                ],
+            };
+            crate::check::run(&target, args.format, args.strict)
+        }
         Command::Run(args) => run(args),
         Command::Status(args) => crate::status::run(&args),
     }
 }
 
 fn run(args: RunArgs) -> i32 {
+    let admin_token = match admin_token(&args) {
+        Ok(token) => token,
+        Err(error) => {
+            eprintln!("fusebox: {error}");
+            return 1;
+        }
+    };
     let _flush_logs_on_exit = crate::logging::init(match args.log_format {
         LogFormat::Text => crate::logging::Format::Text,
         LogFormat::Json => crate::logging::Format::Json,
@@ -118,7 +165,7 @@ fn run(args: RunArgs) -> i32 {
         drain_timeout: args.drain_timeout,
         jitter: true,
         watch: true,
-        admin_token: args.admin_token,
+        admin_token,
     };
     runtime.block_on(async {
         let signals = match StopSignals::install() {

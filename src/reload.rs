@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::policy::listeners::{listener_conflicts, FixedListener};
 use crate::policy::{load_dir, PolicySet};
 use crate::proxy::listener::{self, ServerLimits};
 use crate::proxy::ProxyContext;
@@ -46,7 +47,7 @@ pub struct Reloader {
     /// The route listeners; the lock also makes reloads run one at a time.
     routes: tokio::sync::Mutex<RouteListeners>,
     /// The egress and admin listeners, which never move.
-    fixed_addrs: Vec<SocketAddr>,
+    fixed: Vec<FixedListener>,
     /// The route listeners' bound addresses, readable without waiting for a reload.
     route_addrs: std::sync::Mutex<Vec<(String, SocketAddr)>>,
 }
@@ -58,7 +59,7 @@ impl Reloader {
         ctx: Arc<ProxyContext>,
         limits: ServerLimits,
         shutdown: CancellationToken,
-        fixed_addrs: Vec<SocketAddr>,
+        fixed: Vec<FixedListener>,
     ) -> Result<Reloader, ReloadError> {
         let registry = Arc::clone(&ctx.registry);
         let mut routes = RouteListeners {
@@ -73,7 +74,7 @@ impl Reloader {
         let reloader = Reloader {
             dir,
             registry,
-            fixed_addrs,
+            fixed,
             route_addrs: std::sync::Mutex::default(),
             routes: tokio::sync::Mutex::new(routes),
         };
@@ -92,7 +93,12 @@ impl Reloader {
                 info!(generation, dir = %self.dir.display(), "policies reloaded");
                 Ok(generation)
             }
-            Ok(None) => Ok(self.registry.load().generation),
+            Ok(None) => {
+                telemetry.reloads_unchanged.increment(1);
+                let generation = self.registry.load().generation;
+                info!(generation, dir = %self.dir.display(), "policies unchanged; nothing reloaded");
+                Ok(generation)
+            }
             Err(failure) => {
                 telemetry.reloads_failure.increment(1);
                 for line in &failure.errors {
@@ -116,6 +122,12 @@ impl Reloader {
         if same_policies(&self.registry.load().policies, &policies) {
             return Ok(None);
         }
+        let conflicts = listener_conflicts(&policies, &self.fixed);
+        if !conflicts.is_empty() {
+            return Err(ReloadError {
+                errors: conflicts.iter().map(ToString::to_string).collect(),
+            });
+        }
         let fresh = routes.bind_missing(&policies).await?;
         let next = self
             .registry
@@ -138,9 +150,9 @@ impl Reloader {
     fn publish_addrs(&self, routes: &RouteListeners) {
         let bound = routes.bound();
         let all = self
-            .fixed_addrs
+            .fixed
             .iter()
-            .copied()
+            .map(|f| f.addr)
             .chain(bound.iter().map(|(_, addr)| *addr));
         self.registry.self_addrs().set(all.collect());
         *self

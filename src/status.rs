@@ -363,11 +363,21 @@ fn cells(row: &DestinationView, now: SystemTime) -> [String; 8] {
         state,
         since(&row.since, now),
         format!("{}/{}/{}", w.calls, w.failures, w.slow),
-        row.reason.clone().unwrap_or_else(|| "-".to_owned()),
+        reason_cell(row.reason.as_deref()),
         row.next_probe_in_ms
             .map_or_else(|| "-".to_owned(), next_probe),
         row.in_flight.to_string(),
     ]
+}
+
+/// The last transition's reason; an operator's commands say so, so that `reset` is never
+/// read as a connection reset.
+fn reason_cell(reason: Option<&str>) -> String {
+    match reason {
+        None => "-".to_owned(),
+        Some(operator @ ("reset" | "forced")) => format!("{operator} (operator)"),
+        Some(reason) => reason.to_owned(),
+    }
 }
 
 /// `3m12s ago`, from an RFC 3339 time; the raw text if it does not parse.
@@ -421,6 +431,7 @@ mod tests {
             state: state.into(),
             since: since.into(),
             reason: None,
+            reason_text: None,
             window: WindowView::default(),
             next_probe_in_ms: None,
             recent: Vec::new(),
@@ -450,6 +461,7 @@ mod tests {
             time: "2025-01-31T11:56:48.000Z".into(),
             kind: "status".into(),
             status: Some(503),
+            text: String::new(),
         }];
         let mut forced = row("payments", "[::1]:9000", "open", "2025-01-31T11:59:58.000Z");
         forced.reason = Some("forced".into());
@@ -484,7 +496,7 @@ mod tests {
 UPSTREAM  DESTINATION          STATE               SINCE      CALLS/FAIL/SLOW  LAST REASON           NEXT PROBE  IN FLIGHT
 default   api.example.com:443  closed              3h00m ago  120/3/1          -                     -           2
 payments  10.0.0.7:8080        open                3m12s ago  5/5/0            consecutive_failures  4.2s        0
-payments  [::1]:9000           open FORCED         2s ago     0/0/0            forced                -           0
+payments  [::1]:9000           open FORCED         2s ago     0/0/0            forced (operator)     -           0
 search    search:80            half-open (shadow)  0s ago     0/0/0            open_elapsed          -           0
 ";
         assert_eq!(table, expected, "\n{table}");

@@ -64,6 +64,8 @@ pub struct Telemetry {
     pub config_generation: Gauge,
     pub reloads_success: Counter,
     pub reloads_failure: Counter,
+    /// Reloads that found the policies exactly as they were: nothing swapped.
+    pub reloads_unchanged: Counter,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -107,14 +109,17 @@ impl Telemetry {
         };
         let reloads_success = reload("success");
         let reloads_failure = reload("failure");
+        let reloads_unchanged = reload("unchanged");
         reloads_success.absolute(0);
         reloads_failure.absolute(0);
+        reloads_unchanged.absolute(0);
         Arc::new(Telemetry {
             recorder,
             handle,
             config_generation,
             reloads_success,
             reloads_failure,
+            reloads_unchanged,
         })
     }
 
@@ -289,7 +294,7 @@ fn describe(recorder: &PrometheusRecorder) {
         ("fusebox_retries_total", "Retries sent, by the condition that allowed them."),
         ("fusebox_retry_budget_exhausted_total", "Retries refused because the retry budget was spent."),
         ("fusebox_shadow_rejections_total", "Requests that shadow mode would have rejected, by kind (breaker, rate_limit)."),
-        ("fusebox_config_reloads_total", "Policy reload attempts, by result."),
+        ("fusebox_config_reloads_total", "Policy reload attempts, by result (success, failure, unchanged)."),
     ];
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));

@@ -348,6 +348,13 @@ async fn force_open_a_destination_before_any_traffic() {
 
     let (status, reason) = call(&fusebox, &upstream.url("/")).await;
     assert_eq!((status, reason.as_deref()), (503, Some("breaker-open")));
+    // A forced breaker never probes: no `retry-after`, and the body says who opened it.
+    let response = fusebox.app().get(upstream.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers().get("retry-after"), None);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("forced open by an operator"), "{body}");
+    assert!(!body.contains("next probe"), "{body}");
     assert_eq!(upstream.hits(), 0);
     let metrics = fusebox.metrics().await;
     assert_eq!(breaker_gauge(&metrics, "pay", &authority), Some(2.0));

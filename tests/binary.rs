@@ -373,7 +373,7 @@ fn check_accepts_the_repository_policies() {
         done.stderr
     );
     assert!(done.stdout.contains("payments"), "{}", done.stdout);
-    assert!(done.stdout.contains("envoy-example"), "{}", done.stdout);
+    assert!(!done.stdout.contains("listen"), "{}", done.stdout);
 }
 
 #[test]
@@ -613,6 +613,18 @@ async fn workers_and_json_log_format_flags_are_accepted() {
     assert_eq!(fields["attempts"], 1, "{logs}");
     assert!(fields["duration_ms"].as_f64().is_some(), "{logs}");
     assert!(fields.get("reason").is_none(), "{logs}");
+    // A fixed precision: at most three decimals as written, never `38.990868999999996`.
+    let line = lines
+        .iter()
+        .find(|l| l.contains("fusebox::access"))
+        .expect("the access line");
+    let written = line
+        .split("\"duration_ms\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .unwrap_or_else(|| panic!("no duration_ms in {line}"));
+    let decimals = written.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(decimals <= 3, "duration_ms written as {written}: {line}");
 }
 
 // ---------------------------------------------------------------------------------------------

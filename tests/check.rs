@@ -32,6 +32,8 @@ fn check(dir: &Path, args: &[&str]) -> Done {
         .args(args)
         .env_remove("FUSEBOX_POLICIES")
         .env_remove("FUSEBOX_CHECK_FORMAT")
+        .env_remove("FUSEBOX_LISTEN")
+        .env_remove("FUSEBOX_ADMIN")
         .output()
         .expect("run fusebox check");
     Done {
@@ -123,7 +125,7 @@ const CASES: &[Case] = &[
             ),
             (
                 "b.toml",
-                "listen = \"0.0.0.0:10000\"\nendpoints = [\"up.test:80\"]\n",
+                "listen = \"127.0.0.2:10000\"\nendpoints = [\"up.test:80\"]\n",
             ),
         ],
         "b.toml:1:10",
@@ -254,16 +256,57 @@ fn json_format_reports_errors_and_reads_its_variable() {
     assert_eq!(doc["policies"], serde_json::json!([]));
 }
 
+/// What `fusebox run` would refuse to start with, `check` refuses too: two route listeners on
+/// one address, or one on the egress or admin address that `run` gets from the same flags
+/// (and environment variables).
+#[test]
+fn listener_collisions_are_errors_for_the_addresses_run_would_bind() {
+    let route = |listen: &str| format!("listen = \"{listen}\"\nendpoints = [\"up.test:80\"]\n");
+    let dir = dir_with(&[
+        ("a.toml", &route("0.0.0.0:10000")),
+        ("b.toml", &route("127.0.0.1:10000")),
+        ("c.toml", &route("127.0.0.1:15001")),
+    ]);
+    let done = check(dir.path(), &[]);
+    assert_eq!(done.code, Some(1), "{}", done.stderr);
+    let lines: Vec<&str> = done.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", done.stderr);
+    let at = |file: &str| format!("{}:1:10: ", dir.path().join(file).display());
+    assert!(lines[0].starts_with(&at("b.toml")), "{}", done.stderr);
+    assert!(lines[0].contains("policy `a`"), "{}", done.stderr);
+    assert!(lines[1].starts_with(&at("c.toml")), "{}", done.stderr);
+    assert!(lines[1].contains("--listen"), "{}", done.stderr);
+
+    // The egress listener elsewhere: only the two routes still collide.
+    let done = check(dir.path(), &["--listen", "127.0.0.1:15999"]);
+    assert_eq!(done.code, Some(1));
+    assert_eq!(done.stderr.lines().count(), 1, "{}", done.stderr);
+    // The admin address from the environment, as `run` reads it.
+    let dir = dir_with(&[("c.toml", &route("127.0.0.1:9911"))]);
+    let done = Command::new(env!("CARGO_BIN_EXE_fusebox"))
+        .args(["check", "--policies"])
+        .arg(dir.path())
+        .env("FUSEBOX_ADMIN", "127.0.0.1:9911")
+        .env_remove("FUSEBOX_LISTEN")
+        .output()
+        .unwrap();
+    assert_eq!(done.status.code(), Some(1));
+    let stderr = String::from_utf8(done.stderr).unwrap();
+    assert!(stderr.contains("admin server (--admin) on 127.0.0.1:9911"), "{stderr}");
+    assert_eq!(check(dir.path(), &[]).code, Some(0));
+}
+
 #[test]
 fn json_lists_route_listeners() {
-    let done = check(&repo_policies(), &["--format", "json"]);
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy");
+    let done = check(&examples, &["--format", "json"]);
     assert_eq!(done.code, Some(0));
     let doc = json(&done);
     let envoy = doc["policies"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["name"] == "envoy-example")
+        .find(|p| p["name"] == "envoy")
         .unwrap_or_else(|| panic!("{doc:#}"));
     assert_eq!(envoy["listen"], "127.0.0.1:10000");
 }

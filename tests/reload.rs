@@ -61,6 +61,7 @@ struct ReloadMetrics {
     generation: u64,
     successes: u64,
     failures: u64,
+    unchanged: u64,
 }
 
 async fn reload_metrics(admin_url: &str) -> ReloadMetrics {
@@ -92,6 +93,11 @@ async fn reload_metrics(admin_url: &str) -> ReloadMetrics {
             &text,
             "fusebox_config_reloads_total",
             &[("result", "failure")],
+        )),
+        unchanged: count(metric(
+            &text,
+            "fusebox_config_reloads_total",
+            &[("result", "unchanged")],
         )),
     }
 }
@@ -1038,6 +1044,51 @@ async fn invalid_reload_keeps_the_old_policies_in_effect() {
     held.abort();
     // No graceful shutdown: it would wait for the stalled request (the drain timeout).
     drop(fusebox);
+}
+
+/// A reload that finds every file as it was applies nothing, and says so: its own `result`.
+/// One that would put a route listener on fusebox's own egress address is refused at the
+/// `listen` value, like `fusebox check` refuses it, and nothing is applied.
+#[tokio::test]
+async fn unchanged_and_colliding_reloads_apply_nothing() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let a_policy = format!("hosts = [\"{}\"]\n", upstream.authority());
+    let _signals = SIGNALS.lock().await;
+    let dir = policies_dir(&[("a", &a_policy)]);
+    let fusebox = TestFusebox::start_with(dir, |config| {
+        config.jitter = false;
+        config.watch = false;
+    })
+    .await;
+    let admin = fusebox.admin_url();
+    let before = reload_metrics(&admin).await;
+    assert_eq!(reload_ok(&admin).await, before.generation);
+    let after = reload_metrics(&admin).await;
+    assert_eq!(
+        after,
+        ReloadMetrics {
+            unchanged: before.unchanged + 1,
+            ..before
+        },
+        "an unchanged reload is counted as unchanged and nothing else"
+    );
+
+    let route = format!(
+        "# route\nlisten = \"{}\"\nendpoints = [\"{}\"]\n",
+        fusebox.agent().egress_addr(),
+        upstream.authority()
+    );
+    std::fs::write(fusebox.dir().join("r.toml"), route).expect("write r.toml");
+    let errors = reload_refused(&admin).await;
+    assert!(has_location(&errors, "r.toml", 2), "{errors:#?}");
+    assert!(
+        errors.iter().any(|e| e.contains("egress listener (--listen)")),
+        "{errors:#?}"
+    );
+    let refused = reload_metrics(&admin).await;
+    assert_eq!(refused.failures, after.failures + 1);
+    assert_eq!(refused.generation, before.generation, "nothing applied");
+    assert_eq!(call(&fusebox.app(), &upstream.url("/")).await.0, 200);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -190,8 +190,8 @@ async fn route_listener_originates_tls_to_an_ip_endpoint_with_sni() {
     fusebox.shutdown().await;
 }
 
-/// The repository's `policies/envoy-example.toml` (listen → endpoint:443-like, tls,
-/// host_rewrite, sni), with its placeholder names pointed at the local TLS upstream.
+/// The repository's `examples/envoy/envoy.toml` (listen → endpoint:443, tls, host_rewrite,
+/// sni), with its upstream's names pointed at the local TLS upstream.
 #[tokio::test]
 async fn envoy_example_policy_works_end_to_end() {
     let pki = TestPki::new();
@@ -201,9 +201,9 @@ async fn envoy_example_policy_works_end_to_end() {
         .start()
         .await;
     let example_path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/envoy-example.toml");
-    let example = std::fs::read_to_string(&example_path).expect("read envoy-example.toml");
-    let placeholder = "upstream.example.invalid";
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy/envoy.toml");
+    let example = std::fs::read_to_string(&example_path).expect("read envoy.toml");
+    let placeholder = "www.envoyproxy.io";
     assert!(example.contains(&format!("endpoints = [\"{placeholder}:443\"]")));
     assert!(example.contains("listen = \"127.0.0.1:10000\""));
     let policy = format!(
@@ -218,14 +218,14 @@ async fn envoy_example_policy_works_end_to_end() {
     );
     assert!(policy.contains("tls = true") && policy.contains("sni = \"localhost\""));
     assert!(policy.contains("host_rewrite = \"localhost\""));
-    let dir = policies_dir(&[("envoy-example", &policy)]);
+    let dir = policies_dir(&[("envoy", &policy)]);
     pki.write_ca(dir.path());
     let fusebox = TestFusebox::start_in(dir).await;
 
     let response = direct_client()
         .get(format!(
             "{}/docs?page=1",
-            fusebox.route_url("envoy-example")
+            fusebox.route_url("envoy")
         ))
         .send()
         .await

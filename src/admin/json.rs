@@ -28,6 +28,10 @@ pub struct DestinationView {
     /// The reason of the last transition (the `reason` label of
     /// `fusebox_breaker_transitions_total`), `null` before the first one.
     pub reason: Option<String>,
+    /// Extra: `reason` in words, naming who caused it (an operator's `reset` is not the
+    /// upstream's connection reset), `null` before the first transition.
+    #[serde(default)]
+    pub reason_text: Option<String>,
     /// The live window when closed; the counts that tripped it otherwise.
     pub window: WindowView,
     /// When open (and not forced): milliseconds until the next probe may go, rounded up;
@@ -64,6 +68,9 @@ pub struct FailureView {
     pub kind: String,
     /// The upstream's status when `kind` is `status`, `null` otherwise.
     pub status: Option<u16>,
+    /// Extra: `kind` in words.
+    #[serde(default)]
+    pub text: String,
 }
 
 /// The body of every admin error: `{"error": "..."}`.
@@ -154,6 +161,7 @@ impl DestinationView {
             state: state_label(snapshot.state).to_owned(),
             since: clock.rfc3339(snapshot.since),
             reason: snapshot.last_reason.map(|r| r.label().to_owned()),
+            reason_text: snapshot.last_reason.map(|r| r.describe().to_owned()),
             window: WindowView {
                 calls: w.calls,
                 failures: w.failures,
@@ -179,6 +187,7 @@ impl FailureView {
             time: clock.rfc3339(failure.at),
             kind: failure.kind.label().to_owned(),
             status: failure.kind.status(),
+            text: failure.kind.describe().to_owned(),
         }
     }
 }
@@ -246,11 +255,14 @@ mod tests {
                 "state": "open",
                 "since": "2025-01-31T11:59:58.500Z",
                 "reason": "consecutive_failures",
+                "reason_text": "tripped: consecutive_failures failures in a row",
                 "window": {"calls": 3, "failures": 2, "slow": 1},
                 "next_probe_in_ms": 2501,
                 "recent": [
-                    {"time": "2025-01-31T11:59:58.000Z", "kind": "status", "status": 503},
-                    {"time": "2025-01-31T11:59:59.000Z", "kind": "connect_failed", "status": null},
+                    {"time": "2025-01-31T11:59:58.000Z", "kind": "status", "status": 503,
+                     "text": "the upstream answered a status in failure_statuses"},
+                    {"time": "2025-01-31T11:59:59.000Z", "kind": "connect_failed", "status": null,
+                     "text": "the connection could not be established"},
                 ],
                 "in_flight": 4,
                 "forced": null,
@@ -282,6 +294,30 @@ mod tests {
         let json = serde_json::to_value(&view).unwrap();
         assert!(json["reason"].is_null());
         assert!(json["next_probe_in_ms"].is_null());
+    }
+
+    #[test]
+    fn an_operator_reset_is_told_apart_from_a_connection_reset() {
+        let clock = clock();
+        let snapshot = BreakerSnapshot {
+            state: State::Closed,
+            since: clock.instant,
+            last_reason: Some(Reason::Reset),
+            window: WindowCounts::default(),
+            next_probe_in: None,
+            recent: vec![RecentFailure {
+                at: clock.instant,
+                kind: FailureKind::Reset,
+            }],
+            forced: None,
+            trips: 0,
+        };
+        let view = DestinationView::from_snapshot("a", "b:1", "enforce", &snapshot, 0, clock);
+        assert_eq!(view.reason.as_deref(), Some("reset"));
+        let said = view.reason_text.as_deref().unwrap();
+        assert!(said.contains("operator") && said.contains("not a connection reset"));
+        assert_eq!(view.recent[0].kind, "reset");
+        assert!(view.recent[0].text.contains("upstream reset or closed the connection"));
     }
 
     #[test]

@@ -125,6 +125,21 @@ impl Reason {
             Reason::Reset => "reset",
         }
     }
+
+    /// The reason in words for an operator: who or what caused the transition. `reset` and
+    /// `forced` are an operator's commands, never something the upstream did.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::ConsecutiveFailures => "tripped: consecutive_failures failures in a row",
+            Reason::FailureRate => "tripped: failure_rate reached over the window",
+            Reason::SlowCallRate => "tripped: slow_call_rate reached over the window",
+            Reason::ProbeFailed => "a half-open probe failed",
+            Reason::ProbeSucceeded => "every half-open probe succeeded",
+            Reason::OpenElapsed => "the open period elapsed: probing",
+            Reason::Forced => "forced by an operator (admin API)",
+            Reason::Reset => "reset by an operator (admin API), not a connection reset",
+        }
+    }
 }
 
 /// A state pinned by the admin API until [`CircuitBreaker::reset`].
@@ -163,8 +178,9 @@ pub enum Admission {
     /// Fail fast. `retry_after` is the time until the next probe may go; it is
     /// [`Duration::ZERO`] when the breaker is half-open and its probes are in flight (the next
     /// slot frees as soon as one is recorded, which cannot be predicted: round it up, e.g. to a
-    /// `retry-after: 1`), and `open_max` when the breaker is forced open.
-    Rejected { retry_after: Duration },
+    /// `retry-after: 1`), and `None` when the breaker is forced open: a forced breaker never
+    /// probes, it stays open until an operator resets it.
+    Rejected { retry_after: Option<Duration> },
     /// Shadow mode: enforce would have rejected this call, but it goes ahead (not as a probe).
     /// The caller counts `fusebox_shadow_rejections_total{kind="breaker"}` and records the
     /// result with `probe: false`.
@@ -188,6 +204,18 @@ impl FailureKind {
             FailureKind::Reset => "reset",
             FailureKind::Timeout => "timeout",
             FailureKind::Status(_) => "status",
+        }
+    }
+
+    /// The failure in words for an operator.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailureKind::ConnectFailed => "the connection could not be established",
+            FailureKind::Reset => {
+                "the upstream reset or closed the connection before a response head"
+            }
+            FailureKind::Timeout => "no response head within the attempt timeout",
+            FailureKind::Status(_) => "the upstream answered a status in failure_statuses",
         }
     }
 
@@ -337,7 +365,7 @@ impl CircuitBreaker {
             return (allowed, None);
         }
         match self.forced {
-            Some(Forced::Open) => return (self.reject(self.config.open_max), None),
+            Some(Forced::Open) => return (self.reject(None), None),
             Some(Forced::Closed) => return (allowed, None),
             None => {}
         }
@@ -347,7 +375,7 @@ impl CircuitBreaker {
             Phase::Closed { .. } => allowed,
             Phase::Open { until, .. } => {
                 let retry_after = until.saturating_duration_since(now);
-                self.reject(retry_after)
+                self.reject(Some(retry_after))
             }
             Phase::HalfOpen {
                 admitted,
@@ -359,7 +387,7 @@ impl CircuitBreaker {
                     *last_admit = now;
                     Admission::Allowed { probe: true }
                 } else {
-                    self.reject(Duration::ZERO)
+                    self.reject(Some(Duration::ZERO))
                 }
             }
         };
@@ -525,7 +553,7 @@ impl CircuitBreaker {
         }
     }
 
-    fn reject(&self, retry_after: Duration) -> Admission {
+    fn reject(&self, retry_after: Option<Duration>) -> Admission {
         match self.config.mode {
             BreakerMode::Shadow => Admission::ShadowRejected,
             BreakerMode::Enforce | BreakerMode::Off => Admission::Rejected { retry_after },
@@ -837,7 +865,7 @@ mod tests {
         assert_eq!(
             b.admit(t0 + MS).0,
             Admission::Rejected {
-                retry_after: Duration::from_secs(5)
+                retry_after: Some(Duration::from_secs(5))
             }
         );
     }
@@ -961,7 +989,7 @@ mod tests {
             b.admit(before),
             (
                 Admission::Rejected {
-                    retry_after: Duration::from_secs(1)
+                    retry_after: Some(Duration::from_secs(1))
                 },
                 None
             )
@@ -983,7 +1011,7 @@ mod tests {
             b.admit(t1),
             (
                 Admission::Rejected {
-                    retry_after: Duration::ZERO
+                    retry_after: Some(Duration::ZERO)
                 },
                 None
             ),
@@ -1207,7 +1235,7 @@ mod tests {
             b.admit(much_later),
             (
                 Admission::Rejected {
-                    retry_after: Duration::from_secs(60)
+                    retry_after: None
                 },
                 None
             )
@@ -1354,7 +1382,7 @@ mod tests {
         assert_eq!(
             admission,
             Admission::Rejected {
-                retry_after: Duration::from_secs(10)
+                retry_after: Some(Duration::from_secs(10))
             }
         );
         let transition = transition.expect("presumed failed");
@@ -1545,7 +1573,7 @@ mod tests {
                                 }
                                 Admission::Rejected { retry_after } => {
                                     prop_assert_eq!(cfg.mode, BreakerMode::Enforce);
-                                    prop_assert!(retry_after <= cfg.open_max);
+                                    prop_assert!(retry_after.is_none_or(|after| after <= cfg.open_max));
                                 }
                             }
                             transition.into_iter().collect()

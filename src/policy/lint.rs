@@ -121,7 +121,7 @@ pub fn lint_with(set: &PolicySet, read: impl Fn(&Path) -> Option<String>) -> Vec
 }
 
 /// Where the keys of one file are: dotted path (`retry.methods`) → spans.
-struct Keys {
+pub(super) struct Keys {
     /// `None` when the text is unknown: every key then counts as set, at `1:1`.
     found: Option<(String, HashMap<String, Entry>)>,
 }
@@ -133,7 +133,7 @@ struct Entry {
 }
 
 impl Keys {
-    fn new(text: Option<String>) -> Self {
+    pub(super) fn new(text: Option<String>) -> Self {
         let found = text.and_then(|text| {
             let mut map = HashMap::new();
             index(DeTable::parse(&text).ok()?.get_ref(), "", &mut map);
@@ -150,7 +150,7 @@ impl Keys {
     }
 
     /// `line:col` of the value of `key`, or of its array entry `item`.
-    fn at(&self, key: &str, item: Option<usize>) -> (usize, usize) {
+    pub(super) fn at(&self, key: &str, item: Option<usize>) -> (usize, usize) {
         let Some((text, map)) = &self.found else {
             return (1, 1);
         };
@@ -459,33 +459,22 @@ fn pattern_text(pattern: &HostPattern) -> String {
     }
 }
 
-/// Two route listeners on one port. Reported on the later file, naming the earlier one.
+/// Two route listeners on one port at different addresses that do not collide (colliding
+/// ones are errors: [`super::listeners`]). Reported on the later file, naming the earlier one.
 fn listen_ports(files: &[(&Policy, Keys)], warnings: &mut Vec<Warning>) {
     let mut first: HashMap<u16, (&Policy, &Keys)> = HashMap::new();
     for (policy, keys) in files {
-        let Some(addr) = policy.listen else { continue };
+        let Some(addr) = policy.listen.filter(|a| a.port() != 0) else {
+            continue;
+        };
         let Some(&(winner, winner_keys)) = first.get(&addr.port()) else {
             first.insert(addr.port(), (policy, keys));
             continue;
         };
         let Some(other) = winner.listen else { continue };
-        let why = if other == addr {
-            "the same address: `fusebox run` cannot bind it twice".to_string()
-        } else if other.ip().is_unspecified() || addr.ip().is_unspecified() {
-            format!(
-                "{} covers every address of the host, so the two listeners collide and \
-                 `fusebox run` cannot bind both",
-                if addr.ip().is_unspecified() {
-                    addr
-                } else {
-                    other
-                }
-            )
-        } else {
-            "different addresses, which works, but an app that picks the wrong address \
-             silently gets the other upstream's policy"
-                .to_string()
-        };
+        if super::listeners::collide(addr, other) {
+            continue;
+        }
         let (wl, wc) = winner_keys.at("listen", None);
         let (line, col) = keys.at("listen", None);
         warnings.push(Warning {
@@ -495,7 +484,9 @@ fn listen_ports(files: &[(&Policy, Keys)], warnings: &mut Vec<Warning>) {
             code: LISTEN_PORT_REUSED,
             message: format!(
                 "`listen` = \"{addr}\" uses port {} like `listen` = \"{other}\" in {}:{wl}:{wc} \
-                 (policy `{}`): {why}; give each route listener a port of its own",
+                 (policy `{}`): different addresses, which works, but an app that picks the wrong \
+                 address silently gets the other upstream's policy; give each route listener a \
+                 port of its own",
                 addr.port(),
                 file_name(&winner.file),
                 winner.name,
@@ -791,21 +782,15 @@ mod tests {
         let full = assert_lints(
             &[
                 ("a.toml", &route("127.0.0.1:10000")),
-                ("b.toml", &route("0.0.0.0:10000")),
+                ("b.toml", &route("127.0.0.2:10000")),
                 ("c.toml", &route("127.0.0.1:10001")),
-                ("d.toml", &format!("# d\n{}", route("127.0.0.1:10000"))),
+                // Colliding addresses are errors of `listeners`, not warnings.
+                ("d.toml", &format!("# d\n{}", route("0.0.0.0:10001"))),
             ],
-            &[
-                "b.toml:1:10: listen-port-reused",
-                "d.toml:2:10: listen-port-reused",
-            ],
+            &["b.toml:1:10: listen-port-reused"],
         );
-        assert!(
-            full[0].contains("0.0.0.0:10000 covers every address"),
-            "{full:?}"
-        );
+        assert!(full[0].contains("different addresses, which works"), "{full:?}");
         assert!(full[0].contains("in a.toml:1:10 (policy `a`)"), "{full:?}");
-        assert!(full[1].contains("cannot bind it twice"), "{full:?}");
     }
 
     #[test]

@@ -790,7 +790,7 @@ fn sni(s: &str) -> Result<Option<String>, String> {
 fn ca_file(dir: &Path, s: &str) -> Result<Option<PathBuf>, String> {
     let path = dir.join(s);
     match fs::File::open(&path).and_then(|f| f.metadata()) {
-        Ok(meta) if meta.is_file() => Ok(Some(path)),
+        Ok(meta) if meta.is_file() => super::ca::read_ca_file(&path).map(|_| Some(path)),
         Ok(_) => Err(format!("\"{}\" is not a file", path.display())),
         Err(err) => Err(format!(
             "cannot read \"{}\": {err}; expected a readable PEM file",
@@ -1365,8 +1365,23 @@ mod tests {
             "a.toml:2:11",
             &["`ca_file`", "cannot read", "missing.pem"],
         );
+        // A file that TLS origination could not use is refused now, not when a client is built.
+        for broken in ["-----BEGIN CERTIFICATE-----\n", "not a certificate\n"] {
+            assert_error(
+                &[
+                    ("ca.pem", broken),
+                    ("a.toml", "hosts = [\"a.test\"]\nca_file = \"ca.pem\"\n"),
+                ],
+                "a.toml:2:11",
+                &["`ca_file`", "ca.pem"],
+            );
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
         let dir = dir_with(&[
-            ("ca.pem", "-----BEGIN CERTIFICATE-----\n"),
+            ("ca.pem", &ca.pem()),
             ("a.toml", "hosts = [\"a.test\"]\nca_file = \"ca.pem\"\n"),
         ]);
         let set = load_dir(dir.path()).unwrap();
@@ -1624,17 +1639,26 @@ mod tests {
         assert!(payments.retry.on.contains(&RetryOn::Timeout));
         assert!(payments.rate_limit.rps > 0);
 
-        let envoy = set.get("envoy-example").expect("envoy-example.toml");
+        // `fusebox run` with the bundled policies binds only its own two listeners.
+        assert_eq!(set.routes().count(), 0);
+    }
+
+    #[test]
+    fn envoy_example_loads_as_one_route_listener() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy");
+        let set = load_dir(&dir).unwrap_or_else(|e| panic!("examples/envoy has errors:\n{e}"));
+        let envoy = set.get("envoy").expect("envoy.toml");
         assert_eq!(envoy.listen, Some("127.0.0.1:10000".parse().unwrap()));
         assert!(envoy.tls);
         assert_eq!(
             envoy.endpoints,
             [Endpoint {
-                host: "upstream.example.invalid".into(),
+                host: "www.envoyproxy.io".into(),
                 port: 443
             }]
         );
-        assert!(envoy.host_rewrite.is_some() && envoy.sni.is_some());
+        assert_eq!(envoy.host_rewrite.as_deref(), Some("www.envoyproxy.io"));
+        assert_eq!(envoy.sni.as_deref(), Some("www.envoyproxy.io"));
         assert_eq!(set.routes().count(), 1);
     }
 

@@ -8,7 +8,9 @@
 //!
 //! Every type derives `PartialEq` so that a reload can tell which policies changed.
 
+pub mod ca;
 pub mod lint;
+pub mod listeners;
 mod load;
 mod matcher;
 mod raw;

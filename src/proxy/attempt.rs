@@ -64,7 +64,9 @@ pub fn admit(destination: &Destination) -> Result<bool, LocalAnswer> {
             destination.metrics.shadow_breaker.increment(1);
             Ok(false)
         }
-        Admission::Rejected { retry_after } => Err(LocalAnswer {
+        Admission::Rejected {
+            retry_after: Some(retry_after),
+        } => Err(LocalAnswer {
             reason: Reason::BreakerOpen,
             detail: format!(
                 "circuit breaker for {} is open; next probe in {}",
@@ -72,6 +74,15 @@ pub fn admit(destination: &Destination) -> Result<bool, LocalAnswer> {
                 humantime::format_duration(round_to_millis(retry_after))
             ),
             retry_after: Some(retry_after),
+        }),
+        // A forced breaker never probes: promising a time would be a lie.
+        Admission::Rejected { retry_after: None } => Err(LocalAnswer {
+            reason: Reason::BreakerOpen,
+            detail: format!(
+                "circuit breaker for {} is forced open by an operator until it is reset",
+                destination.authority
+            ),
+            retry_after: None,
         }),
     }
 }
