@@ -13,7 +13,7 @@
 #     datasource, upstream and destination variables;
 #   - every panel has a description and the datasource ${datasource} (and so do its targets and
 #     the annotation queries); gridPos inside 24 columns, no overlaps, unique ids;
-#   - every query uses only the metric names of DESIGN.md section 4 (METRICS below), filters
+#   - every query uses only the metric names of docs/ARCHITECTURE.md §4 (METRICS below), filters
 #     upstream=~"$upstream", destination=~"$destination" on every metric that has those labels,
 #     and uses only $__rate_interval (or $__range for totals over the time range) as range;
 #   - promtool check rules alerts.yml, promtool test rules alerts.test.yml,
@@ -21,15 +21,21 @@
 #   - the deploy and provisioning YAML files parse (python3 yaml, if installed), and
 #     docker-compose.yml passes `docker compose config` when a compose CLI is installed.
 # --prom: serves testdata/fusebox-metrics.prom (a static fusebox-shaped /metrics) with
-#   `python3 -m http.server` on a free 127.0.0.1 port and runs ../shared/bench/prom-check.sh on it
-#   with this dashboard and the rules: every query must parse and return data. The server is
-#   stopped by its PID. --target HOST:PORT uses a running fusebox admin (loopback only) instead;
-#   --allow-empty lets queries return nothing (e.g. breaker panels before any trip).
+#   `python3 -m http.server` on a free 127.0.0.1 port (or uses --target HOST:PORT[/PATH], a
+#   running fusebox admin, loopback only), writes a prometheus.yml into a `mktemp -d` directory
+#   (1 s scrape and rule evaluation, that target, alerts.yml as rule file), `promtool check
+#   config`s it, starts `prometheus` on 127.0.0.1:$PROM_PORT, waits until the target is up and
+#   lets it scrape ~3 s, then runs dashboards/queries.py: every dashboard query must parse and
+#   return data (--allow-empty: may be empty, e.g. breaker panels before any trip); every
+#   alerts.yml expression must parse and evaluate (empty is fine: thresholds), and Prometheus
+#   must report every rule healthy. A self-test then shows that queries.py does fail: a broken
+#   expression and an empty result exit 1, the latter exits 0 with --allow-empty. Everything
+#   started is stopped by its PID; the temporary directory is removed.
 #
-# Environment: PROM_CHECK (default ../shared/bench/prom-check.sh seen from the repository root),
-# PROMTOOL (default promtool), PROM_PORT (default 19090, or a free port if that one is busy),
-# RUN_DIR (passed to prom-check.sh). Needs python3 and promtool (Debian: apt-get install
-# prometheus). Exit status: 0 all checks passed, 1 a check failed, 2 usage.
+# Environment: PROMTOOL (default promtool), PROMETHEUS (default prometheus), PROM_PORT (default
+# 19090, or a free port if that one is busy), KEEP=1 keeps the --prom temporary directory. Needs
+# python3 and promtool (and prometheus for --prom; Debian: apt-get install prometheus).
+# Exit status: 0 all checks passed, 1 a check failed, 2 usage.
 set -uo pipefail
 unset http_proxy HTTP_PROXY https_proxy HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
 
@@ -41,11 +47,12 @@ ALERTS_TEST=$HERE/alerts.test.yml
 SAMPLE=$HERE/testdata/fusebox-metrics.prom
 PROM_CFG=$ROOT/deploy/prometheus.yml
 COMPOSE=$ROOT/deploy/docker-compose.yml
+QUERIES=$HERE/queries.py
 PROMTOOL=${PROMTOOL:-promtool}
-PROM_CHECK=${PROM_CHECK:-$ROOT/../shared/bench/prom-check.sh}
+PROMETHEUS=${PROMETHEUS:-prometheus}
 
-# DESIGN.md section 4 (contract): every metric the dashboard and alerts may use. The first group
-# carries the upstream and destination labels; the second does not.
+# docs/ARCHITECTURE.md §4 (contract): every metric the dashboard and alerts may use. The first
+# group carries the upstream and destination labels; the second does not.
 METRICS_PER_DESTINATION="fusebox_breaker_state fusebox_breaker_transitions_total
   fusebox_requests_total fusebox_request_duration_seconds fusebox_attempts_total
   fusebox_attempt_duration_seconds fusebox_retries_total fusebox_retry_budget_exhausted_total
@@ -77,8 +84,9 @@ run() {  # run DESCRIPTION CMD...: ok/FAIL on the exit status, output indented
   if [ $rc = 0 ]; then ok "$what"; else bad "$what (exit $rc)"; fi
 }
 
-for t in python3 "$PROMTOOL"; do
-  command -v "$t" >/dev/null || { echo "$t is missing (promtool: apt-get install -y prometheus)" >&2; exit 1; }
+tools=(python3 "$PROMTOOL"); [ "$PROM" = 1 ] && tools+=("$PROMETHEUS")
+for t in "${tools[@]}"; do
+  command -v "$t" >/dev/null || { echo "$t is missing (promtool, prometheus: apt-get install -y prometheus)" >&2; exit 1; }
 done
 
 # ---------------------------------------------------------------- dashboard JSON
@@ -194,11 +202,11 @@ FUNCS = {"sum", "max", "min", "avg", "count", "rate", "increase", "changes", "hi
 for where, expr in exprs:
     for name in re.findall(r"\bfusebox_\w+", expr):
         if name not in known:
-            err(f"{where}: metric {name} is not in DESIGN.md section 4")
+            err(f"{where}: metric {name} is not in docs/ARCHITECTURE.md §4")
     stripped = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # no identifiers from inside strings
     for ident in re.findall(r"(?<![\w$])([a-zA-Z_:][\w:]*)\s*[{\[]", stripped):
         if not ident.startswith("fusebox_") and ident not in FUNCS:
-            err(f"{where}: unknown metric {ident} (only DESIGN.md section 4 metrics)")
+            err(f"{where}: unknown metric {ident} (only docs/ARCHITECTURE.md §4 metrics)")
     for m in re.finditer(r"\b(fusebox_\w+)\b(\s*\{([^}]*)\})?", expr):
         if m.group(1) in per_dest:
             sel = m.group(3) or ""
@@ -228,7 +236,7 @@ step "deploy: $PROM_CFG"
 run "promtool check config deploy/prometheus.yml" "$PROMTOOL" check config "$PROM_CFG"
 step "sample exposition: $SAMPLE"
 run "promtool check metrics testdata/fusebox-metrics.prom" bash -c '"$1" check metrics <"$2"' _ "$PROMTOOL" "$SAMPLE"
-run "the sample has every DESIGN.md section 4 metric" bash -c '
+run "the sample has every docs/ARCHITECTURE.md §4 metric" bash -c '
   for m in $1; do grep -q "^$m[{ ]\|^${m}_bucket{" "$2" || { echo "missing: $m"; exit 1; }; done' _ \
   "$METRICS_PER_DESTINATION $METRICS_GLOBAL" "$SAMPLE"
 
@@ -249,46 +257,170 @@ else
 fi
 
 # ---------------------------------------------------------------- --prom: a real Prometheus
-SERVER_PID=""; TMP=""
+SERVER_PID=""; PROM_PID=""; TMP=""
+stop() {  # stop PID: SIGTERM, up to 10 s to exit, then SIGKILL; only PIDs this script started
+  local pid=$1 i
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+}
 cleanup() {
-  if [ -n "$SERVER_PID" ]; then
-    kill "$SERVER_PID" 2>/dev/null
-    wait "$SERVER_PID" 2>/dev/null
+  stop "$PROM_PID"; PROM_PID=""
+  stop "$SERVER_PID"; SERVER_PID=""
+  if [ -n "$TMP" ]; then
+    if [ "${KEEP:-0}" = 1 ]; then echo "check.sh: kept $TMP"; else rm -rf "$TMP"; fi
+    TMP=""
   fi
-  [ -n "$TMP" ] && rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# prom_api WHAT: asks the Prometheus under test (loopback, proxies ignored); exit 0 when WHAT holds.
+#   ready: /-/ready answers; targets: every active target is up; rules: every rule evaluated ok.
+prom_api() {
+  python3 - "$PROM_URL" "$1" <<'PY'
+import json, sys, urllib.request
+base, what = sys.argv[1:3]
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def get(path):
+    with opener.open(base + path, timeout=3) as r:
+        return r.read()
+try:
+    if what == "ready":
+        get("/-/ready")
+        sys.exit(0)
+    if what == "targets":
+        ts = json.loads(get("/api/v1/targets?state=active"))["data"]["activeTargets"]
+        for t in ts:
+            print(f'{t["health"]:7} {t["scrapeUrl"]} {t.get("lastError") or ""}'.rstrip())
+        sys.exit(0 if ts and all(t["health"] == "up" for t in ts) else 1)
+    if what == "rules":
+        rules = [r for g in json.loads(get("/api/v1/rules"))["data"]["groups"] for r in g["rules"]]
+        for r in rules:
+            print(f'{r["health"]:7} {r["name"]} {r.get("lastError") or ""}'.rstrip())
+        sys.exit(0 if rules and all(r["health"] == "ok" for r in rules) else 1)
+except Exception as e:  # not up yet, or not answering: the caller polls
+    print(f"{base}: {e}")
+sys.exit(1)
+PY
+}
+# poll SECONDS CMD...: runs CMD every 0.5 s until it succeeds (0) or SECONDS pass (1)
+poll() {
+  local secs=$1 i; shift
+  for ((i = 0; i < secs * 2; i++)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  return 1
+}
+tail_log() { [ -s "$1" ] && tail -n 15 "$1" | sed 's/^/         /'; }
+
+prom_checks() {
+  local addr path host port cfg before=$failed
+  TMP=$(mktemp -d -t fusebox-dashcheck.XXXXXX) || { bad "mktemp -d"; return; }
+  if [ -z "${PROM_PORT:-}" ]; then
+    PROM_PORT=19090; port_open "$PROM_PORT" && PROM_PORT=$(free_port)
+  elif port_open "$PROM_PORT"; then
+    bad "PROM_PORT=$PROM_PORT: 127.0.0.1:$PROM_PORT is busy"; return
+  fi
+  PROM_URL=http://127.0.0.1:$PROM_PORT
+
+  # -- the scrape target: a running fusebox (--target), or the static sample
+  if [ -n "$TARGET" ]; then
+    addr=${TARGET%%/*}; path=/metrics
+    [ "$addr" = "$TARGET" ] || path=/${TARGET#*/}
+    host=${addr%:*}; port=${addr##*:}
+    if ! [[ $port =~ ^[0-9]+$ ]] || [ "$host" = "$addr" ] || ! [[ $path =~ ^/[A-Za-z0-9_./-]*$ ]]; then
+      bad "--target $TARGET: expected HOST:PORT[/PATH]"; return
+    fi
+    case $host in
+      localhost|'[::1]') ;;
+      *) [[ $host =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
+           { bad "--target $TARGET: only loopback targets (127.0.0.0/8, localhost, [::1])"; return; } ;;
+    esac
+  else
+    mkdir -p "$TMP/www" && cp "$SAMPLE" "$TMP/www/metrics"
+    port=$(free_port)
+    python3 -m http.server --bind 127.0.0.1 --directory "$TMP/www" "$port" \
+      </dev/null >"$TMP/http.log" 2>&1 &
+    SERVER_PID=$!
+    if ! poll 10 port_open "$port"; then
+      bad "static metrics server did not start on 127.0.0.1:$port"; tail_log "$TMP/http.log"; return
+    fi
+    ok "serving testdata/fusebox-metrics.prom on http://127.0.0.1:$port/metrics (pid $SERVER_PID)"
+    addr=127.0.0.1:$port; path=/metrics
+  fi
+
+  # -- prometheus.yml: that one target, alerts.yml as rule file
+  cfg=$TMP/prometheus.yml
+  cp "$ALERTS" "$TMP/alerts.yml"
+  cat >"$cfg" <<YML
+# written by dashboards/check.sh --prom (loopback only)
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - "$TMP/alerts.yml"
+scrape_configs:
+  - job_name: fusebox
+    metrics_path: "$path"
+    static_configs:
+      - targets: ["$addr"]
+YML
+  run "promtool check config (generated prometheus.yml scraping $addr$path)" "$PROMTOOL" check config "$cfg"
+  [ "$failed" = "$before" ] || return
+
+  # -- prometheus
+  "$PROMETHEUS" --config.file="$cfg" --storage.tsdb.path="$TMP/data" \
+    --web.listen-address="127.0.0.1:$PROM_PORT" </dev/null >"$TMP/prometheus.log" 2>&1 &
+  PROM_PID=$!
+  if ! poll 30 prom_api ready; then
+    bad "prometheus (pid $PROM_PID) not ready on $PROM_URL within 30 s"; tail_log "$TMP/prometheus.log"; return
+  fi
+  if ! poll 30 prom_api targets; then
+    bad "the target $addr$path is not up in Prometheus within 30 s"; prom_api targets | sed 's/^/         /'
+    return
+  fi
+  ok "prometheus pid $PROM_PID on $PROM_URL: target $addr$path up"
+  sleep 3   # a few scrapes and rule evaluations, so that rate() has samples
+
+  # -- the queries
+  run "dashboard queries: every one parses and returns data${ALLOW_EMPTY:+ (--allow-empty)}" \
+    python3 "$QUERIES" --prom "$PROM_URL" "$DASH" "${ALLOW_EMPTY[@]}"
+  run "alerts.yml expressions parse and evaluate (empty allowed: thresholds, for:)" \
+    python3 "$QUERIES" --prom "$PROM_URL" --rules "$ALERTS" --allow-empty
+  if poll 10 prom_api rules; then
+    ok "Prometheus evaluates every alerts.yml rule without error (/api/v1/rules: health ok)"
+  else
+    bad "alerts.yml rules not healthy in Prometheus (/api/v1/rules)"; prom_api rules | sed 's/^/         /'
+  fi
+
+  # -- self-test: the checker must be seen to fail
+  step "self-test: queries.py fails on bad queries"
+  expect() {  # expect STATUS DESCRIPTION ARGS...: queries.py ARGS must exit with STATUS
+    local want=$1 what=$2 got out; shift 2
+    out=$(python3 "$QUERIES" "$@" 2>&1); got=$?
+    if [ "$got" != "$want" ]; then
+      printf '%s\n' "$out" | sed 's/^/         /'; bad "$what: exit $got, expected $want"
+    elif [ "$want" != 2 ] && ! printf '%s\n' "$out" | tail -n 1 | grep -qE '^queries: [0-9]+ passed, [0-9]+ failed$'; then
+      printf '%s\n' "$out" | sed 's/^/         /'; bad "$what: no 'queries: N passed, N failed' summary line"
+    else
+      ok "$what (exit $got)"
+    fi
+  }
+  expect 1 "a syntactically broken expression fails" --prom "$PROM_URL" --expr 'sum(rate(fusebox_requests_total[5m])'
+  expect 1 "an empty result fails" --prom "$PROM_URL" --expr 'fusebox_no_such_metric_total'
+  expect 0 "an empty result passes with --allow-empty" --prom "$PROM_URL" --expr 'fusebox_no_such_metric_total' --allow-empty
+  expect 1 'a template variable defaults to the regex .* (up{job="$job"} matches nothing)' --prom "$PROM_URL" --expr 'up{job="$job"}'
+  expect 0 "--var sets a template variable (job=fusebox)" --prom "$PROM_URL" --expr 'up{job="$job"}' --var job=fusebox
+  expect 2 "a non-loopback Prometheus URL is refused" --prom http://192.0.2.1:9090 --expr 'up'
+}
 
 if [ "$PROM" = 1 ]; then
-  step "prom-check: dashboard queries and rules against a real Prometheus"
-  if [ ! -f "$PROM_CHECK" ]; then
-    bad "prom-check.sh not found at $PROM_CHECK (set PROM_CHECK)"
-  else
-    if [ -z "${PROM_PORT:-}" ]; then
-      PROM_PORT=19090; port_open "$PROM_PORT" && PROM_PORT=$(free_port)
-    fi
-    export PROM_PORT
-    if [ -n "$TARGET" ]; then
-      target="fusebox=$TARGET"
-    else
-      TMP=$(mktemp -d -t fusebox-dashcheck.XXXXXX)
-      mkdir -p "$TMP/www" && cp "$SAMPLE" "$TMP/www/metrics"
-      port=$(free_port)
-      python3 -m http.server --bind 127.0.0.1 --directory "$TMP/www" "$port" \
-        </dev/null >"$TMP/http.log" 2>&1 &
-      SERVER_PID=$!
-      for _ in $(seq 100); do port_open "$port" && break; sleep 0.1; done
-      port_open "$port" || bad "static metrics server did not start on 127.0.0.1:$port"
-      echo "   serving testdata/fusebox-metrics.prom on http://127.0.0.1:$port/metrics (pid $SERVER_PID)"
-      target="fusebox=127.0.0.1:$port/metrics"
-    fi
-    run "prom-check.sh --target $target (Prometheus on 127.0.0.1:$PROM_PORT)" \
-      bash "$PROM_CHECK" --target "$target" --dashboard "$DASH" --rules "$ALERTS" \
-      --rules-test "$ALERTS_TEST" "${ALLOW_EMPTY[@]}"
-  fi
+  step "prom: dashboard queries and alert rules against a real Prometheus"
+  prom_checks
+  cleanup
 fi
 
 echo

@@ -21,9 +21,9 @@
 #      503-then-200 calls that a retry rescues, slow calls and attempt timeouts, CONNECT tunnels
 #      (curl -p); at 20 s the flaky destination comes up until its breaker closes (checked on
 #      /metrics: a transition to closed, state 0), then goes down again and stays down;
-#   6. at 40 s runs every query of dashboards/fusebox.json with
-#      $SHARED_DIR/bench/check-dashboard-queries.py against that Prometheus (a query that errors
-#      or returns no series fails), and prints what the traffic produced;
+#   6. at 40 s runs every query of dashboards/fusebox.json with dashboards/queries.py against
+#      that Prometheus (a query that errors or returns no series fails), and prints what the
+#      traffic produced;
 #   7. polls /api/v1/alerts until FuseboxBreakerOpen fires for the flaky destination (`for: 1m`
 #      after the re-trip; gives up after 120 s).
 # Ends with `prove: N passed, N failed` (one check per dashboard query, the breaker recovery and
@@ -31,16 +31,15 @@
 # is stopped by PID (traffic loops by process group, with their curls) when it exits.
 #
 # Environment: FUSEBOX_BIN (default target/debug/fusebox, relative to the repository root),
-# SHARED_DIR (default: `shared` beside the repository root), PROMETHEUS (default prometheus),
-# PROMTOOL (default promtool), RUST_LOG (fusebox's, default warn), KEEP=1 keeps the work
-# directory. Needs curl, python3 and prometheus (Debian: apt-get install -y prometheus).
+# PROMETHEUS (default prometheus), PROMTOOL (default promtool), RUST_LOG (fusebox's, default
+# warn), KEEP=1 keeps the work directory. Needs curl, python3 and prometheus (Debian: apt-get
+# install -y prometheus); nothing outside the repository.
 set -euo pipefail
 unset http_proxy HTTP_PROXY https_proxy HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-SHARED_DIR=${SHARED_DIR:-$(cd "$ROOT/.." && pwd)/shared}
-CHECKER=$SHARED_DIR/bench/check-dashboard-queries.py
+QUERIES=$HERE/queries.py
 DASH=$HERE/fusebox.json
 ALERTS=$HERE/alerts.yml
 PROMETHEUS=${PROMETHEUS:-prometheus}
@@ -68,7 +67,6 @@ die() {  # a setup step failed: show the logs, count one failure, stop
 for t in curl python3 "$PROMETHEUS" "$PROMTOOL"; do
   command -v "$t" >/dev/null || { echo "prove: $t not found (Debian: apt-get install -y curl python3 prometheus)" >&2; exit 2; }
 done
-[ -f "$CHECKER" ] || { echo "prove: $CHECKER not found (set SHARED_DIR)" >&2; exit 2; }
 
 # ------------------------------------------------------------------ processes and cleanup
 WORK=$(mktemp -d -t fusebox-prove.XXXXXX)
@@ -287,21 +285,24 @@ say "flaky breaker open again (state 2), rejecting"
 while ((SECONDS - START < 40)); do sleep 0.5; done
 say "running every query of dashboards/fusebox.json against Prometheus"
 set +e
-python3 "$CHECKER" --prom "$PROM" "$DASH" >"$WORK/queries.txt" 2>&1
+python3 "$QUERIES" --prom "$PROM" "$DASH" >"$WORK/queries.txt" 2>&1
 rc=$?
 set -e
+# queries.py prints a line per query ("ok    WHERE: N series", "EMPTY WHERE: ...", "ERROR WHERE:
+# TYPE: MESSAGE"), under a failure the query as sent (indented by 6), and at the end
+# "queries: N passed, N failed".
 while IFS= read -r line; do
   case $line in
-    "ok   "*) pass "query ${line#ok   }" ;;
-    EMPTY*) fail "query returned no series: ${line#EMPTY  }" ;;
-    ERROR*) fail "query error: ${line#ERROR  }" ;;
-    "       "*) say "            ${line#       }" ;;
+    "ok    "*) pass "query ${line#ok    }" ;;
+    "EMPTY "*) fail "query returned no series: ${line#EMPTY }" ;;
+    "ERROR "*) fail "query error: ${line#ERROR }" ;;
+    "      "*) say "            ${line#      }" ;;
   esac
 done <"$WORK/queries.txt"
-if ! grep -q '^[0-9]* passed, [0-9]* failed$' "$WORK/queries.txt"; then
-  fail "check-dashboard-queries.py did not finish (exit $rc): $(tail -n 3 "$WORK/queries.txt")"
-elif [ $rc != 0 ] && ! grep -q '^EMPTY\|^ERROR' "$WORK/queries.txt"; then
-  fail "check-dashboard-queries.py exit $rc: $(tail -n 3 "$WORK/queries.txt")"
+if ! grep -qE '^queries: [0-9]+ passed, [0-9]+ failed$' "$WORK/queries.txt"; then
+  fail "queries.py did not finish (exit $rc): $(tail -n 3 "$WORK/queries.txt")"
+elif [ $rc != 0 ] && ! grep -q '^EMPTY \|^ERROR ' "$WORK/queries.txt"; then
+  fail "queries.py exit $rc: $(tail -n 3 "$WORK/queries.txt")"
 fi
 
 # Metrics hygiene on the live exposition: HELP, TYPE, units and names as promtool wants them.
