@@ -434,6 +434,64 @@ fn run_refuses_invalid_policies_at_startup() {
     assert_bad_key_reported(&done.stderr, &file);
 }
 
+/// `run` refuses a route listener on its own egress or admin address with `file:line:col`,
+/// before serving anything (the same error as `fusebox check`).
+#[test]
+fn run_refuses_a_route_listener_on_its_own_admin_address() {
+    let admin = StdTcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    drop(admin);
+    let route = format!("# route\nlisten = \"{admin_addr}\"\nendpoints = [\"u.test:80\"]\n");
+    let dir = policies_dir(&[("route", &route)]);
+    let mut command = fusebox_command();
+    command
+        .args(["run", "--listen", "127.0.0.1:0", "--admin"])
+        .arg(admin_addr.to_string())
+        .arg("--policies")
+        .arg(dir.path());
+    let done = run_to_exit(command);
+    assert_eq!(done.status.code(), Some(1), "{}", done.stderr);
+    let at = format!("{}:2:10: ", dir.path().join("route.toml").display());
+    assert!(done.stderr.contains(&at), "{}", done.stderr);
+    assert!(done.stderr.contains("admin server (--admin)"), "{}", done.stderr);
+}
+
+/// `--admin-token-file` / `FUSEBOX_ADMIN_TOKEN_FILE` (a Docker or Kubernetes secret): the
+/// token, trailing newline trimmed, is required by admin POSTs; an empty file stops the start.
+#[tokio::test]
+async fn admin_token_file_is_required_by_admin_posts() {
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin-token");
+    std::fs::write(&token_file, "s3cret-from-file\n").unwrap();
+    let dir = policies_dir(&[]);
+    let token_path = token_file.to_string_lossy().into_owned();
+    let fusebox =
+        FuseboxProcess::spawn(dir.path(), &[], &[("FUSEBOX_ADMIN_TOKEN_FILE", &token_path)]).await;
+    let reload = |token: Option<&str>| {
+        let mut request = direct_client().post(format!("{}/reload", fusebox.admin_url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(reload(None).await.unwrap().status(), 401);
+    assert_eq!(reload(Some("wrong")).await.unwrap().status(), 401);
+    assert_eq!(reload(Some("s3cret-from-file")).await.unwrap().status(), 200);
+    drop(fusebox);
+
+    std::fs::write(&token_file, " \n").unwrap();
+    let mut command = fusebox_command();
+    command
+        .args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("--policies")
+        .arg(dir.path())
+        .arg("--admin-token-file")
+        .arg(&token_file);
+    let done = run_to_exit(command);
+    assert_eq!(done.status.code(), Some(1), "{}", done.stderr);
+    assert!(done.stderr.contains("is empty"), "{}", done.stderr);
+}
+
 #[tokio::test]
 async fn run_configured_by_environment_variables_only() {
     let upstream = FakeUpstream::builder().body("env ok").start().await;
