@@ -303,7 +303,10 @@ mod tests {
         let (code, out, err) = check_with(&dir, Format::Text, true);
         assert_eq!((code, err.as_str()), (0, ""));
         assert!(out.contains("payments"), "{out}");
-        assert!(!out.contains("listen"), "bundled policies must not open listeners: {out}");
+        assert!(
+            !out.contains("listen"),
+            "bundled policies must not open listeners: {out}"
+        );
     }
 
     #[test]
@@ -315,12 +318,27 @@ mod tests {
             if !dir.is_dir() {
                 continue;
             }
+            if dir.ends_with("broken") {
+                // The README's example of an error: it must stay broken, at the place it shows.
+                let (code, _, err) = check(&dir);
+                assert_eq!(code, EXIT_ERRORS);
+                let at = format!(
+                    "{}:7:1: unknown key `timeouts.conect`",
+                    dir.join("payments.toml").display()
+                );
+                assert!(err.starts_with(&at), "{err}");
+                continue;
+            }
             let (code, out, err) = check_with(&dir, Format::Text, true);
             assert_eq!((code, err.as_str()), (0, ""), "{}", dir.display());
             assert!(out.starts_with("default"), "{out}");
             seen += 1;
         }
-        assert!(seen >= 1, "no example directory under {}", examples.display());
+        assert!(
+            seen >= 1,
+            "no example directory under {}",
+            examples.display()
+        );
     }
 
     #[test]
@@ -339,10 +357,19 @@ mod tests {
         assert!(lines[0].starts_with(&at("b.toml")), "{err}");
         assert!(lines[0].contains("policy `a`"), "{err}");
         assert!(lines[1].starts_with(&at("c.toml")), "{err}");
-        assert!(lines[1].contains("egress listener (--listen) on 127.0.0.1:15001"), "{err}");
+        assert!(
+            lines[1].contains("egress listener (--listen) on 127.0.0.1:15001"),
+            "{err}"
+        );
         assert!(lines[2].starts_with(&at("d.toml")), "{err}");
-        assert!(lines[2].contains("admin server (--admin) on 127.0.0.1:9901"), "{err}");
-        assert!(out.contains("default"), "the summary still shows what loaded: {out}");
+        assert!(
+            lines[2].contains("admin server (--admin) on 127.0.0.1:9901"),
+            "{err}"
+        );
+        assert!(
+            out.contains("default"),
+            "the summary still shows what loaded: {out}"
+        );
     }
 
     fn risky_dir() -> tempfile::TempDir {

@@ -453,7 +453,11 @@ fn run_refuses_a_route_listener_on_its_own_admin_address() {
     assert_eq!(done.status.code(), Some(1), "{}", done.stderr);
     let at = format!("{}:2:10: ", dir.path().join("route.toml").display());
     assert!(done.stderr.contains(&at), "{}", done.stderr);
-    assert!(done.stderr.contains("admin server (--admin)"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("admin server (--admin)"),
+        "{}",
+        done.stderr
+    );
 }
 
 /// `--admin-token-file` / `FUSEBOX_ADMIN_TOKEN_FILE` (a Docker or Kubernetes secret): the
@@ -465,8 +469,12 @@ async fn admin_token_file_is_required_by_admin_posts() {
     std::fs::write(&token_file, "s3cret-from-file\n").unwrap();
     let dir = policies_dir(&[]);
     let token_path = token_file.to_string_lossy().into_owned();
-    let fusebox =
-        FuseboxProcess::spawn(dir.path(), &[], &[("FUSEBOX_ADMIN_TOKEN_FILE", &token_path)]).await;
+    let fusebox = FuseboxProcess::spawn(
+        dir.path(),
+        &[],
+        &[("FUSEBOX_ADMIN_TOKEN_FILE", &token_path)],
+    )
+    .await;
     let reload = |token: Option<&str>| {
         let mut request = direct_client().post(format!("{}/reload", fusebox.admin_url()));
         if let Some(token) = token {
@@ -476,7 +484,10 @@ async fn admin_token_file_is_required_by_admin_posts() {
     };
     assert_eq!(reload(None).await.unwrap().status(), 401);
     assert_eq!(reload(Some("wrong")).await.unwrap().status(), 401);
-    assert_eq!(reload(Some("s3cret-from-file")).await.unwrap().status(), 200);
+    assert_eq!(
+        reload(Some("s3cret-from-file")).await.unwrap().status(),
+        200
+    );
     drop(fusebox);
 
     std::fs::write(&token_file, " \n").unwrap();

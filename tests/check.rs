@@ -292,7 +292,10 @@ fn listener_collisions_are_errors_for_the_addresses_run_would_bind() {
         .unwrap();
     assert_eq!(done.status.code(), Some(1));
     let stderr = String::from_utf8(done.stderr).unwrap();
-    assert!(stderr.contains("admin server (--admin) on 127.0.0.1:9911"), "{stderr}");
+    assert!(
+        stderr.contains("admin server (--admin) on 127.0.0.1:9911"),
+        "{stderr}"
+    );
     assert_eq!(check(dir.path(), &[]).code, Some(0));
 }
 

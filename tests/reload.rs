@@ -1082,7 +1082,9 @@ async fn unchanged_and_colliding_reloads_apply_nothing() {
     let errors = reload_refused(&admin).await;
     assert!(has_location(&errors, "r.toml", 2), "{errors:#?}");
     assert!(
-        errors.iter().any(|e| e.contains("egress listener (--listen)")),
+        errors
+            .iter()
+            .any(|e| e.contains("egress listener (--listen)")),
         "{errors:#?}"
     );
     let refused = reload_metrics(&admin).await;

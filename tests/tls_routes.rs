@@ -223,10 +223,7 @@ async fn envoy_example_policy_works_end_to_end() {
     let fusebox = TestFusebox::start_in(dir).await;
 
     let response = direct_client()
-        .get(format!(
-            "{}/docs?page=1",
-            fusebox.route_url("envoy")
-        ))
+        .get(format!("{}/docs?page=1", fusebox.route_url("envoy")))
         .send()
         .await
         .unwrap();

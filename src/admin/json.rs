@@ -317,7 +317,9 @@ mod tests {
         let said = view.reason_text.as_deref().unwrap();
         assert!(said.contains("operator") && said.contains("not a connection reset"));
         assert_eq!(view.recent[0].kind, "reset");
-        assert!(view.recent[0].text.contains("upstream reset or closed the connection"));
+        assert!(view.recent[0]
+            .text
+            .contains("upstream reset or closed the connection"));
     }
 
     #[test]

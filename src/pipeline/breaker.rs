@@ -1233,12 +1233,7 @@ mod tests {
         let much_later = t0 + Duration::from_secs(3600);
         assert_eq!(
             b.admit(much_later),
-            (
-                Admission::Rejected {
-                    retry_after: None
-                },
-                None
-            )
+            (Admission::Rejected { retry_after: None }, None)
         );
         assert_eq!(b.record(much_later, probe(ok())), None);
         let snap = b.snapshot(much_later);

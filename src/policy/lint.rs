@@ -789,7 +789,10 @@ mod tests {
             ],
             &["b.toml:1:10: listen-port-reused"],
         );
-        assert!(full[0].contains("different addresses, which works"), "{full:?}");
+        assert!(
+            full[0].contains("different addresses, which works"),
+            "{full:?}"
+        );
         assert!(full[0].contains("in a.toml:1:10 (policy `a`)"), "{full:?}");
     }
 

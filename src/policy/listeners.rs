@@ -40,9 +40,7 @@ impl FixedListener {
 pub fn collide(a: SocketAddr, b: SocketAddr) -> bool {
     let covers =
         |x: SocketAddr, y: SocketAddr| x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4());
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// One error for each route listener that collides with a fixed listener or with the route
@@ -71,8 +69,7 @@ pub fn listener_conflicts(set: &PolicySet, fixed: &[FixedListener]) -> Vec<Polic
                     })
             });
         let Some(clash) = clash else { continue };
-        let (line, col) =
-            Keys::new(std::fs::read_to_string(&policy.file).ok()).at("listen", None);
+        let (line, col) = Keys::new(std::fs::read_to_string(&policy.file).ok()).at("listen", None);
         errors.push(PolicyError {
             file: policy.file.clone(),
             line,
@@ -151,7 +148,12 @@ mod tests {
     fn distinct_addresses_and_port_zero_are_not_conflicts() {
         let b = "listen = \"127.0.0.2:10000\"\nendpoints = [\"u:1\"]\n";
         let any = "listen = \"127.0.0.1:0\"\nendpoints = [\"u:1\"]\n";
-        let files = [("a.toml", ROUTE_A), ("b.toml", b), ("c.toml", any), ("d.toml", any)];
+        let files = [
+            ("a.toml", ROUTE_A),
+            ("b.toml", b),
+            ("c.toml", any),
+            ("d.toml", any),
+        ];
         let fixed = [FixedListener::egress(addr("127.0.0.1:0"))];
         assert_eq!(conflicts(&files, &fixed), Vec::<String>::new());
     }

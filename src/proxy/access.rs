@@ -49,7 +49,7 @@ impl Seen {
             status = status.as_u16(),
             outcome = outcome.label(),
             attempts,
-            // Whole microseconds: a fixed precision of three decimals (`38.991`), never
+            // Whole microseconds: at most three decimals (`38.991`, `38.99`), never
             // `38.990868999999996`. An exact conversion for any duration under 285 years.
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             reason = reason.map(Reason::as_str),
