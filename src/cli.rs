@@ -1,5 +1,6 @@
-//! The command line (docs/ARCHITECTURE.md §2, a contract): `run`, `check`, `status`. Each flag also reads its
-//! `FUSEBOX_*` environment variable.
+//! The command line (docs/ARCHITECTURE.md §2, a contract): `run`, `check`, `status`. Every flag
+//! that configures the agent also reads its `FUSEBOX_*` environment variable (`--strict`,
+//! `--watch` and `--upstream` do not).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! Egress address guard: pure classification of IP addresses, no I/O.
 //!
-//! A policy's `allow_private` and `allow_link_local` (DESIGN.md section 3) say which kinds of
+//! A policy's `allow_private` and `allow_link_local` (docs/ARCHITECTURE.md §3) say which kinds of
 //! addresses a destination may reach. The checks here run on the addresses a host *resolves
 //! to*, never on the host name in the request: a name is only a pointer, and anyone who
 //! controls a DNS zone can point `innocent.example.com` at `169.254.169.254` (cloud metadata)

@@ -4,7 +4,7 @@
 
 use http::StatusCode;
 
-/// The `outcome` label of `fusebox_requests_total` (DESIGN §4, a contract).
+/// The `outcome` label of `fusebox_requests_total` (docs/ARCHITECTURE.md §4, a contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Ok,
@@ -62,7 +62,7 @@ impl Outcome {
 }
 
 /// Why fusebox answered instead of the upstream: the `x-fusebox-reason` header value
-/// (DESIGN §5, a contract).
+/// (docs/ARCHITECTURE.md §5, a contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     BreakerOpen,

@@ -422,7 +422,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The upstream for a requested destination (policy matching, DESIGN §1).
+    /// The upstream for a requested destination (policy matching, docs/ARCHITECTURE.md §1).
     pub fn lookup(&self, host: &str, port: u16) -> &Arc<Upstream> {
         match self.policies.lookup_index(host, port) {
             Some(index) => &self.others[index],

@@ -1,7 +1,7 @@
-//! Hot reload (DESIGN §7): a change under `--policies` (file watch, debounced), `SIGHUP`, or
-//! `POST /reload` loads the whole directory, validates it, and swaps it in only if all of it is
-//! valid. Policies that did not change keep their state; route listeners are opened and closed
-//! to match. An invalid edit logs every error with `file:line:col`, counts
+//! Hot reload (docs/ARCHITECTURE.md §7): a change under `--policies` (file watch, debounced),
+//! `SIGHUP`, or `POST /reload` loads the whole directory, validates it, and swaps it in only if all
+//! of it is valid. Policies that did not change keep their state; route listeners are opened and
+//! closed to match. An invalid edit logs every error with `file:line:col`, counts
 //! `fusebox_config_reloads_total{result="failure"}`, and the old policies keep serving.
 
 use std::collections::BTreeMap;

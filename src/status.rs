@@ -1,5 +1,6 @@
-//! `fusebox status` (DESIGN §2): asks a running agent's admin API for `GET /upstreams` and
-//! prints one line per destination — breaker state, window counts, last transition reason.
+//! `fusebox status` (docs/ARCHITECTURE.md §2): asks a running agent's admin API for `GET
+//! /upstreams` and prints one line per destination — breaker state, window counts, last transition
+//! reason.
 //!
 //! Rendering is a pure function of the rows, the time and whether to colour
 //! ([`render_table`]); the rest is fetching, error messages and the `--watch` loop.

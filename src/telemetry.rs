@@ -1,4 +1,5 @@
-//! Metrics (DESIGN §4, a contract): names, HELP texts, buckets, and the per-destination handles.
+//! Metrics (docs/ARCHITECTURE.md §4, a contract): names, HELP texts, buckets, and the
+//! per-destination handles.
 //!
 //! Each running agent owns its own Prometheus recorder (not the process-global one), so that
 //! several agents in one test process keep separate numbers. Handles are registered once per

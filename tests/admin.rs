@@ -1,6 +1,6 @@
-//! The admin API (DESIGN §6) and the metrics it exposes (DESIGN §4, a contract): health and
-//! readiness, the Prometheus text at `/metrics` with the contract's names, labels and HELP
-//! lines, values that match the traffic sent, JSON errors, and the cardinality cap
+//! The admin API (docs/ARCHITECTURE.md §6) and the metrics it exposes (docs/ARCHITECTURE.md §4, a
+//! contract): health and readiness, the Prometheus text at `/metrics` with the contract's names,
+//! labels and HELP lines, values that match the traffic sent, JSON errors, and the cardinality cap
 //! `metrics_max_destinations`.
 
 mod support;

@@ -1,7 +1,7 @@
-//! The admin API's JSON endpoints (DESIGN §6, a contract), over real sockets: `/upstreams`
-//! after a scripted trip, field by field; filtering by policy; forcing and resetting breakers
-//! (the proxy obeys, metrics follow); `/config`; `/reload`; JSON errors, 405s with `allow`;
-//! the admin token.
+//! The admin API's JSON endpoints (docs/ARCHITECTURE.md §6, a contract), over real sockets:
+//! `/upstreams` after a scripted trip, field by field; filtering by policy; forcing and resetting
+//! breakers (the proxy obeys, metrics follow); `/config`; `/reload`; JSON errors, 405s with
+//! `allow`; the admin token.
 //!
 //! Breakers here trip after two 503s in a row and stay open 30 s (`jitter = false`), so an
 //! open breaker stays open for the whole test however slow the machine is.

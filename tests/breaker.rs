@@ -1,5 +1,5 @@
-//! The circuit breaker end to end (DESIGN §1, §3 `[breaker]`, §4, §5): real loopback sockets,
-//! a scripted fake upstream, and reqwest through fusebox as the app.
+//! The circuit breaker end to end (docs/ARCHITECTURE.md §1, §3 `[breaker]`, §4, §5): real loopback
+//! sockets, a scripted fake upstream, and reqwest through fusebox as the app.
 //!
 //! Every test writes a policy for itself and sets `[retry] attempts = 1` (unless retries are the
 //! point), so each app request is exactly one upstream try and upstream hit counts are exact.
@@ -162,8 +162,8 @@ fn assert_local(answer: &Answer, status: u16, reason: &str, upstream: &str) {
     );
 }
 
-/// The local `503 breaker-open` (DESIGN §5): names the destination, and `retry-after` is a
-/// whole number of seconds in `1..=max_secs`. Returns `retry-after`.
+/// The local `503 breaker-open` (docs/ARCHITECTURE.md §5): names the destination, and `retry-after`
+/// is a whole number of seconds in `1..=max_secs`. Returns `retry-after`.
 #[track_caller]
 fn assert_breaker_open(answer: &Answer, upstream: &str, destination: &str, max_secs: u64) -> u64 {
     assert_local(answer, 503, "breaker-open", upstream);

@@ -1,5 +1,5 @@
-//! The HTTP/1.1 forward proxy on the egress listener (DESIGN §1, §5): absolute-form and
-//! origin-form routing, hop-by-hop headers (RFC 9110 §7.6.1), `Via` and loop detection, CONNECT
+//! The HTTP/1.1 forward proxy on the egress listener (docs/ARCHITECTURE.md §1, §5): absolute-form
+//! and origin-form routing, hop-by-hop headers (RFC 9110 §7.6.1), `Via` and loop detection, CONNECT
 //! tunnels, upstream connection pooling, streaming of large bodies, and protocol upgrades.
 //!
 //! Everything runs on real loopback sockets: reqwest is the app, `FakeUpstream` the upstream,

@@ -1,6 +1,6 @@
-//! Limits (DESIGN §1, §3 `[rate_limit]` `[concurrency]` `[timeouts]`, §4, §5): the rate limiter
-//! in enforce and shadow mode, the concurrency gate's immediate `503 overflow`, the timeout on a
-//! stalled upstream, and the isolation of one destination from another's overload.
+//! Limits (docs/ARCHITECTURE.md §1, §3 `[rate_limit]` `[concurrency]` `[timeouts]`, §4, §5): the
+//! rate limiter in enforce and shadow mode, the concurrency gate's immediate `503 overflow`, the
+//! timeout on a stalled upstream, and the isolation of one destination from another's overload.
 //!
 //! Every policy here sets `[breaker] mode = "off"` so that a breaker trip cannot interfere, and
 //! every agent runs with `jitter = false`. Timing assertions are lower bounds only, or bounds

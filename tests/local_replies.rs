@@ -1,7 +1,7 @@
-//! Local replies (DESIGN §5, a contract): whenever fusebox answers instead of the upstream, the
-//! app gets the contract status, `x-fusebox-reason`, `x-fusebox-upstream` and a one-line text
-//! body, and `/metrics` counts the request under the matching `outcome` and `code` (and the
-//! upstream try, if one was made, under the matching `result`).
+//! Local replies (docs/ARCHITECTURE.md §5, a contract): whenever fusebox answers instead of the
+//! upstream, the app gets the contract status, `x-fusebox-reason`, `x-fusebox-upstream` and a
+//! one-line text body, and `/metrics` counts the request under the matching `outcome` and `code`
+//! (and the upstream try, if one was made, under the matching `result`).
 //!
 //! Malformed requests are sent over raw sockets, and where HTTP/1.1 allows the connection to
 //! survive the error, a second request on the same socket must be served.

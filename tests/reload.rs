@@ -1,9 +1,9 @@
-//! Hot reload (DESIGN §7): reloads under load through every trigger (file watch, `POST
-//! /reload`, `SIGHUP`) and every way an operator or Kubernetes rewrites a file (in place,
+//! Hot reload (docs/ARCHITECTURE.md §7): reloads under load through every trigger (file watch,
+//! `POST /reload`, `SIGHUP`) and every way an operator or Kubernetes rewrites a file (in place,
 //! write-then-rename, a ConfigMap's `..data` symlink swap); invalid edits refused with
-//! `file:line:col` while the old policies keep serving; the state of unchanged policies kept,
-//! that of changed ones reset, forced breakers carried over; route listeners opened, moved and
-//! closed to match the policies.
+//! `file:line:col` while the old policies keep serving; the state of unchanged policies kept, that
+//! of changed ones reset, forced breakers carried over; route listeners opened, moved and closed to
+//! match the policies.
 //!
 //! Timing: nothing depends on how fast the machine is. Waits are bounded polls (they only
 //! bound how long a broken fusebox takes to fail the test), and every file write is atomic

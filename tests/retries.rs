@@ -1,6 +1,7 @@
-//! Retries (DESIGN §1, §3 `[timeouts]` `[retry]`, §4, §5): which failures are retried, which
-//! requests may be sent twice, replayable bodies, `Retry-After`, attempt and total timeouts,
-//! connect failures, the retry budget against retry storms, and the metrics that count it all.
+//! Retries (docs/ARCHITECTURE.md §1, §3 `[timeouts]` `[retry]`, §4, §5): which failures are
+//! retried, which requests may be sent twice, replayable bodies, `Retry-After`, attempt and total
+//! timeouts, connect failures, the retry budget against retry storms, and the metrics that count it
+//! all.
 //!
 //! Every policy here sets `[breaker] mode = "off"` so that a breaker trip cannot interfere with
 //! what is being counted, and every agent runs with `jitter = false`, so the backoff is its

@@ -1,5 +1,5 @@
-//! `fusebox status` (DESIGN §2): the built binary against an in-process agent's admin API
-//! after real traffic, and against an address where nothing listens.
+//! `fusebox status` (docs/ARCHITECTURE.md §2): the built binary against an in-process agent's admin
+//! API after real traffic, and against an address where nothing listens.
 
 mod support;
 

@@ -1,5 +1,5 @@
-//! The JSON shapes of the admin API (DESIGN §6, a contract). The same types deserialize what
-//! the API sent, so `fusebox status` and the server cannot drift apart.
+//! The JSON shapes of the admin API (docs/ARCHITECTURE.md §6, a contract). The same types
+//! deserialize what the API sent, so `fusebox status` and the server cannot drift apart.
 //!
 //! Times are RFC 3339 in UTC with milliseconds (`2025-01-31T12:00:00.123Z`). Breaker instants
 //! are monotonic ([`tokio::time::Instant`]); they are turned into wall-clock times against one

@@ -1,6 +1,6 @@
-//! The admin server (DESIGN §6, a contract): health, readiness, metrics, the breakers of every
-//! destination (`/upstreams`), operator commands on them, reload and the effective config. It
-//! observes the agent and never sits on the request path.
+//! The admin server (docs/ARCHITECTURE.md §6, a contract): health, readiness, metrics, the breakers
+//! of every destination (`/upstreams`), operator commands on them, reload and the effective config.
+//! It observes the agent and never sits on the request path.
 //!
 //! - [`routes`]: which path and method does what, and the handlers.
 //! - [`json`]: the JSON shapes, shared with `fusebox status`, which reads them back.

@@ -1,4 +1,4 @@
-//! The admin API's routes (DESIGN §6, a contract) and their handlers.
+//! The admin API's routes (docs/ARCHITECTURE.md §6, a contract) and their handlers.
 //!
 //! | path                          | methods   | what                                           |
 //! |-------------------------------|-----------|------------------------------------------------|

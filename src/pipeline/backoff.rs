@@ -10,9 +10,9 @@
 //! The exponential schedule comes from `backon` (the maintained successor of `backoff`):
 //! `ExponentialBuilder` with factor 2, `backoff_base` as the first delay and `backoff_max` as
 //! the cap. backon's own jitter adds `[0, d)` on top of `d` (delays in `[d, 2d)`, possibly above
-//! the cap), which is not the full jitter DESIGN asks for, so the schedule is used without it and
-//! the draw in `[0, ceiling]` is made here with `fastrand`. The ceiling is also capped here once
-//! more, since backon starts at `min_delay` even when `max_delay` is smaller.
+//! the cap), which is not the full jitter that docs/ARCHITECTURE.md §3 specifies, so the schedule
+//! is used without it and the draw in `[0, ceiling]` is made here with `fastrand`. The ceiling is
+//! also capped here once more, since backon starts at `min_delay` even when `max_delay` is smaller.
 
 use std::time::{Duration, SystemTime};
 

@@ -89,7 +89,7 @@ impl State {
     }
 
     /// The `from` / `to` label of `fusebox_breaker_transitions_total` (`/upstreams` spells
-    /// half-open with a hyphen, as DESIGN §6 does).
+    /// half-open with a hyphen, as docs/ARCHITECTURE.md §6 does).
     pub fn label(self) -> &'static str {
         match self {
             State::Closed => "closed",

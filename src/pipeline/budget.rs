@@ -1,5 +1,6 @@
 //! Per-destination retry budget: retries may add at most `budget_ratio` × first tries over the
-//! last ~10 s, plus `budget_min_per_second` retries in each second (DESIGN §3 `[retry]`).
+//! last ~10 s, plus `budget_min_per_second` retries in each second (docs/ARCHITECTURE.md §3
+//! `[retry]`).
 //!
 //! # Why a budget and not only `attempts`
 //!

@@ -1,5 +1,5 @@
 //! Per-destination concurrency gate: at most `max_in_flight` requests in progress, the rest
-//! refused at once with a local `503 overflow` (DESIGN §5).
+//! refused at once with a local `503 overflow` (docs/ARCHITECTURE.md §5).
 //!
 //! The gate never queues. A queue in front of a slow upstream is exactly the thread and memory
 //! pile-up fusebox exists to prevent: the caller's own timeout is the right place to wait, and a

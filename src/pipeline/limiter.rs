@@ -1,8 +1,8 @@
 //! Per-destination rate limiter: GCRA on [`governor`], checked lock-free on every attempt.
 //!
-//! Every attempt — retries included — asks the limiter first (DESIGN §1), so a destination's
-//! `rps` is what the upstream sees, not what the app sent. Retries therefore cannot amplify load
-//! past the limit.
+//! Every attempt — retries included — asks the limiter first (docs/ARCHITECTURE.md §1), so a
+//! destination's `rps` is what the upstream sees, not what the app sent. Retries therefore cannot
+//! amplify load past the limit.
 //!
 //! # Quota mapping
 //!
@@ -12,11 +12,11 @@
 //! - the bucket holds at most `R + B` tokens, so an idle destination accepts `R + B` requests at
 //!   once, then one per `1 s / R`.
 //!
-//! DESIGN §3 defines `burst` as "extra tokens above rps". `Quota::per_second(R)` alone already
-//! holds `R` tokens (one second's worth), so `burst` is added on top of that. The alternative —
-//! a capacity of `max(1, burst)` — would make the default `burst = 0` space requests strictly
-//! `1/R` apart and reject two requests an app sends in the same millisecond even at `rps = 1000`,
-//! which surprises more than it protects. `R + B` saturates at `u32::MAX`.
+//! docs/ARCHITECTURE.md §3 defines `burst` as "extra tokens above rps". `Quota::per_second(R)`
+//! alone already holds `R` tokens (one second's worth), so `burst` is added on top of that. The
+//! alternative — a capacity of `max(1, burst)` — would make the default `burst = 0` space requests
+//! strictly `1/R` apart and reject two requests an app sends in the same millisecond even at
+//! `rps = 1000`, which surprises more than it protects. `R + B` saturates at `u32::MAX`.
 //!
 //! # Clock
 //!

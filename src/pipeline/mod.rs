@@ -1,5 +1,5 @@
 //! The per-destination resilience pipeline: the pieces an attempt passes through between the
-//! policy lookup and the upstream client (section 1 of DESIGN.md).
+//! policy lookup and the upstream client (docs/ARCHITECTURE.md §1).
 //!
 //! Each file owns one idea and is pure where possible: state machines take `now` instead of
 //! reading a clock, so tests step time explicitly and the proxy (the I/O) stays elsewhere.

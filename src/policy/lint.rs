@@ -1,6 +1,6 @@
-//! Lints: combinations of valid values that are dangerous together (DESIGN §3), reported by
-//! `fusebox check` as warnings. Every field is valid on its own by now (the loader rejected
-//! the rest); these are the mistakes that only show under load or during an outage.
+//! Lints: combinations of valid values that are dangerous together (docs/ARCHITECTURE.md §3),
+//! reported by `fusebox check` as warnings. Every field is valid on its own by now (the loader
+//! rejected the rest); these are the mistakes that only show under load or during an outage.
 //!
 //! A warning is reported where the dangerous value is *set*: a policy is only blamed for a
 //! combination when its own file sets one of the keys involved. When all of them are inherited,

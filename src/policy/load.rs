@@ -876,7 +876,8 @@ fn host_name(host: &str) -> Result<String, String> {
 }
 
 impl Default for Policy {
-    /// The built-in defaults: what an absent or empty `default.toml` means (DESIGN §3).
+    /// The built-in defaults: what an absent or empty `default.toml` means (docs/ARCHITECTURE.md
+    /// §3).
     fn default() -> Self {
         Policy {
             name: DEFAULT_POLICY.to_string(),

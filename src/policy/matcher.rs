@@ -1,8 +1,8 @@
 //! Which policy a destination belongs to.
 //!
-//! Precedence (DESIGN §1): exact `host:port` > exact host > longest wildcard suffix; among
-//! policies that claim the same pattern, the first file by name wins. `None` means the default
-//! policy. A lookup runs once per request, so it allocates nothing: the maps are keyed by
+//! Precedence (docs/ARCHITECTURE.md §1): exact `host:port` > exact host > longest wildcard suffix;
+//! among policies that claim the same pattern, the first file by name wins. `None` means the
+//! default policy. A lookup runs once per request, so it allocates nothing: the maps are keyed by
 //! `String` and queried with `&str`, and wildcard candidates are slices of the host.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! The TOML schema of a policy file (DESIGN §3), as serde structs.
+//! The TOML schema of a policy file (docs/ARCHITECTURE.md §3), as serde structs.
 //!
 //! Every field is optional (a policy sets only what it overrides) and keeps its span, so that
 //! [`super::load`] can report `file:line:col` for a value it rejects. Values are read in their

@@ -1,9 +1,9 @@
-//! The attempt loop (DESIGN §1): one app request, past its policy, guard and concurrency gate,
-//! becomes one or more upstream tries. Each try passes the rate limiter and the breaker, runs
-//! under the attempt timeout (never past the request's deadline), is classified and recorded
-//! in the breaker; the retry decision is taken on the response head, asking the `retry.on`
-//! conditions, the method, the body, the backoff or `Retry-After`, the deadline and the
-//! retry budget. Only the final answer leaves this module.
+//! The attempt loop (docs/ARCHITECTURE.md §1): one app request, past its policy, guard and
+//! concurrency gate, becomes one or more upstream tries. Each try passes the rate limiter and the
+//! breaker, runs under the attempt timeout (never past the request's deadline), is classified and
+//! recorded in the breaker; the retry decision is taken on the response head, asking the `retry.on`
+//! conditions, the method, the body, the backoff or `Retry-After`, the deadline and the retry
+//! budget. Only the final answer leaves this module.
 
 use std::time::{Duration, SystemTime};
 

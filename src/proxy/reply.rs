@@ -1,5 +1,6 @@
-//! Local replies (DESIGN §5, a contract): what the app gets when fusebox answers instead of
-//! the upstream. Always `x-fusebox-reason`, `x-fusebox-upstream` and a one-line text body.
+//! Local replies (docs/ARCHITECTURE.md §5, a contract): what the app gets when fusebox answers
+//! instead of the upstream. Always `x-fusebox-reason`, `x-fusebox-upstream` and a one-line text
+//! body.
 
 use std::time::Duration;
 
