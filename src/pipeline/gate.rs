@@ -8,9 +8,9 @@
 //!
 //! The count is one `AtomicUsize` shared (through an `Arc`, allocated once per destination) by
 //! the gate and its permits: entering is a compare-and-swap loop, leaving is one `fetch_sub` in
-//! [`GatePermit`]'s `Drop`. A permit owns its `Arc`, so it can travel into a spawned task (a
-//! CONNECT tunnel) and is released however the request ends — completion, error, or the future
-//! being dropped. With `max_in_flight = 0` the gate still counts (the in-flight gauge and the
+//! [`GatePermit`]'s `Drop`. A permit owns its `Arc`, so it can travel with a response body
+//! into the connection's task and is released however the request ends — completion, error, or
+//! the future being dropped. (A CONNECT tunnel holds its permit only while it connects.) With `max_in_flight = 0` the gate still counts (the in-flight gauge and the
 //! admin API want the number) but never refuses; that costs one `fetch_add`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
