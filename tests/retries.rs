@@ -317,6 +317,26 @@ async fn retry_after_beyond_the_total_timeout_ends_retrying() {
     assert_eq!(m.requests("upstream_error", "5xx"), 1.0, "{text}");
 }
 
+/// An upstream cannot crash a request task with an absurd `Retry-After`: the delay is compared
+/// with what is left of the deadline, never added to an instant (which overflowed and panicked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_retry_after_ends_retrying_without_a_panic() {
+    for absurd in ["99999999999999999999", "18446744073709551615", "9223372036854775807"] {
+        let upstream = FakeUpstream::builder()
+            .statuses(&[503, 200])
+            .header("retry-after", absurd)
+            .start()
+            .await;
+        let fusebox = start("[timeouts]\ntotal = \"2s\"").await;
+        let response = fusebox.app().get(upstream.url("/a")).send().await.unwrap();
+        assert_upstream(&response, 503);
+        assert_eq!(upstream.hits(), 1, "retry-after: {absurd}");
+        // The connection and fusebox are still fine.
+        let again = fusebox.app().get(upstream.url("/b")).send().await.unwrap();
+        assert_eq!(again.status(), 200, "retry-after: {absurd}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_ignored_when_not_honored() {
     let upstream = FakeUpstream::builder()

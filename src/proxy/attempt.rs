@@ -100,7 +100,7 @@ pub async fn run(
 ) -> Result<Response<Incoming>, LocalAnswer> {
     let policy = &upstream.policy;
     let retry = &policy.retry;
-    let deadline = Instant::now() + policy.timeouts.total;
+    let deadline = deadline_after(policy.timeouts.total);
     let body = prepare_body(body, &parts, retry.max_replay_bytes, deadline).await?;
     let replayable = matches!(body, Body::Replayable(_));
     let resendable = replayable && may_resend(retry, &parts.method, &parts.headers);
@@ -228,13 +228,14 @@ pub async fn run(
             return ending;
         }
         let delay = match retry_after(retry.honor_retry_after, &ending) {
-            Some(after) if Instant::now() + after >= deadline => return ending,
             Some(after) => after,
             None => backoff
                 .get_or_insert_with(|| Backoff::new(retry, jitter))
                 .delay(),
         };
-        if Instant::now() + delay >= deadline {
+        // Compared with what is left, never added to an instant: an upstream's `Retry-After`
+        // can be absurdly large, and `Instant + Duration` panics on overflow.
+        if delay >= deadline.saturating_duration_since(Instant::now()) {
             return ending;
         }
         if !destination.budget.try_withdraw() {
@@ -245,6 +246,13 @@ pub async fn run(
         previous = Some(ending);
         tokio::time::sleep(delay).await;
     }
+}
+
+/// `now + total`, or a year from now for a `total` too large to add (never a panic).
+fn deadline_after(total: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(total)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }
 
 /// The delay a 429 or 503 asks for with `Retry-After`, when the policy honours it.
