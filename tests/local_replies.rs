@@ -482,6 +482,40 @@ async fn a_policy_with_allow_false_denies_its_hosts() {
     assert_attempts(&metrics, "blocked", &destination, None, 0.0);
 }
 
+/// A name denied by a policy stays denied however the app spells it: upper case, or fully
+/// qualified with a trailing dot (which resolves to the same address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_name_is_denied_in_every_spelling() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let port = upstream.addr().port();
+    let blocked = "hosts = [\"localhost\"]\nallow = false\n";
+    let fusebox = TestFusebox::start(&[("default", ""), ("blocked", blocked)]).await;
+    for host in ["localhost", "LocalHost", "localhost.", "LOCALHOST."] {
+        let get = format!("GET http://{host}:{port}/x HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+        assert_local_reply(
+            &raw_exchange(&fusebox, &get).await,
+            403,
+            "denied",
+            "blocked",
+        );
+        let origin = format!("GET /x HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+        assert_local_reply(
+            &raw_exchange(&fusebox, &origin).await,
+            403,
+            "denied",
+            "blocked",
+        );
+        let connect = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+        assert_local_reply(
+            &raw_exchange(&fusebox, &connect).await,
+            403,
+            "denied",
+            "blocked",
+        );
+    }
+    assert_eq!(upstream.connections(), 0, "denied before any connection");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_private_false_denies_loopback_destinations() {
     let upstream = FakeUpstream::with_status(200).await;

@@ -321,7 +321,11 @@ async fn retry_after_beyond_the_total_timeout_ends_retrying() {
 /// with what is left of the deadline, never added to an instant (which overflowed and panicked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_retry_after_ends_retrying_without_a_panic() {
-    for absurd in ["99999999999999999999", "18446744073709551615", "9223372036854775807"] {
+    for absurd in [
+        "99999999999999999999",
+        "18446744073709551615",
+        "9223372036854775807",
+    ] {
         let upstream = FakeUpstream::builder()
             .statuses(&[503, 200])
             .header("retry-after", absurd)

@@ -71,7 +71,7 @@ fn from_authority(authority: &Authority, https: bool) -> Result<Target<'_>, Stri
     }
     let port = authority.port_u16();
     Ok(Target {
-        host: lowercase(host),
+        host: normalize(host)?,
         port: port.unwrap_or(if https { 443 } else { 80 }),
         explicit_port: port.is_some(),
         https,
@@ -90,12 +90,22 @@ pub fn connect_target<B>(req: &Request<B>) -> Result<Target<'_>, String> {
     from_authority(authority, false)
 }
 
-fn lowercase(host: &str) -> Cow<'_, str> {
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+/// The one spelling of a host that policy matching and the guard see: lower case, without the
+/// trailing dot of a fully qualified name (`API.example.com.` is `api.example.com`), so that a
+/// policy that denies a name cannot be walked around by spelling it differently.
+fn normalize(host: &str) -> Result<Cow<'_, str>, String> {
+    let host = match host.strip_suffix('.') {
+        Some(name) if name.is_empty() || name.ends_with('.') => {
+            return Err(format!("request target host {host:?} is not a host name"))
+        }
+        Some(name) => name,
+        None => host,
+    };
+    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
-    }
+    })
 }
 
 #[cfg(test)]
@@ -136,6 +146,26 @@ mod tests {
         assert_eq!((t.host.as_ref(), t.port), ("svc.internal", 8080));
         let r = req(Method::GET, "/path", None);
         assert!(http_target(&r).unwrap_err().contains("Host"));
+    }
+
+    #[test]
+    fn one_spelling_per_host() {
+        for uri in [
+            "http://api.example.com/",
+            "http://API.Example.COM/",
+            "http://api.example.com./",
+            "http://API.EXAMPLE.COM.:80/",
+        ] {
+            let r = req(Method::GET, uri, None);
+            assert_eq!(http_target(&r).unwrap().host, "api.example.com", "{uri}");
+        }
+        let r = req(Method::GET, "/", Some("Svc.Internal.:8080"));
+        assert_eq!(http_target(&r).unwrap().host, "svc.internal");
+        let r = req(Method::CONNECT, "localhost.:443", None);
+        assert_eq!(connect_target(&r).unwrap().host, "localhost");
+        for bad in ["http://example.com../", "http://./"] {
+            assert!(http_target(&req(Method::GET, bad, None)).is_err(), "{bad}");
+        }
     }
 
     #[test]
