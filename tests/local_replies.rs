@@ -618,3 +618,28 @@ async fn loops_get_508() {
     assert_requests(&metrics, "default", &egress.to_string(), "loop", "5xx", 3.0);
     assert_attempts(&metrics, "default", &egress.to_string(), None, 0.0);
 }
+
+/// fusebox's own listeners are a loop in every spelling of their address: IPv4-mapped and
+/// IPv4-compatible IPv6, as plain requests and as CONNECT, egress and admin alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_listeners_are_loops_in_every_address_spelling() {
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    for own in [fusebox.agent().egress_addr(), fusebox.agent().admin_addr()] {
+        let port = own.port();
+        for host in [
+            own.ip().to_string(),
+            "[::ffff:127.0.0.1]".to_owned(),
+            "[::ffff:7f00:1]".to_owned(),
+            "[0:0:0:0:0:ffff:127.0.0.1]".to_owned(),
+            "[::127.0.0.1]".to_owned(),
+        ] {
+            let get =
+                format!("GET http://{host}:{port}/metrics HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+            let response = raw_exchange(&fusebox, &get).await;
+            assert_eq!(response.status, 508, "GET via {host}:{port}: {response:?}");
+            let connect = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+            let response = raw_exchange(&fusebox, &connect).await;
+            assert_eq!(response.status, 508, "CONNECT {host}:{port}: {response:?}");
+        }
+    }
+}

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -54,13 +54,30 @@ impl SelfAddrs {
 
     /// Whether a connection to `addr` would reach one of fusebox's listeners. A listener on an
     /// unspecified address (`0.0.0.0`) is reached through any loopback address.
+    /// Addresses are compared in their canonical form, so that no spelling of an own address
+    /// (IPv4-mapped `::ffff:127.0.0.1`, IPv4-compatible `::127.0.0.1`) gets past.
     pub fn contains(&self, addr: SocketAddr) -> bool {
+        let ip = canonical(addr.ip());
         self.0.load().iter().any(|own| {
+            let own_ip = canonical(own.ip());
             own.port() == addr.port()
-                && (own.ip() == addr.ip()
-                    || (own.ip().is_unspecified()
-                        && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+                && (own_ip == ip
+                    || (own_ip.is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
         })
+    }
+}
+
+/// An IPv6 address that embeds an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, or the deprecated
+/// IPv4-compatible `::a.b.c.d`) as that IPv4 address; any other address as it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.segments() {
+            [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => {
+                IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)))
+            }
+            _ => ip.to_canonical(),
+        },
+        IpAddr::V4(_) => ip,
     }
 }
 
