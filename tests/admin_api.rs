@@ -565,3 +565,43 @@ async fn a_configured_token_is_required_for_post_even_on_loopback() {
 
     fusebox.shutdown().await;
 }
+
+/// A web page cannot drive the loopback admin through a browser: a POST whose `Origin` is not
+/// the admin's own (or whose `Sec-Fetch-Site` says cross-site) is refused before anything is
+/// done, token or not; the same POST from a tool (no `Origin`) goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_browser_posts_are_refused() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let fusebox = start(&[("default", ""), ("pay", &tripping_policy(&upstream))]).await;
+    let path = format!(
+        "{}/upstreams/pay/breaker?action=force-open&destination={}",
+        fusebox.admin_url(),
+        upstream.authority()
+    );
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let response = direct_client()
+            .post(&path)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{name}: {value}");
+        let json: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        assert!(error_message(&json).contains("cross-site"), "{json}");
+    }
+    assert_eq!(call(&fusebox, &upstream.url("/")).await, (200, None));
+
+    let same_origin = direct_client()
+        .post(&path)
+        .header("origin", fusebox.admin_url())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_origin.status(), StatusCode::OK);
+    assert_eq!(call(&fusebox, &upstream.url("/")).await.0, 503);
+    fusebox.shutdown().await;
+}

@@ -48,6 +48,34 @@ pub fn authorize(
     }
 }
 
+/// Why a mutating request looks like a browser's cross-site request, if it does: an `Origin`
+/// that is not the admin's own (`http://` + the `Host` the request was sent to), or
+/// `Sec-Fetch-Site` other than `same-origin` / `none`. A web page can make a browser send a
+/// "simple" POST to a loopback address without any preflight; operators' tools (curl,
+/// `fusebox status`, scripts) send neither header. Checked before the token, so that a
+/// page cannot use the token-less loopback admin.
+pub fn cross_site(headers: &http::HeaderMap) -> Option<String> {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return Some(format!(
+                "Sec-Fetch-Site: {}",
+                String::from_utf8_lossy(site.as_bytes())
+            ));
+        }
+    }
+    let origin = headers.get(http::header::ORIGIN)?;
+    let own = headers
+        .get(http::header::HOST)
+        .map(|host| [b"http://".as_slice(), host.as_bytes()].concat());
+    if own.is_some_and(|own| own.eq_ignore_ascii_case(origin.as_bytes())) {
+        return None;
+    }
+    Some(format!(
+        "Origin: {}",
+        String::from_utf8_lossy(origin.as_bytes())
+    ))
+}
+
 /// Whether an address only accepts local connections (IPv4-mapped loopback included).
 pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
@@ -134,6 +162,40 @@ mod tests {
                 authorize(loopback, token, Some(&header("bearer  s3cret "))),
                 Decision::Allowed
             );
+        }
+    }
+
+    #[test]
+    fn cross_site_browser_requests_are_recognised() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    header(value),
+                );
+            }
+            map
+        };
+        let host = ("host", "127.0.0.1:9901");
+        assert_eq!(cross_site(&headers(&[host])), None, "curl sends neither");
+        assert_eq!(
+            cross_site(&headers(&[host, ("origin", "http://127.0.0.1:9901")])),
+            None
+        );
+        assert_eq!(
+            cross_site(&headers(&[host, ("sec-fetch-site", "same-origin")])),
+            None
+        );
+        for refused in [
+            vec![host, ("origin", "http://evil.example")],
+            vec![host, ("origin", "null")],
+            vec![host, ("origin", "http://127.0.0.1:9902")],
+            vec![("origin", "http://127.0.0.1:9901")],
+            vec![host, ("sec-fetch-site", "cross-site")],
+            vec![host, ("sec-fetch-site", "same-site")],
+        ] {
+            assert!(cross_site(&headers(&refused)).is_some(), "{refused:?}");
         }
     }
 

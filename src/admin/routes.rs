@@ -134,7 +134,7 @@ pub(super) async fn handle<B>(state: &AdminState, conn: Conn, req: Request<B>) -
         return response;
     }
     if req.method() == Method::POST {
-        if let Some(refusal) = check_auth(state, conn, req.headers().get(header::AUTHORIZATION)) {
+        if let Some(refusal) = check_auth(state, conn, req.headers()) {
             warn!(peer = %conn.peer, path, status = refusal.status().as_u16(), "admin request refused");
             return refusal;
         }
@@ -160,18 +160,28 @@ pub(super) async fn handle<B>(state: &AdminState, conn: Conn, req: Request<B>) -
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
-fn check_auth(
-    state: &AdminState,
-    conn: Conn,
-    authorization: Option<&HeaderValue>,
-) -> Option<AdminResponse> {
-    match auth::authorize(conn.loopback, state.token(), authorization) {
+fn check_auth(state: &AdminState, conn: Conn, headers: &http::HeaderMap) -> Option<AdminResponse> {
+    if let Some(why) = auth::cross_site(headers) {
+        return Some(json_error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "refused a cross-site browser request ({why}): the admin API takes commands \
+                 from operators' tools, never from web pages"
+            ),
+        ));
+    }
+    match auth::authorize(
+        conn.loopback,
+        state.token(),
+        headers.get(header::AUTHORIZATION),
+    ) {
         Decision::Allowed => None,
         Decision::Unauthorized => {
             let mut response = json_error(
                 StatusCode::UNAUTHORIZED,
                 "this endpoint needs `Authorization: Bearer <token>` with the token given to \
-                 `fusebox run --admin-token` / FUSEBOX_ADMIN_TOKEN",
+                 `fusebox run --admin-token-file` / FUSEBOX_ADMIN_TOKEN_FILE (or --admin-token / \
+                 FUSEBOX_ADMIN_TOKEN)",
             );
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -182,9 +192,9 @@ fn check_auth(
         Decision::Forbidden => Some(json_error(
             StatusCode::FORBIDDEN,
             "the admin API listens on a non-loopback address and no admin token is configured, \
-             so its mutating endpoints are disabled; start fusebox with --admin-token TOKEN (or \
-             FUSEBOX_ADMIN_TOKEN) and send `Authorization: Bearer TOKEN`, or bind --admin to \
-             127.0.0.1",
+             so its mutating endpoints are disabled; start fusebox with --admin-token-file PATH \
+             (or FUSEBOX_ADMIN_TOKEN_FILE, --admin-token, FUSEBOX_ADMIN_TOKEN) and send \
+             `Authorization: Bearer TOKEN`, or bind --admin to 127.0.0.1",
         )),
     }
 }
