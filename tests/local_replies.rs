@@ -643,3 +643,73 @@ async fn own_listeners_are_loops_in_every_address_spelling() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// blame: an app's broken body is the app's fault
+
+/// An app that sends a malformed chunked body gets `400 bad-request` (if its connection can
+/// still carry an answer), and the upstream is not blamed: no failed attempt, no breaker
+/// failure. Six such requests against `consecutive_failures = 5` leave the breaker closed for
+/// every other app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_body_is_the_apps_fault_not_the_upstreams() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let policy = format!(
+        "hosts = [\"{}\"]\n[breaker]\nconsecutive_failures = 5\n[retry]\nattempts = 1\n",
+        upstream.authority()
+    );
+    let fusebox = TestFusebox::start(&[("default", ""), ("api", &policy)]).await;
+    let host = upstream.authority();
+    for _ in 0..6 {
+        let mut stream = TcpStream::connect(fusebox.agent().egress_addr())
+            .await
+            .unwrap();
+        let request = format!(
+            "POST http://{host}/upload HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\nzz-not-a-size\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+        // The app's connection may be closed or reset: only an answer, if any, is checked.
+        if let Ok(Ok(_)) = read.await {
+            let text = String::from_utf8_lossy(&answer);
+            if !text.is_empty() {
+                assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+                assert!(text.contains("x-fusebox-reason: bad-request"), "{text}");
+            }
+        }
+    }
+    let (status, reason) = {
+        let response = fusebox
+            .app()
+            .get(upstream.url("/after"))
+            .send()
+            .await
+            .unwrap();
+        let reason = response
+            .headers()
+            .get("x-fusebox-reason")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), reason)
+    };
+    assert_eq!(
+        (status, reason),
+        (200, None),
+        "the breaker must still be closed"
+    );
+    let metrics = fusebox.metrics().await;
+    assert_eq!(
+        metric(&metrics, "fusebox_breaker_state", &[("upstream", "api")]),
+        0.0,
+        "{metrics}"
+    );
+    for result in ["reset", "failure", "connect_failed", "timeout"] {
+        let failed = metrics.lines().any(|l| {
+            l.starts_with("fusebox_attempts_total")
+                && l.contains(&format!("result=\"{result}\""))
+                && !l.ends_with(" 0")
+        });
+        assert!(!failed, "an attempt was blamed as {result}:\n{metrics}");
+    }
+}

@@ -179,8 +179,9 @@ pub async fn run(
             Ok(Err(error)) => {
                 let (reason, attempt, detail) = classify_error(&error, &destination.authority);
                 let Some(attempt) = attempt else {
-                    // fusebox refused to connect (guard, loop): not the upstream's failure, so
-                    // nothing is recorded (a probe slot left open is reclaimed by the breaker).
+                    // fusebox refused to connect (guard, loop) or the app's body broke off: not
+                    // the upstream's failure, so nothing is recorded (a probe slot left open is
+                    // reclaimed by the breaker).
                     return Err(LocalAnswer::new(reason, detail));
                 };
                 let (kind, try_result) = match attempt {

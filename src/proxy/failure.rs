@@ -13,6 +13,13 @@ pub fn classify_error(
 ) -> (Reason, Option<AttemptResult>, String) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
+        if let Some(cause) = app_body_error(current) {
+            return (
+                Reason::BadRequest,
+                None,
+                format!("the app's request body to {authority} broke off: {cause}"),
+            );
+        }
         if let Some(connect) = current.downcast_ref::<ConnectError>() {
             return classify_connect_error(connect);
         }
@@ -47,6 +54,17 @@ pub fn classify_error(
         };
         (Reason::UpstreamReset, Some(AttemptResult::Reset), detail)
     }
+}
+
+/// The app's side of a failed try: hyper reports the request body's stream failing as a "user"
+/// error whose cause is the error of the app connection's body (a malformed chunk, an aborted
+/// upload). That is the app's fault: a 400, and nothing recorded against the upstream.
+fn app_body_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a hyper::Error> {
+    let hyper_error = error.downcast_ref::<hyper::Error>()?;
+    if !hyper_error.is_user() {
+        return None;
+    }
+    std::error::Error::source(hyper_error)?.downcast_ref::<hyper::Error>()
 }
 
 /// Maps a connect failure to the local reply, the attempt result (none when fusebox refused
