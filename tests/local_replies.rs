@@ -713,3 +713,98 @@ async fn a_malformed_request_body_is_the_apps_fault_not_the_upstreams() {
         assert!(!failed, "an attempt was blamed as {result}:\n{metrics}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// a half-open probe abandoned by the app
+
+/// The `/upstreams` view of `destination` under policy `name`.
+async fn breaker_view(fusebox: &TestFusebox, name: &str, destination: &str) -> serde_json::Value {
+    let url = format!("{}/upstreams/{name}", fusebox.admin_url());
+    let text = support::direct_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let views: serde_json::Value = serde_json::from_str(&text).unwrap();
+    views
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["destination"] == destination)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Polls `check` on the destination's view every 20 ms, for at most 10 s.
+async fn wait_view(
+    fusebox: &TestFusebox,
+    destination: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..500 {
+        let view = breaker_view(fusebox, "hole", destination).await;
+        if check(&view) {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A CONNECT that is the half-open probe and is abandoned by the app while fusebox connects
+/// must not leave the breaker half-open with its only probe slot taken (every other call then
+/// got `breaker-open` until the `open_max` lease ran out): the abandoned probe is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_tunnel_probe_does_not_wedge_the_breaker() {
+    let blackhole = syn_blackhole()
+        .await
+        .expect("a full listen backlog drops SYNs on this kernel");
+    let destination = blackhole.addr.to_string();
+    let policy = format!(
+        "hosts = [\"{destination}\"]\n[timeouts]\nconnect = \"300ms\"\nattempt = \"30s\"\n\
+         total = \"60s\"\n[retry]\nattempts = 1\n[breaker]\nconsecutive_failures = 1\n\
+         open_base = \"100ms\"\nopen_max = \"60s\"\n"
+    );
+    let fusebox = TestFusebox::start_with(
+        policies_dir(&[("default", ""), ("hole", &policy)]),
+        |config| config.jitter = false,
+    )
+    .await;
+    let connect = format!("CONNECT {destination} HTTP/1.1\r\nHost: {destination}\r\n\r\n");
+
+    // One connect timeout trips the breaker.
+    let response = raw_exchange(&fusebox, &connect).await;
+    assert_eq!(response.status, 504);
+    wait_view(&fusebox, &destination, "the breaker to open", |v| {
+        v["state"] == "open"
+    })
+    .await;
+    // Once the open period is over, the next CONNECT is the probe; the app gives up on it
+    // while fusebox is still connecting (the connect timeout is 300 ms).
+    wait_view(&fusebox, &destination, "the next probe to be due", |v| {
+        v["next_probe_in_ms"] == 0
+    })
+    .await;
+    let mut app = RawConn::connect(fusebox.agent().egress_addr()).await;
+    app.send(connect.as_bytes()).await;
+    wait_view(&fusebox, &destination, "the probe to be admitted", |v| {
+        v["state"] == "half-open"
+    })
+    .await;
+    drop(app);
+
+    // The abandoned probe counts (as a failure, like a reset): the breaker is open again, with
+    // a probe due soon, instead of half-open with no probe left to send.
+    let view = wait_view(
+        &fusebox,
+        &destination,
+        "the abandoned probe to be recorded",
+        |v| v["reason"] == "probe_failed",
+    )
+    .await;
+    assert_eq!(view["in_flight"], 0, "{view}");
+}

@@ -150,14 +150,11 @@ pub async fn run(
         let request = Request::from_parts(request_parts, request_body);
 
         *tries += 1;
-        let mut probe_guard = ProbeGuard {
-            destination,
-            armed: probe,
-        };
+        let mut probe_guard = ProbeGuard::new(destination, probe);
         let started = Instant::now();
         let result = tokio::time::timeout(limit, client.request(request)).await;
         let elapsed = started.elapsed();
-        probe_guard.armed = false;
+        probe_guard.disarm();
 
         let (try_result, ending) = match result {
             Ok(Ok(response)) => {
@@ -340,9 +337,24 @@ fn round_to_millis(d: Duration) -> Duration {
 /// A half-open probe whose try is abandoned (the app went away mid-try) must still be
 /// answered, or the breaker would wait for it. It is recorded as a reset: the upstream did not
 /// prove itself healthy.
-struct ProbeGuard<'a> {
+/// Used by every kind of try: forwarded requests and CONNECT tunnels.
+pub(super) struct ProbeGuard<'a> {
     destination: &'a Destination,
     armed: bool,
+}
+
+impl<'a> ProbeGuard<'a> {
+    /// Armed when the try is a probe; [`ProbeGuard::disarm`] once its result is recorded.
+    pub(super) fn new(destination: &'a Destination, probe: bool) -> Self {
+        ProbeGuard {
+            destination,
+            armed: probe,
+        }
+    }
+
+    pub(super) fn disarm(&mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for ProbeGuard<'_> {

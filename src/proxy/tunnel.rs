@@ -79,7 +79,10 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     };
     let rules = upstream.connect_rules(ctx.registry.self_addrs());
     let attempt_started = Instant::now();
+    // An app that gives up while fusebox connects drops this future: the probe is still answered.
+    let mut probe_guard = attempt::ProbeGuard::new(&destination, probe);
     let connected = connect::connect(host, port, &rules).await;
+    probe_guard.disarm();
     let elapsed = attempt_started.elapsed();
     drop(in_flight);
     let stream = match connected {
