@@ -14,13 +14,12 @@ mod support;
 use support::metrics::metric;
 use support::raw::{RawConn, RawResponse};
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-use support::{policies_dir, refused_addr, FakeUpstream, TestFusebox};
+use support::{policies_dir, refused_addr, syn_blackhole, FakeUpstream, TestFusebox};
 
 /// Safety net for anything that should happen; never reached on a healthy run.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -323,40 +322,6 @@ async fn refused_connection_is_connect_failed_502() {
         Some("connect_failed"),
         1.0,
     );
-}
-
-/// A loopback address whose accept queue is full, so that the kernel drops new SYNs and a
-/// connect to it hangs (Linux: `listen(1)` queues two connections, then drops SYNs).
-struct SynBlackhole {
-    addr: SocketAddr,
-    _listener: TcpListener,
-    _queued: Vec<TcpStream>,
-}
-
-/// Fills the accept queue of a fresh `listen(1)` socket; `None` if this kernel never made a
-/// connect hang (then the trick does not work here).
-async fn syn_blackhole() -> Option<SynBlackhole> {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(1).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut queued = Vec::new();
-    for _ in 0..16 {
-        // A queued connect completes in microseconds; one second without a SYN-ACK means the
-        // SYN was dropped.
-        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => queued.push(stream),
-            Ok(Err(_)) => return None,
-            Err(_) => {
-                return Some(SynBlackhole {
-                    addr,
-                    _listener: listener,
-                    _queued: queued,
-                })
-            }
-        }
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

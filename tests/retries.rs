@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-use support::{policies_dir, refused_addr, FakeUpstream, Reply, TestFusebox};
+use support::{policies_dir, refused_addr, syn_blackhole, FakeUpstream, Reply, TestFusebox};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -605,6 +605,39 @@ async fn connect_failures_are_retried_for_any_method() {
             "{destination}: {text}"
         );
     }
+}
+
+/// A connect that times out sent nothing either: it is retried like a refused connect (the
+/// `connect-failure` condition, any method), although its local reply and attempt result
+/// still say `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeouts_are_retried_like_connect_failures() {
+    let blackhole = syn_blackhole()
+        .await
+        .expect("a full listen backlog drops SYNs on this kernel");
+    let fusebox = start(
+        "[timeouts]\nconnect = \"200ms\"\nattempt = \"5s\"\ntotal = \"20s\"\n[retry]\nattempts = 3",
+    )
+    .await;
+    let response = fusebox
+        .app()
+        .post(format!("http://{}/order", blackhole.addr))
+        .body("item=1")
+        .send()
+        .await
+        .unwrap();
+    assert_local(&response, 504, "timeout");
+    response.bytes().await.unwrap();
+
+    let text = fusebox.metrics().await;
+    let destination = blackhole.addr.to_string();
+    let m = Counts {
+        text: &text,
+        destination: &destination,
+    };
+    assert_eq!(m.attempts("timeout"), 3.0, "{text}");
+    assert_eq!(m.retries("connect-failure"), 2.0, "{text}");
+    assert_eq!(m.all_retries(), 2.0, "{text}");
 }
 
 // ---------------------------------------------------------------------------------------------

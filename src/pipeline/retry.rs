@@ -20,6 +20,17 @@ pub enum TryResult {
     Reset,
     /// No response head within the attempt timeout.
     Timeout,
+    /// No connection within `timeouts.connect`: like [`TryResult::ConnectFailed`], nothing
+    /// was sent.
+    ConnectTimeout,
+}
+
+impl TryResult {
+    /// Nothing of the request reached the upstream, so sending it again is safe for any
+    /// method.
+    pub fn sent_nothing(self) -> bool {
+        matches!(self, TryResult::ConnectFailed | TryResult::ConnectTimeout)
+    }
 }
 
 /// The first condition of `retry.on` that allows retrying `result`, if any.
@@ -27,6 +38,9 @@ pub fn matching_condition(policy: &Retry, result: TryResult) -> Option<RetryOn> 
     let allowed = |condition: RetryOn| policy.on.contains(&condition).then_some(condition);
     match result {
         TryResult::ConnectFailed => allowed(RetryOn::ConnectFailure),
+        TryResult::ConnectTimeout => {
+            allowed(RetryOn::ConnectFailure).or_else(|| allowed(RetryOn::Timeout))
+        }
         TryResult::Reset => allowed(RetryOn::Reset),
         TryResult::Timeout => allowed(RetryOn::Timeout),
         TryResult::Status(status) => {
@@ -125,6 +139,30 @@ mod tests {
             Some(RetryOn::RetriableStatus)
         );
         assert_eq!(matching_condition(&statuses_only, status(502)), None);
+    }
+
+    #[test]
+    fn a_connect_timeout_sent_nothing_and_is_a_connect_failure_first() {
+        assert!(
+            TryResult::ConnectTimeout.sent_nothing() && TryResult::ConnectFailed.sent_nothing()
+        );
+        assert!(!TryResult::Timeout.sent_nothing() && !TryResult::Reset.sent_nothing());
+        let connect = policy(&[RetryOn::ConnectFailure], &[]);
+        assert_eq!(
+            matching_condition(&connect, TryResult::ConnectTimeout),
+            Some(RetryOn::ConnectFailure)
+        );
+        assert_eq!(matching_condition(&connect, TryResult::Timeout), None);
+        let timeout = policy(&[RetryOn::Timeout], &[]);
+        assert_eq!(
+            matching_condition(&timeout, TryResult::ConnectTimeout),
+            Some(RetryOn::Timeout)
+        );
+        let neither = policy(&[RetryOn::Reset], &[]);
+        assert_eq!(
+            matching_condition(&neither, TryResult::ConnectTimeout),
+            None
+        );
     }
 
     #[test]

@@ -182,6 +182,10 @@ pub async fn run(
                     return Err(LocalAnswer::new(reason, detail));
                 };
                 let (kind, try_result) = match attempt {
+                    // A connector error that is a timeout: the connection never opened.
+                    AttemptResult::Timeout if error.is_connect() => {
+                        (FailureKind::Timeout, TryResult::ConnectTimeout)
+                    }
                     AttemptResult::Timeout => (FailureKind::Timeout, TryResult::Timeout),
                     AttemptResult::Reset => (FailureKind::Reset, TryResult::Reset),
                     _ => (FailureKind::ConnectFailed, TryResult::ConnectFailed),
@@ -222,7 +226,7 @@ pub async fn run(
         }
         // A request that never left fusebox may always be sent again; any other only when the
         // method (or an Idempotency-Key) says doing it twice is harmless.
-        if !(resendable || try_result == TryResult::ConnectFailed) {
+        if !(resendable || try_result.sent_nothing()) {
             return ending;
         }
         let delay = match retry_after(retry.honor_retry_after, &ending) {

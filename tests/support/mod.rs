@@ -5,6 +5,7 @@
 //! - [`app`]: reqwest clients, through fusebox (the app) or direct.
 //! - [`agent`]: fusebox in-process (`TestFusebox`).
 //! - [`process`]: the built binary as a child process (`FuseboxProcess`).
+//! - [`blackhole`]: a loopback address whose connects hang (`syn_blackhole`).
 //!
 //! Everything binds `127.0.0.1:0`; nothing listens on a fixed port or a non-loopback address.
 
@@ -13,6 +14,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod blackhole;
 pub mod metrics;
 pub mod process;
 pub mod raw;
@@ -23,6 +25,7 @@ use std::process::{Command, Output};
 
 pub use agent::{start_fusebox, TestFusebox};
 pub use app::{app_client, app_client_with_tls, direct_client, direct_client_with_tls};
+pub use blackhole::{syn_blackhole, SynBlackhole};
 pub use process::FuseboxProcess;
 pub use tls::{install_crypto, TestPki};
 pub use upstream::{download_byte, refused_addr, FakeUpstream, RecordedRequest, Reply};
