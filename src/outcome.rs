@@ -18,10 +18,11 @@ pub enum Outcome {
     Denied,
     Loop,
     BadRequest,
+    BadResponse,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Ok,
         Outcome::UpstreamError,
         Outcome::BreakerOpen,
@@ -33,6 +34,7 @@ impl Outcome {
         Outcome::Denied,
         Outcome::Loop,
         Outcome::BadRequest,
+        Outcome::BadResponse,
     ];
 
     pub fn label(self) -> &'static str {
@@ -48,6 +50,7 @@ impl Outcome {
             Outcome::Denied => "denied",
             Outcome::Loop => "loop",
             Outcome::BadRequest => "bad_request",
+            Outcome::BadResponse => "bad_response",
         }
     }
 
@@ -76,6 +79,9 @@ pub enum Reason {
     BadRequest,
     /// The request head was too large (431); counted as `bad_request`.
     HeadersTooLarge,
+    /// The upstream answered something fusebox cannot forward: a malformed or oversized
+    /// response head (502). The upstream's fault.
+    BadResponse,
 }
 
 impl Reason {
@@ -90,6 +96,7 @@ impl Reason {
             Reason::Denied => "denied",
             Reason::Loop => "loop",
             Reason::BadRequest | Reason::HeadersTooLarge => "bad-request",
+            Reason::BadResponse => "bad-response",
         }
     }
 
@@ -98,7 +105,9 @@ impl Reason {
             Reason::BreakerOpen | Reason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Reason::ConnectFailed | Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Reason::ConnectFailed | Reason::UpstreamReset | Reason::BadResponse => {
+                StatusCode::BAD_GATEWAY
+            }
             Reason::Denied => StatusCode::FORBIDDEN,
             Reason::Loop => StatusCode::LOOP_DETECTED,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
@@ -117,6 +126,7 @@ impl Reason {
             Reason::Denied => Outcome::Denied,
             Reason::Loop => Outcome::Loop,
             Reason::BadRequest | Reason::HeadersTooLarge => Outcome::BadRequest,
+            Reason::BadResponse => Outcome::BadResponse,
         }
     }
 }
@@ -163,6 +173,12 @@ mod tests {
             (Reason::Denied, 403, "denied", Outcome::Denied),
             (Reason::Loop, 508, "loop", Outcome::Loop),
             (Reason::BadRequest, 400, "bad-request", Outcome::BadRequest),
+            (
+                Reason::BadResponse,
+                502,
+                "bad-response",
+                Outcome::BadResponse,
+            ),
         ];
         for (reason, status, text, outcome) in table {
             assert_eq!(reason.status().as_u16(), status, "{reason:?}");

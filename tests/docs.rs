@@ -159,6 +159,7 @@ fn every_metric_lint_code_and_reply_reason_is_documented() {
         Reason::BreakerOpen,
         Reason::RateLimited,
         Reason::Overflow,
+        Reason::BadResponse,
     ] {
         let reason = reason.as_str();
         assert!(

@@ -773,3 +773,71 @@ async fn an_abandoned_tunnel_probe_does_not_wedge_the_breaker() {
     .await;
     assert_eq!(view["in_flight"], 0, "{view}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// bad-response 502
+
+/// An upstream on loopback that answers every request with `head` (raw bytes), then closes.
+async fn raw_upstream(head: Vec<u8>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let head = head.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(&head).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A response head fusebox cannot read (malformed, or larger than it buffers) is the
+/// upstream's fault but not a reset: `502 bad-response`, a failed attempt, outcome
+/// `bad_response`, and a breaker failure of kind `bad_response`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_response_head_is_bad_response() {
+    let mut huge = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let heads = [
+        b"HTTP/1.1 2x0 OK\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        b"NOT-HTTP\r\n\r\n".to_vec(),
+        huge,
+    ];
+    let fusebox = TestFusebox::start(&[("default", &single_try(""))]).await;
+    for head in heads {
+        let addr = raw_upstream(head).await;
+        let response = fusebox
+            .app()
+            .get(format!("http://{addr}/x"))
+            .send()
+            .await
+            .unwrap();
+        let response = RawResponse::from_reqwest(response).await;
+        assert_local_reply(&response, 502, "bad-response", "default");
+        let metrics = fusebox.metrics().await;
+        let destination = addr.to_string();
+        assert_requests(
+            &metrics,
+            "default",
+            &destination,
+            "bad_response",
+            "5xx",
+            1.0,
+        );
+        assert_attempts(&metrics, "default", &destination, Some("failure"), 1.0);
+        let view = support::direct_client()
+            .get(format!("{}/upstreams/default", fusebox.admin_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(view.contains("\"kind\": \"bad_response\""), "{view}");
+    }
+}

@@ -64,7 +64,7 @@ pub struct WindowView {
 pub struct FailureView {
     /// RFC 3339.
     pub time: String,
-    /// `connect_failed`, `reset`, `timeout` or `status`.
+    /// `connect_failed`, `reset`, `timeout`, `status` or `bad_response`.
     pub kind: String,
     /// The upstream's status when `kind` is `status`, `null` otherwise.
     pub status: Option<u16>,

@@ -195,6 +195,8 @@ pub enum FailureKind {
     Timeout,
     /// A response whose status is in `failure_statuses`.
     Status(u16),
+    /// A response head fusebox could not read: malformed or over the size limit.
+    BadResponse,
 }
 
 impl FailureKind {
@@ -204,6 +206,7 @@ impl FailureKind {
             FailureKind::Reset => "reset",
             FailureKind::Timeout => "timeout",
             FailureKind::Status(_) => "status",
+            FailureKind::BadResponse => "bad_response",
         }
     }
 
@@ -216,6 +219,9 @@ impl FailureKind {
             }
             FailureKind::Timeout => "no response head within the attempt timeout",
             FailureKind::Status(_) => "the upstream answered a status in failure_statuses",
+            FailureKind::BadResponse => {
+                "the upstream's response head was malformed or too large to forward"
+            }
         }
     }
 

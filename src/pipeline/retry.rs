@@ -23,6 +23,9 @@ pub enum TryResult {
     /// No connection within `timeouts.connect`: like [`TryResult::ConnectFailed`], nothing
     /// was sent.
     ConnectTimeout,
+    /// A response head that could not be read (malformed, too large): never retried, since
+    /// the upstream did act on the request.
+    BadResponse,
 }
 
 impl TryResult {
@@ -42,6 +45,7 @@ pub fn matching_condition(policy: &Retry, result: TryResult) -> Option<RetryOn> 
             allowed(RetryOn::ConnectFailure).or_else(|| allowed(RetryOn::Timeout))
         }
         TryResult::Reset => allowed(RetryOn::Reset),
+        TryResult::BadResponse => None,
         TryResult::Timeout => allowed(RetryOn::Timeout),
         TryResult::Status(status) => {
             let code = status.as_u16();

@@ -188,6 +188,7 @@ pub async fn run(
                     }
                     AttemptResult::Timeout => (FailureKind::Timeout, TryResult::Timeout),
                     AttemptResult::Reset => (FailureKind::Reset, TryResult::Reset),
+                    AttemptResult::Failure => (FailureKind::BadResponse, TryResult::BadResponse),
                     _ => (FailureKind::ConnectFailed, TryResult::ConnectFailed),
                 };
                 destination.record(CallResult {

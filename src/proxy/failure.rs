@@ -20,6 +20,17 @@ pub fn classify_error(
                 format!("the app's request body to {authority} broke off: {cause}"),
             );
         }
+        if let Some(parse) = current
+            .downcast_ref::<hyper::Error>()
+            .filter(|e| e.is_parse())
+        {
+            // The response head could not be read: the upstream's fault, but not a reset.
+            return (
+                Reason::BadResponse,
+                Some(AttemptResult::Failure),
+                format!("{authority} sent a response head fusebox cannot forward: {parse}"),
+            );
+        }
         if let Some(connect) = current.downcast_ref::<ConnectError>() {
             return classify_connect_error(connect);
         }
