@@ -19,10 +19,11 @@ pub enum Outcome {
     Loop,
     BadRequest,
     BadResponse,
+    Internal,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Ok,
         Outcome::UpstreamError,
         Outcome::BreakerOpen,
@@ -35,6 +36,7 @@ impl Outcome {
         Outcome::Loop,
         Outcome::BadRequest,
         Outcome::BadResponse,
+        Outcome::Internal,
     ];
 
     pub fn label(self) -> &'static str {
@@ -51,6 +53,7 @@ impl Outcome {
             Outcome::Loop => "loop",
             Outcome::BadRequest => "bad_request",
             Outcome::BadResponse => "bad_response",
+            Outcome::Internal => "internal",
         }
     }
 
@@ -82,6 +85,8 @@ pub enum Reason {
     /// The upstream answered something fusebox cannot forward: a malformed or oversized
     /// response head (502). The upstream's fault.
     BadResponse,
+    /// fusebox itself failed (a bug: a panic while handling the request); 500.
+    Internal,
 }
 
 impl Reason {
@@ -97,6 +102,7 @@ impl Reason {
             Reason::Loop => "loop",
             Reason::BadRequest | Reason::HeadersTooLarge => "bad-request",
             Reason::BadResponse => "bad-response",
+            Reason::Internal => "internal",
         }
     }
 
@@ -112,6 +118,7 @@ impl Reason {
             Reason::Loop => StatusCode::LOOP_DETECTED,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -127,6 +134,7 @@ impl Reason {
             Reason::Loop => Outcome::Loop,
             Reason::BadRequest | Reason::HeadersTooLarge => Outcome::BadRequest,
             Reason::BadResponse => Outcome::BadResponse,
+            Reason::Internal => Outcome::Internal,
         }
     }
 }
@@ -179,6 +187,7 @@ mod tests {
                 "bad-response",
                 Outcome::BadResponse,
             ),
+            (Reason::Internal, 500, "internal", Outcome::Internal),
         ];
         for (reason, status, text, outcome) in table {
             assert_eq!(reason.status().as_u16(), status, "{reason:?}");

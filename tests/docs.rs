@@ -160,6 +160,7 @@ fn every_metric_lint_code_and_reply_reason_is_documented() {
         Reason::RateLimited,
         Reason::Overflow,
         Reason::BadResponse,
+        Reason::Internal,
     ] {
         let reason = reason.as_str();
         assert!(

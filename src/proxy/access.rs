@@ -21,10 +21,14 @@ pub struct Seen {
 
 impl Seen {
     pub fn of<B>(req: &Request<B>) -> Seen {
+        Seen::new(req.method().clone(), req.uri().clone())
+    }
+
+    pub fn new(method: Method, uri: Uri) -> Seen {
         Seen {
             started: Instant::now(),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
+            method,
+            uri,
         }
     }
 

@@ -16,10 +16,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::access::Seen;
 use super::body::ResponseBody;
+use super::panic::CatchPanic;
 use super::{forward, tunnel, ProxyContext};
 use crate::outcome::Reason;
 
@@ -70,9 +71,15 @@ pub async fn serve(
             // The policy a route listener serves may be renamed by a reload: read it per request.
             let route = route.as_ref().map(|r| r.load_full());
             async move {
-                Ok::<_, Infallible>(
-                    dispatch(&ctx, route.as_deref().map(String::as_str), limits, req).await,
-                )
+                let (method, uri) = (req.method().clone(), req.uri().clone());
+                let route = route.as_deref().map(String::as_str);
+                let answer = CatchPanic::new(dispatch(&ctx, route, limits, req)).await;
+                Ok::<_, Infallible>(answer.unwrap_or_else(|panic| {
+                    error!(%peer, %method, %uri, panic, "request handling panicked: a fusebox bug");
+                    let seen = Seen::new(method, uri);
+                    let detail = "fusebox failed while handling this request (logged)";
+                    forward::reject_unrouted(&ctx, &seen, Reason::Internal, detail)
+                }))
             }
         });
         let connection = builder

@@ -9,6 +9,7 @@ pub mod failure;
 pub mod forward;
 pub mod headers;
 pub mod listener;
+pub mod panic;
 pub mod reply;
 pub mod target;
 pub mod tunnel;
