@@ -61,10 +61,12 @@ pub struct Destination {
     pub upstream: Arc<str>,
     pub metrics: Arc<DestinationMetrics>,
     pub gate: Gate,
-    pub limiter: Option<RateLimiter>,
-    pub budget: RetryBudget,
+    /// The limiter, budget and breaker are shared with the destination's previous version
+    /// when a reload left their part of the policy unchanged (see [`Destination::carried`]).
+    pub limiter: Option<Arc<RateLimiter>>,
+    pub budget: Arc<RetryBudget>,
     /// Locked only for a few instructions, never across an await.
-    breaker: Mutex<CircuitBreaker>,
+    breaker: Arc<Mutex<CircuitBreaker>>,
 }
 
 impl Destination {
@@ -87,14 +89,50 @@ impl Destination {
             upstream,
             metrics,
             gate: Gate::new(&policy.concurrency),
-            limiter: RateLimiter::new(&policy.rate_limit),
-            budget: RetryBudget::new(&policy.retry),
-            breaker: Mutex::new(CircuitBreaker::new(
+            limiter: RateLimiter::new(&policy.rate_limit).map(Arc::new),
+            budget: Arc::new(RetryBudget::new(&policy.retry)),
+            breaker: Arc::new(Mutex::new(CircuitBreaker::new(
                 policy.breaker.clone(),
                 jitter,
                 Instant::now(),
-            )),
+            ))),
         }
+    }
+
+    /// This destination under a changed policy, carried component by component: the breaker
+    /// when `[breaker]` is unchanged, the limiter when `[rate_limit]` is, the budget when the
+    /// budget's keys are; the gate's count always (its requests are really in flight), and
+    /// the metric handles (same labels). A breaker that starts afresh keeps an operator's force.
+    fn carried(&self, before: &Policy, policy: &Policy, upstream: Arc<str>, jitter: bool) -> Self {
+        let same_budget = before.retry.budget_ratio.to_bits()
+            == policy.retry.budget_ratio.to_bits()
+            && before.retry.budget_min_per_second == policy.retry.budget_min_per_second;
+        let mut next = Destination::new(
+            policy,
+            upstream,
+            self.authority.clone(),
+            Arc::clone(&self.metrics),
+            jitter,
+        );
+        next.gate = Gate::carried(&policy.concurrency, &self.gate);
+        if before.rate_limit == policy.rate_limit {
+            next.limiter.clone_from(&self.limiter);
+        }
+        if same_budget {
+            next.budget = Arc::clone(&self.budget);
+        }
+        if before.breaker == policy.breaker {
+            next.breaker = Arc::clone(&self.breaker);
+            next.metrics
+                .breaker_state
+                .set(next.breaker().state().as_gauge());
+        } else if let Some(forced) = self.breaker_snapshot().forced {
+            next.command(match forced {
+                Forced::Open => BreakerCommand::ForceOpen,
+                Forced::Closed => BreakerCommand::ForceClosed,
+            });
+        }
+        next
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
@@ -327,22 +365,29 @@ impl Upstream {
         }))
     }
 
-    /// Carries an operator's forced breaker states over from the previous version of this
-    /// policy: they hold until reset, whatever the reloads in between.
-    fn keep_forced_from(&self, before: &Upstream) {
-        for old in before.destinations() {
-            let Some(forced) = old.breaker_snapshot().forced else {
-                continue;
-            };
-            let Some((host, port)) = split_authority(&old.authority) else {
-                continue;
-            };
-            let command = match forced {
-                Forced::Open => BreakerCommand::ForceOpen,
-                Forced::Closed => BreakerCommand::ForceClosed,
-            };
-            self.destination(host, port).command(command);
+    /// Carries the destinations of the previous version of this policy over, component by
+    /// component ([`Destination::carried`]); their label slots come along with them.
+    fn carry_from(&self, before: &Upstream) {
+        let carried: HashMap<Box<str>, Arc<Destination>> = before
+            .destinations
+            .load()
+            .iter()
+            .map(|(key, old)| {
+                let next = old.carried(
+                    &before.policy,
+                    &self.policy,
+                    Arc::clone(&self.name),
+                    self.jitter,
+                );
+                (key.clone(), Arc::new(next))
+            })
+            .collect();
+        let labelled = before.labelled.load(Ordering::Relaxed);
+        self.labelled.store(labelled, Ordering::Relaxed);
+        if let Some(other) = before.other_metrics.get() {
+            let _ = self.other_metrics.set(Arc::clone(other));
         }
+        self.destinations.store(Arc::new(carried));
     }
 
     /// Every destination seen so far.
@@ -543,7 +588,7 @@ fn build_snapshot(
             jitter,
         )?;
         if let Some(before) = before {
-            fresh.keep_forced_from(before);
+            fresh.carry_from(before);
         }
         Ok(Arc::new(fresh))
     };

@@ -2,7 +2,7 @@
 //! `POST /reload`, `SIGHUP`) and every way an operator or Kubernetes rewrites a file (in place,
 //! write-then-rename, a ConfigMap's `..data` symlink swap); invalid edits refused with
 //! `file:line:col` while the old policies keep serving; the state of unchanged policies kept, that
-//! of changed ones reset, forced breakers carried over; route listeners opened, moved and closed to
+//! of changed ones carried component by component, forced breakers carried over; route listeners opened, moved and closed to
 //! match the policies.
 //!
 //! Timing: nothing depends on how fast the machine is. Waits are bounded polls (they only
@@ -616,6 +616,10 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
         }
         let before = reload_metrics(&admin).await;
         let b_done_before = traffic_b.done.load(Ordering::SeqCst);
+        let b_calls_before = destination(&admin, "b", &b_authority)
+            .await
+            .map_or(0, |view| window_calls(&view));
+        let breaker_changed = settings.failures != active.failures;
         let method = if i == LINKED.end {
             writer.unlink(&contents);
             Method::TempOutside
@@ -637,7 +641,9 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
                 changes += 1;
                 generation += 1;
                 active = settings;
-                b_done_before_last_change = b_done_before;
+                if breaker_changed {
+                    b_done_before_last_change = b_done_before;
+                }
                 if trigger == Trigger::Post {
                     assert_eq!(reload_ok(&admin).await, generation, "{context}");
                 } else {
@@ -653,18 +659,28 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
                     generation,
                     "{context}"
                 );
-                // B's policy changed: its destination started over after the swap, so it
-                // counts no request that had completed before the rewrite.
                 let b_calls = destination(&admin, "b", &b_authority)
                     .await
                     .map_or(0, |view| window_calls(&view));
-                let b_started = traffic_b.started.load(Ordering::SeqCst);
-                assert!(
-                    b_calls <= b_started - b_done_before,
-                    "{context}: B's window holds {b_calls} calls, but only {} requests were \
-                     sent after {b_done_before} completed before the change: not reset",
-                    b_started - b_done_before
-                );
+                if breaker_changed {
+                    // B's `[breaker]` changed: its breaker started over after the swap, so it
+                    // counts no request that had completed before the rewrite.
+                    let b_started = traffic_b.started.load(Ordering::SeqCst);
+                    assert!(
+                        b_calls <= b_started - b_done_before,
+                        "{context}: B's window holds {b_calls} calls, but only {} requests \
+                         were sent after {b_done_before} completed before the change: not reset",
+                        b_started - b_done_before
+                    );
+                } else {
+                    // Only `[timeouts]` changed: the breaker is carried over, window and all
+                    // (10 minutes: nothing expires during the test).
+                    assert!(
+                        b_calls >= b_calls_before,
+                        "{context}: B's window fell from {b_calls_before} to {b_calls} calls: \
+                         the unchanged breaker was reset"
+                    );
+                }
             }
             (Step::Same, _) => {
                 assert_eq!(
@@ -775,7 +791,7 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
     );
 
     // A kept one breaker all along: it counted every A request. B's was replaced on each
-    // change: it counts at most what was sent after the last one.
+    // change of its `[breaker]`: it counts at most what was sent after the last one.
     let a_view = destination(&admin, "a", &a_authority).await.expect("A");
     assert_eq!(
         window_calls(&a_view),
@@ -788,7 +804,7 @@ async fn reload_under_load_drops_nothing_and_keeps_unchanged_state() {
     assert!(
         b_calls <= total_b - b_done_before_last_change,
         "B's window holds {b_calls} calls of {total_b}; {b_done_before_last_change} were done \
-         before B last changed"
+         before B's breaker last changed"
     );
 
     // Every way of writing was used.
@@ -1043,6 +1059,97 @@ async fn invalid_reload_keeps_the_old_policies_in_effect() {
     assert!(!held.is_finished(), "the held request is still in flight");
     held.abort();
     // No graceful shutdown: it would wait for the stalled request (the drain timeout).
+    drop(fusebox);
+}
+
+/// A reload carries a destination's state component by component: editing `[rate_limit]`
+/// keeps an open breaker open (the next request must not hit the failing upstream), and the
+/// concurrency gate keeps counting the requests in flight under a new limit; editing
+/// `[breaker]` starts the breaker afresh.
+#[tokio::test]
+async fn a_reload_keeps_each_component_whose_settings_did_not_change() {
+    let failing = FakeUpstream::with_status(503).await;
+    let held = FakeUpstream::builder()
+        .status(200)
+        .route("/hold", [Reply::Stall])
+        .start()
+        .await;
+    let policy = |extra: &str| {
+        format!(
+            "hosts = [\"{}\"]\n[retry]\nattempts = 1\n[breaker]\nconsecutive_failures = 1\n\
+             open_base = \"60s\"\n{extra}",
+            failing.authority()
+        )
+    };
+    let gated = |max: u32| {
+        format!(
+            "hosts = [\"{}\"]\n[timeouts]\nattempt = \"60s\"\ntotal = \"60s\"\n\
+             [concurrency]\nmax_in_flight = {max}\n",
+            held.authority()
+        )
+    };
+    let _signals = SIGNALS.lock().await;
+    let dir = policies_dir(&[("a", &policy("")), ("g", &gated(1))]);
+    let fusebox = TestFusebox::start_with(dir, |config| {
+        config.jitter = false;
+        config.watch = false;
+    })
+    .await;
+    let (admin, app) = (fusebox.admin_url(), fusebox.app());
+
+    assert_eq!(call(&app, &failing.url("/")).await.0, 503);
+    let open = call(&app, &failing.url("/")).await;
+    assert_eq!(open.1.as_deref(), Some("breaker-open"), "{open:?}");
+    let hold = tokio::spawn(app.get(held.url("/hold")).send());
+    held.wait_hits(1).await;
+    assert_eq!(
+        call(&app, &held.url("/")).await.1.as_deref(),
+        Some("overflow")
+    );
+
+    // Only the rate limit and the gate's limit change.
+    std::fs::write(
+        fusebox.dir().join("a.toml"),
+        policy("[rate_limit]\nrps = 1000\n"),
+    )
+    .unwrap();
+    std::fs::write(fusebox.dir().join("g.toml"), gated(2)).unwrap();
+    reload_ok(&admin).await;
+    let still_open = call(&app, &failing.url("/")).await;
+    assert_eq!(
+        still_open.1.as_deref(),
+        Some("breaker-open"),
+        "the breaker stayed open: {still_open:?}"
+    );
+    assert_eq!(
+        failing.hits(),
+        1,
+        "the failing upstream was not called again"
+    );
+    // The held request still counts: one more fits under the new limit of 2, not two more.
+    let second = tokio::spawn(app.get(held.url("/hold")).send());
+    held.wait_hits(2).await;
+    assert_eq!(
+        call(&app, &held.url("/")).await.1.as_deref(),
+        Some("overflow")
+    );
+
+    // A changed `[breaker]` starts afresh: the next request reaches the upstream.
+    std::fs::write(
+        fusebox.dir().join("a.toml"),
+        policy("[rate_limit]\nrps = 1000\n")
+            .replace("consecutive_failures = 1", "consecutive_failures = 2"),
+    )
+    .unwrap();
+    reload_ok(&admin).await;
+    assert_eq!(call(&app, &failing.url("/")).await.0, 503);
+    assert_eq!(
+        failing.hits(),
+        2,
+        "a fresh breaker lets the request through"
+    );
+    hold.abort();
+    second.abort();
     drop(fusebox);
 }
 

@@ -46,6 +46,16 @@ impl Gate {
         }
     }
 
+    /// A gate with `concurrency`'s limit that counts together with `previous` (a reload
+    /// changed the limit): the requests `previous` admitted are still in flight and hold
+    /// their slots in the new gate too.
+    pub fn carried(concurrency: &Concurrency, previous: &Gate) -> Self {
+        Self {
+            in_flight: Arc::clone(&previous.in_flight),
+            ..Self::new(concurrency)
+        }
+    }
+
     /// Admits one request, or `None` when the gate is full (answer `503 overflow`).
     pub fn try_enter(&self) -> Option<GatePermit> {
         if self.max == usize::MAX {
