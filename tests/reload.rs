@@ -2,8 +2,8 @@
 //! `POST /reload`, `SIGHUP`) and every way an operator or Kubernetes rewrites a file (in place,
 //! write-then-rename, a ConfigMap's `..data` symlink swap); invalid edits refused with
 //! `file:line:col` while the old policies keep serving; the state of unchanged policies kept, that
-//! of changed ones carried component by component, forced breakers carried over; route listeners opened, moved and closed to
-//! match the policies.
+//! of changed ones carried component by component, forced breakers carried over; route listeners
+//! opened, moved and closed to match the policies.
 //!
 //! Timing: nothing depends on how fast the machine is. Waits are bounded polls (they only
 //! bound how long a broken fusebox takes to fail the test), and every file write is atomic
