@@ -549,6 +549,17 @@ impl Registry {
         generation
     }
 
+    /// The Prometheus text of `/metrics`: every metric, less the series of policies and
+    /// destinations that no longer exist ([`Telemetry::render_where`]).
+    pub fn render_metrics(&self) -> String {
+        let snapshot = self.load();
+        self.telemetry.render_where(|upstream, destination| {
+            snapshot.by_name(upstream).is_some_and(|u| {
+                destination == OTHER_DESTINATION || u.destinations.load().contains_key(destination)
+            })
+        })
+    }
+
     /// The active policies and their state; cheap, lock-free.
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.current.load()

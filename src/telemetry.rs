@@ -129,6 +129,27 @@ impl Telemetry {
         self.handle.render()
     }
 
+    /// [`Telemetry::render`] without the per-destination series for which `live(upstream,
+    /// destination)` is false. The exporter cannot unregister a series, so the series of a
+    /// policy removed by a reload, or of a destination dropped as quiet, are left out here:
+    /// otherwise a removed policy's `fusebox_breaker_state` would stay at 2 and keep an alert
+    /// firing for something that no longer exists.
+    pub fn render_where(&self, live: impl Fn(&str, &str) -> bool) -> String {
+        let text = self.render();
+        let mut kept = String::with_capacity(text.len());
+        for line in text.lines() {
+            let gone = !line.starts_with('#')
+                && label(line, "upstream")
+                    .zip(label(line, "destination"))
+                    .is_some_and(|(upstream, destination)| !live(upstream, destination));
+            if !gone {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        kept
+    }
+
     /// Drains histogram samples into their buckets; call it periodically so that memory stays
     /// bounded between scrapes.
     pub fn run_upkeep(&self) {
@@ -183,6 +204,29 @@ impl Telemetry {
             metrics.transition_counter(from, "open", reason).absolute(0);
         }
         metrics
+    }
+}
+
+/// The value of label `name` in one sample line (`metric{a="x",name="y"} 1`), as written
+/// (escapes kept: upstream names are file stems and destinations `host:port`, which need none).
+fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let mut rest = &line[line.find('{')? + 1..];
+    loop {
+        let (key, after) = rest.split_once("=\"")?;
+        // The value ends at the first quote that is not escaped.
+        let bytes = after.as_bytes();
+        let mut end = 0;
+        while end < bytes.len() && bytes[end] != b'"' {
+            end += if bytes[end] == b'\\' { 2 } else { 1 };
+        }
+        let value = after.get(..end)?;
+        if key.trim_start_matches(',') == name {
+            return Some(value);
+        }
+        rest = after.get(end + 1..)?;
+        if !rest.starts_with(',') {
+            return None;
+        }
     }
 }
 
@@ -331,6 +375,41 @@ fn describe(recorder: &PrometheusRecorder) {
             name.into(),
             Some(Unit::Seconds),
             SharedString::const_str(help),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_read_from_sample_lines() {
+        let line = r#"fusebox_requests_total{upstream="pay",destination="[::1]:80",outcome="ok",code="2xx"} 3"#;
+        assert_eq!(label(line, "upstream"), Some("pay"));
+        assert_eq!(label(line, "destination"), Some("[::1]:80"));
+        assert_eq!(label(line, "code"), Some("2xx"));
+        assert_eq!(label(line, "missing"), None);
+        let escaped = r#"m{upstream="a\"b,c",destination="d:1"} 1"#;
+        assert_eq!(label(escaped, "upstream"), Some(r#"a\"b,c"#));
+        assert_eq!(label(escaped, "destination"), Some("d:1"));
+        assert_eq!(label("fusebox_config_generation 3", "upstream"), None);
+    }
+
+    #[test]
+    fn series_of_what_is_gone_are_left_out() {
+        let telemetry = Telemetry::new();
+        let kept = telemetry.destination("kept", "a:1");
+        let gone = telemetry.destination("gone", "b:1");
+        kept.breaker_state.set(2.0);
+        gone.breaker_state.set(2.0);
+        let text = telemetry.render_where(|upstream, _| upstream == "kept");
+        assert!(text.contains(r#"fusebox_breaker_state{upstream="kept",destination="a:1"} 2"#));
+        assert!(!text.contains(r#"upstream="gone""#), "{text}");
+        assert!(text.contains("fusebox_config_generation"), "{text}");
+        assert!(
+            text.contains("# TYPE fusebox_breaker_state gauge"),
+            "{text}"
         );
     }
 }

@@ -1153,6 +1153,53 @@ async fn a_reload_keeps_each_component_whose_settings_did_not_change() {
     drop(fusebox);
 }
 
+/// Deleting a policy takes its series out of `/metrics`: an open breaker of a policy that no
+/// longer exists must not keep `fusebox_breaker_state` at 2 (and its alert firing) forever.
+#[tokio::test]
+async fn a_removed_policy_leaves_metrics() {
+    let failing = FakeUpstream::with_status(503).await;
+    let ok = FakeUpstream::with_status(200).await;
+    let b = format!(
+        "hosts = [\"{}\"]\n[retry]\nattempts = 1\n[breaker]\nconsecutive_failures = 1\n",
+        failing.authority()
+    );
+    let a = format!("hosts = [\"{}\"]\n", ok.authority());
+    let _signals = SIGNALS.lock().await;
+    let dir = policies_dir(&[("a", &a), ("b", &b)]);
+    let fusebox = TestFusebox::start_with(dir, |config| {
+        config.jitter = false;
+        config.watch = false;
+    })
+    .await;
+    let app = fusebox.app();
+    assert_eq!(call(&app, &ok.url("/")).await.0, 200);
+    assert_eq!(call(&app, &failing.url("/")).await.0, 503);
+    let before = fusebox.metrics().await;
+    let state = |text: &str, upstream: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("fusebox_breaker_state{")
+                    && l.contains(&format!("upstream=\"{upstream}\""))
+            })
+            .map(str::to_owned)
+    };
+    assert!(
+        state(&before, "b").is_some_and(|l| l.ends_with(" 2")),
+        "{before}"
+    );
+
+    std::fs::remove_file(fusebox.dir().join("b.toml")).unwrap();
+    reload_ok(&fusebox.admin_url()).await;
+    let after = fusebox.metrics().await;
+    assert!(!after.contains("upstream=\"b\""), "{after}");
+    assert!(
+        state(&after, "a").is_some_and(|l| l.ends_with(" 0")),
+        "{after}"
+    );
+    assert!(after.contains("fusebox_config_generation 2"), "{after}");
+    drop(fusebox);
+}
+
 /// A reload that finds every file as it was applies nothing, and says so: its own `result`.
 /// One that would put a route listener on fusebox's own egress address is refused at the
 /// `listen` value, like `fusebox check` refuses it, and nothing is applied.

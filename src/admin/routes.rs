@@ -147,7 +147,7 @@ pub(super) async fn handle<B>(state: &AdminState, conn: Conn, req: Request<B>) -
         Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), TEXT),
         Route::Metrics => text(
             StatusCode::OK,
-            state.registry.telemetry().render(),
+            state.registry.render_metrics(),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         Route::Upstreams => upstreams(state, None),
