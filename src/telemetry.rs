@@ -185,6 +185,7 @@ impl Telemetry {
             }),
             attempt_duration: histogram("fusebox_attempt_duration_seconds"),
             retries: std::array::from_fn(|_| OnceLock::new()),
+            stream_timeouts: std::array::from_fn(|_| OnceLock::new()),
             retry_budget_exhausted: counter("fusebox_retry_budget_exhausted_total", &[]),
             shadow_breaker: counter(
                 "fusebox_shadow_rejections_total",
@@ -230,6 +231,33 @@ fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     }
 }
 
+/// The `kind` label of `fusebox_stream_timeouts_total`: which time limit cut a stream off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamTimeout {
+    /// `timeouts.idle`: a response body sent nothing for that long.
+    BodyIdle,
+    /// `timeouts.tunnel_idle`: a CONNECT tunnel was silent both ways for that long.
+    TunnelIdle,
+    /// `timeouts.tunnel_max`: a CONNECT tunnel reached its maximum lifetime.
+    TunnelMax,
+}
+
+impl StreamTimeout {
+    pub const ALL: [StreamTimeout; 3] = [
+        StreamTimeout::BodyIdle,
+        StreamTimeout::TunnelIdle,
+        StreamTimeout::TunnelMax,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamTimeout::BodyIdle => "body_idle",
+            StreamTimeout::TunnelIdle => "tunnel_idle",
+            StreamTimeout::TunnelMax => "tunnel_max",
+        }
+    }
+}
+
 /// Every way a breaker opens, as `(from, reason)` labels.
 const TRIPS: [(&str, &str); 4] = [
     ("closed", "consecutive_failures"),
@@ -247,6 +275,7 @@ pub struct DestinationMetrics {
     attempts: [Counter; AttemptResult::ALL.len()],
     attempt_duration: Histogram,
     retries: [OnceLock<Counter>; RETRY_REASONS],
+    stream_timeouts: [OnceLock<Counter>; StreamTimeout::ALL.len()],
     pub retry_budget_exhausted: Counter,
     pub shadow_breaker: Counter,
     pub shadow_rate_limit: Counter,
@@ -292,6 +321,15 @@ impl DestinationMetrics {
             .increment(1);
     }
 
+    /// Records one stream cut off by a time limit (registered on first use).
+    pub fn stream_timeout(&self, kind: StreamTimeout) {
+        self.stream_timeouts[kind as usize]
+            .get_or_init(|| {
+                self.register_counter("fusebox_stream_timeouts_total", "kind", kind.label())
+            })
+            .increment(1);
+    }
+
     /// Records one breaker state change. Transitions are rare, so the handle is looked up here.
     pub fn transition(&self, from: &'static str, to: &'static str, reason: &'static str) {
         self.transition_counter(from, to, reason).increment(1);
@@ -332,7 +370,7 @@ impl DestinationMetrics {
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 7] = [
+    let counters: [(&'static str, &'static str); 8] = [
         ("fusebox_breaker_transitions_total", "Circuit breaker state changes; a trip is to=\"open\". Shows every trip even when the state gauge was sampled closed."),
         ("fusebox_requests_total", "App requests handled, by outcome and the status class sent to the app."),
         ("fusebox_attempts_total", "Upstream tries (first tries and retries), by result."),
@@ -340,6 +378,7 @@ fn describe(recorder: &PrometheusRecorder) {
         ("fusebox_retry_budget_exhausted_total", "Retries refused because the retry budget was spent."),
         ("fusebox_shadow_rejections_total", "Requests that shadow mode would have rejected, by kind (breaker, rate_limit)."),
         ("fusebox_config_reloads_total", "Policy reload attempts, by result (success, failure, unchanged)."),
+        ("fusebox_stream_timeouts_total", "Response bodies and CONNECT tunnels cut off by a time limit, by kind (body_idle, tunnel_idle, tunnel_max)."),
     ];
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));

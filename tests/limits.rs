@@ -506,3 +506,111 @@ async fn an_overloaded_destination_does_not_slow_down_another() {
         "{text}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Time limits on streams: a stalled response body, idle and long-lived CONNECT tunnels.
+
+/// An upstream on loopback that answers every request with a head promising 100 bytes, sends
+/// five, and then sends nothing more while keeping the connection open.
+async fn stalling_body_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello";
+                let _ = stream.write_all(head).await;
+                // Hold the connection open, silent, until the peer goes away.
+                let _ = stream.read(&mut request).await;
+            });
+        }
+    });
+    addr
+}
+
+fn stream_timeouts(metrics: &str, kind: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("fusebox_stream_timeouts_total{")
+                && l.contains(&format!("kind=\"{kind}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A response body that stalls after its head is cut off after `timeouts.idle`: the app's
+/// response ends with an error instead of hanging, the gate slot is freed, and it is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_response_body_is_cut_off_after_the_idle_timeout() {
+    let addr = stalling_body_upstream().await;
+    let policy = format!(
+        "hosts = [\"{addr}\"]\n[timeouts]\nidle = \"300ms\"\n[concurrency]\nmax_in_flight = 1\n"
+    );
+    let fusebox = TestFusebox::start(&[("default", ""), ("slow", &policy)]).await;
+    let started = Instant::now();
+    let response = fusebox
+        .app()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(20), response.bytes()).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(body, Ok(Err(_))),
+        "the body must end with an error, not hang or complete: {body:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "not before idle: {elapsed:?}"
+    );
+    let metrics = fusebox.metrics().await;
+    assert_eq!(stream_timeouts(&metrics, "body_idle"), 1.0, "{metrics}");
+    // The slot is free again: the next request is not an overflow.
+    let next = fusebox
+        .app()
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), 200);
+}
+
+/// A CONNECT tunnel that is silent both ways is closed after `timeouts.tunnel_idle`, and one
+/// that lives too long after `timeouts.tunnel_max`; both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_long_lived_tunnels_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FakeUpstream::with_status(200).await;
+    let host = upstream.authority();
+    for (timeouts, kind) in [
+        (
+            "tunnel_idle = \"300ms\"\ntunnel_max = \"1h\"",
+            "tunnel_idle",
+        ),
+        ("tunnel_idle = \"1h\"\ntunnel_max = \"500ms\"", "tunnel_max"),
+    ] {
+        let policy = format!("hosts = [\"{host}\"]\n[timeouts]\n{timeouts}\n");
+        let fusebox = TestFusebox::start(&[("default", ""), ("tunnels", &policy)]).await;
+        let mut app = tokio::net::TcpStream::connect(fusebox.agent().egress_addr())
+            .await
+            .unwrap();
+        let connect = format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        app.write_all(connect.as_bytes()).await.unwrap();
+        let mut head = [0u8; 256];
+        let n = app.read(&mut head).await.unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{kind}");
+        // Silent from here on: fusebox must close the tunnel by itself.
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), app.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "{kind}: the tunnel was not closed");
+        let metrics = fusebox.metrics().await;
+        assert_eq!(stream_timeouts(&metrics, kind), 1.0, "{kind}: {metrics}");
+    }
+}

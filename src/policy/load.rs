@@ -387,6 +387,19 @@ impl<'a> Cx<'a> {
             positive(s)
         });
         self.value(&mut t.total, "timeouts.total", &r.total, |s| positive(s));
+        self.value(&mut t.idle, "timeouts.idle", &r.idle, |s| positive(s));
+        self.value(
+            &mut t.tunnel_idle,
+            "timeouts.tunnel_idle",
+            &r.tunnel_idle,
+            |s| positive(s),
+        );
+        self.value(
+            &mut t.tunnel_max,
+            "timeouts.tunnel_max",
+            &r.tunnel_max,
+            |s| positive(s),
+        );
     }
 
     fn retry(&mut self, t: &mut Retry, raw: &RawPolicy) {
@@ -908,6 +921,9 @@ impl Default for Timeouts {
             connect: Duration::from_secs(1),
             attempt: Duration::from_secs(2),
             total: Duration::from_secs(5),
+            idle: Duration::from_secs(5 * 60),
+            tunnel_idle: Duration::from_secs(60 * 60),
+            tunnel_max: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -1446,7 +1462,7 @@ mod tests {
         assert_error(
             &[("a.toml", "[timeouts]\nconnect = \"1s\"\n  read = \"1s\"\n")],
             "a.toml:3:3",
-            &["unknown key `timeouts.read`; valid keys here: `connect`, `attempt`, `total`"],
+            &["unknown key `timeouts.read`; valid keys here: `connect`, `attempt`, `total`, `idle`, `tunnel_idle`, `tunnel_max`"],
         );
         assert_error(
             &[("a.toml", "concurrency = { max = 1 }\n")],

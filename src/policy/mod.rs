@@ -92,6 +92,15 @@ pub struct Timeouts {
     pub attempt: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub total: Duration,
+    /// A response body that delivers nothing for this long after its head is cut off.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle: Duration,
+    /// An opaque CONNECT tunnel in which neither side sends anything for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub tunnel_idle: Duration,
+    /// An opaque CONNECT tunnel is closed after this long, however busy.
+    #[serde(with = "humantime_serde_compat")]
+    pub tunnel_max: Duration,
 }
 
 /// Conditions under which a failed attempt may be retried (`retry.on`).

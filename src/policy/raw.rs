@@ -46,6 +46,9 @@ pub(crate) struct RawTimeouts {
     pub connect: S<String>,
     pub attempt: S<String>,
     pub total: S<String>,
+    pub idle: S<String>,
+    pub tunnel_idle: S<String>,
+    pub tunnel_max: S<String>,
 }
 
 /// `[retry]`

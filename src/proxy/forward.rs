@@ -175,7 +175,8 @@ pub async fn handle(
         tries,
         None,
     );
-    response.map(|body| ResponseBody::Upstream(body, Some(in_flight)))
+    let idle = upstream.policy.timeouts.idle;
+    response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle))
 }
 
 /// Where an egress-listener request goes: a policy endpoint (with the client pinned to it:

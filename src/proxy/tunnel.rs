@@ -1,15 +1,23 @@
 //! `CONNECT host:port` tunnels, which is how apps reach `https://` URLs through
 //! `HTTPS_PROXY`. fusebox connects first (policy, guard, connect timeout), answers 200 only
-//! once the upstream accepted, then splices bytes both ways until either side closes.
+//! once the upstream accepted, then splices bytes both ways until either side closes, the
+//! tunnel has been silent for `timeouts.tunnel_idle`, or it has lived for `timeouts.tunnel_max`
+//! (each counted in `fusebox_stream_timeouts_total` and logged).
 
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::access::Seen;
 use super::attempt;
@@ -21,7 +29,7 @@ use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
 use crate::pipeline::breaker::{CallResult, FailureKind};
 use crate::registry::Destination;
-use crate::telemetry::AttemptResult;
+use crate::telemetry::{AttemptResult, StreamTimeout};
 use crate::upstream::connect;
 
 pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<ResponseBody> {
@@ -114,11 +122,15 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     destination.metrics.attempt(AttemptResult::Success, elapsed);
 
     let app = hyper::upgrade::on(&mut req);
+    let limits = TunnelLimits {
+        idle: upstream.policy.timeouts.tunnel_idle,
+        max: upstream.policy.timeouts.tunnel_max,
+    };
     let tunnel_destination = std::sync::Arc::clone(&destination);
     let hard_stop = ctx.hard_stop.clone();
     ctx.tasks.spawn(async move {
         match app.await {
-            Ok(app) => splice(app, stream, &tunnel_destination, &hard_stop).await,
+            Ok(app) => splice(app, stream, &tunnel_destination, limits, &hard_stop).await,
             Err(error) => debug!(%error, "CONNECT upgrade failed"),
         }
     });
@@ -127,15 +139,30 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     response
 }
 
-/// Copies bytes both ways until either side closes, or until the drain timeout is over.
+/// Copies bytes both ways until either side closes, the tunnel has been silent both ways for
+/// `timeouts.tunnel_idle`, it has lived for `timeouts.tunnel_max`, or the drain timeout is over.
 async fn splice(
     app: hyper::upgrade::Upgraded,
-    mut upstream: TcpStream,
+    upstream: TcpStream,
     destination: &Destination,
+    limits: TunnelLimits,
     hard_stop: &CancellationToken,
 ) {
     destination.metrics.tunnels_active.increment(1.0);
-    let mut app = TokioIo::new(app);
+    let last_activity = Arc::new(AtomicU64::new(0));
+    let opened = Instant::now();
+    let mut app = Activity::new(TokioIo::new(app), &last_activity, opened);
+    let mut upstream = Activity::new(upstream, &last_activity, opened);
+    let cut = |kind: StreamTimeout, limit: Duration| {
+        destination.metrics.stream_timeout(kind);
+        info!(
+            upstream = %destination.upstream,
+            destination = %destination.authority,
+            limit = %humantime::format_duration(limit),
+            "tunnel closed by timeouts.{}",
+            kind.label()
+        );
+    };
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut app, &mut upstream) => match copied {
             Ok((to_upstream, to_app)) => {
@@ -145,7 +172,84 @@ async fn splice(
                 debug!(destination = %destination.authority, %error, "tunnel ended with an error");
             }
         },
+        () = idle_for(limits.idle, &last_activity, opened) => cut(StreamTimeout::TunnelIdle, limits.idle),
+        () = tokio::time::sleep(limits.max) => cut(StreamTimeout::TunnelMax, limits.max),
         () = hard_stop.cancelled() => debug!(destination = %destination.authority, "tunnel closed: drain timeout over"),
     }
     destination.metrics.tunnels_active.decrement(1.0);
+}
+
+/// A tunnel's time limits (`timeouts.tunnel_idle`, `timeouts.tunnel_max`).
+#[derive(Debug, Clone, Copy)]
+struct TunnelLimits {
+    idle: Duration,
+    max: Duration,
+}
+
+/// Returns once nothing has been read on either side for `idle`: sleeps until `idle` after
+/// the last activity, looks again, and so on (one timer per `idle` period, not per read).
+async fn idle_for(idle: Duration, last_activity: &AtomicU64, opened: Instant) {
+    loop {
+        let last = opened + Duration::from_millis(last_activity.load(Ordering::Relaxed));
+        let deadline = last + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream that notes when it last read something (milliseconds since `opened`).
+    struct Activity<T> {
+        #[pin]
+        inner: T,
+        last_activity: Arc<AtomicU64>,
+        opened: Instant,
+    }
+}
+
+impl<T> Activity<T> {
+    fn new(inner: T, last_activity: &Arc<AtomicU64>, opened: Instant) -> Self {
+        Activity {
+            inner,
+            last_activity: Arc::clone(last_activity),
+            opened,
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Activity<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let read = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let since = u64::try_from(this.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            this.last_activity.store(since, Ordering::Relaxed);
+        }
+        read
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Activity<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
 }
