@@ -1,9 +1,11 @@
-//! Retry decisions: which `retry.on` condition a failed attempt matches, and whether the
-//! request may be sent again at all.
+//! Retry decisions: which `retry.on` condition a failed attempt matches, whether the request
+//! may be sent again at all, and when ([`decide`]).
 //!
-//! Pure functions of the policy and the attempt's result. The budget, the backoff and the
-//! deadline are separate pieces ([`super::budget`], [`super::backoff`]); the attempt loop in
-//! the proxy asks all of them.
+//! Pure functions of the policy, the attempt's result and the time left: no clock is read
+//! here. The budget and the backoff schedule are separate pieces ([`super::budget`],
+//! [`super::backoff`]); the attempt loop in the proxy asks all of them.
+
+use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 
@@ -34,6 +36,72 @@ impl TryResult {
     pub fn sent_nothing(self) -> bool {
         matches!(self, TryResult::ConnectFailed | TryResult::ConnectTimeout)
     }
+}
+
+/// What the attempt loop knows after one try, for [`decide`].
+#[derive(Debug, Clone, Copy)]
+pub struct AfterTry {
+    pub result: TryResult,
+    /// Tries made so far, this one included.
+    pub tries: u32,
+    /// The request body can be sent again (empty, or kept because it was small).
+    pub replayable: bool,
+    /// The method (or an `Idempotency-Key`) says sending the request twice is harmless.
+    pub idempotent: bool,
+    /// The delay a 429/503 asked for with `Retry-After`, when the policy honours it.
+    pub retry_after: Option<Duration>,
+    /// What is left of the request's total deadline.
+    pub left: Duration,
+}
+
+/// The verdict of [`decide`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the request again after `delay`, under `condition`.
+    Retry { delay: Duration, condition: RetryOn },
+    /// The try's answer is final.
+    GiveUp(GiveUp),
+}
+
+/// Why a try is not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// No `retry.on` condition matches the result.
+    NotRetriable,
+    /// `retry.attempts` tries were made.
+    AttemptsExhausted,
+    /// The body was streamed and cannot be sent again.
+    BodyNotReplayable,
+    /// Something was sent and the method may not be repeated.
+    NotIdempotent,
+    /// The delay would end at or after the deadline.
+    Deadline,
+}
+
+/// Whether to retry after a try, and after how long: `Retry-After` when given, else
+/// `backoff()` (called only when a retry is possible, so the schedule advances once per
+/// retry). The delay is compared with what is left of the deadline, never added to an
+/// instant, so no value from an upstream can overflow.
+pub fn decide(policy: &Retry, after: AfterTry, backoff: impl FnOnce() -> Duration) -> Decision {
+    let Some(condition) = matching_condition(policy, after.result) else {
+        return Decision::GiveUp(GiveUp::NotRetriable);
+    };
+    if after.tries >= policy.attempts {
+        return Decision::GiveUp(GiveUp::AttemptsExhausted);
+    }
+    if !after.replayable {
+        return Decision::GiveUp(GiveUp::BodyNotReplayable);
+    }
+    // A request that never left fusebox may always be sent again; any other only when the
+    // method (or an Idempotency-Key) says doing it twice is harmless.
+    if !(after.idempotent || after.result.sent_nothing()) {
+        return Decision::GiveUp(GiveUp::NotIdempotent);
+    }
+    let delay = after.retry_after.unwrap_or_else(backoff);
+    if delay >= after.left {
+        return Decision::GiveUp(GiveUp::Deadline);
+    }
+    Decision::Retry { delay, condition }
 }
 
 /// The first condition of `retry.on` that allows retrying `result`, if any.
@@ -88,6 +156,116 @@ mod tests {
             on: on.to_vec(),
             statuses: statuses.to_vec(),
             ..Retry::default()
+        }
+    }
+
+    fn after(result: TryResult) -> AfterTry {
+        AfterTry {
+            result,
+            tries: 1,
+            replayable: true,
+            idempotent: true,
+            retry_after: None,
+            left: Duration::from_secs(5),
+        }
+    }
+
+    const BACKOFF: Duration = Duration::from_millis(40);
+
+    #[test]
+    fn decide_retries_with_the_backoff_or_the_retry_after() {
+        let retry = Retry::default();
+        let status = |code| TryResult::Status(StatusCode::from_u16(code).unwrap());
+        assert_eq!(
+            decide(&retry, after(TryResult::Reset), || BACKOFF),
+            Decision::Retry {
+                delay: BACKOFF,
+                condition: RetryOn::Reset
+            }
+        );
+        let asked = AfterTry {
+            retry_after: Some(Duration::from_secs(2)),
+            ..after(status(503))
+        };
+        assert_eq!(
+            decide(&retry, asked, || panic!(
+                "no backoff when Retry-After is given"
+            )),
+            Decision::Retry {
+                delay: Duration::from_secs(2),
+                condition: RetryOn::GatewayError
+            }
+        );
+    }
+
+    #[test]
+    fn decide_gives_up_for_each_reason_without_touching_the_backoff() {
+        let retry = Retry::default();
+        let no_backoff =
+            || -> Duration { panic!("the backoff advanced for a retry that cannot be") };
+        let cases = [
+            (after(TryResult::Timeout), GiveUp::NotRetriable),
+            (
+                AfterTry {
+                    tries: 3,
+                    ..after(TryResult::Reset)
+                },
+                GiveUp::AttemptsExhausted,
+            ),
+            (
+                AfterTry {
+                    replayable: false,
+                    ..after(TryResult::Reset)
+                },
+                GiveUp::BodyNotReplayable,
+            ),
+            (
+                AfterTry {
+                    idempotent: false,
+                    ..after(TryResult::Reset)
+                },
+                GiveUp::NotIdempotent,
+            ),
+        ];
+        for (state, why) in cases {
+            assert_eq!(
+                decide(&retry, state, no_backoff),
+                Decision::GiveUp(why),
+                "{state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_sent_is_retried_for_any_method_within_the_deadline() {
+        let retry = Retry::default();
+        for result in [TryResult::ConnectFailed, TryResult::ConnectTimeout] {
+            let post = AfterTry {
+                idempotent: false,
+                ..after(result)
+            };
+            assert!(matches!(
+                decide(&retry, post, || BACKOFF),
+                Decision::Retry { .. }
+            ));
+        }
+        // A delay that does not end before the deadline ends retrying, however large it is.
+        for (retry_after, left) in [
+            (Some(Duration::MAX), Duration::from_secs(5)),
+            (Some(Duration::from_secs(5)), Duration::from_secs(5)),
+            (None, Duration::from_millis(40)),
+            (None, Duration::ZERO),
+        ] {
+            let late = AfterTry {
+                retry_after,
+                left,
+                ..after(TryResult::ConnectFailed)
+            };
+            assert_eq!(
+                decide(&retry, late, || BACKOFF),
+                Decision::GiveUp(GiveUp::Deadline),
+                "{late:?}"
+            );
         }
     }
 

@@ -19,7 +19,7 @@ use crate::outcome::Reason;
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::breaker::{Admission, CallResult, FailureKind};
 use crate::pipeline::limiter::LimitDecision;
-use crate::pipeline::retry::{matching_condition, may_resend, TryResult};
+use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::RetryOn;
 use crate::registry::{Destination, Upstream};
 use crate::telemetry::AttemptResult;
@@ -219,28 +219,23 @@ pub async fn run(
         };
 
         // The retry decision, on the response head.
-        let Some(condition) = matching_condition(retry, try_result) else {
-            return ending;
+        let after = AfterTry {
+            result: try_result,
+            tries: *tries,
+            replayable: body.is_some(),
+            idempotent: resendable,
+            retry_after: retry_after(retry.honor_retry_after, &ending),
+            left: deadline.saturating_duration_since(Instant::now()),
         };
-        if *tries >= retry.attempts || body.is_none() {
-            return ending;
-        }
-        // A request that never left fusebox may always be sent again; any other only when the
-        // method (or an Idempotency-Key) says doing it twice is harmless.
-        if !(resendable || try_result.sent_nothing()) {
-            return ending;
-        }
-        let delay = match retry_after(retry.honor_retry_after, &ending) {
-            Some(after) => after,
-            None => backoff
+        let backoff = || {
+            backoff
                 .get_or_insert_with(|| Backoff::new(retry, jitter))
-                .delay(),
+                .delay()
         };
-        // Compared with what is left, never added to an instant: an upstream's `Retry-After`
-        // can be absurdly large, and `Instant + Duration` panics on overflow.
-        if delay >= deadline.saturating_duration_since(Instant::now()) {
-            return ending;
-        }
+        let (delay, condition) = match decide(retry, after, backoff) {
+            Decision::Retry { delay, condition } => (delay, condition),
+            Decision::GiveUp(_) => return ending,
+        };
         if !destination.budget.try_withdraw() {
             destination.metrics.retry_budget_exhausted.increment(1);
             return ending;
