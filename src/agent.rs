@@ -38,6 +38,10 @@ pub struct RunConfig {
     pub watch: bool,
     /// The bearer token that mutating admin endpoints require (`--admin-token`).
     pub admin_token: Option<String>,
+    /// How long an app may take to send a request head, from its first byte.
+    pub header_timeout: Duration,
+    /// How long an app connection may sit idle between requests.
+    pub idle_timeout: Duration,
 }
 
 impl RunConfig {
@@ -52,6 +56,8 @@ impl RunConfig {
             jitter: true,
             watch: true,
             admin_token: None,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -131,7 +137,8 @@ impl Agent {
         let ctx = Arc::new(ProxyContext::new(Arc::clone(&registry)));
         let limits = ServerLimits {
             max_header_bytes: config.max_header_bytes,
-            header_read_timeout: Duration::from_secs(30),
+            header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
         };
         let shutdown = CancellationToken::new();
         let stop_observers = CancellationToken::new();

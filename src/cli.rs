@@ -48,6 +48,12 @@ pub struct RunArgs {
     /// Largest request head accepted from apps, in bytes; larger ones get 431.
     #[arg(long, env = "FUSEBOX_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// How long an app may take to send a request head, counted from its first byte.
+    #[arg(long, env = "FUSEBOX_HEADER_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+    /// How long an app connection may stay idle between requests before fusebox closes it.
+    #[arg(long, env = "FUSEBOX_IDLE_TIMEOUT", default_value = "5m", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "FUSEBOX_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -64,6 +70,15 @@ pub struct RunArgs {
         value_name = "PATH"
     )]
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// A humantime duration greater than zero (`30s`, `5m`).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be greater than 0".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// The admin token from `--admin-token` or `--admin-token-file`. An unreadable or empty file is
@@ -167,6 +182,8 @@ fn run(args: RunArgs) -> i32 {
         jitter: true,
         watch: true,
         admin_token,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
     };
     runtime.block_on(async {
         let signals = match StopSignals::install() {

@@ -240,13 +240,17 @@ pub enum StreamTimeout {
     TunnelIdle,
     /// `timeouts.tunnel_max`: a CONNECT tunnel reached its maximum lifetime.
     TunnelMax,
+    /// `--header-timeout`: an app connection did not complete a request head in time
+    /// (counted under `upstream="default", destination="_other"`).
+    Header,
 }
 
 impl StreamTimeout {
-    pub const ALL: [StreamTimeout; 3] = [
+    pub const ALL: [StreamTimeout; 4] = [
         StreamTimeout::BodyIdle,
         StreamTimeout::TunnelIdle,
         StreamTimeout::TunnelMax,
+        StreamTimeout::Header,
     ];
 
     pub fn label(self) -> &'static str {
@@ -254,6 +258,7 @@ impl StreamTimeout {
             StreamTimeout::BodyIdle => "body_idle",
             StreamTimeout::TunnelIdle => "tunnel_idle",
             StreamTimeout::TunnelMax => "tunnel_max",
+            StreamTimeout::Header => "header",
         }
     }
 }
@@ -378,7 +383,7 @@ fn describe(recorder: &PrometheusRecorder) {
         ("fusebox_retry_budget_exhausted_total", "Retries refused because the retry budget was spent."),
         ("fusebox_shadow_rejections_total", "Requests that shadow mode would have rejected, by kind (breaker, rate_limit)."),
         ("fusebox_config_reloads_total", "Policy reload attempts, by result (success, failure, unchanged)."),
-        ("fusebox_stream_timeouts_total", "Response bodies and CONNECT tunnels cut off by a time limit, by kind (body_idle, tunnel_idle, tunnel_max)."),
+        ("fusebox_stream_timeouts_total", "Response bodies and CONNECT tunnels cut off by a time limit, by kind (body_idle, tunnel_idle, tunnel_max, header)."),
     ];
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));

@@ -434,6 +434,25 @@ fn run_refuses_invalid_policies_at_startup() {
     assert_bad_key_reported(&done.stderr, &file);
 }
 
+/// A zero `--header-timeout` or `--idle-timeout` (or its variable) would close every app
+/// connection at once: a usage error.
+#[test]
+fn zero_connection_timeouts_are_usage_errors() {
+    for (flag, env) in [
+        ("--header-timeout", "FUSEBOX_HEADER_TIMEOUT"),
+        ("--idle-timeout", "FUSEBOX_IDLE_TIMEOUT"),
+    ] {
+        let mut command = fusebox_command();
+        command.args(["run", flag, "0s"]);
+        let done = run_to_exit(command);
+        assert_eq!(done.status.code(), Some(64), "{flag}: {}", done.stderr);
+        assert!(done.stderr.contains("greater than 0"), "{}", done.stderr);
+        let mut command = fusebox_command();
+        command.arg("run").env(env, "0ms");
+        assert_eq!(run_to_exit(command).status.code(), Some(64), "{env}");
+    }
+}
+
 /// `run` refuses a route listener on its own egress or admin address with `file:line:col`,
 /// before serving anything (the same error as `fusebox check`).
 #[test]

@@ -614,3 +614,66 @@ async fn idle_and_long_lived_tunnels_are_closed() {
         assert_eq!(stream_timeouts(&metrics, kind), 1.0, "{kind}: {metrics}");
     }
 }
+
+/// `--header-timeout` counts from the first byte of a request head, and `--idle-timeout` from
+/// the end of the last response: an idle keep-alive connection outlives the header timeout and
+/// is closed only when idle for the idle timeout, while a head that stalls half-way is cut off
+/// after the header timeout (and counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_and_idle_timeouts_are_told_apart() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FakeUpstream::with_status(200).await;
+    let header = Duration::from_millis(300);
+    let idle = Duration::from_millis(1500);
+    let fusebox = TestFusebox::start_with(policies_dir(&[("default", "")]), |config| {
+        config.header_timeout = header;
+        config.idle_timeout = idle;
+    })
+    .await;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        upstream.url("/keep"),
+        upstream.authority()
+    );
+
+    // Keep-alive: a response, then silence for longer than the header timeout, then another
+    // request on the same connection.
+    let mut raw = support::raw::RawConn::connect(fusebox.agent().egress_addr()).await;
+    raw.send(request.as_bytes()).await;
+    assert_eq!(raw.read_response().await.status, 200);
+    tokio::time::sleep(header * 2).await;
+    raw.send(request.as_bytes()).await;
+    assert_eq!(
+        raw.read_response().await.status,
+        200,
+        "an idle connection must outlive --header-timeout"
+    );
+    // Then idle for longer than the idle timeout: fusebox closes it.
+    let started = Instant::now();
+    assert!(raw.is_closed().await, "closed when idle");
+    assert!(
+        started.elapsed() >= idle - Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A head that stops half-way is cut off after the header timeout.
+    let mut app = tokio::net::TcpStream::connect(fusebox.agent().egress_addr())
+        .await
+        .unwrap();
+    app.write_all(b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), app.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a stalled head must be cut off");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= header - Duration::from_millis(50), "{elapsed:?}");
+    assert!(
+        elapsed < idle,
+        "the header timeout, not the idle timeout: {elapsed:?}"
+    );
+    let metrics = fusebox.metrics().await;
+    assert_eq!(stream_timeouts(&metrics, "header"), 1.0, "{metrics}");
+}

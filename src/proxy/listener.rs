@@ -16,21 +16,26 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::access::Seen;
+use super::app_conn::{ConnPhase, Expired, RequestDone, Watched};
 use super::body::ResponseBody;
 use super::panic::CatchPanic;
 use super::{forward, tunnel, ProxyContext};
 use crate::outcome::Reason;
+use crate::telemetry::StreamTimeout;
 
 /// Limits that protect fusebox from its apps.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
     /// The largest request head accepted; larger ones get 431.
     pub max_header_bytes: usize,
-    /// How long an app may take to send a request head.
-    pub header_read_timeout: Duration,
+    /// How long an app may take to send a request head, from its first byte
+    /// (`--header-timeout`).
+    pub header_timeout: Duration,
+    /// How long an app connection may sit idle between requests (`--idle-timeout`).
+    pub idle_timeout: Duration,
 }
 
 /// Serves `listener` until `shutdown` is cancelled. Connections are spawned on
@@ -46,7 +51,9 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Replaced by the connection's own clock (`app_conn`), which does not count idle time
+        // between requests as a slow request head.
+        .header_read_timeout(None)
         // hyper answers a bare 431 past its buffer; keep room above the limit so that the
         // check in `dispatch` answers first, with a local reply on a connection that stays up.
         .max_buf_size((limits.max_header_bytes * 2).max(8192));
@@ -66,25 +73,39 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let service_ctx = Arc::clone(&ctx);
         let route = route.clone();
+        let phase = ConnPhase::new();
+        let service_phase = Arc::clone(&phase);
         let service = service_fn(move |req| {
             let ctx = Arc::clone(&service_ctx);
+            service_phase.request_started();
+            let done = RequestDone(Arc::clone(&service_phase));
             // The policy a route listener serves may be renamed by a reload: read it per request.
             let route = route.as_ref().map(|r| r.load_full());
             async move {
                 let (method, uri) = (req.method().clone(), req.uri().clone());
                 let route = route.as_deref().map(String::as_str);
                 let answer = CatchPanic::new(dispatch(&ctx, route, limits, req)).await;
-                Ok::<_, Infallible>(answer.unwrap_or_else(|panic| {
+                let response = answer.unwrap_or_else(|panic| {
                     error!(%peer, %method, %uri, panic, "request handling panicked: a fusebox bug");
                     let seen = Seen::new(method, uri);
                     let detail = "fusebox failed while handling this request (logged)";
                     forward::reject_unrouted(&ctx, &seen, Reason::Internal, detail)
-                }))
+                });
+                Ok::<_, Infallible>(response.map(|body| AppBody { body, _done: done }))
             }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(
+                TokioIo::new(Watched::new(
+                    stream,
+                    Arc::clone(&phase),
+                    limits.header_timeout,
+                    limits.idle_timeout,
+                )),
+                service,
+            )
             .with_upgrades();
+        let timeout_ctx = Arc::clone(&ctx);
         let shutdown = shutdown.clone();
         let hard_stop = ctx.hard_stop.clone();
         ctx.tasks.spawn(async move {
@@ -101,8 +122,19 @@ pub async fn serve(
                     }
                 }
             };
-            if let Err(error) = result {
-                debug!(%peer, %error, "app connection ended with an error");
+            match phase.expired() {
+                Some(Expired::Header) => {
+                    let snapshot = timeout_ctx.registry.load();
+                    let unrouted = snapshot.default().other_destination();
+                    unrouted.metrics.stream_timeout(StreamTimeout::Header);
+                    info!(%peer, "app connection closed: no complete request head within --header-timeout");
+                }
+                Some(Expired::Idle) => debug!(%peer, "app connection closed: idle for --idle-timeout"),
+                None => {
+                    if let Err(error) = result {
+                        debug!(%peer, %error, "app connection ended with an error");
+                    }
+                }
             }
         });
     }
@@ -130,6 +162,33 @@ async fn dispatch(
             "CONNECT is not supported on a route listener",
         ),
         (false, route) => forward::handle(ctx, route, req).await,
+    }
+}
+
+/// A response on its way to the app; dropping it (sent or abandoned) ends the request's phase
+/// of the connection's clock.
+struct AppBody {
+    body: ResponseBody,
+    _done: RequestDone,
+}
+
+impl http_body::Body for AppBody {
+    type Data = bytes::Bytes;
+    type Error = super::body::BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

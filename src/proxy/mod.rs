@@ -3,6 +3,7 @@
 //! answers itself is a [`reply`]. This is where requests meet the registry's state.
 
 pub mod access;
+pub mod app_conn;
 pub mod attempt;
 pub mod body;
 pub mod failure;

@@ -1,0 +1,305 @@
+//! The clock of one app connection: `--header-timeout` counts from the first byte of a request
+//! head, `--idle-timeout` from the end of the last response, and neither runs while a request
+//! is being handled (its own deadlines apply then).
+//!
+//! hyper's own header-read timer also runs while a keep-alive connection sits idle, so a
+//! connection that an app's pool kept for longer got a silent FIN, and the pool's next request
+//! went into a closing socket. Here the phases are told apart: the listener marks when a
+//! request reaches the handler ([`ConnPhase::request_started`]) and when its response is done
+//! ([`RequestDone`]); [`Watched`], the connection's socket, notes the first byte of the next
+//! head and enforces the limit of the current phase on its reads, the way hyper's timer did:
+//! a head that stalls fails the read (hyper closes the connection), an idle connection reads
+//! as closed (hyper ends it quietly). No task, no wake-up per request: one timer per
+//! connection, reset when the phase changes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Between requests (waiting for the first byte of the next head).
+const IDLE: u8 = 0;
+/// Reading a request head.
+const HEAD: u8 = 1;
+/// A request is being handled or its response is being sent.
+const BUSY: u8 = 2;
+/// Closed by a limit: `expired` says which.
+const EXPIRED: u8 = 3;
+
+/// Which limit a connection ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// No complete request head within `--header-timeout` of its first byte.
+    Header,
+    /// Nothing from the app within `--idle-timeout` of the last response.
+    Idle,
+}
+
+/// The phase of one app connection, shared by its socket and its request handlers.
+#[derive(Debug)]
+pub struct ConnPhase {
+    phase: AtomicU8,
+    /// Bumped on every phase change, so the socket knows when to re-arm its timer.
+    epoch: AtomicU64,
+    /// Which limit closed the connection (valid once the phase is `EXPIRED`).
+    expired_header: AtomicU8,
+    /// The socket's read waiting while a request was handled: woken when the request is
+    /// done, so that the idle limit starts then and not at the app's next byte.
+    parked_read: Mutex<Option<Waker>>,
+}
+
+impl ConnPhase {
+    pub fn new() -> Arc<ConnPhase> {
+        Arc::new(ConnPhase {
+            phase: AtomicU8::new(IDLE),
+            epoch: AtomicU64::new(0),
+            expired_header: AtomicU8::new(0),
+            parked_read: Mutex::new(None),
+        })
+    }
+
+    fn enter(&self, phase: u8) {
+        self.phase.store(phase, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A request head is complete and the request is being handled.
+    pub fn request_started(&self) {
+        self.enter(BUSY);
+    }
+
+    /// The limit that closed the connection, if one did.
+    pub fn expired(&self) -> Option<Expired> {
+        (self.phase.load(Ordering::Acquire) == EXPIRED).then(|| {
+            if self.expired_header.load(Ordering::Acquire) == 1 {
+                Expired::Header
+            } else {
+                Expired::Idle
+            }
+        })
+    }
+}
+
+/// Ends the request's phase when dropped: hyper drops a response body once it has been sent,
+/// or abandoned. The connection is then idle until the next request's first byte.
+#[derive(Debug)]
+pub struct RequestDone(pub Arc<ConnPhase>);
+
+impl Drop for RequestDone {
+    fn drop(&mut self) {
+        if self.0.phase.load(Ordering::Acquire) == BUSY {
+            self.0.enter(IDLE);
+            let parked = self
+                .0
+                .parked_read
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(waker) = parked {
+                waker.wake();
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An app connection's socket: notes the first byte of each request head and enforces the
+    /// header and idle limits on its reads.
+    pub struct Watched<T> {
+        #[pin]
+        inner: T,
+        phase: Arc<ConnPhase>,
+        header: Duration,
+        idle: Duration,
+        // Created on the first wait; re-armed when the phase changes (`armed`: the epoch it
+        // was armed for).
+        timer: Option<Pin<Box<Sleep>>>,
+        armed: u64,
+    }
+}
+
+impl<T> Watched<T> {
+    pub fn new(inner: T, phase: Arc<ConnPhase>, header: Duration, idle: Duration) -> Self {
+        Watched {
+            inner,
+            phase,
+            header,
+            idle,
+            timer: None,
+            armed: u64::MAX,
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let read = this.inner.poll_read(cx, buf);
+        let phase = this.phase.phase.load(Ordering::Acquire);
+        if buf.filled().len() > before {
+            if phase == IDLE {
+                this.phase.enter(HEAD);
+            }
+            return read;
+        }
+        if read.is_ready() {
+            return read;
+        }
+        if phase == BUSY {
+            *this
+                .phase
+                .parked_read
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
+            return read;
+        }
+        if phase == EXPIRED {
+            return read;
+        }
+        // Waiting for the app, between requests or inside a head: the phase's limit runs.
+        let limit = if phase == HEAD {
+            *this.header
+        } else {
+            *this.idle
+        };
+        let epoch = this.phase.epoch.load(Ordering::Acquire);
+        let deadline = Instant::now() + limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if *this.armed != epoch {
+            timer.as_mut().reset(deadline);
+            *this.armed = epoch;
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.phase
+            .expired_header
+            .store(u8::from(phase == HEAD), Ordering::Release);
+        this.phase.enter(EXPIRED);
+        if phase == HEAD {
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no complete request head within --header-timeout",
+            )))
+        } else {
+            // Idle: read as the end of the stream, so hyper closes the connection quietly.
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const HEADER: Duration = Duration::from_secs(30);
+    const IDLE_LIMIT: Duration = Duration::from_secs(300);
+
+    fn watched() -> (
+        Watched<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<ConnPhase>,
+    ) {
+        let (fusebox_side, app_side) = tokio::io::duplex(1024);
+        let phase = ConnPhase::new();
+        let socket = Watched::new(fusebox_side, Arc::clone(&phase), HEADER, IDLE_LIMIT);
+        (socket, app_side, phase)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_runs_into_the_idle_limit_not_the_header_limit() {
+        let (mut socket, _app, phase) = watched();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 0, "read as closed");
+        assert_eq!(started.elapsed(), IDLE_LIMIT);
+        assert_eq!(phase.expired(), Some(Expired::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_header_limit_counts_from_the_first_byte() {
+        let (mut socket, mut app, phase) = watched();
+        let mut buf = [0u8; 16];
+        let reader = tokio::spawn(async move {
+            let n = socket.read(&mut buf).await.unwrap();
+            let first_byte = Instant::now();
+            let error = socket.read(&mut buf).await.unwrap_err();
+            (n, first_byte.elapsed(), error.kind())
+        });
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        app.write_all(b"GET / HT").await.unwrap();
+        let (n, waited, kind) = reader.await.unwrap();
+        assert_eq!((n, waited, kind), (8, HEADER, io::ErrorKind::TimedOut));
+        assert_eq!(phase.expired(), Some(Expired::Header));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_expires_while_a_request_is_handled_then_idle_counts_from_its_end() {
+        let (mut socket, mut app, phase) = watched();
+        let mut buf = [0u8; 64];
+        app.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        socket.read(&mut buf).await.unwrap();
+        phase.request_started();
+        let done = RequestDone(Arc::clone(&phase));
+        let reader = tokio::spawn(async move {
+            let n = socket.read(&mut buf).await.unwrap();
+            (n, Instant::now())
+        });
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!reader.is_finished(), "a long request is not a slow head");
+        let ended = Instant::now();
+        drop(done);
+        // The read waiting since the request started is woken, and the idle limit runs from
+        // the end of the request.
+        let (n, closed_at) = reader.await.unwrap();
+        assert_eq!(n, 0, "read as closed when idle");
+        assert_eq!(closed_at - ended, IDLE_LIMIT);
+        assert_eq!(phase.expired(), Some(Expired::Idle));
+        drop(app);
+    }
+}
