@@ -283,7 +283,7 @@ mod tests {
         let (mut socket, mut app, phase) = watched();
         let mut buf = [0u8; 64];
         app.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        socket.read(&mut buf).await.unwrap();
+        assert!(socket.read(&mut buf).await.unwrap() > 0);
         phase.request_started();
         let done = RequestDone(Arc::clone(&phase));
         let reader = tokio::spawn(async move {
