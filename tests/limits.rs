@@ -677,3 +677,39 @@ async fn header_and_idle_timeouts_are_told_apart() {
     let metrics = fusebox.metrics().await;
     assert_eq!(stream_timeouts(&metrics, "header"), 1.0, "{metrics}");
 }
+
+/// A CONNECT tunnel is not an HTTP connection any more: an app that stays quiet inside it for
+/// longer than `--header-timeout` and `--idle-timeout` keeps its tunnel (only the tunnel's own
+/// limits apply), and can still talk to the upstream through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_tunnel_outlives_the_app_connection_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FakeUpstream::with_status(200).await;
+    let host = upstream.authority();
+    let fusebox = TestFusebox::start_with(policies_dir(&[("default", "")]), |config| {
+        config.header_timeout = Duration::from_millis(200);
+        config.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let mut app = tokio::net::TcpStream::connect(fusebox.agent().egress_addr())
+        .await
+        .unwrap();
+    let connect = format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    app.write_all(connect.as_bytes()).await.unwrap();
+    let mut head = [0u8; 256];
+    let n = app.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    // Half a request, then silence past both limits, then the rest.
+    app.write_all(b"GET /inside HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    app.write_all(format!("Host: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), app.read_to_end(&mut answer))
+        .await
+        .expect("the upstream answers through the tunnel")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -31,6 +31,9 @@ const HEAD: u8 = 1;
 const BUSY: u8 = 2;
 /// Closed by a limit: `expired` says which.
 const EXPIRED: u8 = 3;
+/// Handed over to a CONNECT tunnel or an upgrade: not HTTP any more, and the tunnel's own
+/// limits (`timeouts.tunnel_idle`, `tunnel_max`) apply.
+const UPGRADED: u8 = 4;
 
 /// Which limit a connection ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +75,12 @@ impl ConnPhase {
     /// A request head is complete and the request is being handled.
     pub fn request_started(&self) {
         self.enter(BUSY);
+    }
+
+    /// The connection becomes a tunnel (a successful CONNECT, a `101 Switching Protocols`):
+    /// no header or idle limit applies to it any more.
+    pub fn upgraded(&self) {
+        self.enter(UPGRADED);
     }
 
     /// The limit that closed the connection, if one did.
@@ -164,7 +173,7 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
             return read;
         }
-        if phase == EXPIRED {
+        if matches!(phase, EXPIRED | UPGRADED) {
             return read;
         }
         // Waiting for the app, between requests or inside a head: the phase's limit runs.
@@ -276,6 +285,31 @@ mod tests {
         let (n, waited, kind) = reader.await.unwrap();
         assert_eq!((n, waited, kind), (8, HEADER, io::ErrorKind::TimedOut));
         assert_eq!(phase.expired(), Some(Expired::Header));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upgraded_connection_has_no_header_or_idle_limit() {
+        let (mut socket, mut app, phase) = watched();
+        let mut buf = [0u8; 64];
+        app.write_all(b"CONNECT a:443 HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(socket.read(&mut buf).await.unwrap() > 0);
+        phase.request_started();
+        phase.upgraded();
+        drop(RequestDone(Arc::clone(&phase)));
+        let reader = tokio::spawn(async move {
+            let first = socket.read(&mut buf).await.unwrap();
+            let second = socket.read(&mut buf).await.unwrap();
+            (first, second)
+        });
+        tokio::time::sleep(IDLE_LIMIT * 2).await;
+        app.write_all(b"tls").await.unwrap();
+        tokio::time::sleep(IDLE_LIMIT * 2).await;
+        assert!(!reader.is_finished(), "a quiet tunnel is not a slow head");
+        app.write_all(b"more").await.unwrap();
+        assert_eq!(reader.await.unwrap(), (3, 4));
+        assert_eq!(phase.expired(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -83,6 +83,7 @@ pub async fn serve(
             let route = route.as_ref().map(|r| r.load_full());
             async move {
                 let (method, uri) = (req.method().clone(), req.uri().clone());
+                let connect = method == Method::CONNECT;
                 let route = route.as_deref().map(String::as_str);
                 let answer = CatchPanic::new(dispatch(&ctx, route, limits, req)).await;
                 let response = answer.unwrap_or_else(|panic| {
@@ -91,6 +92,9 @@ pub async fn serve(
                     let detail = "fusebox failed while handling this request (logged)";
                     forward::reject_unrouted(&ctx, &seen, Reason::Internal, detail)
                 });
+                if became_tunnel(connect, response.status()) {
+                    done.0.upgraded();
+                }
                 Ok::<_, Infallible>(response.map(|body| AppBody { body, _done: done }))
             }
         });
@@ -163,6 +167,12 @@ async fn dispatch(
         ),
         (false, route) => forward::handle(ctx, route, req).await,
     }
+}
+
+/// Whether answering a request (a CONNECT or not) with `status` turns the connection into a tunnel: a CONNECT
+/// that succeeded, or `101 Switching Protocols`.
+fn became_tunnel(connect: bool, status: http::StatusCode) -> bool {
+    (connect && status.is_success()) || status == http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// A response on its way to the app; dropping it (sent or abandoned) ends the request's phase
