@@ -453,7 +453,8 @@ async fn a_policy_with_allow_false_denies_its_hosts() {
 async fn a_denied_name_is_denied_in_every_spelling() {
     let upstream = FakeUpstream::with_status(200).await;
     let port = upstream.addr().port();
-    let blocked = "hosts = [\"localhost\"]\nallow = false\n";
+    // The policy names it fully qualified and in capitals: the same name.
+    let blocked = "hosts = [\"LocalHost.\"]\nallow = false\n";
     let fusebox = TestFusebox::start(&[("default", ""), ("blocked", blocked)]).await;
     for host in ["localhost", "LocalHost", "localhost.", "LOCALHOST."] {
         let get = format!("GET http://{host}:{port}/x HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");

@@ -867,6 +867,18 @@ fn host_name(host: &str) -> Result<String, String> {
     if host.contains('*') {
         return Err("a wildcard is only allowed as a leading `*.`".into());
     }
+    // The one spelling that requests are matched in (see `proxy/target.rs`): no trailing dot
+    // of a fully qualified name, and international names in their ASCII (punycode) form,
+    // which is what clients send.
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let ascii;
+    let host = if host.is_ascii() {
+        host
+    } else {
+        ascii = idna::domain_to_ascii(host)
+            .map_err(|_| format!("`{host}` is not a valid international domain name"))?;
+        ascii.as_str()
+    };
     if host.len() > 253 {
         return Err("a host name is at most 253 characters".into());
     }
@@ -1696,5 +1708,34 @@ mod tests {
         assert_eq!(method("patch").unwrap(), "PATCH");
         assert_eq!(positive(" 1m ").unwrap(), Duration::from_secs(60));
         assert_eq!(int::<u32>(5, 0, U32_MAX), Ok(5));
+    }
+
+    #[test]
+    fn host_names_have_one_spelling() {
+        let host = |h: &str| HostPattern::Host { host: h.into() };
+        assert_eq!(
+            host_pattern("API.Example.com.").unwrap(),
+            host("api.example.com")
+        );
+        assert_eq!(
+            host_pattern("Bücher.example").unwrap(),
+            host("xn--bcher-kva.example")
+        );
+        assert_eq!(
+            host_pattern("*.bücher.example").unwrap(),
+            HostPattern::Wildcard {
+                suffix: ".xn--bcher-kva.example".into()
+            }
+        );
+        assert_eq!(
+            host_pattern("bücher.example.:8443").unwrap(),
+            HostPattern::HostPort {
+                host: "xn--bcher-kva.example".into(),
+                port: 8443
+            }
+        );
+        for bad in ["example..com", "a..", "bad name.example"] {
+            assert!(host_pattern(bad).is_err(), "{bad}");
+        }
     }
 }
