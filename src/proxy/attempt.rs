@@ -188,6 +188,7 @@ pub async fn run(
                     }
                     AttemptResult::Timeout => (FailureKind::Timeout, TryResult::Timeout),
                     AttemptResult::Reset => (FailureKind::Reset, TryResult::Reset),
+                    // `classify_error` reports a failed try only for an unreadable head.
                     AttemptResult::Failure => (FailureKind::BadResponse, TryResult::BadResponse),
                     _ => (FailureKind::ConnectFailed, TryResult::ConnectFailed),
                 };
