@@ -41,7 +41,7 @@ fn citing_texts() -> Vec<(PathBuf, String)> {
     files(&root().join("deploy"), &[".yml", ".md", ".sh"], &mut paths);
     paths
         .into_iter()
-        // This file names what it looks for.
+        // This file describes the citations it looks for.
         .filter(|p| !p.ends_with("tests/docs.rs"))
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
@@ -84,11 +84,12 @@ fn every_cited_section_exists() {
 #[test]
 fn nothing_cites_a_document_outside_the_repository() {
     for (path, text) in citing_texts() {
+        // Spelled in pieces, so that this file does not itself name what it looks for.
         for needle in [
-            "DESIGN §",
-            "DESIGN.md",
-            "../shared/bench/prom-check",
-            "SHARED_DIR",
+            concat!("DESIGN", " §"),
+            concat!("DESIGN", ".md"),
+            concat!("..", "/shared/bench/prom-check"),
+            concat!("SHARED", "_DIR"),
         ] {
             assert!(
                 !text.contains(needle),
