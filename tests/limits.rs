@@ -510,27 +510,6 @@ async fn an_overloaded_destination_does_not_slow_down_another() {
 // ---------------------------------------------------------------------------------------------
 // Time limits on streams: a stalled response body, idle and long-lived CONNECT tunnels.
 
-/// An upstream on loopback that answers every request with a head promising 100 bytes, sends
-/// five, and then sends nothing more while keeping the connection open.
-async fn stalling_body_upstream() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request).await;
-                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello";
-                let _ = stream.write_all(head).await;
-                // Hold the connection open, silent, until the peer goes away.
-                let _ = stream.read(&mut request).await;
-            });
-        }
-    });
-    addr
-}
-
 fn stream_timeouts(metrics: &str, kind: &str) -> f64 {
     metrics
         .lines()
@@ -546,7 +525,9 @@ fn stream_timeouts(metrics: &str, kind: &str) -> f64 {
 /// response ends with an error instead of hanging, the gate slot is freed, and it is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_response_body_is_cut_off_after_the_idle_timeout() {
-    let addr = stalling_body_upstream().await;
+    // A head promising 100 bytes, five of them, then silence with the connection open.
+    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello".to_vec();
+    let addr = support::raw::raw_upstream(head, support::raw::ThenUpstream::HoldOpen).await;
     let policy = format!(
         "hosts = [\"{addr}\"]\n[timeouts]\nidle = \"300ms\"\n[concurrency]\nmax_in_flight = 1\n"
     );

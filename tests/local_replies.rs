@@ -12,7 +12,7 @@
 mod support;
 
 use support::metrics::metric;
-use support::raw::{RawConn, RawResponse};
+use support::raw::{raw_upstream, RawConn, RawResponse, ThenUpstream};
 
 use std::time::Duration;
 
@@ -778,24 +778,6 @@ async fn an_abandoned_tunnel_probe_does_not_wedge_the_breaker() {
 // ---------------------------------------------------------------------------------------------
 // bad-response 502
 
-/// An upstream on loopback that answers every request with `head` (raw bytes), then closes.
-async fn raw_upstream(head: Vec<u8>) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let head = head.clone();
-            tokio::spawn(async move {
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request).await;
-                let _ = stream.write_all(&head).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// A response head fusebox cannot read (malformed, or larger than it buffers) is the
 /// upstream's fault but not a reset: `502 bad-response`, a failed attempt, outcome
 /// `bad_response`, and a breaker failure of kind `bad_response`.
@@ -811,7 +793,7 @@ async fn an_unreadable_response_head_is_bad_response() {
     ];
     let fusebox = TestFusebox::start(&[("default", &single_try(""))]).await;
     for head in heads {
-        let addr = raw_upstream(head).await;
+        let addr = raw_upstream(head, ThenUpstream::Close).await;
         let response = fusebox
             .app()
             .get(format!("http://{addr}/x"))

@@ -1,5 +1,6 @@
 //! Raw HTTP/1.1 over a socket, for tests that must send what a well-behaved client would not
-//! (malformed request lines, huge heads) or check what happens on one connection.
+//! (malformed request lines, huge heads) or check what happens on one connection, and
+//! upstreams that answer what a well-behaved server would not ([`raw_upstream`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -168,4 +169,39 @@ impl RawConn {
             Err(_) => panic!("the connection neither closed nor sent anything"),
         }
     }
+}
+
+/// What a [`raw_upstream`] does once it has written its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThenUpstream {
+    /// Close the connection.
+    Close,
+    /// Keep it open and silent until the peer goes away.
+    HoldOpen,
+}
+
+/// An upstream on loopback that reads a request, answers every one with `answer` (raw bytes,
+/// however malformed or incomplete), then does `then`.
+pub async fn raw_upstream(answer: Vec<u8>, then: ThenUpstream) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(&answer).await;
+                match then {
+                    ThenUpstream::Close => {
+                        let _ = stream.shutdown().await;
+                    }
+                    ThenUpstream::HoldOpen => {
+                        let _ = stream.read(&mut request).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
