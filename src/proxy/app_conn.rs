@@ -182,15 +182,19 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
         } else {
             *this.idle
         };
+        // The clock is read only when the phase changed since the timer was armed.
         let epoch = this.phase.epoch.load(Ordering::Acquire);
-        let deadline = Instant::now() + limit;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if *this.armed != epoch {
-            timer.as_mut().reset(deadline);
+            let deadline = Instant::now() + limit;
+            match this.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
             *this.armed = epoch;
         }
+        let Some(timer) = this.timer.as_mut() else {
+            return Poll::Pending;
+        };
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
