@@ -10,6 +10,8 @@ pub mod admin;
 pub mod agent;
 pub mod check;
 pub mod cli;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod guard;
 pub mod logging;
 pub mod outcome;

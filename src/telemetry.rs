@@ -36,15 +36,18 @@ pub enum AttemptResult {
     Timeout,
     ConnectFailed,
     Reset,
+    /// The app went away before the try ended: no verdict on the upstream.
+    Abandoned,
 }
 
 impl AttemptResult {
-    const ALL: [AttemptResult; 5] = [
+    const ALL: [AttemptResult; 6] = [
         AttemptResult::Success,
         AttemptResult::Failure,
         AttemptResult::Timeout,
         AttemptResult::ConnectFailed,
         AttemptResult::Reset,
+        AttemptResult::Abandoned,
     ];
 
     pub fn label(self) -> &'static str {
@@ -54,6 +57,7 @@ impl AttemptResult {
             AttemptResult::Timeout => "timeout",
             AttemptResult::ConnectFailed => "connect_failed",
             AttemptResult::Reset => "reset",
+            AttemptResult::Abandoned => "abandoned",
         }
     }
 }

@@ -723,7 +723,7 @@ async fn wait_view(
 
 /// A CONNECT that is the half-open probe and is abandoned by the app while fusebox connects
 /// must not leave the breaker half-open with its only probe slot taken (every other call then
-/// got `breaker-open` until the `open_max` lease ran out): the abandoned probe is recorded.
+/// got `breaker-open` until the `open_max` lease ran out): the dropped permit hands it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_tunnel_probe_does_not_wedge_the_breaker() {
     let blackhole = syn_blackhole()
@@ -763,16 +763,41 @@ async fn an_abandoned_tunnel_probe_does_not_wedge_the_breaker() {
     .await;
     drop(app);
 
-    // The abandoned probe counts (as a failure, like a reset): the breaker is open again, with
-    // a probe due soon, instead of half-open with no probe left to send.
-    let view = wait_view(
-        &fusebox,
-        &destination,
-        "the abandoned probe to be recorded",
-        |v| v["reason"] == "probe_failed",
-    )
+    // The abandoned try is recorded as such: no verdict on the upstream, and its probe slot
+    // goes back to the breaker, so the next CONNECT is the probe (it times out: 504), not
+    // turned away as `breaker-open` until the `open_max` lease runs out.
+    wait_metric(&fusebox, "an abandoned attempt to be counted", |metrics| {
+        metric(
+            metrics,
+            "fusebox_attempts_total",
+            &[("upstream", "hole"), ("result", "abandoned")],
+        ) == 1.0
+    })
     .await;
-    assert_eq!(view["in_flight"], 0, "{view}");
+    let view = breaker_view(&fusebox, "hole", &destination).await;
+    assert_eq!(
+        (&view["state"], &view["in_flight"]),
+        (&serde_json::json!("half-open"), &serde_json::json!(0)),
+        "{view}"
+    );
+    let response = raw_exchange(&fusebox, &connect).await;
+    assert_eq!(
+        response.status, 504,
+        "the next call is the probe: {response:?}"
+    );
+    let view = breaker_view(&fusebox, "hole", &destination).await;
+    assert_eq!(view["reason"], "probe_failed", "{view}");
+}
+
+/// Polls `/metrics` every 20 ms until `check` holds, for at most 10 s.
+async fn wait_metric(fusebox: &TestFusebox, what: &str, check: impl Fn(&str) -> bool) {
+    for _ in 0..500 {
+        if check(&fusebox.metrics().await) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}:\n{}", fusebox.metrics().await);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -45,11 +45,12 @@
 //! every result, in `HalfOpen` every non-probe result (calls admitted while closed, or let
 //! through by shadow mode) and any probe result beyond the probes still outstanding. A probe
 //! result that arrives after the breaker closed (forced or reset meanwhile) is an ordinary
-//! observation of the upstream and counts normally. Because admissions carry no ticket, a late
-//! probe of an earlier half-open episode cannot be told from a current one and counts in its
-//! place; the limit on admitted probes holds regardless. A probe that is never recorded (the
-//! caller dropped it) would wedge the breaker half-open, so a probe outstanding for `open_max`
-//! is presumed failed.
+//! observation of the upstream and counts normally. Every half-open period is an [`Episode`]
+//! and each probe carries the episode it was admitted in, so a late probe of an earlier
+//! episode is ignored rather than counted in a current probe's place. A probe whose caller
+//! gave up without a verdict is handed back with [`CircuitBreaker::abandon`], which frees its
+//! slot for the next call; a probe that is neither recorded nor abandoned (a bug) is presumed
+//! failed once it has been outstanding for `open_max`, so the breaker can never wedge.
 //!
 //! Modes: `shadow` runs the same state machine (transitions happen and are reported, so an
 //! operator sees what `enforce` would do) but [`CircuitBreaker::admit`] answers
@@ -173,8 +174,9 @@ pub enum Jitter {
 /// The answer of [`CircuitBreaker::admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Go ahead. A `probe` is a half-open trial call: record its result with `probe: true`.
-    Allowed { probe: bool },
+    /// Go ahead. A `probe` is a half-open trial call of that episode: record its result with
+    /// the same `probe`.
+    Allowed { probe: Option<Episode> },
     /// Fail fast. `retry_after` is the time until the next probe may go; it is
     /// [`Duration::ZERO`] when the breaker is half-open and its probes are in flight (the next
     /// slot frees as soon as one is recorded, which cannot be predicted: round it up, e.g. to a
@@ -186,6 +188,11 @@ pub enum Admission {
     /// result with `probe: false`.
     ShadowRejected,
 }
+
+/// One half-open period of a breaker: the ticket a probe carries, so that its result counts
+/// only in the episode that admitted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Episode(u64);
 
 /// How an upstream call failed, as classified by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -241,7 +248,7 @@ pub struct CallResult {
     /// How long the call took (compared with `slow_call_duration`).
     pub duration: Duration,
     /// Copied from [`Admission::Allowed`].
-    pub probe: bool,
+    pub probe: Option<Episode>,
 }
 
 /// Calls seen over the sliding window.
@@ -310,6 +317,7 @@ enum Phase {
         trips: u32,
     },
     HalfOpen {
+        episode: Episode,
         admitted: u32,
         succeeded: u32,
         slow: u32,
@@ -332,6 +340,8 @@ pub struct CircuitBreaker {
     tripped_with: WindowCounts,
     last_transition: Option<Transition>,
     recent: VecDeque<RecentFailure>,
+    /// Half-open episodes so far: the next one is numbered one more.
+    episodes: u64,
 }
 
 impl CircuitBreaker {
@@ -360,13 +370,14 @@ impl CircuitBreaker {
             tripped_with: WindowCounts::default(),
             last_transition: None,
             recent: VecDeque::with_capacity(RECENT_FAILURES),
+            episodes: 0,
         }
     }
 
     /// May a call go ahead now? Also performs the time-driven transitions (open period
     /// elapsed, lost probe), which it returns.
     pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
-        let allowed = Admission::Allowed { probe: false };
+        let allowed = Admission::Allowed { probe: None };
         if self.config.mode == BreakerMode::Off {
             return (allowed, None);
         }
@@ -384,6 +395,7 @@ impl CircuitBreaker {
                 self.reject(Some(retry_after))
             }
             Phase::HalfOpen {
+                episode,
                 admitted,
                 last_admit,
                 ..
@@ -391,7 +403,9 @@ impl CircuitBreaker {
                 if *admitted < probes {
                     *admitted += 1;
                     *last_admit = now;
-                    Admission::Allowed { probe: true }
+                    Admission::Allowed {
+                        probe: Some(*episode),
+                    }
                 } else {
                     self.reject(Some(Duration::ZERO))
                 }
@@ -438,13 +452,14 @@ impl CircuitBreaker {
             }
             Phase::Open { .. } => None,
             Phase::HalfOpen {
+                episode,
                 admitted,
                 succeeded,
                 slow: slow_probes,
                 trips,
                 ..
             } => {
-                if !call.probe || *admitted <= *succeeded {
+                if call.probe != Some(*episode) || *admitted <= *succeeded {
                     return None;
                 }
                 let trips = trips.saturating_add(1);
@@ -469,6 +484,22 @@ impl CircuitBreaker {
     }
 
     /// Admin: reject every call until [`CircuitBreaker::reset`]. No-op in mode `off`.
+    /// Hands back a probe whose caller gave up before a verdict (the app went away): no
+    /// verdict on the upstream, and its slot goes to the next call. Anything else is ignored.
+    pub fn abandon(&mut self, probe: Episode) {
+        if let Phase::HalfOpen {
+            episode,
+            admitted,
+            succeeded,
+            ..
+        } = &mut self.phase
+        {
+            if *episode == probe && *admitted > *succeeded {
+                *admitted -= 1;
+            }
+        }
+    }
+
     pub fn force_open(&mut self, now: Instant) -> Option<Transition> {
         if self.config.mode == BreakerMode::Off {
             return None;
@@ -573,7 +604,9 @@ impl CircuitBreaker {
         }
         match self.phase {
             Phase::Open { until, trips } if now >= until => {
+                self.episodes += 1;
                 let half_open = Phase::HalfOpen {
+                    episode: Episode(self.episodes),
                     admitted: 0,
                     succeeded: 0,
                     slow: 0,
@@ -781,7 +814,7 @@ mod tests {
         CallResult {
             failure: None,
             duration: MS,
-            probe: false,
+            probe: None,
         }
     }
 
@@ -799,16 +832,25 @@ mod tests {
         }
     }
 
-    fn probe(call: CallResult) -> CallResult {
+    /// `call` as a probe of the breaker's current half-open episode.
+    fn probe(b: &CircuitBreaker, call: CallResult) -> CallResult {
+        let episode = match b.phase {
+            Phase::HalfOpen { episode, .. } => episode,
+            _ => Episode(u64::MAX),
+        };
         CallResult {
-            probe: true,
+            probe: Some(episode),
             ..call
         }
     }
 
+    fn is_probe(admission: Admission) -> bool {
+        matches!(admission, Admission::Allowed { probe: Some(_) })
+    }
+
     /// Trip a breaker with `consecutive_failures = 1`.
     fn trip(b: &mut CircuitBreaker, now: Instant) -> Transition {
-        assert_eq!(b.admit(now).0, Admission::Allowed { probe: false });
+        assert_eq!(b.admit(now).0, Admission::Allowed { probe: None });
         b.record(now, fail()).expect("trips")
     }
 
@@ -1007,7 +1049,7 @@ mod tests {
 
         let t1 = t0 + Duration::from_secs(5);
         let (admission, transition) = b.admit(t1);
-        assert_eq!(admission, Admission::Allowed { probe: true });
+        assert!(is_probe(admission));
         let transition = transition.expect("open elapsed");
         assert_eq!(
             (transition.from, transition.to, transition.reason),
@@ -1024,7 +1066,7 @@ mod tests {
             "one probe at a time"
         );
 
-        let t = b.record(t1 + MS, probe(ok())).expect("closes");
+        let t = b.record(t1 + MS, probe(&b, ok())).expect("closes");
         assert_eq!(
             (t.from, t.to, t.reason),
             (State::HalfOpen, State::Closed, Reason::ProbeSucceeded)
@@ -1034,7 +1076,7 @@ mod tests {
         assert_eq!(snap.trips, 0);
         assert_eq!(snap.since, t1 + MS);
         assert_eq!(snap.last_reason, Some(Reason::ProbeSucceeded));
-        assert_eq!(b.admit(t1 + MS).0, Admission::Allowed { probe: false });
+        assert_eq!(b.admit(t1 + MS).0, Admission::Allowed { probe: None });
     }
 
     #[test]
@@ -1047,13 +1089,13 @@ mod tests {
         trip(&mut b, t0);
         let t1 = t0 + Duration::from_secs(5);
         for _ in 0..3 {
-            assert_eq!(b.admit(t1).0, Admission::Allowed { probe: true });
+            assert!(is_probe(b.admit(t1).0));
         }
         assert!(matches!(b.admit(t1).0, Admission::Rejected { .. }));
-        assert_eq!(b.record(t1, probe(ok())), None);
-        assert_eq!(b.record(t1, probe(ok())), None);
+        assert_eq!(b.record(t1, probe(&b, ok())), None);
+        assert_eq!(b.record(t1, probe(&b, ok())), None);
         assert_eq!(b.state(), State::HalfOpen);
-        let t = b.record(t1, probe(fail())).expect("reopens");
+        let t = b.record(t1, probe(&b, fail())).expect("reopens");
         assert_eq!((t.to, t.reason), (State::Open, Reason::ProbeFailed));
         assert_eq!(b.snapshot(t1).trips, 2);
         assert_eq!(
@@ -1075,8 +1117,8 @@ mod tests {
         let t1 = t0 + Duration::from_secs(5);
         b.admit(t1);
         b.admit(t1);
-        assert_eq!(b.record(t1, probe(slow())), None);
-        let t = b.record(t1, probe(ok())).expect("decided");
+        assert_eq!(b.record(t1, probe(&b, slow())), None);
+        let t = b.record(t1, probe(&b, ok())).expect("decided");
         assert_eq!((t.to, t.reason), (State::Open, Reason::ProbeFailed));
     }
 
@@ -1095,14 +1137,14 @@ mod tests {
             let period = b.snapshot(now).next_probe_in.unwrap();
             periods.push(period.as_secs());
             now += period;
-            assert_eq!(b.admit(now).0, Admission::Allowed { probe: true });
-            b.record(now, probe(fail())).expect("probe failed");
+            assert!(is_probe(b.admit(now).0));
+            b.record(now, probe(&b, fail())).expect("probe failed");
         }
         assert_eq!(periods, [5, 10, 20, 30, 30]);
 
         now += Duration::from_secs(30);
         b.admit(now);
-        b.record(now, probe(ok())).expect("closed");
+        b.record(now, probe(&b, ok())).expect("closed");
         trip(&mut b, now);
         assert_eq!(b.snapshot(now).next_probe_in, Some(Duration::from_secs(5)));
     }
@@ -1145,7 +1187,7 @@ mod tests {
             for _ in 0..4 {
                 now += b.snapshot(now).next_probe_in.unwrap();
                 b.admit(now);
-                b.record(now, probe(fail()));
+                b.record(now, probe(&b, fail()));
             }
             let capped = b.snapshot(now).next_probe_in.unwrap();
             assert!(capped >= max.mul_f64(0.8) && capped <= max, "{capped:?}");
@@ -1191,12 +1233,12 @@ mod tests {
 
         let t1 = t0 + Duration::from_secs(5);
         let (admission, transition) = b.admit(t1);
-        assert_eq!(admission, Admission::Allowed { probe: true });
+        assert!(is_probe(admission));
         assert_eq!(transition.map(|t| t.reason), Some(Reason::OpenElapsed));
         assert_eq!(b.admit(t1).0, Admission::ShadowRejected);
         assert_eq!(b.record(t1, ok()), None, "not the probe");
         assert_eq!(
-            b.record(t1, probe(ok())).map(|t| t.reason),
+            b.record(t1, probe(&b, ok())).map(|t| t.reason),
             Some(Reason::ProbeSucceeded)
         );
 
@@ -1214,7 +1256,7 @@ mod tests {
             ..config()
         });
         for _ in 0..10 {
-            assert_eq!(b.admit(t0), (Admission::Allowed { probe: false }, None));
+            assert_eq!(b.admit(t0), (Admission::Allowed { probe: None }, None));
             assert_eq!(b.record(t0, fail()), None);
         }
         assert_eq!(b.force_open(t0), None);
@@ -1241,14 +1283,14 @@ mod tests {
             b.admit(much_later),
             (Admission::Rejected { retry_after: None }, None)
         );
-        assert_eq!(b.record(much_later, probe(ok())), None);
+        assert_eq!(b.record(much_later, probe(&b, ok())), None);
         let snap = b.snapshot(much_later);
         assert_eq!((snap.state, snap.next_probe_in), (State::Open, None));
 
         let t = b.reset(much_later).expect("open to closed");
         assert_eq!((t.to, t.reason), (State::Closed, Reason::Reset));
         assert_eq!(b.forced(), None);
-        assert_eq!(b.admit(much_later).0, Admission::Allowed { probe: false });
+        assert_eq!(b.admit(much_later).0, Admission::Allowed { probe: None });
     }
 
     #[test]
@@ -1283,7 +1325,7 @@ mod tests {
             (State::Open, State::Closed, Reason::Forced)
         );
         for _ in 0..10 {
-            assert_eq!(b.admit(t0).0, Admission::Allowed { probe: false });
+            assert_eq!(b.admit(t0).0, Admission::Allowed { probe: None });
             assert_eq!(b.record(t0, fail()), None);
         }
         let snap = b.snapshot(t0);
@@ -1320,7 +1362,7 @@ mod tests {
         let t = b.force_open(t1).expect("half-open to open");
         assert_eq!((t.from, t.to), (State::HalfOpen, State::Open));
         assert_eq!(
-            b.record(t1, probe(ok())),
+            b.record(t1, probe(&b, ok())),
             None,
             "the probe's result is ignored"
         );
@@ -1341,26 +1383,26 @@ mod tests {
         });
         // A probe result while closed is counted like any call.
         assert_eq!(
-            b.record(t0, probe(fail())).map(|t| t.reason),
+            b.record(t0, probe(&b, fail())).map(|t| t.reason),
             Some(Reason::ConsecutiveFailures)
         );
         // Results while open are ignored (calls admitted before the trip finishing late).
         assert_eq!(b.record(t0, fail()), None);
-        assert_eq!(b.record(t0, probe(ok())), None);
+        assert_eq!(b.record(t0, probe(&b, ok())), None);
         assert_eq!(b.state(), State::Open);
 
         let t1 = t0 + Duration::from_secs(5);
-        assert_eq!(b.admit(t1).0, Admission::Allowed { probe: true });
+        assert!(is_probe(b.admit(t1).0));
         // Half-open: non-probe results are ignored...
         assert_eq!(b.record(t1, fail()), None);
         // ...and so are probe results beyond the one probe outstanding.
-        assert_eq!(b.record(t1, probe(ok())), None);
-        assert_eq!(b.record(t1, probe(fail())), None);
+        assert_eq!(b.record(t1, probe(&b, ok())), None);
+        assert_eq!(b.record(t1, probe(&b, fail())), None);
         assert_eq!(b.state(), State::HalfOpen);
         // The second probe decides.
-        assert_eq!(b.admit(t1).0, Admission::Allowed { probe: true });
+        assert!(is_probe(b.admit(t1).0));
         assert_eq!(
-            b.record(t1, probe(ok())).map(|t| t.reason),
+            b.record(t1, probe(&b, ok())).map(|t| t.reason),
             Some(Reason::ProbeSucceeded)
         );
     }
@@ -1373,7 +1415,7 @@ mod tests {
         });
         trip(&mut b, t0);
         let t1 = t0 + Duration::from_secs(5);
-        assert_eq!(b.admit(t1).0, Admission::Allowed { probe: true });
+        assert!(is_probe(b.admit(t1).0));
         // Never recorded.
         assert!(matches!(
             b.admit(t1 + Duration::from_secs(59)),
@@ -1390,6 +1432,56 @@ mod tests {
         assert_eq!(
             (transition.from, transition.to, transition.reason),
             (State::HalfOpen, State::Open, Reason::ProbeFailed)
+        );
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_its_slot_without_a_verdict() {
+        let (mut b, t0) = breaker(Breaker {
+            consecutive_failures: 1,
+            ..config()
+        });
+        trip(&mut b, t0);
+        let t1 = t0 + Duration::from_secs(5);
+        let Admission::Allowed { probe: Some(first) } = b.admit(t1).0 else {
+            panic!("a probe");
+        };
+        assert!(matches!(b.admit(t1).0, Admission::Rejected { .. }));
+        b.abandon(first);
+        assert_eq!(b.state(), State::HalfOpen, "no verdict on the upstream");
+        assert!(is_probe(b.admit(t1).0), "the slot went to the next call");
+        assert!(matches!(b.admit(t1).0, Admission::Rejected { .. }));
+    }
+
+    #[test]
+    fn a_late_probe_of_an_earlier_episode_is_ignored() {
+        let (mut b, t0) = breaker(Breaker {
+            consecutive_failures: 1,
+            ..config()
+        });
+        trip(&mut b, t0);
+        let t1 = t0 + Duration::from_secs(5);
+        let Admission::Allowed { probe: Some(old) } = b.admit(t1).0 else {
+            panic!("a probe");
+        };
+        // The lease runs out: the breaker re-opens and half-opens again (a new episode).
+        let t2 = t1 + Duration::from_secs(60);
+        b.admit(t2);
+        let t3 = t2 + Duration::from_secs(10);
+        assert!(is_probe(b.admit(t3).0));
+        let late = CallResult {
+            probe: Some(old),
+            ..ok()
+        };
+        assert_eq!(b.record(t3, late), None, "the old episode's answer");
+        b.abandon(old);
+        assert!(
+            matches!(b.admit(t3).0, Admission::Rejected { .. }),
+            "the current probe still holds its slot"
+        );
+        assert_eq!(
+            b.record(t3, probe(&b, ok())).map(|t| t.reason),
+            Some(Reason::ProbeSucceeded)
         );
     }
 
@@ -1446,6 +1538,8 @@ mod tests {
             Admit,
             /// Record the in-flight call at this index (modulo), as a failure, slow, or fine.
             Complete(usize, Outcome),
+            /// The in-flight call at this index (modulo) is abandoned without a verdict.
+            Abandon(usize),
             Advance(Duration),
             ForceOpen,
             ForceClosed,
@@ -1468,6 +1562,7 @@ mod tests {
             prop_oneof![
                 10 => Just(Event::Admit),
                 10 => (any::<usize>(), outcome).prop_map(|(i, o)| Event::Complete(i, o)),
+                2 => any::<usize>().prop_map(Event::Abandon),
                 6 => (0u64..3_000).prop_map(|ms| Event::Advance(Duration::from_millis(ms))),
                 1 => (0u64..120).prop_map(|s| Event::Advance(Duration::from_secs(s))),
                 1 => Just(Event::ForceOpen),
@@ -1537,12 +1632,14 @@ mod tests {
                 let t0 = Instant::now();
                 let mut now = t0;
                 let mut b = CircuitBreaker::with_seed(cfg.clone(), Jitter::Fraction(jitter), seed, t0);
-                let mut in_flight: Vec<bool> = vec![];
+                let mut in_flight: Vec<Option<Episode>> = vec![];
                 let mut state = State::Closed;
                 let mut probes_this_episode = 0u32;
 
                 for event in events {
                     let before = b.snapshot(now);
+                    // An admission that half-opens the breaker counts its probe itself.
+                    let admitting = matches!(event, Event::Admit);
                     let transitions: Vec<Transition> = match event {
                         Event::Admit => {
                             let (admission, transition) = b.admit(now);
@@ -1561,7 +1658,7 @@ mod tests {
                                     let waiting = before.state == State::Open
                                         && before.next_probe_in.is_some_and(|d| d > Duration::ZERO);
                                     prop_assert!(!pinned && !waiting, "allowed while open: {before:?}");
-                                    if probe {
+                                    if probe.is_some() {
                                         prop_assert_eq!(b.state(), State::HalfOpen);
                                         probes_this_episode += 1;
                                         prop_assert!(probes_this_episode <= cfg.half_open_probes);
@@ -1570,7 +1667,7 @@ mod tests {
                                 }
                                 Admission::ShadowRejected => {
                                     prop_assert_eq!(cfg.mode, BreakerMode::Shadow);
-                                    in_flight.push(false);
+                                    in_flight.push(None);
                                 }
                                 Admission::Rejected { retry_after } => {
                                     prop_assert_eq!(cfg.mode, BreakerMode::Enforce);
@@ -1591,6 +1688,25 @@ mod tests {
                             };
                             b.record(now, CallResult { failure, duration, probe }).into_iter().collect()
                         }
+                        Event::Abandon(index) => {
+                            if in_flight.is_empty() {
+                                continue;
+                            }
+                            let probe = in_flight.swap_remove(index % in_flight.len());
+                            if let Some(episode) = probe {
+                                let current = matches!(
+                                    b.phase,
+                                    Phase::HalfOpen { episode: e, .. } if e == episode
+                                );
+                                // Its slot goes to the next call: one more may be admitted.
+                                if current {
+                                    probes_this_episode -= 1;
+                                }
+                                b.abandon(episode);
+                            }
+                            prop_assert_eq!(b.state(), before.state, "abandoning decides nothing");
+                            vec![]
+                        }
                         Event::Advance(d) => {
                             now += d;
                             vec![]
@@ -1606,7 +1722,7 @@ mod tests {
                         prop_assert_eq!(t.at, now);
                         prop_assert!(cfg.mode != BreakerMode::Off);
                         state = t.to;
-                        if t.to == State::HalfOpen {
+                        if t.to == State::HalfOpen && !admitting {
                             probes_this_episode = 0;
                         }
                         if t.to == State::Open && t.reason != Reason::Forced {

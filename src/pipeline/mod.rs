@@ -4,6 +4,7 @@
 //! Each file owns one idea and is pure where possible: state machines take `now` instead of
 //! reading a clock, so tests step time explicitly and the proxy (the I/O) stays elsewhere.
 
+pub mod attempt;
 pub mod backoff;
 pub mod breaker;
 pub mod budget;

@@ -30,18 +30,13 @@ pub enum TryResult {
     BadResponse,
 }
 
-impl TryResult {
-    /// Nothing of the request reached the upstream, so sending it again is safe for any
-    /// method.
-    pub fn sent_nothing(self) -> bool {
-        matches!(self, TryResult::ConnectFailed | TryResult::ConnectTimeout)
-    }
-}
-
 /// What the attempt loop knows after one try, for [`decide`].
 #[derive(Debug, Clone, Copy)]
 pub struct AfterTry {
     pub result: TryResult,
+    /// Nothing of the request reached the upstream ([`crate::pipeline::attempt::Sent::Nothing`]),
+    /// so sending it again is safe for any method.
+    pub sent_nothing: bool,
     /// Tries made so far, this one included.
     pub tries: u32,
     /// The request body can be sent again (empty, or kept because it was small).
@@ -94,7 +89,7 @@ pub fn decide(policy: &Retry, after: AfterTry, backoff: impl FnOnce() -> Duratio
     }
     // A request that never left fusebox may always be sent again; any other only when the
     // method (or an Idempotency-Key) says doing it twice is harmless.
-    if !(after.idempotent || after.result.sent_nothing()) {
+    if !(after.idempotent || after.sent_nothing) {
         return Decision::GiveUp(GiveUp::NotIdempotent);
     }
     let delay = after.retry_after.unwrap_or_else(backoff);
@@ -162,6 +157,7 @@ mod tests {
     fn after(result: TryResult) -> AfterTry {
         AfterTry {
             result,
+            sent_nothing: matches!(result, TryResult::ConnectFailed | TryResult::ConnectTimeout),
             tries: 1,
             replayable: true,
             idempotent: true,
@@ -324,11 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connect_timeout_sent_nothing_and_is_a_connect_failure_first() {
-        assert!(
-            TryResult::ConnectTimeout.sent_nothing() && TryResult::ConnectFailed.sent_nothing()
-        );
-        assert!(!TryResult::Timeout.sent_nothing() && !TryResult::Reset.sent_nothing());
+    fn a_connect_timeout_is_a_connect_failure_first() {
         let connect = policy(&[RetryOn::ConnectFailure], &[]);
         assert_eq!(
             matching_condition(&connect, TryResult::ConnectTimeout),

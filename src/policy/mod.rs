@@ -11,7 +11,7 @@
 pub mod ca;
 pub mod lint;
 pub mod listeners;
-mod load;
+pub(crate) mod load;
 mod matcher;
 mod raw;
 

@@ -1,9 +1,10 @@
-//! The attempt loop (docs/ARCHITECTURE.md §1): one app request, past its policy, guard and
-//! concurrency gate, becomes one or more upstream tries. Each try passes the rate limiter and the
-//! breaker, runs under the attempt timeout (never past the request's deadline), is classified and
-//! recorded in the breaker; the retry decision is taken on the response head, asking the `retry.on`
-//! conditions, the method, the body, the backoff or `Retry-After`, the deadline and the retry
-//! budget. Only the final answer leaves this module.
+//! The attempt loop (docs/ARCHITECTURE.md §1.1): one app request, past its policy, guard and
+//! concurrency gate, becomes one or more upstream tries. Each try takes a
+//! [`Permit`](crate::registry::Permit) from its destination (rate limiter, breaker), runs under
+//! the attempt timeout (never past the request's deadline), and is recorded through the permit
+//! as an answer or an [`AttemptError`]. The retry planner ([`decide`]) then looks at the result,
+//! the method, the body, the backoff or `Retry-After` and the deadline, and the retry budget has
+//! the last word. Only the final answer leaves this module.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,15 +15,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::failure::classify_error;
+use super::failure::attempt_error;
 use crate::outcome::Reason;
+use crate::pipeline::attempt::{AttemptError, ErrorKind, Refusal, Sent};
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
-use crate::pipeline::breaker::{Admission, CallResult, FailureKind};
-use crate::pipeline::limiter::LimitDecision;
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
-use crate::policy::RetryOn;
-use crate::registry::{Destination, Upstream};
-use crate::telemetry::AttemptResult;
+use crate::policy::{Retry, RetryOn};
+use crate::registry::{Destination, Permit, Upstream};
 use crate::upstream::{Client, RequestBody};
 
 /// What fusebox answers itself when the loop ends without an upstream response to pass on.
@@ -34,58 +33,32 @@ pub struct LocalAnswer {
 }
 
 impl LocalAnswer {
-    fn new(reason: Reason, detail: String) -> LocalAnswer {
+    /// An answer of fusebox's own, before or instead of any try.
+    pub fn local(reason: Reason, detail: String) -> LocalAnswer {
         LocalAnswer {
             reason,
             detail,
             retry_after: None,
         }
     }
+
+    /// The answer to a try the limiter or the breaker refused at `authority`.
+    pub fn refused(refusal: Refusal, authority: &str) -> LocalAnswer {
+        LocalAnswer {
+            reason: refusal.reason(),
+            detail: refusal.describe(authority),
+            retry_after: refusal.retry_after(),
+        }
+    }
+
+    /// The answer to a failed try.
+    pub fn failed(error: AttemptError) -> LocalAnswer {
+        LocalAnswer::local(error.reason(), error.cause)
+    }
 }
 
-/// Asks the limiter and the breaker to let one try through; `Ok(probe)` when they do.
-pub fn admit(destination: &Destination) -> Result<bool, LocalAnswer> {
-    if let Some(limiter) = &destination.limiter {
-        match limiter.check() {
-            LimitDecision::Allowed => {}
-            LimitDecision::ShadowRejected => destination.metrics.shadow_rate_limit.increment(1),
-            LimitDecision::Rejected { retry_after } => {
-                return Err(LocalAnswer {
-                    reason: Reason::RateLimited,
-                    detail: format!("{} is over its rate limit", destination.authority),
-                    retry_after: Some(retry_after),
-                });
-            }
-        }
-    }
-    match destination.admit() {
-        Admission::Allowed { probe } => Ok(probe),
-        Admission::ShadowRejected => {
-            destination.metrics.shadow_breaker.increment(1);
-            Ok(false)
-        }
-        Admission::Rejected {
-            retry_after: Some(retry_after),
-        } => Err(LocalAnswer {
-            reason: Reason::BreakerOpen,
-            detail: format!(
-                "circuit breaker for {} is open; next probe in {}",
-                destination.authority,
-                humantime::format_duration(round_to_millis(retry_after))
-            ),
-            retry_after: Some(retry_after),
-        }),
-        // A forced breaker never probes: promising a time would be a lie.
-        Admission::Rejected { retry_after: None } => Err(LocalAnswer {
-            reason: Reason::BreakerOpen,
-            detail: format!(
-                "circuit breaker for {} is forced open by an operator until it is reset",
-                destination.authority
-            ),
-            retry_after: None,
-        }),
-    }
-}
+/// How one try ended: the upstream's response head, or why there is none.
+type Ended = Result<Response<Incoming>, AttemptError>;
 
 /// Sends the request, retrying as the policy allows, until an answer is final.
 /// `tries` counts the upstream tries made (0 when the request was refused before the first).
@@ -99,164 +72,183 @@ pub async fn run(
     tries: &mut u32,
 ) -> Result<Response<Incoming>, LocalAnswer> {
     let policy = &upstream.policy;
-    let retry = &policy.retry;
     let deadline = deadline_after(policy.timeouts.total);
-    let body = prepare_body(body, &parts, retry.max_replay_bytes, deadline).await?;
-    let replayable = matches!(body, Body::Replayable(_));
-    let resendable = replayable && may_resend(retry, &parts.method, &parts.headers);
+    let body = prepare_body(body, &parts, policy.retry.max_replay_bytes, deadline).await?;
+    let mut retrying = Retrying::new(&policy.retry, &parts, &body, jitter);
+    let mut request = Resend::new(parts, body);
     destination.budget.deposit();
-
-    let mut parts = Some(parts);
-    let mut body = Some(body);
-    let mut backoff: Option<Backoff> = None;
-    // The condition that allowed the retry about to be made; counted once it is really sent.
-    let mut retrying: Option<RetryOn> = None;
     // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
     // all (deadline, limiter, open breaker), the app gets this real answer, not a local one.
-    let mut previous: Option<Result<Response<Incoming>, LocalAnswer>> = None;
+    let mut previous: Option<Ended> = None;
     loop {
         // The deadline first: a try that cannot be made must not take a limiter token or a
-        // half-open probe slot (an admitted probe that is never recorded holds its slot until
-        // the breaker's lost-probe lease, `open_max`, runs out).
-        let Some(remaining) = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-        else {
-            return previous
-                .unwrap_or_else(|| Err(total_timeout(destination, policy.timeouts.total)));
+        // half-open probe slot.
+        let Some(remaining) = time_left(deadline) else {
+            return final_answer(previous, || {
+                total_timeout(destination, policy.timeouts.total)
+            });
         };
-        let probe = match admit(destination) {
-            Ok(probe) => probe,
-            Err(refused) => return previous.unwrap_or(Err(refused)),
+        let last = *tries + 1 >= policy.retry.attempts;
+        let Some((next, has_body)) = request.next(last) else {
+            return final_answer(previous, || {
+                total_timeout(destination, policy.timeouts.total)
+            });
+        };
+        let permit = match destination.begin() {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                let refused = || LocalAnswer::refused(refusal, &destination.authority);
+                return final_answer(previous, refused);
+            }
         };
         drop(previous.take());
-        if let Some(condition) = retrying.take() {
+        retrying.count_sent(destination);
+        *tries += 1;
+        let limit = policy.timeouts.attempt.min(remaining);
+        let ended = one_try(client, destination, permit, next, limit, has_body).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let replayable = request.replayable();
+        match retrying.delay(destination, &ended, *tries, replayable, left) {
+            Some(delay) => {
+                previous = Some(ended);
+                tokio::time::sleep(delay).await;
+            }
+            None => return ended.map_err(LocalAnswer::failed),
+        }
+    }
+}
+
+/// One try under `limit`, recorded through its permit. A try abandoned here (the app went
+/// away) drops the permit unspent, which records it as abandoned.
+async fn one_try(
+    client: &Client,
+    destination: &Destination,
+    permit: Permit<'_>,
+    request: Request<RequestBody>,
+    limit: Duration,
+    has_body: bool,
+) -> Ended {
+    match tokio::time::timeout(limit, client.request(request)).await {
+        Ok(Ok(response)) => {
+            permit.answered(response.status());
+            Ok(response)
+        }
+        Ok(Err(error)) => {
+            let error = attempt_error(&error, &destination.authority, has_body);
+            permit.failed(&error);
+            Err(error)
+        }
+        Err(_) => {
+            let cause = format!(
+                "no response head from {} within {}",
+                destination.authority,
+                humantime::format_duration(limit)
+            );
+            let error = AttemptError::new(ErrorKind::Timeout, Sent::on_connection(has_body), cause);
+            permit.failed(&error);
+            Err(error)
+        }
+    }
+}
+
+/// The last try's ending when there was one, else the local answer `otherwise` makes.
+fn final_answer(
+    previous: Option<Ended>,
+    otherwise: impl FnOnce() -> LocalAnswer,
+) -> Result<Response<Incoming>, LocalAnswer> {
+    match previous {
+        Some(ended) => ended.map_err(LocalAnswer::failed),
+        None => Err(otherwise()),
+    }
+}
+
+/// What is left until `deadline`; `None` once nothing is.
+fn time_left(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+}
+
+/// The retry side of the loop: the policy, the backoff schedule, and the condition of the
+/// retry about to be made (counted once it is really sent).
+struct Retrying<'p> {
+    retry: &'p Retry,
+    jitter: bool,
+    /// The method (or an `Idempotency-Key`) allows sending the request more than once.
+    resendable: bool,
+    backoff: Option<Backoff>,
+    condition: Option<RetryOn>,
+}
+
+impl<'p> Retrying<'p> {
+    fn new(retry: &'p Retry, parts: &Parts, body: &Body, jitter: bool) -> Self {
+        let replayable = matches!(body, Body::Replayable(_));
+        Retrying {
+            retry,
+            jitter,
+            resendable: replayable && may_resend(retry, &parts.method, &parts.headers),
+            backoff: None,
+            condition: None,
+        }
+    }
+
+    /// Counts the retry that is being sent, if this try is one.
+    fn count_sent(&mut self, destination: &Destination) {
+        if let Some(condition) = self.condition.take() {
             destination.metrics.retry(condition);
         }
-        let limit = policy.timeouts.attempt.min(remaining);
-        // The last possible try takes the request itself; earlier ones send copies.
-        let last_possible = *tries + 1 >= retry.attempts || !replayable;
-        let (request_parts, request_body) = match (last_possible, parts.take(), body.take()) {
-            (_, Some(p), Some(Body::Streaming(incoming))) => (p, RequestBody::Streaming(incoming)),
-            (true, Some(p), Some(Body::Replayable(bytes))) => (p, RequestBody::Full(bytes)),
-            (false, Some(p), Some(Body::Replayable(bytes))) => {
-                let copy = copy_parts(&p);
-                parts = Some(p);
-                body = Some(Body::Replayable(bytes.clone()));
-                (copy, RequestBody::Full(bytes))
-            }
-            _ => unreachable!("the loop ends once the request has been sent for good"),
+    }
+
+    /// How long to wait before retrying after `ended`; `None`: the answer is final.
+    fn delay(
+        &mut self,
+        destination: &Destination,
+        ended: &Ended,
+        tries: u32,
+        replayable: bool,
+        left: Duration,
+    ) -> Option<Duration> {
+        let (result, sent_nothing) = match ended {
+            Ok(response) => (TryResult::Status(response.status()), false),
+            Err(error) => (error.retry_as()?, error.sent == Sent::Nothing),
         };
-        let request = Request::from_parts(request_parts, request_body);
-
-        *tries += 1;
-        let mut probe_guard = ProbeGuard::new(destination, probe);
-        let started = Instant::now();
-        let result = tokio::time::timeout(limit, client.request(request)).await;
-        let elapsed = started.elapsed();
-        probe_guard.disarm();
-
-        let (try_result, ending) = match result {
-            Ok(Ok(response)) => {
-                let status = response.status();
-                let failed = policy.breaker.failure_statuses.contains(&status.as_u16());
-                destination.record(CallResult {
-                    failure: failed.then_some(FailureKind::Status(status.as_u16())),
-                    duration: elapsed,
-                    probe,
-                });
-                let result = if failed {
-                    AttemptResult::Failure
-                } else {
-                    AttemptResult::Success
-                };
-                destination.metrics.attempt(result, elapsed);
-                (TryResult::Status(status), Ok(response))
-            }
-            Ok(Err(error)) => {
-                let (reason, attempt, detail) = classify_error(&error, &destination.authority);
-                let Some(attempt) = attempt else {
-                    // fusebox refused to connect (guard, loop) or the app's body broke off: not
-                    // the upstream's failure, so nothing is recorded (a probe slot left open is
-                    // reclaimed by the breaker).
-                    return Err(LocalAnswer::new(reason, detail));
-                };
-                let (kind, try_result) = match attempt {
-                    // A connector error that is a timeout: the connection never opened.
-                    AttemptResult::Timeout if error.is_connect() => {
-                        (FailureKind::Timeout, TryResult::ConnectTimeout)
-                    }
-                    AttemptResult::Timeout => (FailureKind::Timeout, TryResult::Timeout),
-                    AttemptResult::Reset => (FailureKind::Reset, TryResult::Reset),
-                    // `classify_error` reports a failed try only for an unreadable head.
-                    AttemptResult::Failure => (FailureKind::BadResponse, TryResult::BadResponse),
-                    _ => (FailureKind::ConnectFailed, TryResult::ConnectFailed),
-                };
-                destination.record(CallResult {
-                    failure: Some(kind),
-                    duration: elapsed,
-                    probe,
-                });
-                destination.metrics.attempt(attempt, elapsed);
-                (try_result, Err(LocalAnswer::new(reason, detail)))
-            }
-            Err(_) => {
-                destination.record(CallResult {
-                    failure: Some(FailureKind::Timeout),
-                    duration: elapsed,
-                    probe,
-                });
-                destination.metrics.attempt(AttemptResult::Timeout, elapsed);
-                let detail = format!(
-                    "no response head from {} within {}",
-                    destination.authority,
-                    humantime::format_duration(limit)
-                );
-                (
-                    TryResult::Timeout,
-                    Err(LocalAnswer::new(Reason::Timeout, detail)),
-                )
-            }
-        };
-
-        // The retry decision, on the response head.
         let after = AfterTry {
-            result: try_result,
-            tries: *tries,
-            replayable: body.is_some(),
-            idempotent: resendable,
-            retry_after: retry_after(retry.honor_retry_after, &ending),
-            left: deadline.saturating_duration_since(Instant::now()),
+            result,
+            sent_nothing,
+            tries,
+            replayable,
+            idempotent: self.resendable,
+            retry_after: retry_after(self.retry.honor_retry_after, ended),
+            left,
         };
-        let backoff = || {
+        let (retry, jitter, backoff) = (self.retry, self.jitter, &mut self.backoff);
+        let next_backoff = || {
             backoff
                 .get_or_insert_with(|| Backoff::new(retry, jitter))
                 .delay()
         };
-        let (delay, condition) = match decide(retry, after, backoff) {
-            Decision::Retry { delay, condition } => (delay, condition),
-            Decision::GiveUp(_) => return ending,
+        let Decision::Retry { delay, condition } = decide(retry, after, next_backoff) else {
+            return None;
         };
         if !destination.budget.try_withdraw() {
             destination.metrics.retry_budget_exhausted.increment(1);
-            return ending;
+            return None;
         }
-        retrying = Some(condition);
-        previous = Some(ending);
-        tokio::time::sleep(delay).await;
+        self.condition = Some(condition);
+        Some(delay)
     }
 }
 
 /// `now + total`, or a year from now for a `total` too large to add (never a panic).
-fn deadline_after(total: Duration) -> Instant {
+pub(super) fn deadline_after(total: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(total)
         .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }
 
 /// The delay a 429 or 503 asks for with `Retry-After`, when the policy honours it.
-fn retry_after(honor: bool, ending: &Result<Response<Incoming>, LocalAnswer>) -> Option<Duration> {
-    let response = ending.as_ref().ok().filter(|_| honor)?;
+fn retry_after(honor: bool, ended: &Ended) -> Option<Duration> {
+    let response = ended.as_ref().ok().filter(|_| honor)?;
     if !matches!(
         response.status(),
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -270,7 +262,7 @@ fn retry_after(honor: bool, ending: &Result<Response<Incoming>, LocalAnswer>) ->
 }
 
 fn total_timeout(destination: &Destination, total: Duration) -> LocalAnswer {
-    LocalAnswer::new(
+    LocalAnswer::local(
         Reason::Timeout,
         format!(
             "no response from {} within the total timeout of {}",
@@ -286,6 +278,42 @@ enum Body {
     Replayable(Option<Bytes>),
     /// Larger, or of unknown length: sent once, as it streams.
     Streaming(Incoming),
+}
+
+/// The request between tries: earlier tries send copies, the last possible one the original.
+struct Resend {
+    parts: Option<Parts>,
+    body: Option<Body>,
+}
+
+impl Resend {
+    fn new(parts: Parts, body: Body) -> Self {
+        Resend {
+            parts: Some(parts),
+            body: Some(body),
+        }
+    }
+
+    /// Whether the request can still be sent again.
+    fn replayable(&self) -> bool {
+        self.body.is_some()
+    }
+
+    /// The next try's request, and whether it has a body; `None` once it was sent for good.
+    fn next(&mut self, last: bool) -> Option<(Request<RequestBody>, bool)> {
+        let (parts, body) = match (last, self.parts.take()?, self.body.take()?) {
+            (_, parts, Body::Streaming(incoming)) => (parts, RequestBody::Streaming(incoming)),
+            (true, parts, Body::Replayable(bytes)) => (parts, RequestBody::Full(bytes)),
+            (false, parts, Body::Replayable(bytes)) => {
+                let copy = copy_parts(&parts);
+                self.parts = Some(parts);
+                self.body = Some(Body::Replayable(bytes.clone()));
+                (copy, RequestBody::Full(bytes))
+            }
+        };
+        let has_body = !matches!(&body, RequestBody::Full(None));
+        Some((Request::from_parts(parts, body), has_body))
+    }
 }
 
 async fn prepare_body(
@@ -307,11 +335,11 @@ async fn prepare_body(
             let collected = tokio::time::timeout_at(deadline, body.collect()).await;
             match collected {
                 Ok(Ok(collected)) => Ok(Body::Replayable(Some(collected.to_bytes()))),
-                Ok(Err(error)) => Err(LocalAnswer::new(
+                Ok(Err(error)) => Err(LocalAnswer::local(
                     Reason::BadRequest,
                     format!("reading the request body failed: {error}"),
                 )),
-                Err(_) => Err(LocalAnswer::new(
+                Err(_) => Err(LocalAnswer::local(
                     Reason::Timeout,
                     "the app did not send its request body within the total timeout".to_owned(),
                 )),
@@ -329,43 +357,4 @@ fn copy_parts(parts: &Parts) -> Parts {
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     request.into_parts().0
-}
-
-fn round_to_millis(d: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A half-open probe whose try is abandoned (the app went away mid-try) must still be
-/// answered, or the breaker would wait for it. It is recorded as a reset: the upstream did not
-/// prove itself healthy.
-/// Used by every kind of try: forwarded requests and CONNECT tunnels.
-pub(super) struct ProbeGuard<'a> {
-    destination: &'a Destination,
-    armed: bool,
-}
-
-impl<'a> ProbeGuard<'a> {
-    /// Armed when the try is a probe; [`ProbeGuard::disarm`] once its result is recorded.
-    pub(super) fn new(destination: &'a Destination, probe: bool) -> Self {
-        ProbeGuard {
-            destination,
-            armed: probe,
-        }
-    }
-
-    pub(super) fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.destination.record(CallResult {
-                failure: Some(FailureKind::Reset),
-                duration: Duration::ZERO,
-                probe: true,
-            });
-        }
-    }
 }

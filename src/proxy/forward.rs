@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -22,7 +23,7 @@ use super::reply::{local_reply, local_reply_with_retry_after};
 use super::target::{http_target, Target};
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
-use crate::registry::{Destination, Upstream};
+use crate::registry::{Destination, Snapshot, Upstream};
 use crate::upstream::Client;
 
 /// Handles one request. `route` is the policy of the route listener it arrived on, if any.
@@ -33,95 +34,20 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let seen = Seen::of(&req);
     let snapshot = ctx.registry.load();
-
-    let (upstream, destination, client, uri) = match route {
-        Some(name) => {
-            let Some(upstream) = snapshot.by_name(name) else {
-                // The policy was removed by a reload while this connection stayed open.
-                let upstream = snapshot.default();
-                let detail = format!("route listener's policy {name} no longer exists");
-                return finish_local(
-                    upstream,
-                    &upstream.other_destination(),
-                    &seen,
-                    Reason::ConnectFailed,
-                    &detail,
-                );
-            };
-            let Some((endpoint, client)) = upstream.next_endpoint() else {
-                let detail = "route policy has no endpoints";
-                return finish_local(
-                    upstream,
-                    &upstream.other_destination(),
-                    &seen,
-                    Reason::ConnectFailed,
-                    detail,
-                );
-            };
-            let destination = upstream.destination(&endpoint.host, endpoint.port);
-            let scheme = if upstream.policy.tls {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            };
-            let uri = upstream_uri(scheme, pinned_authority(upstream, &destination), req.uri());
-            (upstream, destination, client, uri)
-        }
-        None => {
-            let target = match http_target(&req) {
-                Ok(target) => target,
-                Err(message) => {
-                    return reject_unrouted(ctx, &seen, Reason::BadRequest, &message);
-                }
-            };
-            let upstream = snapshot.lookup(&target.host, target.port);
-            let (destination, scheme, client, pinned) = egress_destination(upstream, &target);
-            let authority = if pinned {
-                pinned_authority(upstream, &destination)
-            } else {
-                destination.uri_authority.as_ref()
-            };
-            let uri = upstream_uri(scheme, authority, req.uri());
-            if !upstream.policy.allow {
-                let detail = format!(
-                    "{} is not allowed by policy {}",
-                    target_text(&target),
-                    upstream.policy.name
-                );
-                return finish_local(upstream, &destination, &seen, Reason::Denied, &detail);
-            }
-            (upstream, destination, client, uri)
-        }
+    let routed = match route_request(ctx, &snapshot, route, &req) {
+        Ok(routed) => routed,
+        Err(early) => return early.reply(&seen),
     };
-
-    if headers::has_looped(req.headers(), &ctx.via_token) {
-        let detail = "request came back to this fusebox (Via)";
-        return finish_local(upstream, &destination, &seen, Reason::Loop, detail);
-    }
-    let Some(uri) = uri else {
-        let detail = "cannot build the upstream URI";
-        return finish_local(upstream, &destination, &seen, Reason::BadRequest, detail);
-    };
-
+    let Routed {
+        upstream,
+        destination,
+        client,
+        uri,
+    } = routed;
     let upgrading = headers::is_upgrade(req.headers());
     let app_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    // RFC 9112 §3.2.2: with an absolute-form target, a proxy ignores any received Host and
-    // sends the target's authority instead (`insert` replaces every received value).
-    if let Some(authority) = parts.uri.authority() {
-        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-            parts.headers.insert(header::HOST, value);
-        }
-    }
-    if let Some(rewrite) = &upstream.policy.host_rewrite {
-        if let Ok(value) = HeaderValue::from_str(rewrite) {
-            parts.headers.insert(header::HOST, value);
-        }
-    }
-    headers::remove_hop_by_hop(&mut parts.headers, upgrading);
-    headers::add_via(&mut parts.headers, &ctx.via);
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
+    rewrite_for_upstream(ctx, upstream, &mut parts, uri, upgrading);
     let Some(in_flight) = destination.enter() else {
         let detail = format!(
             "{} already has {} requests in flight (concurrency.max_in_flight)",
@@ -150,33 +76,221 @@ pub async fn handle(
         }
     };
     let status = response.status();
-
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        if let Some(app_upgrade) = app_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let hard_stop = ctx.hard_stop.clone();
-            ctx.tasks.spawn(async move {
-                tokio::select! {
-                    () = splice_upgrade(app_upgrade, upstream_upgrade) => {}
-                    () = hard_stop.cancelled() => {}
-                }
-            });
-        }
+    if let Some(app_upgrade) = app_upgrade.filter(|_| switching) {
+        spawn_upgrade(ctx, app_upgrade, &mut response);
     }
     // hyper speaks HTTP/1.1 to the app whatever the upstream spoke (1.0, h2).
     *response.version_mut() = http::Version::HTTP_11;
     headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
     headers::add_via(response.headers_mut(), &ctx.via);
-    seen.finish(
-        &destination,
-        status,
-        Outcome::of_upstream_status(status),
-        tries,
-        None,
-    );
+    let outcome = Outcome::of_upstream_status(status);
+    seen.finish(&destination, status, outcome, tries, None);
     let idle = upstream.policy.timeouts.idle;
     response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle))
+}
+
+/// Where a request goes once its policy allows it: the policy, the destination, the pooled
+/// client and the upstream URI.
+struct Routed<'s> {
+    upstream: &'s Upstream,
+    destination: Arc<Destination>,
+    client: &'s Client,
+    uri: Uri,
+}
+
+/// A local answer before any try, and the destination it is counted under.
+struct Early<'s> {
+    upstream: &'s Upstream,
+    destination: Arc<Destination>,
+    reason: Reason,
+    detail: String,
+}
+
+impl Early<'_> {
+    fn reply(&self, seen: &Seen) -> Response<ResponseBody> {
+        finish_local(
+            self.upstream,
+            &self.destination,
+            seen,
+            self.reason,
+            &self.detail,
+        )
+    }
+}
+
+/// Matches the request to its policy and destination: the route listener's policy, or the
+/// request target's on the egress listener; then the policy's `allow` and the loop check.
+fn route_request<'s>(
+    ctx: &ProxyContext,
+    snapshot: &'s Snapshot,
+    route: Option<&str>,
+    req: &Request<Incoming>,
+) -> Result<Routed<'s>, Early<'s>> {
+    let routed = match route {
+        Some(name) => route_listener_request(snapshot, name, req.uri())?,
+        None => egress_request(snapshot, req)?,
+    };
+    let early = |reason, detail: &str| Early {
+        upstream: routed.upstream,
+        destination: Arc::clone(&routed.destination),
+        reason,
+        detail: detail.to_owned(),
+    };
+    if headers::has_looped(req.headers(), &ctx.via_token) {
+        return Err(early(
+            Reason::Loop,
+            "request came back to this fusebox (Via)",
+        ));
+    }
+    let Some(uri) = routed.uri else {
+        return Err(early(Reason::BadRequest, "cannot build the upstream URI"));
+    };
+    Ok(Routed {
+        upstream: routed.upstream,
+        destination: routed.destination,
+        client: routed.client,
+        uri,
+    })
+}
+
+/// [`Routed`] before its URI is known to be valid.
+struct Matched<'s> {
+    upstream: &'s Upstream,
+    destination: Arc<Destination>,
+    client: &'s Client,
+    uri: Option<Uri>,
+}
+
+/// A request on policy `name`'s route listener goes to the policy's next endpoint.
+fn route_listener_request<'s>(
+    snapshot: &'s Snapshot,
+    name: &str,
+    original: &Uri,
+) -> Result<Matched<'s>, Early<'s>> {
+    let unroutable = |detail: String| {
+        let upstream = snapshot.default();
+        Early {
+            upstream,
+            destination: upstream.other_destination(),
+            reason: Reason::ConnectFailed,
+            detail,
+        }
+    };
+    let Some(upstream) = snapshot.by_name(name) else {
+        // The policy was removed by a reload while this connection stayed open.
+        return Err(unroutable(format!(
+            "route listener's policy {name} no longer exists"
+        )));
+    };
+    let Some((endpoint, client)) = upstream.next_endpoint() else {
+        let upstream_unroutable = Early {
+            upstream,
+            destination: upstream.other_destination(),
+            reason: Reason::ConnectFailed,
+            detail: "route policy has no endpoints".to_owned(),
+        };
+        return Err(upstream_unroutable);
+    };
+    let destination = upstream.destination(&endpoint.host, endpoint.port);
+    let scheme = if upstream.policy.tls {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    let uri = upstream_uri(scheme, pinned_authority(upstream, &destination), original);
+    Ok(Matched {
+        upstream,
+        destination,
+        client,
+        uri,
+    })
+}
+
+/// A request on the egress listener goes where its target says, under the matching policy.
+fn egress_request<'s>(
+    snapshot: &'s Snapshot,
+    req: &Request<Incoming>,
+) -> Result<Matched<'s>, Early<'s>> {
+    let target = http_target(req).map_err(|message| {
+        let upstream = snapshot.default();
+        Early {
+            upstream,
+            destination: upstream.other_destination(),
+            reason: Reason::BadRequest,
+            detail: message,
+        }
+    })?;
+    let upstream = snapshot.lookup(&target.host, target.port);
+    let (destination, scheme, client, pinned) = egress_destination(upstream, &target);
+    let authority = if pinned {
+        pinned_authority(upstream, &destination)
+    } else {
+        destination.uri_authority.as_ref()
+    };
+    let uri = upstream_uri(scheme, authority, req.uri());
+    if !upstream.policy.allow {
+        let detail = format!(
+            "{} is not allowed by policy {}",
+            target_text(&target),
+            upstream.policy.name
+        );
+        return Err(Early {
+            upstream,
+            destination,
+            reason: Reason::Denied,
+            detail,
+        });
+    }
+    Ok(Matched {
+        upstream,
+        destination,
+        client,
+        uri,
+    })
+}
+
+/// The request as the upstream gets it: `Host` from the target (or `host_rewrite`), hop-by-hop
+/// headers out, `Via` in, the upstream URI, HTTP/1.1 (the pool may still speak h2).
+fn rewrite_for_upstream(
+    ctx: &ProxyContext,
+    upstream: &Upstream,
+    parts: &mut Parts,
+    uri: Uri,
+    upgrading: bool,
+) {
+    // RFC 9112 §3.2.2: with an absolute-form target, a proxy ignores any received Host and
+    // sends the target's authority instead (`insert` replaces every received value).
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    if let Some(rewrite) = &upstream.policy.host_rewrite {
+        if let Ok(value) = HeaderValue::from_str(rewrite) {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    headers::remove_hop_by_hop(&mut parts.headers, upgrading);
+    headers::add_via(&mut parts.headers, &ctx.via);
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+}
+
+/// Splices a protocol upgrade (WebSocket) the upstream accepted, in a task of the agent's.
+fn spawn_upgrade(
+    ctx: &ProxyContext,
+    app_upgrade: hyper::upgrade::OnUpgrade,
+    response: &mut Response<Incoming>,
+) {
+    let upstream_upgrade = hyper::upgrade::on(response);
+    let hard_stop = ctx.hard_stop.clone();
+    ctx.tasks.spawn(async move {
+        tokio::select! {
+            () = splice_upgrade(app_upgrade, upstream_upgrade) => {}
+            () = hard_stop.cancelled() => {}
+        }
+    });
 }
 
 /// Where an egress-listener request goes: a policy endpoint (with the client pinned to it:

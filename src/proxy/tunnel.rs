@@ -20,17 +20,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::access::Seen;
-use super::attempt;
+use super::attempt::LocalAnswer;
 use super::body::ResponseBody;
-use super::failure::classify_connect_error;
+use super::failure::connect_error;
 use super::reply::local_reply_with_retry_after;
 use super::target::connect_target;
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
-use crate::pipeline::breaker::{CallResult, FailureKind};
 use crate::registry::Destination;
-use crate::telemetry::{AttemptResult, StreamTimeout};
-use crate::upstream::connect;
+use crate::telemetry::StreamTimeout;
+use crate::upstream::connect::{self, ConnectRules};
 
 pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<ResponseBody> {
     let seen = Seen::of(&req);
@@ -42,101 +41,102 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
         }
     };
     let upstream = snapshot.lookup(&target.host, target.port);
-    let name = upstream.policy.name.as_str();
     let (host, port) = match upstream.next_endpoint() {
         Some((endpoint, _)) => (endpoint.host.as_str(), endpoint.port),
         None => (target.host.as_ref(), target.port),
     };
     let destination = upstream.destination(host, port);
-    let reject_after = |reason: Reason, detail: &str, retry_after: Option<Duration>, tries| {
-        debug!(detail, "tunnel refused");
-        let reply = local_reply_with_retry_after(reason, name, detail, retry_after);
-        seen.finish(
-            &destination,
-            reply.status(),
-            reason.outcome(),
-            tries,
-            Some(reason),
+    let refuse = |answer: LocalAnswer, tries| {
+        debug!(detail = %answer.detail, "tunnel refused");
+        let reply = local_reply_with_retry_after(
+            answer.reason,
+            &upstream.policy.name,
+            &answer.detail,
+            answer.retry_after,
         );
+        let (status, outcome) = (reply.status(), answer.reason.outcome());
+        seen.finish(&destination, status, outcome, tries, Some(answer.reason));
         reply
     };
-    let reject = |reason: Reason, detail: &str| reject_after(reason, detail, None, 0);
     if !upstream.policy.allow {
-        return reject(
-            Reason::Denied,
-            &format!("{} is not allowed by policy {name}", destination.authority),
+        let detail = format!(
+            "{} is not allowed by policy {}",
+            destination.authority, upstream.policy.name
         );
+        return refuse(LocalAnswer::local(Reason::Denied, detail), 0);
     }
     if super::headers::has_looped(req.headers(), &ctx.via_token) {
-        return reject(Reason::Loop, "request came back to this fusebox (Via)");
+        let detail = "request came back to this fusebox (Via)".to_owned();
+        return refuse(LocalAnswer::local(Reason::Loop, detail), 0);
     }
+    let rules = upstream.connect_rules(ctx.registry.self_addrs());
+    let stream = match open(&destination, host, port, &rules).await {
+        Ok(stream) => stream,
+        Err((answer, tries)) => return refuse(answer, tries),
+    };
+    let limits = TunnelLimits {
+        idle: upstream.policy.timeouts.tunnel_idle,
+        max: upstream.policy.timeouts.tunnel_max,
+    };
+    spawn_splice(ctx, &mut req, stream, Arc::clone(&destination), limits);
+    let response = Response::new(ResponseBody::empty());
+    seen.finish(&destination, response.status(), Outcome::Ok, 1, None);
+    response
+}
 
-    // The gate, the limiter and the breaker guard the tunnel's set-up; what flows through an
-    // open tunnel is opaque (TLS) and is not judged.
-    let Some(in_flight) = destination.enter() else {
+/// Opens the tunnel's upstream connection through the gate, the limiter and the breaker, which
+/// guard the tunnel's set-up (what flows through an open tunnel is opaque and is not judged).
+/// On failure: the local answer and the number of tries made (0 or 1).
+async fn open(
+    destination: &Destination,
+    host: &str,
+    port: u16,
+    rules: &ConnectRules,
+) -> Result<TcpStream, (LocalAnswer, u32)> {
+    let Some(_in_flight) = destination.enter() else {
         let detail = format!(
             "{} already has {} requests in flight (concurrency.max_in_flight)",
             destination.authority,
             destination.gate.in_flight()
         );
-        return reject(Reason::Overflow, &detail);
+        return Err((LocalAnswer::local(Reason::Overflow, detail), 0));
     };
-    let probe = match attempt::admit(&destination) {
-        Ok(probe) => probe,
-        Err(answer) => return reject_after(answer.reason, &answer.detail, answer.retry_after, 0),
-    };
-    let rules = upstream.connect_rules(ctx.registry.self_addrs());
-    let attempt_started = Instant::now();
-    // An app that gives up while fusebox connects drops this future: the probe is still answered.
-    let mut probe_guard = attempt::ProbeGuard::new(&destination, probe);
-    let connected = connect::connect(host, port, &rules).await;
-    probe_guard.disarm();
-    let elapsed = attempt_started.elapsed();
-    drop(in_flight);
-    let stream = match connected {
-        Ok(stream) => stream,
-        Err(error) => {
-            let (reason, attempt, detail) = classify_connect_error(&error);
-            if let Some(attempt) = attempt {
-                let kind = if attempt == AttemptResult::Timeout {
-                    FailureKind::Timeout
-                } else {
-                    FailureKind::ConnectFailed
-                };
-                destination.record(CallResult {
-                    failure: Some(kind),
-                    duration: elapsed,
-                    probe,
-                });
-                destination.metrics.attempt(attempt, elapsed);
-            }
-            let tries = u32::from(attempt.is_some());
-            return reject_after(reason, &detail, None, tries);
+    let permit = destination
+        .begin()
+        .map_err(|refusal| (LocalAnswer::refused(refusal, &destination.authority), 0))?;
+    // An app that gives up while fusebox connects drops this future, and with it the unspent
+    // permit: the try is recorded as abandoned.
+    match connect::connect(host, port, rules).await {
+        Ok(stream) => {
+            permit.connected();
+            Ok(stream)
         }
-    };
-    destination.record(CallResult {
-        failure: None,
-        duration: elapsed,
-        probe,
-    });
-    destination.metrics.attempt(AttemptResult::Success, elapsed);
+        Err(error) => {
+            let error = connect_error(&error);
+            permit.failed(&error);
+            let tries = u32::from(error.metric().is_some());
+            Err((LocalAnswer::failed(error), tries))
+        }
+    }
+}
 
-    let app = hyper::upgrade::on(&mut req);
-    let limits = TunnelLimits {
-        idle: upstream.policy.timeouts.tunnel_idle,
-        max: upstream.policy.timeouts.tunnel_max,
-    };
-    let tunnel_destination = std::sync::Arc::clone(&destination);
+/// Splices the app's upgraded connection and `stream` in a task of the agent's, once hyper
+/// has sent the 200.
+fn spawn_splice(
+    ctx: &ProxyContext,
+    req: &mut Request<Incoming>,
+    stream: TcpStream,
+    destination: Arc<Destination>,
+    limits: TunnelLimits,
+) {
+    let app = hyper::upgrade::on(req);
     let hard_stop = ctx.hard_stop.clone();
     ctx.tasks.spawn(async move {
         match app.await {
-            Ok(app) => splice(app, stream, &tunnel_destination, limits, &hard_stop).await,
+            Ok(app) => splice(app, stream, &destination, limits, &hard_stop).await,
             Err(error) => debug!(%error, "CONNECT upgrade failed"),
         }
     });
-    let response = Response::new(ResponseBody::empty());
-    seen.finish(&destination, response.status(), Outcome::Ok, 1, None);
-    response
 }
 
 /// Copies bytes both ways until either side closes, the tunnel has been silent both ways for

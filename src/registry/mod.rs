@@ -10,15 +10,21 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 use tokio::time::Instant;
 use tracing::warn;
 
+mod permit;
+
+pub use permit::Permit;
+
 use crate::guard::GuardRules;
 use crate::pipeline::breaker::{
-    Admission, BreakerSnapshot, CallResult, CircuitBreaker, Forced, Jitter, State, Transition,
+    Admission, BreakerSnapshot, CallResult, CircuitBreaker, Episode, FailureKind, Forced, Jitter,
+    State, Transition,
 };
 use crate::pipeline::budget::RetryBudget;
 use crate::pipeline::gate::{Gate, GatePermit};
@@ -153,8 +159,8 @@ impl Destination {
         })
     }
 
-    /// Asks the breaker to let one attempt through.
-    pub fn admit(&self) -> Admission {
+    /// Asks the breaker to let one attempt through (through [`Destination::begin`]).
+    fn admit(&self) -> Admission {
         let (admission, transition) = self.breaker().admit(Instant::now());
         if let Some(transition) = transition {
             self.observe(&transition);
@@ -162,12 +168,36 @@ impl Destination {
         admission
     }
 
-    /// Tells the breaker how an attempt it let through ended.
-    pub fn record(&self, call: CallResult) {
+    /// Tells the breaker how an attempt it let through ended (through a [`Permit`]).
+    fn record(&self, call: CallResult) {
         let transition = self.breaker().record(Instant::now(), call);
         if let Some(transition) = transition {
             self.observe(&transition);
         }
+    }
+
+    /// Records a response head with `status`, under one lock; returns whether the policy's
+    /// `failure_statuses` count it as a failure.
+    fn record_status(&self, status: u16, duration: Duration, probe: Option<Episode>) -> bool {
+        let (failed, transition) = {
+            let mut breaker = self.breaker();
+            let failed = breaker.is_failure_status(status);
+            let call = CallResult {
+                failure: failed.then_some(FailureKind::Status(status)),
+                duration,
+                probe,
+            };
+            (failed, breaker.record(Instant::now(), call))
+        };
+        if let Some(transition) = transition {
+            self.observe(&transition);
+        }
+        failed
+    }
+
+    /// Hands back an abandoned probe's slot (through a [`Permit`]).
+    fn abandon(&self, probe: Episode) {
+        self.breaker().abandon(probe);
     }
 
     /// Applies an operator's command to the breaker (admin API).
