@@ -265,7 +265,8 @@ async fn post_with_idempotency_key_is_retried_with_its_body() {
 // ---------------------------------------------------------------------------------------------
 // 4. Retry-After.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On paused tokio time: the schedule is exact, and no real time passes.
+#[tokio::test(start_paused = true)]
 async fn retry_after_is_honored() {
     let upstream = FakeUpstream::builder()
         .statuses(&[503, 200])
@@ -275,18 +276,19 @@ async fn retry_after_is_honored() {
     // The backoff alone would wait 25 ms.
     let fusebox = start("").await;
 
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let response = fusebox.app().get(upstream.url("/a")).send().await.unwrap();
     let elapsed = started.elapsed();
     assert_upstream(&response, 200);
     assert_eq!(upstream.hits(), 2);
     assert!(
-        elapsed >= Duration::from_millis(990),
-        "the retry waited for Retry-After: 1: {elapsed:?}"
+        elapsed >= Duration::from_secs(1) && elapsed <= Duration::from_millis(1002),
+        "the retry waited for Retry-After: 1, and no longer: {elapsed:?}"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On paused tokio time: the schedule is exact, and no real time passes.
+#[tokio::test(start_paused = true)]
 async fn retry_after_beyond_the_total_timeout_ends_retrying() {
     let upstream = FakeUpstream::builder()
         .statuses(&[503, 200])
@@ -319,7 +321,8 @@ async fn retry_after_beyond_the_total_timeout_ends_retrying() {
 
 /// An upstream cannot crash a request task with an absurd `Retry-After`: the delay is compared
 /// with what is left of the deadline, never added to an instant (which overflowed and panicked).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On paused tokio time: the schedule is exact, and no real time passes.
+#[tokio::test(start_paused = true)]
 async fn an_absurd_retry_after_ends_retrying_without_a_panic() {
     for absurd in [
         "99999999999999999999",
@@ -453,7 +456,8 @@ async fn retries_stop_at_attempts() {
 // ---------------------------------------------------------------------------------------------
 // 7, 8. Timeouts.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On paused tokio time: the schedule is exact, and no real time passes.
+#[tokio::test(start_paused = true)]
 async fn attempt_timeout_is_retried_when_on_includes_timeout() {
     let upstream = FakeUpstream::builder()
         .replies([Reply::Stall, Reply::Status(200)])
@@ -464,7 +468,7 @@ async fn attempt_timeout_is_retried_when_on_includes_timeout() {
     )
     .await;
 
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let response = fusebox
         .app()
         .get(upstream.url("/slow"))
@@ -490,7 +494,8 @@ async fn attempt_timeout_is_retried_when_on_includes_timeout() {
     assert_eq!(m.requests("ok", "2xx"), 1.0, "{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On paused tokio time: the schedule is exact, and no real time passes.
+#[tokio::test(start_paused = true)]
 async fn attempt_timeout_is_not_retried_without_timeout_in_on() {
     let upstream = FakeUpstream::builder()
         .replies([Reply::Stall, Reply::Status(200)])
@@ -521,7 +526,8 @@ async fn attempt_timeout_is_not_retried_without_timeout_in_on() {
     assert_eq!(m.requests("timeout", "5xx"), 1.0, "{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// On paused tokio time: the schedule is exact, and no real time passes.
+#[tokio::test(start_paused = true)]
 async fn total_timeout_bounds_all_attempts() {
     let upstream = FakeUpstream::builder().stall().start().await;
     // A tiny backoff, so that the tries fill the whole total rather than giving up early
@@ -531,7 +537,7 @@ async fn total_timeout_bounds_all_attempts() {
     )
     .await;
 
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let response = fusebox
         .app()
         .get(upstream.url("/stuck"))
@@ -544,8 +550,8 @@ async fn total_timeout_bounds_all_attempts() {
     // The last try is cut to what is left of the total: the request ends at the deadline
     // (at worst one backoff of 1 ms before it).
     assert!(
-        elapsed >= Duration::from_millis(690),
-        "not before the total timeout: {elapsed:?}"
+        elapsed >= Duration::from_millis(699) && elapsed <= Duration::from_millis(701),
+        "at the total timeout: {elapsed:?}"
     );
     let hits = upstream.hits();
     assert!(hits >= 2, "two whole attempts fit in the total: {hits}");

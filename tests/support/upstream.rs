@@ -225,6 +225,7 @@ impl FakeUpstreamBuilder {
             hits,
             connections: AtomicU64::new(0),
             last: Mutex::new(None),
+            arrivals: Mutex::new(Vec::new()),
         });
         let acceptor = self.tls.map(TlsAcceptor::from);
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), acceptor));
@@ -316,6 +317,11 @@ impl FakeUpstream {
         })
     }
 
+    /// When each request head arrived, on tokio's clock.
+    pub fn arrivals(&self) -> Vec<tokio::time::Instant> {
+        self.shared.arrivals.lock().expect("lock").clone()
+    }
+
     /// Replaces the default script (and restarts its count): e.g. a failing upstream heals.
     pub fn set_replies(&self, replies: impl IntoIterator<Item = Reply>) {
         self.shared.scripts.lock().expect("lock").default = Script::new(script(replies));
@@ -349,6 +355,8 @@ struct Shared {
     hits: watch::Sender<u64>,
     connections: AtomicU64,
     last: Mutex<Option<(RecordedRequest, Arc<AtomicU64>)>>,
+    /// When each request head arrived, on tokio's clock (paused in schedule tests).
+    arrivals: Mutex<Vec<tokio::time::Instant>>,
 }
 
 struct Scripts {
@@ -395,6 +403,10 @@ impl Shared {
             body_len: 0,
         };
         *self.last.lock().expect("lock") = Some((head, Arc::clone(&body_len)));
+        self.arrivals
+            .lock()
+            .expect("lock")
+            .push(tokio::time::Instant::now());
         self.hits.send_modify(|hits| *hits += 1);
         body_len
     }
