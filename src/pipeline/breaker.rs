@@ -204,6 +204,8 @@ pub enum FailureKind {
     Status(u16),
     /// A response head fusebox could not read: malformed or over the size limit.
     BadResponse,
+    /// The response body stopped arriving for `timeouts.idle` after its head.
+    BodyIdle,
 }
 
 impl FailureKind {
@@ -214,6 +216,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Status(_) => "status",
             FailureKind::BadResponse => "bad_response",
+            FailureKind::BodyIdle => "body_idle",
         }
     }
 
@@ -228,6 +231,9 @@ impl FailureKind {
             FailureKind::Status(_) => "the upstream answered a status in failure_statuses",
             FailureKind::BadResponse => {
                 "the upstream's response head was malformed or too large to forward"
+            }
+            FailureKind::BodyIdle => {
+                "the upstream stopped sending the response body for timeouts.idle"
             }
         }
     }

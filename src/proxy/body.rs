@@ -1,8 +1,10 @@
 //! The body of a response sent to the app: the upstream's, streamed, or a local reply's text.
 //!
 //! An upstream body that delivers nothing for `timeouts.idle` is cut off: the app's response
-//! ends with an error (hyper closes its connection), the concurrency slot is freed, and
-//! `fusebox_stream_timeouts_total{kind="body_idle"}` counts it. The timer only exists once the
+//! ends with an error (hyper closes its connection), the concurrency slot is freed,
+//! `fusebox_stream_timeouts_total{kind="body_idle"}` counts it, and the breaker records a
+//! `body_idle` failure. Only the upstream can cause it: while the app does not read, hyper does
+//! not poll the body, so the timer does not run. The timer only exists once the
 //! body has had to wait: a body that arrives with its head costs nothing.
 
 use std::future::Future;
@@ -86,6 +88,7 @@ impl Streamed {
                 self.in_flight.take();
                 let destination = &self.destination;
                 destination.metrics.stream_timeout(StreamTimeout::BodyIdle);
+                destination.body_stalled(idle);
                 warn!(
                     upstream = %destination.upstream,
                     destination = %destination.authority,

@@ -195,6 +195,16 @@ impl Destination {
         failed
     }
 
+    /// A response body that stopped arriving for `idle` after its head: the upstream's failure,
+    /// recorded as one more call (the try itself was recorded on its head).
+    pub fn body_stalled(&self, idle: Duration) {
+        self.record(CallResult {
+            failure: Some(FailureKind::BodyIdle),
+            duration: idle,
+            probe: None,
+        });
+    }
+
     /// Hands back an abandoned probe's slot (through a [`Permit`]).
     fn abandon(&self, probe: Episode) {
         self.breaker().abandon(probe);
