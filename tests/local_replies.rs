@@ -849,3 +849,40 @@ async fn an_unreadable_response_head_is_bad_response() {
         assert!(view.contains("\"kind\": \"bad_response\""), "{view}");
     }
 }
+
+/// This host's address on a non-loopback interface, if it has one: the source address the
+/// kernel picks for a route out (a UDP `connect` sends nothing).
+fn a_non_loopback_address_of_this_host() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Listeners on `0.0.0.0` are reached through every address of the host, not only loopback:
+/// the admin API and a tunnel to fusebox itself through the host's interface address are loops
+/// (before, the admin answered `/metrics` and CONNECT opened a tunnel to the egress port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_on_all_addresses_are_loops_through_the_hosts_own_address() {
+    let Some(ip) = a_non_loopback_address_of_this_host() else {
+        // A host with loopback only has no such address to walk around the guard with.
+        eprintln!("SKIPPED: this host has no non-loopback interface address");
+        return;
+    };
+    let fusebox = TestFusebox::start_with(
+        policies_dir(&[("default", "allow_private = true\n")]),
+        |config| {
+            config.listen = "0.0.0.0:0".parse().unwrap();
+            config.admin = "0.0.0.0:0".parse().unwrap();
+        },
+    )
+    .await;
+    let host = std::net::SocketAddr::new(ip, fusebox.agent().admin_addr().port());
+    let get = format!("GET http://{host}/metrics HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let response = raw_exchange(&fusebox, &get).await;
+    assert_eq!(response.status, 508, "GET admin via {host}: {response:?}");
+    let egress = std::net::SocketAddr::new(ip, fusebox.agent().egress_addr().port());
+    let connect = format!("CONNECT {egress} HTTP/1.1\r\nHost: {egress}\r\n\r\n");
+    let response = raw_exchange(&fusebox, &connect).await;
+    assert_eq!(response.status, 508, "CONNECT {egress}: {response:?}");
+}

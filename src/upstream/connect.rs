@@ -53,7 +53,8 @@ impl SelfAddrs {
     }
 
     /// Whether a connection to `addr` would reach one of fusebox's listeners. A listener on an
-    /// unspecified address (`0.0.0.0`) is reached through any loopback address.
+    /// unspecified address (`0.0.0.0`, `[::]`) is reached through every address of this host:
+    /// loopback, unspecified, and any local interface's address (`10.0.0.5`).
     /// Addresses are compared in their canonical form, so that no spelling of an own address
     /// (IPv4-mapped `::ffff:127.0.0.1`, IPv4-compatible `::127.0.0.1`) gets past.
     pub fn contains(&self, addr: SocketAddr) -> bool {
@@ -61,10 +62,16 @@ impl SelfAddrs {
         self.0.load().iter().any(|own| {
             let own_ip = canonical(own.ip());
             own.port() == addr.port()
-                && (own_ip == ip
-                    || (own_ip.is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+                && (own_ip == ip || (own_ip.is_unspecified() && is_this_host(ip)))
         })
     }
+}
+
+/// Whether `ip` is an address of this host. Asked of the kernel at the time of the call (a
+/// socket can be bound only to a local address), so addresses added after start are known too;
+/// only asked for a connection to one of fusebox's own ports.
+fn is_this_host(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// An IPv6 address that embeds an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, or the deprecated
