@@ -82,6 +82,9 @@ pub enum Reason {
     BadRequest,
     /// The request head was too large (431); counted as `bad_request`.
     HeadersTooLarge,
+    /// The app did not finish its request head within `--header-timeout` (408, then the
+    /// connection is closed); `timeout` like any other.
+    HeaderTimeout,
     /// The upstream answered something fusebox cannot forward: a malformed or oversized
     /// response head (502). The upstream's fault.
     BadResponse,
@@ -95,7 +98,7 @@ impl Reason {
             Reason::BreakerOpen => "breaker-open",
             Reason::RateLimited => "rate-limited",
             Reason::Overflow => "overflow",
-            Reason::Timeout => "timeout",
+            Reason::Timeout | Reason::HeaderTimeout => "timeout",
             Reason::ConnectFailed => "connect-failed",
             Reason::UpstreamReset => "upstream-reset",
             Reason::Denied => "denied",
@@ -111,6 +114,7 @@ impl Reason {
             Reason::BreakerOpen | Reason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::ConnectFailed | Reason::UpstreamReset | Reason::BadResponse => {
                 StatusCode::BAD_GATEWAY
             }
@@ -127,7 +131,7 @@ impl Reason {
             Reason::BreakerOpen => Outcome::BreakerOpen,
             Reason::RateLimited => Outcome::RateLimited,
             Reason::Overflow => Outcome::Overflow,
-            Reason::Timeout => Outcome::Timeout,
+            Reason::Timeout | Reason::HeaderTimeout => Outcome::Timeout,
             Reason::ConnectFailed => Outcome::ConnectFailed,
             Reason::UpstreamReset => Outcome::Reset,
             Reason::Denied => Outcome::Denied,
@@ -171,6 +175,7 @@ mod tests {
             ),
             (Reason::Overflow, 503, "overflow", Outcome::Overflow),
             (Reason::Timeout, 504, "timeout", Outcome::Timeout),
+            (Reason::HeaderTimeout, 408, "timeout", Outcome::Timeout),
             (
                 Reason::ConnectFailed,
                 502,

@@ -610,7 +610,7 @@ async fn idle_and_long_lived_tunnels_are_closed() {
 /// `--header-timeout` counts from the first byte of a request head, and `--idle-timeout` from
 /// the end of the last response: an idle keep-alive connection outlives the header timeout and
 /// is closed only when idle for the idle timeout, while a head that stalls half-way is cut off
-/// after the header timeout (and counted).
+/// after the header timeout with a 408 `timeout` (and counted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_and_idle_timeouts_are_told_apart() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -660,6 +660,11 @@ async fn header_and_idle_timeouts_are_told_apart() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(20), app.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "a stalled head must be cut off");
+    let told = String::from_utf8_lossy(&rest);
+    assert!(
+        told.starts_with("HTTP/1.1 408") && told.contains("x-fusebox-reason: timeout"),
+        "the app is told why: {told}"
+    );
     let elapsed = started.elapsed();
     assert!(elapsed >= header - Duration::from_millis(50), "{elapsed:?}");
     assert!(

@@ -23,6 +23,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::reply::HEADER_TIMEOUT_REPLY;
+
 /// Between requests (waiting for the first byte of the next head).
 const IDLE: u8 = 0;
 /// Reading a request head.
@@ -146,7 +148,7 @@ impl<T> Watched<T> {
     }
 }
 
-impl<T: AsyncRead> AsyncRead for Watched<T> {
+impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -154,7 +156,8 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
-        let read = this.inner.poll_read(cx, buf);
+        let mut inner = this.inner;
+        let read = inner.as_mut().poll_read(cx, buf);
         let phase = this.phase.phase.load(Ordering::Acquire);
         if buf.filled().len() > before {
             if phase == IDLE {
@@ -203,6 +206,8 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
             .store(u8::from(phase == HEAD), Ordering::Release);
         this.phase.enter(EXPIRED);
         if phase == HEAD {
+            // Tell the app before closing; best effort (an empty socket buffer takes it).
+            let _ = inner.poll_write(cx, HEADER_TIMEOUT_REPLY);
             Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no complete request head within --header-timeout",
@@ -289,6 +294,9 @@ mod tests {
         let (n, waited, kind) = reader.await.unwrap();
         assert_eq!((n, waited, kind), (8, HEADER, io::ErrorKind::TimedOut));
         assert_eq!(phase.expired(), Some(Expired::Header));
+        let mut told = vec![0u8; HEADER_TIMEOUT_REPLY.len()];
+        app.read_exact(&mut told).await.unwrap();
+        assert_eq!(told, HEADER_TIMEOUT_REPLY, "the app is told: 408");
     }
 
     #[tokio::test(start_paused = true)]

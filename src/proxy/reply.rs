@@ -45,3 +45,37 @@ pub fn local_reply_with_retry_after(
     }
     response
 }
+
+/// What an app whose request head did not arrive within `--header-timeout` gets before its
+/// connection is closed: written straight to the socket, since hyper has given up on the head.
+/// Reason `timeout`, status 408 ([`Reason::HeaderTimeout`]); no policy was matched yet.
+pub const HEADER_TIMEOUT_REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
+x-fusebox-reason: timeout\r\n\
+x-fusebox-upstream: -\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+connection: close\r\n\
+content-length: 67\r\n\
+\r\n\
+fusebox: timeout: no complete request head within --header-timeout\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_timeout_reply_is_a_well_formed_local_reply() {
+        let text = std::str::from_utf8(HEADER_TIMEOUT_REPLY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let reason = Reason::HeaderTimeout;
+        assert!(head.starts_with(&format!("HTTP/1.1 {} ", reason.status().as_u16())));
+        assert!(head.contains(&format!("{X_FUSEBOX_REASON}: {}\r\n", reason.as_str())));
+        assert!(head.ends_with(&format!("content-length: {}", body.len())));
+        assert_eq!(
+            body,
+            format!(
+                "fusebox: {}: no complete request head within --header-timeout\n",
+                reason.as_str()
+            )
+        );
+    }
+}
