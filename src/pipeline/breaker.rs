@@ -437,59 +437,79 @@ impl CircuitBreaker {
         }
         let failed = call.failure.is_some();
         let slow = call.duration >= self.config.slow_call_duration;
-        let probes = self.config.half_open_probes;
-        match &mut self.phase {
-            Phase::Closed {
-                window,
-                consecutive,
-            } => {
-                window.record(now, failed, slow);
-                *consecutive = if failed {
-                    consecutive.saturating_add(1)
-                } else {
-                    0
-                };
-                let (counts, consecutive) = (window.counts(now), *consecutive);
-                if self.forced.is_some() {
-                    return None;
-                }
-                let reason = self.trip_reason(consecutive, counts)?;
-                Some(self.trip(now, 1, reason))
-            }
+        match self.phase {
+            Phase::Closed { .. } => self.record_closed(now, failed, slow),
             Phase::Open { .. } => None,
-            Phase::HalfOpen {
-                episode,
-                admitted,
-                succeeded,
-                slow: slow_probes,
-                trips,
-                ..
-            } => {
-                if call.probe != Some(*episode) || *admitted <= *succeeded {
-                    return None;
-                }
-                let trips = trips.saturating_add(1);
-                if failed {
-                    return Some(self.trip(now, trips, Reason::ProbeFailed));
-                }
-                *succeeded += 1;
-                if slow {
-                    *slow_probes += 1;
-                }
-                if *succeeded < probes {
-                    return None;
-                }
-                let slow_rate = f64::from(*slow_probes) / f64::from(probes);
-                Some(if slow_rate >= self.config.slow_call_rate {
-                    self.trip(now, trips, Reason::ProbeFailed)
-                } else {
-                    self.close(now, Reason::ProbeSucceeded)
-                })
-            }
+            Phase::HalfOpen { .. } => self.record_probe(now, call.probe, failed, slow),
         }
     }
 
-    /// Admin: reject every call until [`CircuitBreaker::reset`]. No-op in mode `off`.
+    /// A result while closed: into the window, then the trip rules (unless forced).
+    fn record_closed(&mut self, now: Instant, failed: bool, slow: bool) -> Option<Transition> {
+        let Phase::Closed {
+            window,
+            consecutive,
+        } = &mut self.phase
+        else {
+            return None;
+        };
+        window.record(now, failed, slow);
+        *consecutive = if failed {
+            consecutive.saturating_add(1)
+        } else {
+            0
+        };
+        let (counts, consecutive) = (window.counts(now), *consecutive);
+        if self.forced.is_some() {
+            return None;
+        }
+        let reason = self.trip_reason(consecutive, counts)?;
+        Some(self.trip(now, 1, reason))
+    }
+
+    /// A result while half-open: counts only as a probe of the current episode still
+    /// outstanding. A failed probe re-opens; the last successful one decides.
+    fn record_probe(
+        &mut self,
+        now: Instant,
+        probe: Option<Episode>,
+        failed: bool,
+        slow: bool,
+    ) -> Option<Transition> {
+        let probes = self.config.half_open_probes;
+        let Phase::HalfOpen {
+            episode,
+            admitted,
+            succeeded,
+            slow: slow_probes,
+            trips,
+            ..
+        } = &mut self.phase
+        else {
+            return None;
+        };
+        if probe != Some(*episode) || *admitted <= *succeeded {
+            return None;
+        }
+        let trips = trips.saturating_add(1);
+        if failed {
+            return Some(self.trip(now, trips, Reason::ProbeFailed));
+        }
+        *succeeded += 1;
+        if slow {
+            *slow_probes += 1;
+        }
+        if *succeeded < probes {
+            return None;
+        }
+        let slow_rate = f64::from(*slow_probes) / f64::from(probes);
+        Some(if slow_rate >= self.config.slow_call_rate {
+            self.trip(now, trips, Reason::ProbeFailed)
+        } else {
+            self.close(now, Reason::ProbeSucceeded)
+        })
+    }
+
     /// Hands back a probe whose caller gave up before a verdict (the app went away): no
     /// verdict on the upstream, and its slot goes to the next call. Anything else is ignored.
     pub fn abandon(&mut self, probe: Episode) {
@@ -506,6 +526,7 @@ impl CircuitBreaker {
         }
     }
 
+    /// Admin: reject every call until [`CircuitBreaker::reset`]. No-op in mode `off`.
     pub fn force_open(&mut self, now: Instant) -> Option<Transition> {
         if self.config.mode == BreakerMode::Off {
             return None;

@@ -185,20 +185,8 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
         } else {
             *this.idle
         };
-        // The clock is read only when the phase changed since the timer was armed.
         let epoch = this.phase.epoch.load(Ordering::Acquire);
-        if *this.armed != epoch {
-            let deadline = Instant::now() + limit;
-            match this.timer.as_mut() {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-            *this.armed = epoch;
-        }
-        let Some(timer) = this.timer.as_mut() else {
-            return Poll::Pending;
-        };
-        if timer.as_mut().poll(cx).is_pending() {
+        if !limit_reached(this.timer, this.armed, epoch, limit, cx) {
             return Poll::Pending;
         }
         this.phase
@@ -217,6 +205,29 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
             Poll::Ready(Ok(()))
         }
     }
+}
+
+/// Whether the current phase's `limit` has run out. The timer is (re-)armed only when the
+/// phase changed (`epoch`) since it was armed, so the clock is read once per phase, not per
+/// pending read.
+fn limit_reached(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    armed: &mut u64,
+    epoch: u64,
+    limit: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    if *armed != epoch {
+        let deadline = Instant::now() + limit;
+        match timer.as_mut() {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        *armed = epoch;
+    }
+    timer
+        .as_mut()
+        .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
 }
 
 impl<T: AsyncWrite> AsyncWrite for Watched<T> {

@@ -49,11 +49,7 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     rewrite_for_upstream(ctx, upstream, &mut parts, uri, upgrading);
     let Some(in_flight) = destination.enter() else {
-        let detail = format!(
-            "{} already has {} requests in flight (concurrency.max_in_flight)",
-            destination.authority,
-            destination.gate.in_flight()
-        );
+        let detail = overflow_detail(&destination);
         return finish_local(upstream, &destination, &seen, Reason::Overflow, &detail);
     };
     let jitter = ctx.registry.jitter();
@@ -346,6 +342,15 @@ fn upstream_uri(scheme: Scheme, authority: Option<&Authority>, original: &Uri) -
         .path_and_query(path)
         .build()
         .ok()
+}
+
+/// Why a request found the destination's gate full.
+pub(super) fn overflow_detail(destination: &Destination) -> String {
+    format!(
+        "{} already has {} requests in flight (concurrency.max_in_flight)",
+        destination.authority,
+        destination.gate.in_flight()
+    )
 }
 
 fn target_text(target: &Target<'_>) -> String {

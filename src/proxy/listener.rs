@@ -5,6 +5,7 @@
 //! shutdown and let in-flight requests finish within the grace period.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -48,15 +49,7 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // Replaced by the connection's own clock (`app_conn`), which does not count idle time
-        // between requests as a slow request head.
-        .header_read_timeout(None)
-        // hyper answers a bare 431 past its buffer; keep room above the limit so that the
-        // check in `dispatch` answers first, with a local reply on a connection that stays up.
-        .max_buf_size((limits.max_header_bytes * 2).max(8192));
+    let builder = http1_builder(limits);
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -71,76 +64,119 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service_ctx = Arc::clone(&ctx);
-        let route = route.clone();
-        let phase = ConnPhase::new();
-        let service_phase = Arc::clone(&phase);
-        let service = service_fn(move |req| {
-            let ctx = Arc::clone(&service_ctx);
-            service_phase.request_started();
-            let done = RequestDone(Arc::clone(&service_phase));
-            // The policy a route listener serves may be renamed by a reload: read it per request.
-            let route = route.as_ref().map(|r| r.load_full());
-            async move {
-                let (method, uri) = (req.method().clone(), req.uri().clone());
-                let connect = method == Method::CONNECT;
-                let route = route.as_deref().map(String::as_str);
-                let answer = CatchPanic::new(dispatch(&ctx, route, limits, req)).await;
-                let response = answer.unwrap_or_else(|panic| {
-                    error!(%peer, %method, %uri, panic, "request handling panicked: a fusebox bug");
-                    let seen = Seen::new(method, uri);
-                    let detail = "fusebox failed while handling this request (logged)";
-                    forward::reject_unrouted(&ctx, &seen, Reason::Internal, detail)
-                });
-                if became_tunnel(connect, response.status()) {
-                    done.0.upgraded();
+        let app = AppConn {
+            ctx: Arc::clone(&ctx),
+            route: route.clone(),
+            limits,
+            peer,
+        };
+        spawn_connection(&builder, app, stream, shutdown.clone());
+    }
+}
+
+fn http1_builder(limits: ServerLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Replaced by the connection's own clock (`app_conn`), which does not count idle time
+        // between requests as a slow request head.
+        .header_read_timeout(None)
+        // hyper answers a bare 431 past its buffer; keep room above the limit so that the
+        // check in `dispatch` answers first, with a local reply on a connection that stays up.
+        .max_buf_size((limits.max_header_bytes * 2).max(8192));
+    builder
+}
+
+/// What every request of one app connection shares.
+#[derive(Clone)]
+struct AppConn {
+    ctx: Arc<ProxyContext>,
+    /// The policy name of a route listener (a reload may rename it: read per request).
+    route: Option<Arc<ArcSwap<String>>>,
+    limits: ServerLimits,
+    peer: SocketAddr,
+}
+
+/// Serves one app connection in a task of the agent's until it ends, shutdown finishes it,
+/// or the drain timeout is over.
+fn spawn_connection(
+    builder: &http1::Builder,
+    app: AppConn,
+    stream: TcpStream,
+    shutdown: CancellationToken,
+) {
+    let phase = ConnPhase::new();
+    let service_phase = Arc::clone(&phase);
+    let service_app = app.clone();
+    let service = service_fn(move |req| {
+        service_phase.request_started();
+        let done = RequestDone(Arc::clone(&service_phase));
+        answer(service_app.clone(), done, req)
+    });
+    let (header, idle) = (app.limits.header_timeout, app.limits.idle_timeout);
+    let socket = Watched::new(stream, Arc::clone(&phase), header, idle);
+    let connection = builder
+        .serve_connection(TokioIo::new(socket), service)
+        .with_upgrades();
+    let hard_stop = app.ctx.hard_stop.clone();
+    app.ctx.clone().tasks.spawn(async move {
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = shutdown.cancelled() => {
+                // Finish the request in flight (if any), then close instead of keeping
+                // alive; once the drain timeout is over, close whatever is left.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = hard_stop.cancelled() => Ok(()),
                 }
-                Ok::<_, Infallible>(response.map(|body| AppBody { body, _done: done }))
             }
-        });
-        let connection = builder
-            .serve_connection(
-                TokioIo::new(Watched::new(
-                    stream,
-                    Arc::clone(&phase),
-                    limits.header_timeout,
-                    limits.idle_timeout,
-                )),
-                service,
-            )
-            .with_upgrades();
-        let timeout_ctx = Arc::clone(&ctx);
-        let shutdown = shutdown.clone();
-        let hard_stop = ctx.hard_stop.clone();
-        ctx.tasks.spawn(async move {
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = shutdown.cancelled() => {
-                    // Finish the request in flight (if any), then close instead of keeping
-                    // alive; once the drain timeout is over, close whatever is left.
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        result = connection.as_mut() => result,
-                        () = hard_stop.cancelled() => Ok(()),
-                    }
-                }
-            };
-            match phase.expired() {
-                Some(Expired::Header) => {
-                    let snapshot = timeout_ctx.registry.load();
-                    let unrouted = snapshot.default().other_destination();
-                    unrouted.metrics.stream_timeout(StreamTimeout::Header);
-                    info!(%peer, "app connection closed: no complete request head within --header-timeout");
-                }
-                Some(Expired::Idle) => debug!(%peer, "app connection closed: idle for --idle-timeout"),
-                None => {
-                    if let Err(error) = result {
-                        debug!(%peer, %error, "app connection ended with an error");
-                    }
-                }
+        };
+        connection_ended(&app, &phase, result);
+    });
+}
+
+/// One request's answer; a panic while handling it becomes a local `500 internal`.
+async fn answer(
+    app: AppConn,
+    done: RequestDone,
+    req: Request<Incoming>,
+) -> Result<Response<AppBody>, Infallible> {
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let connect = method == Method::CONNECT;
+    let route = app.route.as_ref().map(|r| r.load_full());
+    let route = route.as_deref().map(String::as_str);
+    let handled = CatchPanic::new(dispatch(&app.ctx, route, app.limits, req)).await;
+    let response = handled.unwrap_or_else(|panic| {
+        let peer = app.peer;
+        error!(%peer, %method, %uri, panic, "request handling panicked: a fusebox bug");
+        let seen = Seen::new(method, uri);
+        let detail = "fusebox failed while handling this request (logged)";
+        forward::reject_unrouted(&app.ctx, &seen, Reason::Internal, detail)
+    });
+    if became_tunnel(connect, response.status()) {
+        done.0.upgraded();
+    }
+    Ok(response.map(|body| AppBody { body, _done: done }))
+}
+
+/// Says why an app connection ended: a limit of its own clock (counted and logged), or an error.
+fn connection_ended(app: &AppConn, phase: &ConnPhase, result: hyper::Result<()>) {
+    let peer = app.peer;
+    match phase.expired() {
+        Some(Expired::Header) => {
+            let snapshot = app.ctx.registry.load();
+            let unrouted = snapshot.default().other_destination();
+            unrouted.metrics.stream_timeout(StreamTimeout::Header);
+            info!(%peer, "app connection closed: no complete request head within --header-timeout");
+        }
+        Some(Expired::Idle) => debug!(%peer, "app connection closed: idle for --idle-timeout"),
+        None => {
+            if let Err(error) = result {
+                debug!(%peer, %error, "app connection ended with an error");
             }
-        });
+        }
     }
 }
 

@@ -94,11 +94,7 @@ async fn open(
     rules: &ConnectRules,
 ) -> Result<TcpStream, (LocalAnswer, u32)> {
     let Some(_in_flight) = destination.enter() else {
-        let detail = format!(
-            "{} already has {} requests in flight (concurrency.max_in_flight)",
-            destination.authority,
-            destination.gate.in_flight()
-        );
+        let detail = super::forward::overflow_detail(destination);
         return Err((LocalAnswer::local(Reason::Overflow, detail), 0));
     };
     let permit = destination
