@@ -553,15 +553,7 @@ async fn a_stalled_response_body_is_cut_off_after_the_idle_timeout() {
     let metrics = fusebox.metrics().await;
     assert_eq!(stream_timeouts(&metrics, "body_idle"), 1.0, "{metrics}");
     // The breaker counts it against the upstream.
-    let view = support::direct_client()
-        .get(format!("{}/upstreams/slow", fusebox.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    let view = fusebox.upstreams("slow").await;
     assert_eq!(view[0]["recent"][0]["kind"], "body_idle", "{view}");
     // The slot is free again: the next request is not an overflow.
     let next = fusebox

@@ -30,7 +30,7 @@ use super::auth::{self, Decision};
 use super::json::{self, Clock, DestinationView};
 use super::AdminState;
 use crate::policy::{BreakerMode, Policy};
-use crate::registry::{BreakerCommand, Destination, Snapshot, Upstream};
+use crate::registry::{split_authority, BreakerCommand, Destination, Snapshot, Upstream};
 
 type AdminResponse = Response<Full<Bytes>>;
 
@@ -453,16 +453,6 @@ fn parse_destination(text: &str) -> Result<(String, u16), String> {
         return Err(bad());
     }
     Ok((host.to_ascii_lowercase(), port))
-}
-
-/// The inverse of the registry's key format: `host:port` / `[v6]:port` → (host, port).
-fn split_authority(authority: &str) -> Option<(&str, u16)> {
-    let (host, port) = authority.rsplit_once(':')?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    Some((host, port.parse().ok()?))
 }
 
 fn join_authority(host: &str, port: u16) -> String {

@@ -380,8 +380,8 @@ pub fn reject_unrouted(
     )
 }
 
-/// Answers with what the attempt loop decided, and records the request.
-fn finish_answer(
+/// Answers with what the attempt loop (or a tunnel's set-up) decided, and records the request.
+pub(super) fn finish_answer(
     upstream: &Upstream,
     destination: &Destination,
     seen: &Seen,

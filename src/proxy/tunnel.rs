@@ -23,7 +23,6 @@ use super::access::Seen;
 use super::attempt::LocalAnswer;
 use super::body::ResponseBody;
 use super::failure::connect_error;
-use super::reply::local_reply_with_retry_after;
 use super::target::connect_target;
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
@@ -47,16 +46,7 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     };
     let destination = upstream.destination(host, port);
     let refuse = |answer: LocalAnswer, tries| {
-        debug!(detail = %answer.detail, "tunnel refused");
-        let reply = local_reply_with_retry_after(
-            answer.reason,
-            &upstream.policy.name,
-            &answer.detail,
-            answer.retry_after,
-        );
-        let (status, outcome) = (reply.status(), answer.reason.outcome());
-        seen.finish(&destination, status, outcome, tries, Some(answer.reason));
-        reply
+        super::forward::finish_answer(upstream, &destination, &seen, &answer, tries)
     };
     if !upstream.policy.allow {
         let detail = format!(

@@ -86,6 +86,17 @@ impl TestFusebox {
         response.text().await.expect("metrics body")
     }
 
+    /// `GET /upstreams/{policy}` on the admin listener: one view per destination.
+    pub async fn upstreams(&self, policy: &str) -> serde_json::Value {
+        let response = direct_client()
+            .get(format!("{}/upstreams/{policy}", self.admin_url()))
+            .send()
+            .await
+            .expect("GET /upstreams");
+        let text = response.text().await.expect("upstreams body");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
     /// Shuts the agent down gracefully, then removes the policies directory.
     pub async fn shutdown(self) {
         let TestFusebox { agent, dir } = self;
