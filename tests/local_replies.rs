@@ -586,7 +586,8 @@ async fn loops_get_508() {
 }
 
 /// fusebox's own listeners are a loop in every spelling of their address: IPv4-mapped and
-/// IPv4-compatible IPv6, as plain requests and as CONNECT, egress and admin alike.
+/// IPv4-compatible IPv6, names, and the short, decimal, hex and octal IPv4 forms, as plain
+/// requests and as CONNECT, egress and admin alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_listeners_are_loops_in_every_address_spelling() {
     let fusebox = TestFusebox::start(&[("default", "")]).await;
@@ -598,6 +599,13 @@ async fn own_listeners_are_loops_in_every_address_spelling() {
             "[::ffff:7f00:1]".to_owned(),
             "[0:0:0:0:0:ffff:127.0.0.1]".to_owned(),
             "[::127.0.0.1]".to_owned(),
+            // Names and the old inet_aton forms the resolver still accepts.
+            "localhost".to_owned(),
+            "LOCALHOST.".to_owned(),
+            "127.1".to_owned(),
+            "2130706433".to_owned(),
+            "0x7f000001".to_owned(),
+            "0177.0.0.1".to_owned(),
         ] {
             let get =
                 format!("GET http://{host}:{port}/metrics HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
