@@ -89,9 +89,11 @@ pub async fn run(
             });
         };
         let last = *tries + 1 >= policy.retry.attempts;
+        // Once the request was sent for good it is not replayable, so the planner never asks
+        // for another try; should it ever, the last answer stands.
         let Some((next, has_body)) = request.next(last) else {
             return final_answer(previous, || {
-                total_timeout(destination, policy.timeouts.total)
+                LocalAnswer::local(Reason::Internal, "no request left to send".to_owned())
             });
         };
         let permit = match destination.begin() {
