@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{policies_dir, refused_addr, syn_blackhole, FakeUpstream, TestFusebox};
+use support::{policies_dir, refused_addr, syn_blackhole, FakeUpstream, Reply, TestFusebox};
 
 /// Safety net for anything that should happen; never reached on a healthy run.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -797,6 +797,43 @@ async fn wait_metric(fusebox: &TestFusebox, what: &str, check: impl Fn(&str) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out waiting for {what}:\n{}", fusebox.metrics().await);
+}
+
+/// A forwarded try the app walks away from (it hangs up while the upstream is still thinking)
+/// is neither a success nor the upstream's failure: `result="abandoned"`, nothing in the
+/// breaker's window, and the gate slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_the_app_abandons_is_counted_as_abandoned_not_as_a_failure() {
+    let upstream = FakeUpstream::builder()
+        .replies([Reply::Stall, Reply::Status(200)])
+        .start()
+        .await;
+    let host = upstream.authority();
+    let policy =
+        format!("hosts = [\"{host}\"]\n[concurrency]\nmax_in_flight = 1\n[retry]\nattempts = 1\n");
+    let fusebox = TestFusebox::start(&[("default", ""), ("api", &policy)]).await;
+    let mut app = RawConn::connect(fusebox.agent().egress_addr()).await;
+    let get = format!("GET http://{host}/slow HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    app.send(get.as_bytes()).await;
+    upstream.wait_hits(1).await;
+    drop(app);
+    wait_metric(&fusebox, "the abandoned try to be counted", |metrics| {
+        metric(
+            metrics,
+            "fusebox_attempts_total",
+            &[("upstream", "api"), ("result", "abandoned")],
+        ) == 1.0
+    })
+    .await;
+    let view = breaker_view(&fusebox, "api", &host).await;
+    assert_eq!(view["window"]["calls"], 0, "nothing recorded: {view}");
+    let next = fusebox
+        .app()
+        .get(upstream.url("/next"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), 200, "the gate slot was given back");
 }
 
 // ---------------------------------------------------------------------------------------------
