@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Instructions per proxied request, counted by callgrind: a repeatable cost measure for
+comparing two builds of fusebox on a shared, noisy machine (wall-clock and CPU-time numbers are
+not; see docs/ARCHITECTURE.md §8).
+
+    python3 scripts/bench-instructions.py [FUSEBOX_BINARY ...]
+
+For each binary (default: target/release/fusebox): starts a keep-alive HTTP/1.1 upstream on
+loopback, runs fusebox under `valgrind --tool=callgrind` with every pipeline stage on (gate,
+limiter, breaker, timeouts, retries with budget), sends N1 and then, in a second run, N2
+requests through it on one kept-alive app connection, and prints
+(instructions(N2) - instructions(N1)) / (N2 - N1): start-up and shutdown cancel out. Needs
+valgrind. Everything listens on and sends to 127.0.0.1 only; the processes it starts are
+stopped by PID.
+"""
+
+import http.client
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+N1, N2 = 500, 2500
+
+POLICY = """\
+hosts = ["127.0.0.1:{port}"]
+allow_private = true
+[timeouts]
+connect = "1s"
+attempt = "2s"
+total = "5s"
+[retry]
+attempts = 3
+on = ["connect-failure", "reset", "gateway-error", "timeout"]
+[breaker]
+consecutive_failures = 1000
+[rate_limit]
+rps = 1000000
+[concurrency]
+max_in_flight = 10000
+"""
+
+
+class Upstream(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    body = b"x" * 64
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def instructions(binary, policies, upstream_port, requests):
+    listen, admin = free_port(), free_port()
+    out = tempfile.mktemp(prefix="callgrind.", dir=policies)
+    proxy = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run",
+         "--policies", policies, "--listen", f"127.0.0.1:{listen}",
+         "--admin", f"127.0.0.1:{admin}", "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "RUST_LOG": "warn"})
+    try:
+        wait_port(listen)
+        conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=30)
+        for _ in range(requests):
+            conn.request("GET", f"http://127.0.0.1:{upstream_port}/")
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                sys.exit(f"request through fusebox: {response.status}")
+        conn.close()
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(timeout=120)
+    with open(out) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    sys.exit(f"no instruction total in {out}")
+
+
+def main():
+    binaries = sys.argv[1:] or ["target/release/fusebox"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    for binary in binaries:
+        with tempfile.TemporaryDirectory() as policies:
+            with open(os.path.join(policies, "bench.toml"), "w") as f:
+                f.write(POLICY.format(port=port))
+            small = instructions(binary, policies, port, N1)
+            large = instructions(binary, policies, port, N2)
+            per_request = (large - small) / (N2 - N1)
+            print(f"{binary}: {per_request:,.0f} instructions per request "
+                  f"(callgrind, {N1} and {N2} requests on one keep-alive connection)")
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
