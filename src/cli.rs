@@ -1,4 +1,4 @@
-//! The command line (docs/ARCHITECTURE.md §2, a contract): `run`, `check`, `status`. Every flag
+//! The command line (docs/ARCHITECTURE.md §2, a contract): `run`, `check`, `status`, `ca`. Every flag
 //! that configures the agent also reads its `FUSEBOX_*` environment variable (`--strict`,
 //! `--watch` and `--upstream` do not).
 
@@ -26,6 +26,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Show every destination's breaker: state, window counts, last trip reason.
     Status(crate::status::StatusArgs),
+    /// The local CA for HTTPS interception: `init` creates it, `show` prints its certificate.
+    Ca(crate::ca_cli::CaArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,6 +148,7 @@ pub fn main() -> i32 {
         }
         Command::Run(args) => run(args),
         Command::Status(args) => crate::status::run(&args),
+        Command::Ca(args) => crate::ca_cli::run(&args),
     }
 }
 

@@ -8,6 +8,8 @@
 
 pub mod admin;
 pub mod agent;
+pub mod ca;
+pub mod ca_cli;
 pub mod check;
 pub mod cli;
 #[doc(hidden)]
