@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::ca::{CaError, LocalCa};
+use crate::policy::intercept::missing_ca;
 use crate::policy::listeners::{listener_conflicts, FixedListener};
 use crate::policy::{load_dir, PolicyErrors};
 use crate::proxy::listener::{self, ServerLimits};
@@ -42,6 +44,8 @@ pub struct RunConfig {
     pub header_timeout: Duration,
     /// How long an app connection may sit idle between requests.
     pub idle_timeout: Duration,
+    /// The local CA for `intercept = true` policies (`--ca-dir`).
+    pub ca_dir: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -58,6 +62,7 @@ impl RunConfig {
             admin_token: None,
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            ca_dir: None,
         }
     }
 }
@@ -75,6 +80,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Upstream(String),
+    #[error("cannot use the local CA (--ca-dir): {0}")]
+    Ca(CaError),
 }
 
 /// A running agent.
@@ -123,7 +130,12 @@ impl Agent {
         let admin_listener = bind("admin", config.admin).await?;
         let egress = local_addr(&egress_listener);
         let admin = local_addr(&admin_listener);
-        let conflicts = listener_conflicts(&policies, &fixed_listeners(egress, admin));
+        let ca = match &config.ca_dir {
+            Some(dir) => Some(Arc::new(LocalCa::load(dir).map_err(StartError::Ca)?)),
+            None => None,
+        };
+        let mut conflicts = listener_conflicts(&policies, &fixed_listeners(egress, admin));
+        conflicts.extend(missing_ca(&policies, ca.is_some()));
         if !conflicts.is_empty() {
             return Err(StartError::Policies(PolicyErrors(conflicts)));
         }
@@ -134,7 +146,7 @@ impl Agent {
             Registry::new(policies, Arc::clone(&telemetry), self_addrs, config.jitter)
                 .map_err(StartError::Upstream)?,
         );
-        let ctx = Arc::new(ProxyContext::new(Arc::clone(&registry)));
+        let ctx = Arc::new(ProxyContext::new(Arc::clone(&registry), ca));
         let limits = ServerLimits {
             max_header_bytes: config.max_header_bytes,
             header_timeout: config.header_timeout,

@@ -1,5 +1,5 @@
 //! fusebox's local certificate authority (docs/ARCHITECTURE.md §13): the CA that HTTPS
-//! interception will present certificates from. `fusebox ca init` creates it, `fusebox ca
+//! interception presents certificates from. `fusebox ca init` creates it, `fusebox ca
 //! show` prints the certificate for apps to trust, and [`LocalCa::leaf`] mints the certificate
 //! for one host on demand.
 //!

@@ -15,6 +15,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::ca::LocalCa;
+use crate::policy::intercept::missing_ca;
 use crate::policy::lint::{lint, Warning};
 use crate::policy::listeners::{listener_conflicts, FixedListener};
 use crate::policy::{load_dir, HostPattern, Policy, PolicyError, PolicySet};
@@ -40,6 +42,25 @@ pub const EXIT_WARNINGS: i32 = 2;
 pub struct Target<'a> {
     pub dir: &'a Path,
     pub fixed: Vec<FixedListener>,
+    /// `--ca-dir`: the local CA `run` will load, if any.
+    pub ca_dir: Option<&'a Path>,
+}
+
+/// What `run` would refuse about the local CA: one it cannot load, or `intercept = true`
+/// without one.
+fn ca_errors(set: &PolicySet, ca_dir: Option<&Path>) -> Vec<PolicyError> {
+    let Some(dir) = ca_dir else {
+        return missing_ca(set, false);
+    };
+    match LocalCa::load(dir) {
+        Ok(_) => Vec::new(),
+        Err(error) => vec![PolicyError {
+            file: dir.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: format!("cannot use the local CA (--ca-dir): {error}"),
+        }],
+    }
 }
 
 /// Runs `fusebox check`; returns the process exit code.
@@ -63,8 +84,9 @@ fn run_to(
     // The same refusals as `fusebox run`: what does not load, and listeners it cannot bind.
     let (set, errors) = match load_dir(target.dir) {
         Ok(set) => {
-            let conflicts = listener_conflicts(&set, &target.fixed);
-            (Some(set), conflicts)
+            let mut errors = listener_conflicts(&set, &target.fixed);
+            errors.extend(ca_errors(&set, target.ca_dir));
+            (Some(set), errors)
         }
         Err(errors) => (None, errors.0),
     };
@@ -248,6 +270,7 @@ mod tests {
                 FixedListener::egress("127.0.0.1:15001".parse().unwrap()),
                 FixedListener::admin("127.0.0.1:9901".parse().unwrap()),
             ],
+            ca_dir: None,
         };
         let code = run_to(&target, format, strict, &mut out, &mut err);
         (

@@ -72,6 +72,10 @@ pub struct RunArgs {
         value_name = "PATH"
     )]
     pub admin_token_file: Option<PathBuf>,
+    /// The local CA (`fusebox ca init`) that policies with `intercept = true` present
+    /// certificates from.
+    #[arg(long, env = "FUSEBOX_CA_DIR", value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// A humantime duration greater than zero (`30s`, `5m`).
@@ -116,6 +120,10 @@ pub struct CheckArgs {
     /// The admin address `fusebox run` will bind: a route listener on it is an error.
     #[arg(long, env = "FUSEBOX_ADMIN", default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
+    /// The local CA `fusebox run` will use: `intercept = true` without one is an error, and
+    /// the CA itself is checked.
+    #[arg(long, env = "FUSEBOX_CA_DIR", value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -143,6 +151,7 @@ pub fn main() -> i32 {
                     FixedListener::egress(args.listen),
                     FixedListener::admin(args.admin),
                 ],
+                ca_dir: args.ca_dir.as_deref(),
             };
             crate::check::run(&target, args.format, args.strict)
         }
@@ -187,6 +196,7 @@ fn run(args: RunArgs) -> i32 {
         admin_token,
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
+        ca_dir: args.ca_dir,
     };
     runtime.block_on(async {
         let signals = match StopSignals::install() {

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::policy::intercept::missing_ca;
 use crate::policy::listeners::{listener_conflicts, FixedListener};
 use crate::policy::{load_dir, PolicySet};
 use crate::proxy::listener::{self, ServerLimits};
@@ -48,6 +49,8 @@ pub struct Reloader {
     routes: tokio::sync::Mutex<RouteListeners>,
     /// The egress and admin listeners, which never move.
     fixed: Vec<FixedListener>,
+    /// Whether fusebox runs with a local CA, which `intercept = true` needs.
+    has_ca: bool,
     /// The route listeners' bound addresses, readable without waiting for a reload.
     route_addrs: std::sync::Mutex<Vec<(String, SocketAddr)>>,
 }
@@ -62,6 +65,7 @@ impl Reloader {
         fixed: Vec<FixedListener>,
     ) -> Result<Reloader, ReloadError> {
         let registry = Arc::clone(&ctx.registry);
+        let has_ca = ctx.ca.is_some();
         let mut routes = RouteListeners {
             ctx,
             limits,
@@ -75,6 +79,7 @@ impl Reloader {
             dir,
             registry,
             fixed,
+            has_ca,
             route_addrs: std::sync::Mutex::default(),
             routes: tokio::sync::Mutex::new(routes),
         };
@@ -122,7 +127,8 @@ impl Reloader {
         if same_policies(&self.registry.load().policies, &policies) {
             return Ok(None);
         }
-        let conflicts = listener_conflicts(&policies, &self.fixed);
+        let mut conflicts = listener_conflicts(&policies, &self.fixed);
+        conflicts.extend(missing_ca(&policies, self.has_ca));
         if !conflicts.is_empty() {
             return Err(ReloadError {
                 errors: conflicts.iter().map(ToString::to_string).collect(),

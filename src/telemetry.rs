@@ -190,6 +190,7 @@ impl Telemetry {
             attempt_duration: histogram("fusebox_attempt_duration_seconds"),
             retries: std::array::from_fn(|_| OnceLock::new()),
             stream_timeouts: std::array::from_fn(|_| OnceLock::new()),
+            interceptions: std::array::from_fn(|_| OnceLock::new()),
             retry_budget_exhausted: counter("fusebox_retry_budget_exhausted_total", &[]),
             shadow_breaker: counter(
                 "fusebox_shadow_rejections_total",
@@ -267,6 +268,34 @@ impl StreamTimeout {
     }
 }
 
+/// The `result` label of `fusebox_intercepted_connections_total`: how an intercepted
+/// `CONNECT`'s TLS handshake with the app ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interception {
+    /// The handshake succeeded: the connection's requests go through the pipeline.
+    Ok,
+    /// The app offered a server name (SNI) other than the `CONNECT` host.
+    SniMismatch,
+    /// The handshake failed: typically the app does not trust fusebox's CA.
+    HandshakeFailed,
+}
+
+impl Interception {
+    pub const ALL: [Interception; 3] = [
+        Interception::Ok,
+        Interception::SniMismatch,
+        Interception::HandshakeFailed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Interception::Ok => "ok",
+            Interception::SniMismatch => "sni_mismatch",
+            Interception::HandshakeFailed => "handshake_failed",
+        }
+    }
+}
+
 /// Every way a breaker opens, as `(from, reason)` labels.
 const TRIPS: [(&str, &str); 4] = [
     ("closed", "consecutive_failures"),
@@ -285,6 +314,7 @@ pub struct DestinationMetrics {
     attempt_duration: Histogram,
     retries: [OnceLock<Counter>; RETRY_REASONS],
     stream_timeouts: [OnceLock<Counter>; StreamTimeout::ALL.len()],
+    interceptions: [OnceLock<Counter>; Interception::ALL.len()],
     pub retry_budget_exhausted: Counter,
     pub shadow_breaker: Counter,
     pub shadow_rate_limit: Counter,
@@ -339,6 +369,19 @@ impl DestinationMetrics {
             .increment(1);
     }
 
+    /// Counts one intercepted `CONNECT` by how its TLS handshake with the app ended.
+    pub fn interception(&self, result: Interception) {
+        self.interceptions[result as usize]
+            .get_or_init(|| {
+                self.register_counter(
+                    "fusebox_intercepted_connections_total",
+                    "result",
+                    result.label(),
+                )
+            })
+            .increment(1);
+    }
+
     /// Records one breaker state change. Transitions are rare, so the handle is looked up here.
     pub fn transition(&self, from: &'static str, to: &'static str, reason: &'static str) {
         self.transition_counter(from, to, reason).increment(1);
@@ -379,7 +422,7 @@ impl DestinationMetrics {
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 8] = [
+    let counters: [(&'static str, &'static str); 9] = [
         ("fusebox_breaker_transitions_total", "Circuit breaker state changes; a trip is to=\"open\". Shows every trip even when the state gauge was sampled closed."),
         ("fusebox_requests_total", "App requests handled, by outcome and the status class sent to the app."),
         ("fusebox_attempts_total", "Upstream tries (first tries and retries), by result."),
@@ -388,6 +431,7 @@ fn describe(recorder: &PrometheusRecorder) {
         ("fusebox_shadow_rejections_total", "Requests that shadow mode would have rejected, by kind (breaker, rate_limit)."),
         ("fusebox_config_reloads_total", "Policy reload attempts, by result (success, failure, unchanged)."),
         ("fusebox_stream_timeouts_total", "Response bodies and CONNECT tunnels cut off by a time limit, by kind (body_idle, tunnel_idle, tunnel_max, header)."),
+        ("fusebox_intercepted_connections_total", "CONNECTs whose TLS fusebox terminated (intercept = true), by how the handshake with the app ended (ok, sni_mismatch, handshake_failed)."),
     ];
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));

@@ -64,3 +64,42 @@ fn show_without_a_ca_fails_and_says_where_it_looked() {
     let usage = fusebox(&["ca", "show"]);
     assert_eq!(usage.status.code(), Some(64), "--dir is required");
 }
+
+/// `intercept = true` needs the local CA: `check` says so at the key unless given `--ca-dir`,
+/// and checks that CA too (what `run` would refuse).
+#[test]
+fn check_refuses_intercept_without_a_ca_and_checks_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("api.toml"),
+        "hosts = [\"api.example.com\"]\nintercept = true\n",
+    )
+    .unwrap();
+    let policies = policies.to_str().unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", "--policies", policies];
+        args.extend_from_slice(extra);
+        fusebox(&args)
+    };
+    let without = check(&[]);
+    assert_eq!(without.status.code(), Some(1), "{without:?}");
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(
+        stderr.contains("api.toml:2:13") && stderr.contains("--ca-dir"),
+        "{stderr}"
+    );
+
+    let ca = dir.path().join("ca");
+    let missing = check(&["--ca-dir", ca.to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1), "a CA that is not there");
+    assert_eq!(
+        fusebox(&["ca", "init", "--dir", ca.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let with = check(&["--ca-dir", ca.to_str().unwrap()]);
+    assert_eq!(with.status.code(), Some(0), "{with:?}");
+}

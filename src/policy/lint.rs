@@ -143,7 +143,7 @@ impl Keys {
     }
 
     /// Does the file set `key`?
-    fn sets(&self, key: &str) -> bool {
+    pub(super) fn sets(&self, key: &str) -> bool {
         self.found
             .as_ref()
             .is_none_or(|(_, map)| map.contains_key(key))

@@ -315,6 +315,7 @@ impl<'a> Cx<'a> {
             &raw.allow_private,
             |&b| Ok(b),
         );
+        self.value(&mut p.intercept, "intercept", &raw.intercept, |&b| Ok(b));
         self.value(
             &mut p.allow_link_local,
             "allow_link_local",
@@ -917,6 +918,7 @@ impl Default for Policy {
             allow: true,
             allow_private: true,
             allow_link_local: false,
+            intercept: false,
             metrics_max_destinations: 100,
             timeouts: Timeouts::default(),
             retry: Retry::default(),

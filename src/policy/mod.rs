@@ -9,6 +9,7 @@
 //! Every type derives `PartialEq` so that a reload can tell which policies changed.
 
 pub mod ca;
+pub mod intercept;
 pub mod lint;
 pub mod listeners;
 pub(crate) mod load;
@@ -55,6 +56,9 @@ pub struct Policy {
     pub allow_private: bool,
     /// May it reach link-local addresses (169.254/16, fe80::/10: cloud metadata).
     pub allow_link_local: bool,
+    /// Terminate an app's `CONNECT` to these destinations with a certificate of the local CA
+    /// and send each request inside through the pipeline (needs `--ca-dir`).
+    pub intercept: bool,
     /// At most this many distinct `destination` label values per policy; the rest are `_other`.
     pub metrics_max_destinations: usize,
     pub timeouts: Timeouts,

@@ -26,6 +26,7 @@ pub(crate) struct RawPolicy {
     pub allow: S<bool>,
     pub allow_private: S<bool>,
     pub allow_link_local: S<bool>,
+    pub intercept: S<bool>,
     pub metrics_max_destinations: S<i64>,
     #[serde(default)]
     pub timeouts: RawTimeouts,

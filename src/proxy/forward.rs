@@ -353,7 +353,8 @@ pub(super) fn overflow_detail(destination: &Destination) -> String {
     )
 }
 
-fn target_text(target: &Target<'_>) -> String {
+/// `host:port` of a target, with brackets around an IPv6 host.
+pub(super) fn target_text(target: &Target<'_>) -> String {
     if target.host.contains(':') {
         format!("[{}]:{}", target.host, target.port)
     } else {

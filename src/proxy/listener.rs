@@ -181,7 +181,7 @@ fn connection_ended(app: &AppConn, phase: &ConnPhase, result: hyper::Result<()>)
 }
 
 async fn dispatch(
-    ctx: &ProxyContext,
+    ctx: &Arc<ProxyContext>,
     route: Option<&str>,
     limits: ServerLimits,
     req: Request<Incoming>,

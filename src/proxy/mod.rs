@@ -9,6 +9,7 @@ pub mod body;
 pub mod failure;
 pub mod forward;
 pub mod headers;
+pub mod intercept;
 pub mod listener;
 pub mod panic;
 pub mod reply;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::ca::LocalCa;
 use crate::registry::Registry;
 
 /// What every request handler needs; one per agent, shared by all listeners.
@@ -33,10 +35,12 @@ pub struct ProxyContext {
     pub tasks: tokio_util::task::TaskTracker,
     /// Cancelled when the drain timeout is over: whatever is still open is closed.
     pub hard_stop: tokio_util::sync::CancellationToken,
+    /// The local CA that `intercept = true` policies present certificates from (`--ca-dir`).
+    pub ca: Option<Arc<LocalCa>>,
 }
 
 impl ProxyContext {
-    pub fn new(registry: Arc<Registry>) -> ProxyContext {
+    pub fn new(registry: Arc<Registry>, ca: Option<Arc<LocalCa>>) -> ProxyContext {
         let via_token = format!("fusebox-{:08x}", instance_id());
         let via = HeaderValue::from_str(&format!("1.1 {via_token}")).expect("ascii token");
         ProxyContext {
@@ -45,6 +49,7 @@ impl ProxyContext {
             via_token,
             tasks: tokio_util::task::TaskTracker::new(),
             hard_stop: tokio_util::sync::CancellationToken::new(),
+            ca,
         }
     }
 }

@@ -24,13 +24,13 @@ use super::attempt::LocalAnswer;
 use super::body::ResponseBody;
 use super::failure::connect_error;
 use super::target::connect_target;
-use super::ProxyContext;
+use super::{intercept, ProxyContext};
 use crate::outcome::{Outcome, Reason};
 use crate::registry::Destination;
 use crate::telemetry::StreamTimeout;
 use crate::upstream::connect::{self, ConnectRules};
 
-pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(ctx: &Arc<ProxyContext>, mut req: Request<Incoming>) -> Response<ResponseBody> {
     let seen = Seen::of(&req);
     let snapshot = ctx.registry.load();
     let target = match connect_target(&req) {
@@ -58,6 +58,21 @@ pub async fn handle(ctx: &ProxyContext, mut req: Request<Incoming>) -> Response<
     if super::headers::has_looped(req.headers(), &ctx.via_token) {
         let detail = "request came back to this fusebox (Via)".to_owned();
         return refuse(LocalAnswer::local(Reason::Loop, detail), 0);
+    }
+    if let (true, Some(ca)) = (upstream.policy.intercept, &ctx.ca) {
+        // No upstream connection now: each request inside gets its own tries (§13).
+        let authority = http::uri::Authority::try_from(super::forward::target_text(&target));
+        if let Ok(authority) = authority {
+            let app = hyper::upgrade::on(&mut req);
+            intercept::spawn(
+                ctx,
+                Arc::clone(ca),
+                app,
+                authority,
+                Arc::clone(&destination),
+            );
+            return Response::new(ResponseBody::empty());
+        }
     }
     let rules = upstream.connect_rules(ctx.registry.self_addrs());
     let stream = match open(&destination, host, port, &rules).await {

@@ -1,0 +1,183 @@
+//! HTTPS interception (docs/ARCHITECTURE.md §13): a `CONNECT` to a destination whose policy
+//! has `intercept = true` is answered 200 without an upstream connection; fusebox then
+//! terminates the app's TLS with a leaf certificate of its local CA for the `CONNECT` host
+//! (ALPN `h2` and `http/1.1`; an SNI naming another host is refused), and every request inside
+//! goes through [`super::forward::handle`] as `https://host:port/...`: the whole pipeline, per
+//! request, with TLS originated to the upstream and its certificate verified as usual.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::{debug, error, info};
+
+use super::access::Seen;
+use super::panic::CatchPanic;
+use super::{forward, ProxyContext};
+use crate::ca::LocalCa;
+use crate::outcome::Reason;
+use crate::registry::Destination;
+use crate::telemetry::Interception;
+
+/// Serves the intercepted connection behind `app` (the `CONNECT`'s upgrade) in a task of the
+/// agent's, once hyper has sent the 200.
+pub fn spawn(
+    ctx: &Arc<ProxyContext>,
+    ca: Arc<LocalCa>,
+    app: OnUpgrade,
+    authority: Authority,
+    destination: Arc<Destination>,
+) {
+    let ctx = Arc::clone(ctx);
+    let hard_stop = ctx.hard_stop.clone();
+    ctx.clone().tasks.spawn(async move {
+        let served = async {
+            match app.await {
+                Ok(app) => serve(ctx, ca, TokioIo::new(app), authority, &destination).await,
+                Err(error) => debug!(%error, "CONNECT upgrade failed"),
+            }
+        };
+        tokio::select! {
+            () = served => {}
+            () = hard_stop.cancelled() => {}
+        }
+    });
+}
+
+async fn serve(
+    ctx: Arc<ProxyContext>,
+    ca: Arc<LocalCa>,
+    app: TokioIo<hyper::upgrade::Upgraded>,
+    authority: Authority,
+    destination: &Destination,
+) {
+    let Some(tls) = handshake(&ca, app, authority.host(), destination).await else {
+        return;
+    };
+    let service = service_fn(move |req| {
+        let ctx = Arc::clone(&ctx);
+        let authority = authority.clone();
+        async move { Ok::<_, Infallible>(answer(&ctx, &authority, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
+        debug!(%error, "intercepted connection ended with an error");
+    }
+}
+
+/// The TLS handshake with the app, presenting the leaf for `host`; `None` (counted and
+/// logged) when the app names another host or the handshake fails.
+async fn handshake(
+    ca: &LocalCa,
+    app: TokioIo<hyper::upgrade::Upgraded>,
+    host: &str,
+    destination: &Destination,
+) -> Option<tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let refused = |result: Interception, why: &str| {
+        destination.metrics.interception(result);
+        info!(destination = %destination.authority, why, "intercepted TLS handshake refused");
+    };
+    let start = match LazyConfigAcceptor::new(Acceptor::default(), app).await {
+        Ok(start) => start,
+        Err(error) => {
+            refused(Interception::HandshakeFailed, &error.to_string());
+            return None;
+        }
+    };
+    if let Some(sni) = start.client_hello().server_name() {
+        if !sni.trim_end_matches('.').eq_ignore_ascii_case(host) {
+            refused(
+                Interception::SniMismatch,
+                &format!("SNI {sni} is not {host}"),
+            );
+            return None;
+        }
+    }
+    let leaf = match ca.leaf(host, SystemTime::now()) {
+        Ok(leaf) => leaf,
+        Err(error) => {
+            error!(%error, "cannot mint a certificate for an intercepted connection");
+            refused(Interception::HandshakeFailed, &error.to_string());
+            return None;
+        }
+    };
+    match start.into_stream(server_config(leaf)).await {
+        Ok(tls) => {
+            destination.metrics.interception(Interception::Ok);
+            Some(tls)
+        }
+        Err(error) => {
+            // Most often: the app does not trust fusebox's CA (its alert says so).
+            refused(Interception::HandshakeFailed, &error.to_string());
+            None
+        }
+    }
+}
+
+/// One request inside an intercepted connection, as `https://{authority}{path}`: the `CONNECT`
+/// authority, whatever the request itself names (no fronting to another host).
+async fn answer(
+    ctx: &ProxyContext,
+    authority: &Authority,
+    mut req: Request<Incoming>,
+) -> hyper::Response<super::body::ResponseBody> {
+    if req.method() == Method::CONNECT {
+        let seen = Seen::of(&req);
+        let detail = "CONNECT inside an intercepted connection";
+        return forward::reject_unrouted(ctx, &seen, Reason::BadRequest, detail);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if let Ok(uri) = Uri::builder()
+        .scheme(Scheme::HTTPS)
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+    {
+        *req.uri_mut() = uri;
+    }
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    match CatchPanic::new(forward::handle(ctx, None, req)).await {
+        Ok(response) => response,
+        Err(panic) => {
+            error!(%method, %uri, panic, "intercepted request handling panicked: a fusebox bug");
+            let detail = "fusebox failed while handling this request (logged)";
+            forward::reject_unrouted(ctx, &Seen::new(method, uri), Reason::Internal, detail)
+        }
+    }
+}
+
+/// A server configuration presenting `leaf`, offering HTTP/2 and HTTP/1.1.
+fn server_config(leaf: Arc<CertifiedKey>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Leaf(leaf)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Always the one leaf of this connection.
+#[derive(Debug)]
+struct Leaf(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Leaf {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}

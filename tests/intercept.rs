@@ -1,0 +1,171 @@
+//! HTTPS interception (docs/ARCHITECTURE.md §13): an app with only a proxy set and fusebox's CA
+//! trusted calls `https://` URLs; with `intercept = true` each request inside its `CONNECT`
+//! gets the pipeline (retries, breaker, metrics), while fusebox originates TLS to a real TLS
+//! upstream whose own test CA is the policy's `ca_file`. The apps are reqwest and curl.
+
+mod support;
+
+use std::path::Path;
+
+use fusebox::ca::LocalCa;
+use support::metrics::metric;
+use support::tls::TestPki;
+use support::{curl_async, policies_dir, FakeUpstream, TestFusebox};
+
+/// fusebox with a fresh local CA and policy `api` = `intercept = true` for `localhost:{port}`
+/// of `upstream`, plus `extra` policy text.
+async fn start(pki: &TestPki, upstream: &FakeUpstream, extra: &str) -> (TestFusebox, String) {
+    let port = upstream.addr().port();
+    let policy = format!(
+        "hosts = [\"localhost:{port}\"]\nintercept = true\nca_file = \"test-ca.pem\"\n{extra}"
+    );
+    let dir = policies_dir(&[("default", ""), ("api", &policy)]);
+    pki.write_ca(dir.path());
+    let ca_dir = dir.path().join("fusebox-ca");
+    LocalCa::init(&ca_dir, false, std::time::SystemTime::now()).unwrap();
+    let ca_pem = ca_dir.join("ca.pem").to_str().unwrap().to_owned();
+    let fusebox = TestFusebox::start_with(dir, |config| {
+        config.jitter = false;
+        config.ca_dir = Some(ca_dir);
+    })
+    .await;
+    (fusebox, ca_pem)
+}
+
+/// A reqwest app that trusts the fusebox CA in `ca_pem` (and nothing else).
+fn app(fusebox: &TestFusebox, ca_pem: &str) -> reqwest::Client {
+    app_alpn(fusebox, ca_pem, &[b"http/1.1"])
+}
+
+/// The same app, offering these ALPN protocols.
+fn app_alpn(fusebox: &TestFusebox, ca_pem: &str, alpn: &[&[u8]]) -> reqwest::Client {
+    use rustls_pki_types::pem::PemObject;
+    support::tls::install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(Path::new(ca_pem)).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    support::app_client_with_tls(&fusebox.egress_url(), tls)
+}
+
+fn count(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(metrics, name, labels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_requests_through_an_intercepted_connect_are_retried_per_request() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .statuses(&[503, 503, 200])
+        .body("inside")
+        .start()
+        .await;
+    let (fusebox, ca_pem) = start(&pki, &upstream, "[retry]\nattempts = 3\n").await;
+    let url = format!("https://localhost:{}/pay", upstream.addr().port());
+    let response = app(&fusebox, &ca_pem).get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "inside");
+    assert_eq!(
+        upstream.hits(),
+        3,
+        "two 503s retried inside the TLS session"
+    );
+    assert_eq!(upstream.last_request().unwrap().uri, "/pay");
+
+    // An app that offers HTTP/2 speaks it to fusebox, inside the same pipeline.
+    upstream.set_replies([support::Reply::Status(503), support::Reply::Status(200)]);
+    let h2 = app_alpn(&fusebox, &ca_pem, &[b"h2"]);
+    let response = h2.get(&url).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200, "retried over h2 too");
+    assert_eq!(upstream.hits(), 5);
+
+    let metrics = fusebox.metrics().await;
+    let destination = format!("localhost:{}", upstream.addr().port());
+    let api = [("upstream", "api"), ("destination", destination.as_str())];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut labels = api.to_vec();
+        labels.push(extra);
+        labels
+    };
+    assert_eq!(
+        count(&metrics, "fusebox_requests_total", &with(("outcome", "ok"))),
+        2.0,
+        "one request counted, not one tunnel:\n{metrics}"
+    );
+    assert_eq!(
+        count(&metrics, "fusebox_retries_total", &api),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "fusebox_intercepted_connections_total",
+            &with(("result", "ok"))
+        ),
+        2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_interception_trips_the_breaker_and_reads_the_local_reply_inside_tls() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .status(503)
+        .start()
+        .await;
+    let (fusebox, ca_pem) = start(
+        &pki,
+        &upstream,
+        "[retry]\nattempts = 1\n[breaker]\nconsecutive_failures = 2\nopen_base = \"60s\"\n",
+    )
+    .await;
+    let url = format!("https://localhost:{}/", upstream.addr().port());
+    let proxy = fusebox.egress_url();
+    let curl = |ca: Option<String>| {
+        let (proxy, url) = (proxy.clone(), url.clone());
+        async move {
+            let mut args = vec!["-i".to_owned(), "--proxy".to_owned(), proxy];
+            if let Some(ca) = ca {
+                args.extend(["--cacert".to_owned(), ca]);
+            }
+            args.push(url);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl_async(&args).await
+        }
+    };
+    for _ in 0..2 {
+        let out = curl(Some(ca_pem.clone())).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(" 503"), "the upstream's 503: {text}");
+    }
+    let out = curl(Some(ca_pem.clone())).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        text.contains(" 503") && text.contains("x-fusebox-reason: breaker-open"),
+        "the breaker answers inside TLS: {text}"
+    );
+    assert_eq!(upstream.hits(), 2);
+
+    // An app that does not trust fusebox's CA fails its handshake; fusebox counts it.
+    let out = curl(None).await;
+    assert!(!out.status.success(), "untrusted CA must fail: {out:?}");
+    let metrics = fusebox.metrics().await;
+    assert_eq!(
+        count(
+            &metrics,
+            "fusebox_intercepted_connections_total",
+            &[("upstream", "api"), ("result", "handshake_failed")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
