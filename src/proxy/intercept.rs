@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Uri};
+use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
@@ -23,16 +23,41 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, error, info};
 
 use super::access::Seen;
+use super::attempt::LocalAnswer;
+use super::body::ResponseBody;
 use super::panic::CatchPanic;
 use super::{forward, ProxyContext};
 use crate::ca::LocalCa;
 use crate::outcome::Reason;
-use crate::registry::Destination;
+use crate::registry::{Destination, Upstream};
 use crate::telemetry::Interception;
+
+/// The CA to intercept `upstream`'s `CONNECT`s with, when its policy intercepts; `None`: an
+/// ordinary tunnel.
+pub fn ca_for<'c>(ctx: &'c ProxyContext, upstream: &Upstream) -> Option<&'c Arc<LocalCa>> {
+    ctx.ca.as_ref().filter(|_| upstream.policy.intercept)
+}
+
+/// The `200` for an intercepted `CONNECT` to `authority`, with the connection served once
+/// hyper has sent it. No upstream connection is opened now: each request inside gets its own
+/// tries.
+pub fn accept(
+    ctx: &Arc<ProxyContext>,
+    ca: &Arc<LocalCa>,
+    authority: &str,
+    req: &mut Request<Incoming>,
+    destination: &Arc<Destination>,
+) -> Result<Response<ResponseBody>, LocalAnswer> {
+    let authority = Authority::try_from(authority)
+        .map_err(|e| LocalAnswer::local(Reason::BadRequest, format!("CONNECT {authority}: {e}")))?;
+    let app = hyper::upgrade::on(req);
+    spawn(ctx, Arc::clone(ca), app, authority, Arc::clone(destination));
+    Ok(Response::new(ResponseBody::empty()))
+}
 
 /// Serves the intercepted connection behind `app` (the `CONNECT`'s upgrade) in a task of the
 /// agent's, once hyper has sent the 200.
-pub fn spawn(
+fn spawn(
     ctx: &Arc<ProxyContext>,
     ca: Arc<LocalCa>,
     app: OnUpgrade,
@@ -133,7 +158,7 @@ async fn answer(
     ctx: &ProxyContext,
     authority: &Authority,
     mut req: Request<Incoming>,
-) -> hyper::Response<super::body::ResponseBody> {
+) -> Response<ResponseBody> {
     if req.method() == Method::CONNECT {
         let seen = Seen::of(&req);
         let detail = "CONNECT inside an intercepted connection";

@@ -59,20 +59,10 @@ pub async fn handle(ctx: &Arc<ProxyContext>, mut req: Request<Incoming>) -> Resp
         let detail = "request came back to this fusebox (Via)".to_owned();
         return refuse(LocalAnswer::local(Reason::Loop, detail), 0);
     }
-    if let (true, Some(ca)) = (upstream.policy.intercept, &ctx.ca) {
-        // No upstream connection now: each request inside gets its own tries (§13).
-        let authority = http::uri::Authority::try_from(super::forward::target_text(&target));
-        if let Ok(authority) = authority {
-            let app = hyper::upgrade::on(&mut req);
-            intercept::spawn(
-                ctx,
-                Arc::clone(ca),
-                app,
-                authority,
-                Arc::clone(&destination),
-            );
-            return Response::new(ResponseBody::empty());
-        }
+    if let Some(ca) = intercept::ca_for(ctx, upstream) {
+        let authority = super::forward::target_text(&target);
+        return intercept::accept(ctx, ca, &authority, &mut req, &destination)
+            .unwrap_or_else(|answer| refuse(answer, 0));
     }
     let rules = upstream.connect_rules(ctx.registry.self_addrs());
     let stream = match open(&destination, host, port, &rules).await {
