@@ -1,7 +1,8 @@
 //! The end of every app request, in one place: its metrics (`fusebox_requests_total`,
 //! `fusebox_request_duration_seconds`) and its access-log line (target `fusebox::access`, one
 //! structured event per request: upstream, destination, method, path without the query,
-//! status, outcome, attempts, duration and the local-reply reason if any).
+//! status, outcome, attempts, duration, the local-reply reason if any, and `intercepted` for
+//! requests that came through HTTPS interception).
 
 use std::time::Instant;
 
@@ -11,17 +12,25 @@ use tracing::info;
 use crate::outcome::{Outcome, Reason};
 use crate::registry::Destination;
 
+/// Marks a request that arrived inside an intercepted `CONNECT` (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Intercepted;
+
 /// What is known of a request from its first byte: enough to log it however it ends.
 #[derive(Debug)]
 pub struct Seen {
     pub started: Instant,
     method: Method,
     uri: Uri,
+    intercepted: bool,
 }
 
 impl Seen {
     pub fn of<B>(req: &Request<B>) -> Seen {
-        Seen::new(req.method().clone(), req.uri().clone())
+        Seen {
+            intercepted: req.extensions().get::<Intercepted>().is_some(),
+            ..Seen::new(req.method().clone(), req.uri().clone())
+        }
     }
 
     pub fn new(method: Method, uri: Uri) -> Seen {
@@ -29,6 +38,7 @@ impl Seen {
             started: Instant::now(),
             method,
             uri,
+            intercepted: false,
         }
     }
 
@@ -57,6 +67,21 @@ impl Seen {
             // `38.990868999999996`. An exact conversion for any duration under 285 years.
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             reason = reason.map(Reason::as_str),
+            // Only on requests that came through HTTPS interception.
+            intercepted = self.intercepted.then_some(true),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_intercepted_request_is_seen_as_one() {
+        let mut req = Request::new(());
+        assert!(!Seen::of(&req).intercepted);
+        req.extensions_mut().insert(Intercepted);
+        assert!(Seen::of(&req).intercepted);
     }
 }

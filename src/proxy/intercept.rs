@@ -22,7 +22,7 @@ use rustls::ServerConfig;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, error, info};
 
-use super::access::Seen;
+use super::access::{Intercepted, Seen};
 use super::attempt::LocalAnswer;
 use super::body::ResponseBody;
 use super::panic::CatchPanic;
@@ -177,6 +177,7 @@ async fn answer(
     {
         *req.uri_mut() = uri;
     }
+    req.extensions_mut().insert(Intercepted);
     let (method, uri) = (req.method().clone(), req.uri().clone());
     match CatchPanic::new(forward::handle(ctx, None, req)).await {
         Ok(response) => response,
