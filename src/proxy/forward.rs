@@ -76,7 +76,8 @@ pub async fn handle(
     if let Some(app_upgrade) = app_upgrade.filter(|_| switching) {
         spawn_upgrade(ctx, app_upgrade, &mut response);
     }
-    // hyper speaks HTTP/1.1 to the app whatever the upstream spoke (1.0, h2).
+    // An HTTP/1.1 app connection gets HTTP/1.1 whatever the upstream spoke (1.0, h2); an h2
+    // app connection (interception, §13) ignores the version.
     *response.version_mut() = http::Version::HTTP_11;
     headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
     headers::add_via(response.headers_mut(), &ctx.via);
