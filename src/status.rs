@@ -440,6 +440,7 @@ mod tests {
             forced: None,
             trips: 0,
             mode: "enforce".into(),
+            intercept: false,
         }
     }
 

@@ -85,6 +85,9 @@ async fn https_requests_through_an_intercepted_connect_are_retried_per_request()
     assert_eq!(response.status(), 200, "retried over h2 too");
     assert_eq!(upstream.hits(), 5);
 
+    let view = fusebox.upstreams("api").await;
+    assert_eq!(view[0]["intercept"], true, "{view}");
+
     let metrics = fusebox.metrics().await;
     let destination = format!("localhost:{}", upstream.addr().port());
     let api = [("upstream", "api"), ("destination", destination.as_str())];

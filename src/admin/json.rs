@@ -49,6 +49,10 @@ pub struct DestinationView {
     /// Extra: the policy's breaker mode, `enforce`, `shadow` or `off`.
     #[serde(default)]
     pub mode: String,
+    /// Extra: the policy intercepts HTTPS (`intercept = true` and a CA): the app's `CONNECT`s
+    /// to this destination are terminated and their requests counted here one by one.
+    #[serde(default)]
+    pub intercept: bool,
 }
 
 /// Calls seen over the breaker's sliding window.
@@ -135,14 +139,18 @@ impl DestinationView {
     pub fn of(upstream: &Upstream, destination: &Destination, clock: Clock) -> DestinationView {
         let snapshot = destination.breaker_snapshot();
         let in_flight = u64::try_from(destination.gate.in_flight()).unwrap_or(u64::MAX);
-        DestinationView::from_snapshot(
-            &upstream.policy.name,
-            &destination.authority,
-            mode_label(upstream.policy.breaker.mode),
-            &snapshot,
-            in_flight,
-            clock,
-        )
+        DestinationView {
+            // `run` refuses `intercept = true` without a CA: the policy's word is enough.
+            intercept: upstream.policy.intercept,
+            ..DestinationView::from_snapshot(
+                &upstream.policy.name,
+                &destination.authority,
+                mode_label(upstream.policy.breaker.mode),
+                &snapshot,
+                in_flight,
+                clock,
+            )
+        }
     }
 
     /// The view of a breaker snapshot (pure: unit-tested with hand-built snapshots).
@@ -177,6 +185,7 @@ impl DestinationView {
             forced: snapshot.forced.map(|f| f.label().to_owned()),
             trips: snapshot.trips,
             mode: mode.to_owned(),
+            intercept: false,
         }
     }
 }
@@ -268,6 +277,7 @@ mod tests {
                 "forced": null,
                 "trips": 1,
                 "mode": "enforce",
+                "intercept": false,
             })
         );
         let back: DestinationView = serde_json::from_value(json).unwrap();
