@@ -765,14 +765,7 @@ async fn an_abandoned_tunnel_probe_does_not_wedge_the_breaker() {
     // The abandoned try is recorded as such: no verdict on the upstream, and its probe slot
     // goes back to the breaker, so the next CONNECT is the probe (it times out: 504), not
     // turned away as `breaker-open` until the `open_max` lease runs out.
-    wait_metric(&fusebox, "an abandoned attempt to be counted", |metrics| {
-        metric(
-            metrics,
-            "fusebox_attempts_total",
-            &[("upstream", "hole"), ("result", "abandoned")],
-        ) == 1.0
-    })
-    .await;
+    wait_abandoned(&fusebox, "hole").await;
     let view = breaker_view(&fusebox, "hole", &destination).await;
     assert_eq!(
         (&view["state"], &view["in_flight"]),
@@ -786,6 +779,15 @@ async fn an_abandoned_tunnel_probe_does_not_wedge_the_breaker() {
     );
     let view = breaker_view(&fusebox, "hole", &destination).await;
     assert_eq!(view["reason"], "probe_failed", "{view}");
+}
+
+/// Waits until policy `upstream` has counted exactly one abandoned try.
+async fn wait_abandoned(fusebox: &TestFusebox, upstream: &str) {
+    let labels = [("upstream", upstream), ("result", "abandoned")];
+    wait_metric(fusebox, "an abandoned try to be counted", |metrics| {
+        metric(metrics, "fusebox_attempts_total", &labels) == 1.0
+    })
+    .await;
 }
 
 /// Polls `/metrics` every 20 ms until `check` holds, for at most 10 s.
@@ -817,14 +819,7 @@ async fn a_try_the_app_abandons_is_counted_as_abandoned_not_as_a_failure() {
     app.send(get.as_bytes()).await;
     upstream.wait_hits(1).await;
     drop(app);
-    wait_metric(&fusebox, "the abandoned try to be counted", |metrics| {
-        metric(
-            metrics,
-            "fusebox_attempts_total",
-            &[("upstream", "api"), ("result", "abandoned")],
-        ) == 1.0
-    })
-    .await;
+    wait_abandoned(&fusebox, "api").await;
     let view = breaker_view(&fusebox, "api", &host).await;
     assert_eq!(view["window"]["calls"], 0, "nothing recorded: {view}");
     let next = fusebox
