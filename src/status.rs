@@ -463,6 +463,7 @@ mod tests {
             time: "2025-01-31T11:56:48.000Z".into(),
             kind: "status".into(),
             status: Some(503),
+            grpc_status: None,
             text: String::new(),
         }];
         let mut forced = row("payments", "[::1]:9000", "open", "2025-01-31T11:59:58.000Z");

@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::outcome::{Outcome, CODE_CLASSES};
+use crate::pipeline::grpc::GrpcCode;
 use crate::policy::RetryOn;
 
 const RETRY_REASONS: usize = RetryOn::ALL.len();
@@ -191,6 +192,7 @@ impl Telemetry {
             retries: std::array::from_fn(|_| OnceLock::new()),
             stream_timeouts: std::array::from_fn(|_| OnceLock::new()),
             interceptions: std::array::from_fn(|_| OnceLock::new()),
+            grpc_requests: OnceLock::new(),
             retry_budget_exhausted: counter("fusebox_retry_budget_exhausted_total", &[]),
             shadow_breaker: counter(
                 "fusebox_shadow_rejections_total",
@@ -315,6 +317,9 @@ pub struct DestinationMetrics {
     retries: [OnceLock<Counter>; RETRY_REASONS],
     stream_timeouts: [OnceLock<Counter>; StreamTimeout::ALL.len()],
     interceptions: [OnceLock<Counter>; Interception::ALL.len()],
+    /// `fusebox_requests_total` of gRPC calls, `outcome × grpc status`: allocated on the first
+    /// gRPC call, since most destinations never see one.
+    grpc_requests: OnceLock<Box<[OnceLock<Counter>]>>,
     pub retry_budget_exhausted: Counter,
     pub shadow_breaker: Counter,
     pub shadow_rate_limit: Counter,
@@ -341,6 +346,27 @@ impl DestinationMetrics {
                 let mut labels = self.labels.to_vec();
                 labels.push(Label::from_static_parts("outcome", outcome.label()));
                 labels.push(Label::from_static_parts("code", CODE_CLASSES[code]));
+                self.telemetry.recorder.register_counter(
+                    &Key::from_parts("fusebox_requests_total", labels),
+                    &METADATA,
+                )
+            })
+            .increment(1);
+        self.request_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Records one finished gRPC call, its `code` label the gRPC status (`grpc-unavailable`).
+    pub fn request_grpc(&self, outcome: Outcome, code: GrpcCode, elapsed: Duration) {
+        let counters = self.grpc_requests.get_or_init(|| {
+            (0..Outcome::ALL.len() * GrpcCode::ALL.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        counters[outcome as usize * GrpcCode::ALL.len() + code as usize]
+            .get_or_init(|| {
+                let mut labels = self.labels.to_vec();
+                labels.push(Label::from_static_parts("outcome", outcome.label()));
+                labels.push(Label::from_static_parts("code", code.label()));
                 self.telemetry.recorder.register_counter(
                     &Key::from_parts("fusebox_requests_total", labels),
                     &METADATA,

@@ -68,10 +68,14 @@ pub struct WindowView {
 pub struct FailureView {
     /// RFC 3339.
     pub time: String,
-    /// `connect_failed`, `reset`, `timeout`, `status` or `bad_response`.
+    /// `connect_failed`, `reset`, `timeout`, `status`, `bad_response`, `body_idle` or
+    /// `grpc_status`.
     pub kind: String,
     /// The upstream's status when `kind` is `status`, `null` otherwise.
     pub status: Option<u16>,
+    /// Extra: the gRPC status name when `kind` is `grpc_status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<String>,
     /// Extra: `kind` in words.
     #[serde(default)]
     pub text: String,
@@ -196,6 +200,7 @@ impl FailureView {
             time: clock.rfc3339(failure.at),
             kind: failure.kind.label().to_owned(),
             status: failure.kind.status(),
+            grpc_status: failure.kind.grpc_status().map(|c| c.name().to_owned()),
             text: failure.kind.describe().to_owned(),
         }
     }

@@ -100,6 +100,7 @@ mod tests {
             attempts: 3,
             on: Vec::new(),
             statuses: Vec::new(),
+            grpc_codes: Vec::new(),
             methods: Vec::new(),
             backoff_base: Duration::from_millis(base_ms),
             backoff_max: Duration::from_millis(max_ms),

@@ -62,6 +62,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::grpc::GrpcCode;
 use crate::policy::{Breaker, BreakerMode};
 
 /// Buckets of the sliding window.
@@ -206,6 +207,8 @@ pub enum FailureKind {
     BadResponse,
     /// The response body stopped arriving for `timeouts.idle` after its head.
     BodyIdle,
+    /// A gRPC call ended with a status in `grpc_failure_codes` (in its head or its trailers).
+    GrpcStatus(GrpcCode),
 }
 
 impl FailureKind {
@@ -217,6 +220,7 @@ impl FailureKind {
             FailureKind::Status(_) => "status",
             FailureKind::BadResponse => "bad_response",
             FailureKind::BodyIdle => "body_idle",
+            FailureKind::GrpcStatus(_) => "grpc_status",
         }
     }
 
@@ -235,12 +239,20 @@ impl FailureKind {
             FailureKind::BodyIdle => {
                 "the upstream stopped sending the response body for timeouts.idle"
             }
+            FailureKind::GrpcStatus(_) => "the gRPC call ended with a status in grpc_failure_codes",
         }
     }
 
     pub fn status(self) -> Option<u16> {
         match self {
             FailureKind::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    pub fn grpc_status(self) -> Option<GrpcCode> {
+        match self {
+            FailureKind::GrpcStatus(code) => Some(code),
             _ => None,
         }
     }
@@ -566,6 +578,11 @@ impl CircuitBreaker {
         Some(self.close(now, Reason::Reset))
     }
 
+    /// Whether a gRPC status counts as a failure (`grpc_failure_codes`).
+    pub fn is_failure_grpc(&self, code: GrpcCode) -> bool {
+        self.config.grpc_failure_codes.contains(&code)
+    }
+
     /// Whether a response status counts as a failure (`failure_statuses`).
     pub fn is_failure_status(&self, status: u16) -> bool {
         self.config.failure_statuses.contains(&status)
@@ -826,6 +843,7 @@ mod tests {
             slow_call_duration: Duration::from_secs(1),
             slow_call_rate: 1.0,
             failure_statuses: vec![500, 502, 503, 504],
+            grpc_failure_codes: vec![GrpcCode::Unavailable],
             open_base: Duration::from_secs(5),
             open_max: Duration::from_secs(60),
             half_open_probes: 1,
@@ -1638,6 +1656,7 @@ mod tests {
                             slow_call_duration: Duration::from_millis(slow),
                             slow_call_rate: slow_rate,
                             failure_statuses: vec![500, 503],
+                            grpc_failure_codes: Vec::new(),
                             open_base: Duration::from_millis(base),
                             open_max: Duration::from_millis(max),
                             half_open_probes: probes,

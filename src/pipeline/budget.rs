@@ -195,6 +195,7 @@ mod tests {
             attempts: 3,
             on: Vec::new(),
             statuses: Vec::new(),
+            grpc_codes: Vec::new(),
             methods: Vec::new(),
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),

@@ -9,5 +9,6 @@ pub mod backoff;
 pub mod breaker;
 pub mod budget;
 pub mod gate;
+pub mod grpc;
 pub mod limiter;
 pub mod retry;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 
+use super::grpc::GrpcCode;
 use crate::policy::{Retry, RetryOn};
 
 /// How one upstream try ended, as far as retrying is concerned.
@@ -16,6 +17,8 @@ use crate::policy::{Retry, RetryOn};
 pub enum TryResult {
     /// A response head arrived with this status.
     Status(StatusCode),
+    /// A gRPC call's trailers-only answer (a head with `grpc-status`) other than `ok`.
+    Grpc(GrpcCode),
     /// No connection could be opened: the request was not sent.
     ConnectFailed,
     /// The connection was reset or closed before a response head.
@@ -88,8 +91,11 @@ pub fn decide(policy: &Retry, after: AfterTry, backoff: impl FnOnce() -> Duratio
         return Decision::GiveUp(GiveUp::BodyNotReplayable);
     }
     // A request that never left fusebox may always be sent again; any other only when the
-    // method (or an Idempotency-Key) says doing it twice is harmless.
-    if !(after.idempotent || after.sent_nothing) {
+    // method (or an Idempotency-Key) says doing it twice is harmless, or when a gRPC server
+    // answered a status of `grpc_codes` (gRPC's own retry design: the server says it did not
+    // carry the call out, and clients retry any method on it).
+    let server_says_retry = matches!(after.result, TryResult::Grpc(_));
+    if !(after.idempotent || after.sent_nothing || server_says_retry) {
         return Decision::GiveUp(GiveUp::NotIdempotent);
     }
     let delay = after.retry_after.unwrap_or_else(backoff);
@@ -110,6 +116,10 @@ pub fn matching_condition(policy: &Retry, result: TryResult) -> Option<RetryOn> 
         TryResult::Reset => allowed(RetryOn::Reset),
         TryResult::BadResponse => None,
         TryResult::Timeout => allowed(RetryOn::Timeout),
+        TryResult::Grpc(code) => policy
+            .grpc_codes
+            .contains(&code)
+            .then_some(RetryOn::GrpcStatus),
         TryResult::Status(status) => {
             let code = status.as_u16();
             let gateway = matches!(code, 502..=504);
@@ -230,6 +240,49 @@ mod tests {
                 "{state:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_grpc_status_in_grpc_codes_is_retried_for_a_post_and_no_other() {
+        let retry = Retry::default();
+        let post = |code| AfterTry {
+            idempotent: false,
+            ..after(TryResult::Grpc(code))
+        };
+        assert_eq!(
+            decide(&retry, post(GrpcCode::Unavailable), || BACKOFF),
+            Decision::Retry {
+                delay: BACKOFF,
+                condition: RetryOn::GrpcStatus
+            }
+        );
+        for code in [
+            GrpcCode::Internal,
+            GrpcCode::NotFound,
+            GrpcCode::DeadlineExceeded,
+        ] {
+            assert_eq!(
+                decide(&retry, post(code), || BACKOFF),
+                Decision::GiveUp(GiveUp::NotRetriable),
+                "{code:?}"
+            );
+        }
+        let off = Retry {
+            grpc_codes: Vec::new(),
+            ..Retry::default()
+        };
+        assert_eq!(
+            decide(&off, post(GrpcCode::Unavailable), || BACKOFF),
+            Decision::GiveUp(GiveUp::NotRetriable)
+        );
+        let streamed = AfterTry {
+            replayable: false,
+            ..post(GrpcCode::Unavailable)
+        };
+        assert_eq!(
+            decide(&retry, streamed, || BACKOFF),
+            Decision::GiveUp(GiveUp::BodyNotReplayable)
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::raw::{List, RawPolicy, S};
 use super::{
-    Breaker, BreakerMode, Concurrency, Endpoint, HostPattern, LimitMode, Matcher, Policy,
+    Breaker, BreakerMode, Concurrency, Endpoint, GrpcCode, HostPattern, LimitMode, Matcher, Policy,
     PolicySet, RateLimit, Retry, RetryOn, Timeouts, DEFAULT_POLICY,
 };
 
@@ -412,6 +412,9 @@ impl<'a> Cx<'a> {
         self.list(&mut t.statuses, "retry.statuses", &r.statuses, |&v| {
             status(v)
         });
+        self.list(&mut t.grpc_codes, "retry.grpc_codes", &r.grpc_codes, |s| {
+            grpc_code(s)
+        });
         self.list(&mut t.methods, "retry.methods", &r.methods, |s| method(s));
         self.value(
             &mut t.backoff_base,
@@ -495,6 +498,12 @@ impl<'a> Cx<'a> {
             "breaker.failure_statuses",
             &r.failure_statuses,
             |&v| status(v),
+        );
+        self.list(
+            &mut t.grpc_failure_codes,
+            "breaker.grpc_failure_codes",
+            &r.grpc_failure_codes,
+            |s| grpc_code(s),
         );
         self.value(&mut t.open_base, "breaker.open_base", &r.open_base, |s| {
             positive(s)
@@ -710,6 +719,13 @@ fn retry_on(s: &str) -> Result<RetryOn, String> {
                  \"gateway-error\", \"timeout\", \"5xx\", \"retriable-status\""
             ))
         }
+    })
+}
+
+fn grpc_code(s: &str) -> Result<GrpcCode, String> {
+    GrpcCode::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = GrpcCode::ALL.iter().map(|c| c.name()).collect();
+        format!("unknown gRPC status \"{s}\"; valid: {}", names.join(", "))
     })
 }
 
@@ -954,6 +970,7 @@ impl Default for Retry {
                 RetryOn::GatewayError,
             ],
             statuses: vec![503],
+            grpc_codes: vec![GrpcCode::Unavailable],
             methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
                 .map(String::from)
                 .to_vec(),
@@ -978,6 +995,12 @@ impl Default for Breaker {
             slow_call_duration: Duration::from_secs(1),
             slow_call_rate: 1.0,
             failure_statuses: vec![500, 502, 503, 504],
+            grpc_failure_codes: vec![
+                GrpcCode::Unavailable,
+                GrpcCode::ResourceExhausted,
+                GrpcCode::DeadlineExceeded,
+                GrpcCode::Internal,
+            ],
             open_base: Duration::from_secs(5),
             open_max: Duration::from_secs(60),
             half_open_probes: 1,
@@ -1295,6 +1318,36 @@ mod tests {
                 "a.toml:4:26: `breaker.failure_statuses`: 600 is not an HTTP status code \
                  (100 to 599)",
             ]
+        );
+    }
+
+    #[test]
+    fn grpc_codes_are_read_by_name_and_a_wrong_one_is_pointed_at() {
+        let set = load(&[(
+            "a.toml",
+            "hosts = [\"a.test\"]\n[retry]\ngrpc_codes = [\"unavailable\", \"resource-exhausted\"]\n\
+             [breaker]\ngrpc_failure_codes = []\n",
+        )]);
+        let a = set.get("a").unwrap();
+        assert_eq!(
+            a.retry.grpc_codes,
+            [GrpcCode::Unavailable, GrpcCode::ResourceExhausted]
+        );
+        assert!(a.breaker.grpc_failure_codes.is_empty());
+        let default = set.get("default").unwrap();
+        assert_eq!(default.retry.grpc_codes, [GrpcCode::Unavailable]);
+        assert_eq!(default.breaker.grpc_failure_codes.len(), 4);
+        assert_error(
+            &[(
+                "a.toml",
+                "[breaker]\ngrpc_failure_codes = [\"UNAVAILABLE\"]\n",
+            )],
+            "a.toml:2:23",
+            &[
+                "`breaker.grpc_failure_codes`",
+                "unknown gRPC status \"UNAVAILABLE\"",
+                "resource-exhausted",
+            ],
         );
     }
 

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::pipeline::grpc::GrpcCode;
+
 pub use load::{load_dir, PolicyError, PolicyErrors};
 pub use matcher::Matcher;
 
@@ -124,16 +126,20 @@ pub enum RetryOn {
     FiveXx,
     /// The upstream answered one of `retry.statuses`.
     RetriableStatus,
+    /// A gRPC call's trailers-only answer had a status in `retry.grpc_codes` (not a `retry.on`
+    /// name: `grpc_codes` alone turns it on).
+    GrpcStatus,
 }
 
 impl RetryOn {
-    pub const ALL: [RetryOn; 6] = [
+    pub const ALL: [RetryOn; 7] = [
         RetryOn::ConnectFailure,
         RetryOn::Reset,
         RetryOn::GatewayError,
         RetryOn::Timeout,
         RetryOn::FiveXx,
         RetryOn::RetriableStatus,
+        RetryOn::GrpcStatus,
     ];
 
     /// The name used in policy files and in the `reason` label of `fusebox_retries_total`.
@@ -145,6 +151,7 @@ impl RetryOn {
             RetryOn::Timeout => "timeout",
             RetryOn::FiveXx => "5xx",
             RetryOn::RetriableStatus => "retriable-status",
+            RetryOn::GrpcStatus => "grpc-status",
         }
     }
 }
@@ -155,6 +162,9 @@ pub struct Retry {
     pub attempts: u32,
     pub on: Vec<RetryOn>,
     pub statuses: Vec<u16>,
+    /// gRPC statuses of a trailers-only answer that are retried (any method: the server said
+    /// the call was not carried out).
+    pub grpc_codes: Vec<GrpcCode>,
     /// Upper-case method names, e.g. `GET`.
     pub methods: Vec<String>,
     #[serde(with = "humantime_serde_compat")]
@@ -190,6 +200,8 @@ pub struct Breaker {
     /// In (0, 1].
     pub slow_call_rate: f64,
     pub failure_statuses: Vec<u16>,
+    /// gRPC statuses that count as a failure (trailers-only answers and trailers).
+    pub grpc_failure_codes: Vec<GrpcCode>,
     #[serde(with = "humantime_serde_compat")]
     pub open_base: Duration,
     #[serde(with = "humantime_serde_compat")]

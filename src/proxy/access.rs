@@ -1,7 +1,7 @@
 //! The end of every app request, in one place: its metrics (`fusebox_requests_total`,
 //! `fusebox_request_duration_seconds`) and its access-log line (target `fusebox::access`, one
 //! structured event per request: upstream, destination, method, path without the query,
-//! status, outcome, attempts, duration, the local-reply reason if any, and `intercepted` for
+//! status (and `grpc_status` for gRPC calls), outcome, attempts, duration, the local-reply reason if any, and `intercepted` for
 //! requests that came through HTTPS interception).
 
 use std::time::Instant;
@@ -10,6 +10,7 @@ use http::{Method, Request, StatusCode, Uri};
 use tracing::info;
 
 use crate::outcome::{Outcome, Reason};
+use crate::pipeline::grpc::GrpcCode;
 use crate::registry::Destination;
 
 /// Marks a request that arrived inside an intercepted `CONNECT` (a request extension).
@@ -53,6 +54,39 @@ impl Seen {
     ) {
         let elapsed = self.started.elapsed();
         destination.metrics.request(outcome, status, elapsed);
+        self.log(destination, status, None, outcome, attempts, reason);
+    }
+
+    /// Records a gRPC call that the upstream answered (`200`) and ended with `code`.
+    pub fn finish_grpc(
+        &self,
+        destination: &Destination,
+        code: GrpcCode,
+        outcome: Outcome,
+        attempts: u32,
+    ) {
+        let elapsed = self.started.elapsed();
+        destination.metrics.request_grpc(outcome, code, elapsed);
+        self.log(
+            destination,
+            StatusCode::OK,
+            Some(code),
+            outcome,
+            attempts,
+            None,
+        );
+    }
+
+    fn log(
+        &self,
+        destination: &Destination,
+        status: StatusCode,
+        grpc_status: Option<GrpcCode>,
+        outcome: Outcome,
+        attempts: u32,
+        reason: Option<Reason>,
+    ) {
+        let elapsed = self.started.elapsed();
         info!(
             target: "fusebox::access",
             upstream = %destination.upstream,
@@ -61,6 +95,8 @@ impl Seen {
             // CONNECT targets have no path: log the authority instead.
             path = self.uri.path_and_query().map_or_else(|| self.uri.authority().map_or("", |a| a.as_str()), |_| self.uri.path()),
             status = status.as_u16(),
+            // Only on gRPC calls the upstream answered.
+            grpc_status = grpc_status.map(GrpcCode::name),
             outcome = outcome.label(),
             attempts,
             // Whole microseconds: at most three decimals (`38.991`, `38.99`), never

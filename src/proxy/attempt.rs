@@ -6,6 +6,7 @@
 //! the method, the body, the backoff or `Retry-After` and the deadline, and the retry budget has
 //! the last word. Only the final answer leaves this module.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -19,9 +20,10 @@ use super::failure::attempt_error;
 use crate::outcome::Reason;
 use crate::pipeline::attempt::{AttemptError, ErrorKind, Refusal, Sent};
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
+use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
-use crate::registry::{Destination, Permit, Upstream};
+use crate::registry::{Destination, Pending, Permit, Upstream};
 use crate::upstream::{Client, RequestBody};
 
 /// What fusebox answers itself when the loop ends without an upstream response to pass on.
@@ -57,24 +59,36 @@ impl LocalAnswer {
     }
 }
 
-/// How one try ended: the upstream's response head, or why there is none.
-type Ended = Result<Response<Incoming>, AttemptError>;
+/// An upstream's answer: its response head, and for a gRPC stream whose status is still to
+/// come, the try's [`Pending`] verdict (spent when the body ends).
+#[derive(Debug)]
+pub struct Answer {
+    pub response: Response<Incoming>,
+    pub pending: Option<Pending>,
+}
+
+/// How one try ended: the upstream's answer, or why there is none.
+type Ended = Result<Answer, AttemptError>;
 
 /// Sends the request, retrying as the policy allows, until an answer is final.
 /// `tries` counts the upstream tries made (0 when the request was refused before the first).
 pub async fn run(
     upstream: &Upstream,
     client: &Client,
-    destination: &Destination,
+    destination: &Arc<Destination>,
     parts: Parts,
     body: Incoming,
     jitter: bool,
     tries: &mut u32,
-) -> Result<Response<Incoming>, LocalAnswer> {
+) -> Result<Answer, LocalAnswer> {
     let policy = &upstream.policy;
-    let deadline = deadline_after(policy.timeouts.total);
+    let grpc = grpc::is_grpc(&parts.headers);
+    // A gRPC app's own deadline caps the total (and so every attempt).
+    let app_deadline = grpc.then(|| grpc::timeout(&parts.headers)).flatten();
+    let total = app_deadline.map_or(policy.timeouts.total, |t| t.min(policy.timeouts.total));
+    let deadline = deadline_after(total);
     let body = prepare_body(body, &parts, policy.retry.max_replay_bytes, deadline).await?;
-    let mut retrying = Retrying::new(&policy.retry, &parts, &body, jitter);
+    let mut retrying = Retrying::new(&policy.retry, &parts, &body, jitter, grpc);
     let mut request = Resend::new(parts, body);
     destination.budget.deposit();
     // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
@@ -85,7 +99,7 @@ pub async fn run(
         // half-open probe slot.
         let Some(remaining) = time_left(deadline) else {
             return final_answer(previous, || {
-                total_timeout(destination, policy.timeouts.total)
+                total_timeout(destination, total, app_deadline.is_some_and(|t| t == total))
             });
         };
         let last = *tries + 1 >= policy.retry.attempts;
@@ -107,7 +121,7 @@ pub async fn run(
         retrying.count_sent(destination);
         *tries += 1;
         let limit = policy.timeouts.attempt.min(remaining);
-        let ended = one_try(client, destination, permit, next, limit, has_body).await;
+        let ended = one_try(client, destination, permit, next, limit, has_body, grpc).await;
         let left = deadline.saturating_duration_since(Instant::now());
         let replayable = request.replayable();
         match retrying.delay(destination, &ended, *tries, replayable, left) {
@@ -124,16 +138,27 @@ pub async fn run(
 /// away) drops the permit unspent, which records it as abandoned.
 async fn one_try(
     client: &Client,
-    destination: &Destination,
+    destination: &Arc<Destination>,
     permit: Permit<'_>,
     request: Request<RequestBody>,
     limit: Duration,
     has_body: bool,
+    grpc: bool,
 ) -> Ended {
     match tokio::time::timeout(limit, client.request(request)).await {
         Ok(Ok(response)) => {
-            permit.answered(response.status());
-            Ok(response)
+            let pending = match verdict_of(&response, grpc) {
+                Verdict::Status(status) => {
+                    permit.answered(status);
+                    None
+                }
+                Verdict::Grpc(code) => {
+                    permit.answered_grpc(code);
+                    None
+                }
+                Verdict::AtTrailers => Some(permit.pending(Arc::clone(destination))),
+            };
+            Ok(Answer { response, pending })
         }
         Ok(Err(error)) => {
             let error = attempt_error(&error, &destination.authority, has_body);
@@ -153,11 +178,31 @@ async fn one_try(
     }
 }
 
+/// What a response head says of its try.
+enum Verdict {
+    /// An HTTP answer (also a gRPC call answered with another status than 200).
+    Status(StatusCode),
+    /// A gRPC call's trailers-only answer.
+    Grpc(GrpcCode),
+    /// A gRPC stream: its status comes in the trailers.
+    AtTrailers,
+}
+
+fn verdict_of(response: &Response<Incoming>, grpc: bool) -> Verdict {
+    if !grpc || response.status() != StatusCode::OK {
+        return Verdict::Status(response.status());
+    }
+    match grpc::status(response.headers()) {
+        Some(code) => Verdict::Grpc(code),
+        None => Verdict::AtTrailers,
+    }
+}
+
 /// The last try's ending when there was one, else the local answer `otherwise` makes.
 fn final_answer(
     previous: Option<Ended>,
     otherwise: impl FnOnce() -> LocalAnswer,
-) -> Result<Response<Incoming>, LocalAnswer> {
+) -> Result<Answer, LocalAnswer> {
     match previous {
         Some(ended) => ended.map_err(LocalAnswer::failed),
         None => Err(otherwise()),
@@ -176,6 +221,8 @@ fn time_left(deadline: Instant) -> Option<Duration> {
 struct Retrying<'p> {
     retry: &'p Retry,
     jitter: bool,
+    /// The request is a gRPC call: a trailers-only `grpc-status` is its result.
+    grpc: bool,
     /// The method (or an `Idempotency-Key`) allows sending the request more than once.
     resendable: bool,
     backoff: Option<Backoff>,
@@ -183,11 +230,12 @@ struct Retrying<'p> {
 }
 
 impl<'p> Retrying<'p> {
-    fn new(retry: &'p Retry, parts: &Parts, body: &Body, jitter: bool) -> Self {
+    fn new(retry: &'p Retry, parts: &Parts, body: &Body, jitter: bool, grpc: bool) -> Self {
         let replayable = matches!(body, Body::Replayable(_));
         Retrying {
             retry,
             jitter,
+            grpc,
             resendable: replayable && may_resend(retry, &parts.method, &parts.headers),
             backoff: None,
             condition: None,
@@ -201,6 +249,15 @@ impl<'p> Retrying<'p> {
         }
     }
 
+    /// What a response head means for retrying: a gRPC status other than `ok` in a
+    /// trailers-only answer, else the HTTP status.
+    fn try_result(&self, response: &Response<Incoming>) -> TryResult {
+        match verdict_of(response, self.grpc) {
+            Verdict::Grpc(code) if code != GrpcCode::Ok => TryResult::Grpc(code),
+            _ => TryResult::Status(response.status()),
+        }
+    }
+
     /// How long to wait before retrying after `ended`; `None`: the answer is final.
     fn delay(
         &mut self,
@@ -211,7 +268,7 @@ impl<'p> Retrying<'p> {
         left: Duration,
     ) -> Option<Duration> {
         let (result, sent_nothing) = match ended {
-            Ok(response) => (TryResult::Status(response.status()), false),
+            Ok(answer) => (self.try_result(&answer.response), false),
             Err(error) => (error.retry_as()?, error.sent == Sent::Nothing),
         };
         let after = AfterTry {
@@ -250,7 +307,7 @@ pub(super) fn deadline_after(total: Duration) -> Instant {
 
 /// The delay a 429 or 503 asks for with `Retry-After`, when the policy honours it.
 fn retry_after(honor: bool, ended: &Ended) -> Option<Duration> {
-    let response = ended.as_ref().ok().filter(|_| honor)?;
+    let response = &ended.as_ref().ok().filter(|_| honor)?.response;
     if !matches!(
         response.status(),
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -263,11 +320,16 @@ fn retry_after(honor: bool, ended: &Ended) -> Option<Duration> {
     )
 }
 
-fn total_timeout(destination: &Destination, total: Duration) -> LocalAnswer {
+fn total_timeout(destination: &Destination, total: Duration, app_deadline: bool) -> LocalAnswer {
+    let which = if app_deadline {
+        "the app's grpc-timeout"
+    } else {
+        "the total timeout"
+    };
     LocalAnswer::local(
         Reason::Timeout,
         format!(
-            "no response from {} within the total timeout of {}",
+            "no response from {} within {which} of {}",
             destination.authority,
             humantime::format_duration(total)
         ),

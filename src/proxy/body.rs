@@ -6,6 +6,11 @@
 //! `body_idle` failure. Only the upstream can cause it: while the app does not read, hyper does
 //! not poll the body, so the timer does not run. The timer only exists once the
 //! body has had to wait: a body that arrives with its head costs nothing.
+//!
+//! A gRPC stream whose status comes in its trailers carries a [`GrpcEnd`]: when the trailers
+//! pass, their `grpc-status` is the try's verdict for the breaker and the request is counted
+//! and logged with it; a stream that ends without a status counts as `internal`, one the
+//! upstream cuts (reset, idle) as that failure, and one the app cancels as abandoned.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +24,11 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
-use crate::registry::{Destination, InFlight};
+use super::access::Seen;
+use crate::outcome::Outcome;
+use crate::pipeline::breaker::FailureKind;
+use crate::pipeline::grpc::{self, GrpcCode};
+use crate::registry::{Destination, InFlight, Pending};
 use crate::telemetry::StreamTimeout;
 
 /// The error the app's connection ends with: the upstream's, or an idle timeout.
@@ -41,6 +50,63 @@ pub struct Streamed {
     idle: Duration,
     /// Armed the first time the body has to wait; pushed back by every frame.
     timer: Option<Pin<Box<Sleep>>>,
+    /// A gRPC stream's verdict and request record, until its trailers (boxed: rare and large).
+    grpc: Option<Box<GrpcEnd>>,
+}
+
+/// What a gRPC stream records when it ends; see the module docs.
+#[derive(Debug)]
+pub struct GrpcEnd {
+    pending: Option<Pending>,
+    seen: Seen,
+    attempts: u32,
+}
+
+impl GrpcEnd {
+    pub fn new(pending: Pending, seen: Seen, attempts: u32) -> Box<GrpcEnd> {
+        Box::new(GrpcEnd {
+            pending: Some(pending),
+            seen,
+            attempts,
+        })
+    }
+
+    /// The upstream ended the stream with `code`.
+    fn ended(&mut self, destination: &Destination, code: GrpcCode) {
+        let failed = self.pending.take().is_some_and(|p| p.ended(code));
+        let outcome = if failed {
+            Outcome::UpstreamError
+        } else {
+            Outcome::Ok
+        };
+        self.seen
+            .finish_grpc(destination, code, outcome, self.attempts);
+    }
+
+    /// The upstream cut the stream (`kind`); the app's gRPC client sees `internal`.
+    fn cut(&mut self, destination: &Destination, kind: FailureKind, outcome: Outcome) {
+        if let Some(pending) = self.pending.take() {
+            pending.cut(kind);
+        }
+        self.seen
+            .finish_grpc(destination, GrpcCode::Internal, outcome, self.attempts);
+    }
+}
+
+impl Drop for GrpcEnd {
+    /// Not ended: the app cancelled the call. The pending verdict records the try as abandoned.
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            let destination = pending.destination();
+            drop(pending);
+            self.seen.finish_grpc(
+                &destination,
+                GrpcCode::Cancelled,
+                Outcome::Ok,
+                self.attempts,
+            );
+        }
+    }
 }
 
 /// The upstream stopped sending its body for `timeouts.idle`.
@@ -54,12 +120,13 @@ impl ResponseBody {
     }
 
     /// The upstream's `body`, holding `in_flight` until it ends, cut off after `idle` without
-    /// a frame.
+    /// a frame; `grpc` for a gRPC stream whose status is in its trailers.
     pub fn upstream(
         body: Incoming,
         in_flight: InFlight,
         destination: Arc<Destination>,
         idle: Duration,
+        grpc: Option<Box<GrpcEnd>>,
     ) -> ResponseBody {
         ResponseBody::Upstream(Streamed {
             body,
@@ -67,6 +134,7 @@ impl ResponseBody {
             destination,
             idle,
             timer: None,
+            grpc,
         })
     }
 }
@@ -88,7 +156,10 @@ impl Streamed {
                 self.in_flight.take();
                 let destination = &self.destination;
                 destination.metrics.stream_timeout(StreamTimeout::BodyIdle);
-                destination.body_stalled(idle);
+                match self.grpc.take() {
+                    Some(mut end) => end.cut(destination, FailureKind::BodyIdle, Outcome::Timeout),
+                    None => destination.body_stalled(idle),
+                }
                 warn!(
                     upstream = %destination.upstream,
                     destination = %destination.authority,
@@ -105,7 +176,39 @@ impl Streamed {
                     // Done: free the concurrency slot now, not when hyper drops the body.
                     self.in_flight.take();
                 }
+                if self.grpc.is_some() {
+                    self.grpc_frame(&frame);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+        }
+    }
+}
+
+impl Streamed {
+    /// Ends a gRPC stream at its trailers, its end or its error.
+    fn grpc_frame(&mut self, frame: &Option<Result<Frame<Bytes>, hyper::Error>>) {
+        let destination = &self.destination;
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc::status(trailers).unwrap_or(GrpcCode::Internal);
+                    if let Some(mut end) = self.grpc.take() {
+                        end.ended(destination, code);
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(mut end) = self.grpc.take() {
+                    end.cut(destination, FailureKind::Reset, Outcome::Reset);
+                }
+            }
+            // The stream ended without trailers: no status, which gRPC clients see as
+            // `internal`.
+            None => {
+                if let Some(mut end) = self.grpc.take() {
+                    end.ended(destination, GrpcCode::Internal);
+                }
             }
         }
     }

@@ -11,18 +11,19 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Request, Response, Uri};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tracing::debug;
 
 use super::access::Seen;
 use super::attempt::{self, LocalAnswer};
-use super::body::ResponseBody;
+use super::body::{GrpcEnd, ResponseBody};
 use super::headers;
 use super::reply::{local_reply, local_reply_with_retry_after};
 use super::target::{http_target, Target};
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
+use crate::pipeline::grpc;
 use crate::registry::{Destination, Snapshot, Upstream};
 use crate::upstream::Client;
 
@@ -45,9 +46,10 @@ pub async fn handle(
         uri,
     } = routed;
     let upgrading = headers::is_upgrade(req.headers());
+    let grpc = grpc::is_grpc(req.headers());
     let app_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    rewrite_for_upstream(ctx, upstream, &mut parts, uri, upgrading);
+    rewrite_for_upstream(ctx, upstream, &mut parts, uri, upgrading, grpc);
     let Some(in_flight) = destination.enter() else {
         let detail = overflow_detail(&destination);
         return finish_local(upstream, &destination, &seen, Reason::Overflow, &detail);
@@ -64,8 +66,8 @@ pub async fn handle(
         &mut tries,
     )
     .await;
-    let mut response = match ran {
-        Ok(response) => response,
+    let (mut response, pending) = match ran {
+        Ok(answer) => (answer.response, answer.pending),
         Err(answer) => {
             drop(in_flight);
             return finish_answer(upstream, &destination, &seen, &answer, tries);
@@ -81,10 +83,30 @@ pub async fn handle(
     *response.version_mut() = http::Version::HTTP_11;
     headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
     headers::add_via(response.headers_mut(), &ctx.via);
-    let outcome = Outcome::of_upstream_status(status);
-    seen.finish(&destination, status, outcome, tries, None);
+    let grpc_end = match (
+        pending,
+        grpc.then(|| grpc::status(response.headers())).flatten(),
+    ) {
+        // A gRPC stream: counted and logged when its trailers pass.
+        (Some(pending), _) => Some(GrpcEnd::new(pending, seen, tries)),
+        (None, Some(code)) if status == StatusCode::OK => {
+            let failed = upstream.policy.breaker.grpc_failure_codes.contains(&code);
+            let outcome = if failed {
+                Outcome::UpstreamError
+            } else {
+                Outcome::Ok
+            };
+            seen.finish_grpc(&destination, code, outcome, tries);
+            None
+        }
+        _ => {
+            let outcome = Outcome::of_upstream_status(status);
+            seen.finish(&destination, status, outcome, tries, None);
+            None
+        }
+    };
     let idle = upstream.policy.timeouts.idle;
-    response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle))
+    response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle, grpc_end))
 }
 
 /// Where a request goes once its policy allows it: the policy, the destination, the pooled
@@ -125,7 +147,9 @@ fn route_request<'s>(
     req: &Request<Incoming>,
 ) -> Result<Routed<'s>, Early<'s>> {
     let routed = match route {
-        Some(name) => route_listener_request(snapshot, name, req.uri())?,
+        Some(name) => {
+            route_listener_request(snapshot, name, req.uri(), grpc::is_grpc(req.headers()))?
+        }
         None => egress_request(snapshot, req)?,
     };
     let early = |reason, detail: &str| Early {
@@ -164,6 +188,7 @@ fn route_listener_request<'s>(
     snapshot: &'s Snapshot,
     name: &str,
     original: &Uri,
+    grpc: bool,
 ) -> Result<Matched<'s>, Early<'s>> {
     let unroutable = |detail: String| {
         let upstream = snapshot.default();
@@ -180,7 +205,7 @@ fn route_listener_request<'s>(
             "route listener's policy {name} no longer exists"
         )));
     };
-    let Some((endpoint, client)) = upstream.next_endpoint() else {
+    let Some((n, endpoint)) = upstream.next_endpoint() else {
         let upstream_unroutable = Early {
             upstream,
             destination: upstream.other_destination(),
@@ -199,7 +224,7 @@ fn route_listener_request<'s>(
     Ok(Matched {
         upstream,
         destination,
-        client,
+        client: upstream.client(Some(n), grpc),
         uri,
     })
 }
@@ -219,7 +244,8 @@ fn egress_request<'s>(
         }
     })?;
     let upstream = snapshot.lookup(&target.host, target.port);
-    let (destination, scheme, client, pinned) = egress_destination(upstream, &target);
+    let grpc = grpc::is_grpc(req.headers());
+    let (destination, scheme, client, pinned) = egress_destination(upstream, &target, grpc);
     let authority = if pinned {
         pinned_authority(upstream, &destination)
     } else {
@@ -255,6 +281,7 @@ fn rewrite_for_upstream(
     parts: &mut Parts,
     uri: Uri,
     upgrading: bool,
+    grpc: bool,
 ) {
     // RFC 9112 §3.2.2: with an absolute-form target, a proxy ignores any received Host and
     // sends the target's authority instead (`insert` replaces every received value).
@@ -269,6 +296,12 @@ fn rewrite_for_upstream(
         }
     }
     headers::remove_hop_by_hop(&mut parts.headers, upgrading);
+    if grpc {
+        // The one `TE` value HTTP/2 allows, which gRPC requires end to end.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     headers::add_via(&mut parts.headers, &ctx.via);
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
@@ -296,12 +329,13 @@ fn spawn_upgrade(
 fn egress_destination<'u>(
     upstream: &'u Upstream,
     target: &Target<'_>,
+    grpc: bool,
 ) -> (Arc<Destination>, Scheme, &'u Client, bool) {
     let tls = upstream.policy.tls || target.https;
     let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
-    if let Some((endpoint, client)) = upstream.next_endpoint() {
+    if let Some((n, endpoint)) = upstream.next_endpoint() {
         let destination = upstream.destination(&endpoint.host, endpoint.port);
-        return (destination, scheme, client, true);
+        return (destination, scheme, upstream.client(Some(n), grpc), true);
     }
     // `tls = true` turns `http://host/` into `https://host:443/`; an explicit port is kept.
     let port = if tls && !target.explicit_port {
@@ -312,7 +346,7 @@ fn egress_destination<'u>(
     (
         upstream.destination(&target.host, port),
         scheme,
-        &upstream.client,
+        upstream.client(None, grpc),
         false,
     )
 }

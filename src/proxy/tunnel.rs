@@ -41,7 +41,7 @@ pub async fn handle(ctx: &Arc<ProxyContext>, mut req: Request<Incoming>) -> Resp
     };
     let upstream = snapshot.lookup(&target.host, target.port);
     let (host, port) = match upstream.next_endpoint() {
-        Some((endpoint, _)) => (endpoint.host.as_str(), endpoint.port),
+        Some((_, endpoint)) => (endpoint.host.as_str(), endpoint.port),
         None => (target.host.as_ref(), target.port),
     };
     let destination = upstream.destination(host, port);

@@ -19,7 +19,7 @@ use tracing::warn;
 
 mod permit;
 
-pub use permit::Permit;
+pub use permit::{Pending, Permit};
 
 use crate::guard::GuardRules;
 use crate::pipeline::breaker::{
@@ -28,6 +28,7 @@ use crate::pipeline::breaker::{
 };
 use crate::pipeline::budget::RetryBudget;
 use crate::pipeline::gate::{Gate, GatePermit};
+use crate::pipeline::grpc::GrpcCode;
 use crate::pipeline::limiter::RateLimiter;
 use crate::policy::{Endpoint, Policy, PolicySet};
 use crate::telemetry::{DestinationMetrics, Telemetry, OTHER_DESTINATION};
@@ -38,9 +39,13 @@ use crate::upstream::{client, Client, SelfAddrs};
 pub struct Upstream {
     pub policy: Arc<Policy>,
     /// The pooled client for requested destinations.
-    pub client: Client,
+    client: Client,
     /// One pooled client per `endpoints` entry, each pinned to its endpoint.
     endpoint_clients: Vec<Client>,
+    /// The same clients speaking HTTP/2 only, for gRPC calls: built on the first one.
+    grpc_clients: std::sync::OnceLock<GrpcClients>,
+    /// The connect rules the clients were built with.
+    rules: ConnectRules,
     /// `host_rewrite`, parsed once for upstream URIs.
     pub rewrite_authority: Option<Authority>,
     next_endpoint: AtomicUsize,
@@ -53,6 +58,12 @@ pub struct Upstream {
     /// Shared by every destination beyond `metrics_max_destinations`.
     other_metrics: std::sync::OnceLock<Arc<DestinationMetrics>>,
     telemetry: Arc<Telemetry>,
+}
+
+/// [`Upstream::client`]'s HTTP/2-only clients.
+struct GrpcClients {
+    client: Client,
+    endpoint_clients: Vec<Client>,
 }
 
 /// State of one policy × destination `host:port`: its breaker, limiter, retry budget,
@@ -195,6 +206,25 @@ impl Destination {
         failed
     }
 
+    /// Records a gRPC call that ended with `code`, under one lock; returns whether the policy's
+    /// `grpc_failure_codes` count it as a failure.
+    fn record_grpc(&self, code: GrpcCode, duration: Duration, probe: Option<Episode>) -> bool {
+        let (failed, transition) = {
+            let mut breaker = self.breaker();
+            let failed = breaker.is_failure_grpc(code);
+            let call = CallResult {
+                failure: failed.then_some(FailureKind::GrpcStatus(code)),
+                duration,
+                probe,
+            };
+            (failed, breaker.record(Instant::now(), call))
+        };
+        if let Some(transition) = transition {
+            self.observe(&transition);
+        }
+        failed
+    }
+
     /// A response body that stopped arriving for `idle` after its head: the upstream's failure,
     /// recorded as one more call (the try itself was recorded on its head).
     pub fn body_stalled(&self, idle: Duration) {
@@ -299,7 +329,7 @@ impl Upstream {
     ) -> Result<Upstream, String> {
         let rules = connect_rules(&policy, self_addrs);
         let build = |pinned| {
-            client::build(&policy, rules.clone(), pinned)
+            client::build(&policy, rules.clone(), pinned, false)
                 .map_err(|e| format!("policy {}: {e}", policy.name))
         };
         let client = build(None)?;
@@ -319,6 +349,8 @@ impl Upstream {
             jitter,
             policy,
             client,
+            grpc_clients: std::sync::OnceLock::new(),
+            rules,
             next_endpoint: AtomicUsize::new(0),
             destinations: ArcSwap::default(),
             insert: Mutex::new(()),
@@ -332,15 +364,52 @@ impl Upstream {
         connect_rules(&self.policy, self_addrs)
     }
 
-    /// The next endpoint, round robin, with the client pinned to it, when the policy has
-    /// `endpoints`.
-    pub fn next_endpoint(&self) -> Option<(&Endpoint, &Client)> {
+    /// The next endpoint, round robin, and its index, when the policy has `endpoints`.
+    pub fn next_endpoint(&self) -> Option<(usize, &Endpoint)> {
         let endpoints = &self.policy.endpoints;
         if endpoints.is_empty() {
             return None;
         }
         let n = self.next_endpoint.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        Some((&endpoints[n], &self.endpoint_clients[n]))
+        Some((n, &endpoints[n]))
+    }
+
+    /// The pooled client for requested destinations, or the one pinned to endpoint
+    /// `endpoint`; for a gRPC call (`grpc`), its HTTP/2-only twin.
+    pub fn client(&self, endpoint: Option<usize>, grpc: bool) -> &Client {
+        let (client, endpoint_clients) = if grpc {
+            let built = self.grpc_clients.get_or_init(|| self.build_grpc_clients());
+            (&built.client, &built.endpoint_clients)
+        } else {
+            (&self.client, &self.endpoint_clients)
+        };
+        endpoint
+            .and_then(|n| endpoint_clients.get(n))
+            .unwrap_or(client)
+    }
+
+    /// The HTTP/2-only clients. The same TLS settings were already built once, so this does
+    /// not fail; should it, gRPC calls keep the ordinary clients (logged).
+    fn build_grpc_clients(&self) -> GrpcClients {
+        let policy = &self.policy;
+        let built = (|| {
+            let build = |pinned| client::build(policy, self.rules.clone(), pinned, true);
+            Ok::<_, String>(GrpcClients {
+                client: build(None)?,
+                endpoint_clients: policy
+                    .endpoints
+                    .iter()
+                    .map(|endpoint| build(Some(endpoint)))
+                    .collect::<Result<_, _>>()?,
+            })
+        })();
+        built.unwrap_or_else(|error| {
+            warn!(policy = %policy.name, %error, "no HTTP/2 client for gRPC calls; using the ordinary one");
+            GrpcClients {
+                client: self.client.clone(),
+                endpoint_clients: self.endpoint_clients.clone(),
+            }
+        })
     }
 
     /// The state of `host:port`, created on first use. `host` is lowercase, unbracketed.

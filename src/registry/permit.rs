@@ -6,10 +6,16 @@
 //! slot goes back to the breaker with no verdict on the upstream, so no caller can wedge a
 //! breaker by forgetting to record.
 //!
+//! A gRPC call whose status comes in the response's trailers is judged when its stream ends:
+//! [`Permit::pending`] turns the permit into a [`Pending`] verdict that travels with the response
+//! body (which owns its destination) and is spent by [`Pending::ended`] or [`Pending::cut`];
+//! dropped unspent (the app cancelled the stream), it too records "abandoned".
+//!
 //! The concurrency gate is not part of the permit: its slot belongs to the request
 //! ([`super::InFlight`]), which outlives a try (it is held across retries and backoff sleeps,
 //! and while the response body streams).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -17,7 +23,8 @@ use tokio::time::Instant;
 
 use super::Destination;
 use crate::pipeline::attempt::{AttemptError, Refusal};
-use crate::pipeline::breaker::{Admission, CallResult, Episode};
+use crate::pipeline::breaker::{Admission, CallResult, Episode, FailureKind};
+use crate::pipeline::grpc::GrpcCode;
 use crate::pipeline::limiter::LimitDecision;
 use crate::telemetry::AttemptResult;
 
@@ -45,9 +52,11 @@ impl Destination {
         };
         Ok(Permit {
             destination: self,
-            probe,
-            started: Instant::now(),
-            spent: false,
+            ticket: Ticket {
+                probe,
+                started: Instant::now(),
+                spent: false,
+            },
         })
     }
 }
@@ -57,6 +66,21 @@ impl Destination {
 #[must_use = "a try is recorded through its permit"]
 pub struct Permit<'d> {
     destination: &'d Destination,
+    ticket: Ticket,
+}
+
+/// A try answered with a gRPC stream whose status is still to come; see the module docs.
+#[derive(Debug)]
+#[must_use = "a try is recorded through its pending verdict"]
+pub struct Pending {
+    destination: Arc<Destination>,
+    ticket: Ticket,
+}
+
+/// What recording a try needs, whoever holds it: the breaker's probe episode, the start, and
+/// whether it was recorded.
+#[derive(Debug)]
+struct Ticket {
     probe: Option<Episode>,
     started: Instant,
     spent: bool,
@@ -65,30 +89,26 @@ pub struct Permit<'d> {
 impl Permit<'_> {
     /// Whether this try is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.probe.is_some()
+        self.ticket.probe.is_some()
     }
 
     /// A response head arrived: a failure when its status is in `failure_statuses`.
     pub fn answered(mut self, status: StatusCode) {
-        let elapsed = self.spend();
-        let failed = self
-            .destination
-            .record_status(status.as_u16(), elapsed, self.probe);
-        let result = if failed {
-            AttemptResult::Failure
-        } else {
-            AttemptResult::Success
-        };
-        self.destination.metrics.attempt(result, elapsed);
+        self.ticket.answered(self.destination, status);
+    }
+
+    /// A gRPC call's trailers-only answer: a failure when `code` is in `grpc_failure_codes`.
+    pub fn answered_grpc(mut self, code: GrpcCode) -> bool {
+        self.ticket.grpc_ended(self.destination, code)
     }
 
     /// The tunnel's connection is open.
     pub fn connected(mut self) {
-        let elapsed = self.spend();
+        let elapsed = self.ticket.spend();
         self.destination.record(CallResult {
             failure: None,
             duration: elapsed,
-            probe: self.probe,
+            probe: self.ticket.probe,
         });
         self.destination
             .metrics
@@ -98,40 +118,114 @@ impl Permit<'_> {
     /// The try failed: the breaker hears of it only when the upstream is to blame; otherwise a
     /// probe's slot is handed back, as for an abandoned try.
     pub fn failed(mut self, error: &AttemptError) {
-        let elapsed = self.spend();
+        let elapsed = self.ticket.spend();
         match error.breaker_failure() {
-            Some(kind) => self.destination.record(CallResult {
-                failure: Some(kind),
-                duration: elapsed,
-                probe: self.probe,
-            }),
-            None => self.hand_back(),
+            Some(kind) => self.ticket.record_failure(self.destination, kind, elapsed),
+            None => self.ticket.hand_back(self.destination),
         }
         if let Some(result) = error.metric() {
             self.destination.metrics.attempt(result, elapsed);
         }
     }
 
+    /// The verdict waits for the end of the response stream; `destination` is this permit's.
+    pub fn pending(mut self, destination: Arc<Destination>) -> Pending {
+        debug_assert!(std::ptr::eq(self.destination, &*destination));
+        let ticket = Ticket {
+            spent: false,
+            ..self.ticket
+        };
+        self.ticket.spent = true;
+        Pending {
+            destination,
+            ticket,
+        }
+    }
+}
+
+impl Pending {
+    /// The destination the try went to.
+    pub fn destination(&self) -> Arc<Destination> {
+        Arc::clone(&self.destination)
+    }
+
+    /// The stream ended with `code` (its trailers' `grpc-status`); returns whether the policy's
+    /// `grpc_failure_codes` count it as a failure.
+    pub fn ended(mut self, code: GrpcCode) -> bool {
+        self.ticket.grpc_ended(&self.destination, code)
+    }
+
+    /// The stream was cut by the upstream (`kind`: a reset, or an idle body): a failure.
+    pub fn cut(mut self, kind: FailureKind) {
+        let elapsed = self.ticket.spend();
+        self.ticket.record_failure(&self.destination, kind, elapsed);
+        self.destination
+            .metrics
+            .attempt(AttemptResult::Failure, elapsed);
+    }
+}
+
+impl Ticket {
     fn spend(&mut self) -> Duration {
         self.spent = true;
         self.started.elapsed()
     }
 
-    fn hand_back(&self) {
+    fn answered(&mut self, destination: &Destination, status: StatusCode) {
+        let elapsed = self.spend();
+        let failed = destination.record_status(status.as_u16(), elapsed, self.probe);
+        destination.metrics.attempt(verdict(failed), elapsed);
+    }
+
+    fn grpc_ended(&mut self, destination: &Destination, code: GrpcCode) -> bool {
+        let elapsed = self.spend();
+        let failed = destination.record_grpc(code, elapsed, self.probe);
+        destination.metrics.attempt(verdict(failed), elapsed);
+        failed
+    }
+
+    fn record_failure(&self, destination: &Destination, kind: FailureKind, elapsed: Duration) {
+        destination.record(CallResult {
+            failure: Some(kind),
+            duration: elapsed,
+            probe: self.probe,
+        });
+    }
+
+    fn hand_back(&self, destination: &Destination) {
         if let Some(episode) = self.probe {
-            self.destination.abandon(episode);
+            destination.abandon(episode);
         }
+    }
+
+    /// Records an unspent ticket as abandoned (its holder is being dropped).
+    fn abandon(&mut self, destination: &Destination) {
+        if !self.spent {
+            self.hand_back(destination);
+            let elapsed = self.spend();
+            destination
+                .metrics
+                .attempt(AttemptResult::Abandoned, elapsed);
+        }
+    }
+}
+
+fn verdict(failed: bool) -> AttemptResult {
+    if failed {
+        AttemptResult::Failure
+    } else {
+        AttemptResult::Success
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if !self.spent {
-            self.hand_back();
-            let elapsed = self.started.elapsed();
-            self.destination
-                .metrics
-                .attempt(AttemptResult::Abandoned, elapsed);
-        }
+        self.ticket.abandon(self.destination);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.ticket.abandon(&self.destination);
     }
 }

@@ -66,10 +66,13 @@ pub type Client = legacy::Client<HttpsConnector<Connector>, RequestBody>;
 /// Builds the client for `policy`. Fails only when its TLS settings are unusable (a bad
 /// `ca_file` or `sni`), which the policy loader reports earlier.
 /// Builds the client for `policy`; with `pinned`, every connection goes to that endpoint.
+/// With `h2_only` (gRPC calls), every connection speaks HTTP/2, with prior knowledge when it is
+/// cleartext (h2c), as gRPC servers expect.
 pub fn build(
     policy: &Policy,
     rules: ConnectRules,
     pinned: Option<&Endpoint>,
+    h2_only: bool,
 ) -> Result<Client, String> {
     let config = tls::client_config(policy.ca_file.as_deref())?;
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
@@ -91,6 +94,7 @@ pub fn build(
             None => Connector::new(rules),
         });
     Ok(legacy::Client::builder(TokioExecutor::new())
+        .http2_only(h2_only)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
