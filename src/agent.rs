@@ -146,12 +146,12 @@ impl Agent {
             Registry::new(policies, Arc::clone(&telemetry), self_addrs, config.jitter)
                 .map_err(StartError::Upstream)?,
         );
-        let ctx = Arc::new(ProxyContext::new(Arc::clone(&registry), ca));
         let limits = ServerLimits {
             max_header_bytes: config.max_header_bytes,
             header_timeout: config.header_timeout,
             idle_timeout: config.idle_timeout,
         };
+        let ctx = Arc::new(ProxyContext::new(Arc::clone(&registry), ca, limits));
         let shutdown = CancellationToken::new();
         let stop_observers = CancellationToken::new();
 

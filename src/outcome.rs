@@ -4,6 +4,8 @@
 
 use http::StatusCode;
 
+use crate::pipeline::grpc::GrpcCode;
+
 /// The `outcome` label of `fusebox_requests_total` (docs/ARCHITECTURE.md §4, a contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -123,6 +125,25 @@ impl Reason {
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `grpc-status` of this local reply to a gRPC call (§14), after gRPC's own mapping of
+    /// HTTP statuses: what a gRPC client would have made of the HTTP reply, but reliably and
+    /// with fusebox's message.
+    pub fn grpc_status(self) -> GrpcCode {
+        match self {
+            Reason::BreakerOpen
+            | Reason::Overflow
+            | Reason::ConnectFailed
+            | Reason::UpstreamReset
+            | Reason::BadResponse => GrpcCode::Unavailable,
+            Reason::RateLimited => GrpcCode::ResourceExhausted,
+            Reason::Timeout | Reason::HeaderTimeout => GrpcCode::DeadlineExceeded,
+            Reason::Denied => GrpcCode::PermissionDenied,
+            Reason::Loop | Reason::BadRequest | Reason::HeadersTooLarge | Reason::Internal => {
+                GrpcCode::Internal
+            }
         }
     }
 

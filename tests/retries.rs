@@ -403,10 +403,11 @@ async fn a_body_over_max_replay_bytes_is_not_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chunked_body_is_not_retried() {
+async fn a_chunked_body_is_replayed_when_it_went_through_whole_within_max_replay_bytes() {
     let upstream = FakeUpstream::builder().statuses(&[503, 200]).start().await;
-    let fusebox = start("").await;
+    let fusebox = start("[retry]\nmax_replay_bytes = 1000").await;
 
+    // Of unknown length: recorded while the first try streams it, then sent again.
     let response = fusebox
         .app()
         .put(upstream.url("/chunked"))
@@ -414,15 +415,33 @@ async fn a_chunked_body_is_not_retried() {
         .send()
         .await
         .unwrap();
+    assert_upstream(&response, 200);
+    response.bytes().await.unwrap();
+    assert_eq!(upstream.hits(), 2, "the recorded body is sent again");
+    assert_eq!(upstream.last_request().expect("a request").body_len, 100);
+
+    // Over the limit: sent once, as it streams.
+    upstream.set_replies([Reply::Status(503), Reply::Status(200)]);
+    let response = fusebox
+        .app()
+        .put(upstream.url("/chunked"))
+        .body(chunked(vec![b'c'; 1001]))
+        .send()
+        .await
+        .unwrap();
     assert_upstream(&response, 503);
     response.bytes().await.unwrap();
-    assert_eq!(upstream.hits(), 1, "a body of unknown length is sent once");
+    assert_eq!(
+        upstream.hits(),
+        3,
+        "a body over max_replay_bytes is sent once"
+    );
     let last = upstream.last_request().expect("a request");
     assert!(
         last.headers.get("content-length").is_none(),
         "sent chunked: {last:?}"
     );
-    assert_eq!(last.body_len, 100);
+    assert_eq!(last.body_len, 1001);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ pub struct Intercepted;
 #[derive(Debug)]
 pub struct Seen {
     pub started: Instant,
+    /// A gRPC call (`content-type: application/grpc`): answered and counted as one (§14).
+    pub grpc: bool,
     method: Method,
     uri: Uri,
     intercepted: bool,
@@ -30,6 +32,7 @@ impl Seen {
     pub fn of<B>(req: &Request<B>) -> Seen {
         Seen {
             intercepted: req.extensions().get::<Intercepted>().is_some(),
+            grpc: crate::pipeline::grpc::is_grpc(req.headers()),
             ..Seen::new(req.method().clone(), req.uri().clone())
         }
     }
@@ -37,6 +40,7 @@ impl Seen {
     pub fn new(method: Method, uri: Uri) -> Seen {
         Seen {
             started: Instant::now(),
+            grpc: false,
             method,
             uri,
             intercepted: false,
@@ -57,13 +61,15 @@ impl Seen {
         self.log(destination, status, None, outcome, attempts, reason);
     }
 
-    /// Records a gRPC call that the upstream answered (`200`) and ended with `code`.
+    /// Records a gRPC call answered (`200`) with `code`: by the upstream, or by fusebox itself
+    /// (`reason`).
     pub fn finish_grpc(
         &self,
         destination: &Destination,
         code: GrpcCode,
         outcome: Outcome,
         attempts: u32,
+        reason: Option<Reason>,
     ) {
         let elapsed = self.started.elapsed();
         destination.metrics.request_grpc(outcome, code, elapsed);
@@ -73,7 +79,7 @@ impl Seen {
             Some(code),
             outcome,
             attempts,
-            None,
+            reason,
         );
     }
 
@@ -95,7 +101,7 @@ impl Seen {
             // CONNECT targets have no path: log the authority instead.
             path = self.uri.path_and_query().map_or_else(|| self.uri.authority().map_or("", |a| a.as_str()), |_| self.uri.path()),
             status = status.as_u16(),
-            // Only on gRPC calls the upstream answered.
+            // Only on gRPC calls.
             grpc_status = grpc_status.map(GrpcCode::name),
             outcome = outcome.label(),
             attempts,

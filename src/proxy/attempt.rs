@@ -24,6 +24,7 @@ use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
 use crate::registry::{Destination, Pending, Permit, Upstream};
+use crate::upstream::recorded::Recording;
 use crate::upstream::{Client, RequestBody};
 
 /// What fusebox answers itself when the loop ends without an upstream response to pass on.
@@ -88,8 +89,8 @@ pub async fn run(
     let total = app_deadline.map_or(policy.timeouts.total, |t| t.min(policy.timeouts.total));
     let deadline = deadline_after(total);
     let body = prepare_body(body, &parts, policy.retry.max_replay_bytes, deadline).await?;
-    let mut retrying = Retrying::new(&policy.retry, &parts, &body, jitter, grpc);
-    let mut request = Resend::new(parts, body);
+    let mut retrying = Retrying::new(&policy.retry, &parts, jitter, grpc);
+    let mut request = Resend::new(parts, body, policy.retry.max_replay_bytes);
     destination.budget.deposit();
     // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
     // all (deadline, limiter, open breaker), the app gets this real answer, not a local one.
@@ -230,13 +231,12 @@ struct Retrying<'p> {
 }
 
 impl<'p> Retrying<'p> {
-    fn new(retry: &'p Retry, parts: &Parts, body: &Body, jitter: bool, grpc: bool) -> Self {
-        let replayable = matches!(body, Body::Replayable(_));
+    fn new(retry: &'p Retry, parts: &Parts, jitter: bool, grpc: bool) -> Self {
         Retrying {
             retry,
             jitter,
             grpc,
-            resendable: replayable && may_resend(retry, &parts.method, &parts.headers),
+            resendable: may_resend(retry, &parts.method, &parts.headers),
             backoff: None,
             condition: None,
         }
@@ -340,33 +340,54 @@ fn total_timeout(destination: &Destination, total: Duration, app_deadline: bool)
 enum Body {
     /// Complete and at most `max_replay_bytes`: can be sent on every try.
     Replayable(Option<Bytes>),
-    /// Larger, or of unknown length: sent once, as it streams.
+    /// Larger than `max_replay_bytes`: sent once, as it streams.
     Streaming(Incoming),
+    /// Of unknown length: streamed, and recorded on the way for a replay (§14).
+    Unsized(Incoming),
 }
 
 /// The request between tries: earlier tries send copies, the last possible one the original.
 struct Resend {
     parts: Option<Parts>,
     body: Option<Body>,
+    /// An unsized body's recording, while its first try is out.
+    recording: Option<Arc<Recording>>,
+    max_replay: u64,
 }
 
 impl Resend {
-    fn new(parts: Parts, body: Body) -> Self {
+    fn new(parts: Parts, body: Body, max_replay: u64) -> Self {
         Resend {
             parts: Some(parts),
             body: Some(body),
+            recording: None,
+            max_replay,
         }
     }
 
-    /// Whether the request can still be sent again.
-    fn replayable(&self) -> bool {
+    /// Whether the request can still be sent again: an unsized body once its first try sent
+    /// it whole, within `max_replay_bytes`.
+    fn replayable(&mut self) -> bool {
+        if self.body.is_none() {
+            if let Some(bytes) = self.recording.take().and_then(|r| r.replay()) {
+                self.body = Some(Body::Replayable(bytes));
+            }
+        }
         self.body.is_some()
     }
 
     /// The next try's request, and whether it has a body; `None` once it was sent for good.
     fn next(&mut self, last: bool) -> Option<(Request<RequestBody>, bool)> {
         let (parts, body) = match (last, self.parts.take()?, self.body.take()?) {
-            (_, parts, Body::Streaming(incoming)) => (parts, RequestBody::Streaming(incoming)),
+            (_, parts, Body::Streaming(incoming)) | (true, parts, Body::Unsized(incoming)) => {
+                (parts, RequestBody::Streaming(incoming))
+            }
+            (false, parts, Body::Unsized(incoming)) => {
+                let recording = Arc::new(Recording::new(self.max_replay));
+                self.recording = Some(Arc::clone(&recording));
+                self.parts = Some(copy_parts(&parts));
+                (parts, RequestBody::Recorded(incoming, recording))
+            }
             (true, parts, Body::Replayable(bytes)) => (parts, RequestBody::Full(bytes)),
             (false, parts, Body::Replayable(bytes)) => {
                 let copy = copy_parts(&parts);
@@ -395,6 +416,7 @@ async fn prepare_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match length {
+        None => Ok(Body::Unsized(body)),
         Some(length) if length <= max_replay => {
             let collected = tokio::time::timeout_at(deadline, body.collect()).await;
             match collected {

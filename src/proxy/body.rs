@@ -80,7 +80,7 @@ impl GrpcEnd {
             Outcome::Ok
         };
         self.seen
-            .finish_grpc(destination, code, outcome, self.attempts);
+            .finish_grpc(destination, code, outcome, self.attempts, None);
     }
 
     /// The upstream cut the stream (`kind`); the app's gRPC client sees `internal`.
@@ -88,8 +88,13 @@ impl GrpcEnd {
         if let Some(pending) = self.pending.take() {
             pending.cut(kind);
         }
-        self.seen
-            .finish_grpc(destination, GrpcCode::Internal, outcome, self.attempts);
+        self.seen.finish_grpc(
+            destination,
+            GrpcCode::Internal,
+            outcome,
+            self.attempts,
+            None,
+        );
     }
 }
 
@@ -104,6 +109,7 @@ impl Drop for GrpcEnd {
                 GrpcCode::Cancelled,
                 Outcome::Ok,
                 self.attempts,
+                None,
             );
         }
     }

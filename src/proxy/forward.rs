@@ -19,7 +19,7 @@ use super::access::Seen;
 use super::attempt::{self, LocalAnswer};
 use super::body::{GrpcEnd, ResponseBody};
 use super::headers;
-use super::reply::{local_reply, local_reply_with_retry_after};
+use super::reply::{grpc_local_reply, local_reply_with_retry_after};
 use super::target::{http_target, Target};
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
@@ -96,7 +96,7 @@ pub async fn handle(
             } else {
                 Outcome::Ok
             };
-            seen.finish_grpc(&destination, code, outcome, tries);
+            seen.finish_grpc(&destination, code, outcome, tries, None);
             None
         }
         _ => {
@@ -425,18 +425,20 @@ pub(super) fn finish_answer(
     tries: u32,
 ) -> Response<ResponseBody> {
     debug!(detail = %answer.detail, "local reply");
-    let reply = local_reply_with_retry_after(
-        answer.reason,
-        &upstream.policy.name,
-        &answer.detail,
-        answer.retry_after,
-    );
+    let (reason, policy) = (answer.reason, &upstream.policy.name);
+    if seen.grpc {
+        let reply = grpc_local_reply(reason, policy, &answer.detail, answer.retry_after);
+        let code = reason.grpc_status();
+        seen.finish_grpc(destination, code, reason.outcome(), tries, Some(reason));
+        return reply;
+    }
+    let reply = local_reply_with_retry_after(reason, policy, &answer.detail, answer.retry_after);
     seen.finish(
         destination,
         reply.status(),
-        answer.reason.outcome(),
+        reason.outcome(),
         tries,
-        Some(answer.reason),
+        Some(reason),
     );
     reply
 }
@@ -449,16 +451,8 @@ fn finish_local(
     reason: Reason,
     detail: &str,
 ) -> Response<ResponseBody> {
-    debug!(detail, "local reply");
-    let reply = local_reply(reason, &upstream.policy.name, detail);
-    seen.finish(
-        destination,
-        reply.status(),
-        reason.outcome(),
-        0,
-        Some(reason),
-    );
-    reply
+    let answer = LocalAnswer::local(reason, detail.to_owned());
+    finish_answer(upstream, destination, seen, &answer, 0)
 }
 
 async fn splice_upgrade(app: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

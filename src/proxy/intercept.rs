@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri};
@@ -26,6 +26,7 @@ use super::access::{Intercepted, Seen};
 use super::attempt::LocalAnswer;
 use super::body::ResponseBody;
 use super::panic::CatchPanic;
+use super::streams::{GuardedBody, Streams};
 use super::{forward, ProxyContext};
 use crate::ca::LocalCa;
 use crate::outcome::Reason;
@@ -90,14 +91,40 @@ async fn serve(
     let Some(tls) = handshake(&ca, app, authority.host(), destination).await else {
         return;
     };
+    let limits = ctx.limits;
+    let streams = Streams::new();
+    let service_streams = Arc::clone(&streams);
     let service = service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
         let authority = authority.clone();
-        async move { Ok::<_, Infallible>(answer(&ctx, &authority, req).await) }
+        let stream = service_streams.open();
+        async move {
+            let response = answer(&ctx, &authority, req).await;
+            Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, stream)))
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size((limits.max_header_bytes * 2).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = streams.idle(limits.idle_timeout) => {
+            debug!(destination = %destination.authority, "intercepted connection idle for --idle-timeout: closing");
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
         debug!(%error, "intercepted connection ended with an error");
     }
 }

@@ -1,8 +1,10 @@
 //! Listeners: accept app connections and serve HTTP/1.1 on them, until shutdown.
 //!
 //! The egress listener is a forward proxy (absolute-form, origin-form with `Host`, CONNECT);
-//! a route listener sends everything to its policy's endpoints. Both stop accepting on
-//! shutdown and let in-flight requests finish within the grace period.
+//! a route listener sends everything to its policy's endpoints, and also speaks HTTP/2
+//! cleartext to an app that opens with the HTTP/2 preface (prior knowledge, as gRPC clients
+//! do; docs/ARCHITECTURE.md §14). Both stop accepting on shutdown and let in-flight requests
+//! finish within the grace period.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,9 +14,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -23,6 +25,7 @@ use super::access::Seen;
 use super::app_conn::{ConnPhase, Expired, RequestDone, Watched};
 use super::body::ResponseBody;
 use super::panic::CatchPanic;
+use super::streams::{GuardedBody, Streams};
 use super::{forward, tunnel, ProxyContext};
 use crate::outcome::Reason;
 use crate::telemetry::StreamTimeout;
@@ -49,7 +52,7 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
-    let builder = http1_builder(limits);
+    let builder = Arc::new(http1_builder(limits));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -98,8 +101,85 @@ struct AppConn {
 }
 
 /// Serves one app connection in a task of the agent's until it ends, shutdown finishes it,
-/// or the drain timeout is over.
+/// or the drain timeout is over. On a route listener, a connection that opens with the HTTP/2
+/// preface is served as HTTP/2.
 fn spawn_connection(
+    builder: &Arc<http1::Builder>,
+    app: AppConn,
+    stream: TcpStream,
+    shutdown: CancellationToken,
+) {
+    let builder = Arc::clone(builder);
+    app.ctx.clone().tasks.spawn(async move {
+        let idle = app.limits.idle_timeout;
+        if app.route.is_some() {
+            match tokio::time::timeout(idle, opens_with_h2_preface(&stream)).await {
+                Ok(true) => return serve_h2(app, stream, shutdown).await,
+                Ok(false) => {}
+                Err(_) => return debug!(peer = %app.peer, "app connection closed: idle for --idle-timeout"),
+            }
+        }
+        serve_h1(&builder, app, stream, shutdown).await;
+    });
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the app's first bytes are the HTTP/2 preface, read without consuming them.
+async fn opens_with_h2_preface(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if buf[..n] != H2_PREFACE[..n] => return false,
+            Ok(n) if n == H2_PREFACE.len() => return true,
+            // A preface split across segments (rare): the rest is on its way.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// Serves an HTTP/2 cleartext connection of a route listener: every stream is a request of its
+/// own; the connection closes (`GOAWAY`) once idle for `--idle-timeout`, or at shutdown.
+async fn serve_h2(app: AppConn, stream: TcpStream, shutdown: CancellationToken) {
+    let streams = Streams::new();
+    let service_streams = Arc::clone(&streams);
+    let service_app = app.clone();
+    let service = service_fn(move |req| {
+        let stream = service_streams.open();
+        let app = service_app.clone();
+        async move {
+            let response = handle(&app, req).await;
+            Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, stream)))
+        }
+    });
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(app.limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Finds apps that vanished without closing.
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let hard_stop = app.ctx.hard_stop.clone();
+    let idle = app.limits.idle_timeout;
+    let closing = tokio::select! {
+        result = connection.as_mut() => return connection_ended(&app, None, result),
+        () = shutdown.cancelled() => "shutdown",
+        () = streams.idle(idle) => "idle for --idle-timeout",
+    };
+    debug!(peer = %app.peer, closing, "closing an HTTP/2 app connection");
+    connection.as_mut().graceful_shutdown();
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = hard_stop.cancelled() => Ok(()),
+    };
+    connection_ended(&app, None, result);
+}
+
+/// Serves an HTTP/1.1 app connection, with its own clock (`app_conn`).
+async fn serve_h1(
     builder: &http1::Builder,
     app: AppConn,
     stream: TcpStream,
@@ -119,52 +199,55 @@ fn spawn_connection(
         .serve_connection(TokioIo::new(socket), service)
         .with_upgrades();
     let hard_stop = app.ctx.hard_stop.clone();
-    app.ctx.clone().tasks.spawn(async move {
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            () = shutdown.cancelled() => {
-                // Finish the request in flight (if any), then close instead of keeping
-                // alive; once the drain timeout is over, close whatever is left.
-                connection.as_mut().graceful_shutdown();
-                tokio::select! {
-                    result = connection.as_mut() => result,
-                    () = hard_stop.cancelled() => Ok(()),
-                }
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            // Finish the request in flight (if any), then close instead of keeping
+            // alive; once the drain timeout is over, close whatever is left.
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = hard_stop.cancelled() => Ok(()),
             }
-        };
-        connection_ended(&app, &phase, result);
-    });
+        }
+    };
+    connection_ended(&app, Some(&phase), result);
 }
 
-/// One request's answer; a panic while handling it becomes a local `500 internal`.
+/// One HTTP/1.1 request's answer, which may turn the connection into a tunnel.
 async fn answer(
     app: AppConn,
     done: RequestDone,
     req: Request<Incoming>,
 ) -> Result<Response<AppBody>, Infallible> {
-    let (method, uri) = (req.method().clone(), req.uri().clone());
-    let connect = method == Method::CONNECT;
-    let route = app.route.as_ref().map(|r| r.load_full());
-    let route = route.as_deref().map(String::as_str);
-    let handled = CatchPanic::new(dispatch(&app.ctx, route, app.limits, req)).await;
-    let response = handled.unwrap_or_else(|panic| {
-        let peer = app.peer;
-        error!(%peer, %method, %uri, panic, "request handling panicked: a fusebox bug");
-        let seen = Seen::new(method, uri);
-        let detail = "fusebox failed while handling this request (logged)";
-        forward::reject_unrouted(&app.ctx, &seen, Reason::Internal, detail)
-    });
+    let connect = req.method() == Method::CONNECT;
+    let response = handle(&app, req).await;
     if became_tunnel(connect, response.status()) {
         done.0.upgraded();
     }
     Ok(response.map(|body| AppBody { body, _done: done }))
 }
 
+/// One request's answer; a panic while handling it becomes a local `500 internal`.
+async fn handle(app: &AppConn, req: Request<Incoming>) -> Response<ResponseBody> {
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let route = app.route.as_ref().map(|r| r.load_full());
+    let route = route.as_deref().map(String::as_str);
+    let handled = CatchPanic::new(dispatch(&app.ctx, route, app.limits, req)).await;
+    handled.unwrap_or_else(|panic| {
+        let peer = app.peer;
+        error!(%peer, %method, %uri, panic, "request handling panicked: a fusebox bug");
+        let seen = Seen::new(method, uri);
+        let detail = "fusebox failed while handling this request (logged)";
+        forward::reject_unrouted(&app.ctx, &seen, Reason::Internal, detail)
+    })
+}
+
 /// Says why an app connection ended: a limit of its own clock (counted and logged), or an error.
-fn connection_ended(app: &AppConn, phase: &ConnPhase, result: hyper::Result<()>) {
+fn connection_ended(app: &AppConn, phase: Option<&ConnPhase>, result: hyper::Result<()>) {
     let peer = app.peer;
-    match phase.expired() {
+    match phase.and_then(ConnPhase::expired) {
         Some(Expired::Header) => {
             let snapshot = app.ctx.registry.load();
             let unrouted = snapshot.default().other_destination();

@@ -13,6 +13,7 @@ pub mod intercept;
 pub mod listener;
 pub mod panic;
 pub mod reply;
+pub mod streams;
 pub mod target;
 pub mod tunnel;
 
@@ -22,6 +23,7 @@ use http::HeaderValue;
 
 use crate::ca::LocalCa;
 use crate::registry::Registry;
+use listener::ServerLimits;
 
 /// What every request handler needs; one per agent, shared by all listeners.
 #[derive(Debug)]
@@ -37,10 +39,17 @@ pub struct ProxyContext {
     pub hard_stop: tokio_util::sync::CancellationToken,
     /// The local CA that `intercept = true` policies present certificates from (`--ca-dir`).
     pub ca: Option<Arc<LocalCa>>,
+    /// The limits of app connections, for those that are not served by a listener
+    /// (intercepted `CONNECT`s).
+    pub limits: ServerLimits,
 }
 
 impl ProxyContext {
-    pub fn new(registry: Arc<Registry>, ca: Option<Arc<LocalCa>>) -> ProxyContext {
+    pub fn new(
+        registry: Arc<Registry>,
+        ca: Option<Arc<LocalCa>>,
+        limits: ServerLimits,
+    ) -> ProxyContext {
         let via_token = format!("fusebox-{:08x}", instance_id());
         let via = HeaderValue::from_str(&format!("1.1 {via_token}")).expect("ascii token");
         ProxyContext {
@@ -50,6 +59,7 @@ impl ProxyContext {
             tasks: tokio_util::task::TaskTracker::new(),
             hard_stop: tokio_util::sync::CancellationToken::new(),
             ca,
+            limits,
         }
     }
 }

@@ -46,6 +46,48 @@ pub fn local_reply_with_retry_after(
     response
 }
 
+/// A local reply to a gRPC call: `200` with `content-type: application/grpc` and no body (a
+/// trailers-only answer), `grpc-status` for `reason` and `grpc-message` with the same line the
+/// text body would carry; `x-fusebox-reason`, `x-fusebox-upstream` and `retry-after` as usual.
+pub fn grpc_local_reply(
+    reason: Reason,
+    upstream: &str,
+    detail: &str,
+    retry_after: Option<Duration>,
+) -> Response<ResponseBody> {
+    let mut response = local_reply_with_retry_after(reason, upstream, detail, retry_after);
+    *response.status_mut() = http::StatusCode::OK;
+    *response.body_mut() = ResponseBody::empty();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(
+        "grpc-status",
+        HeaderValue::from(reason.grpc_status() as u16),
+    );
+    let message = percent_encode(&format!("fusebox: {}: {detail}", reason.as_str()));
+    if let Ok(value) = HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// `grpc-message` encoding: every byte outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
 /// What an app whose request head did not arrive within `--header-timeout` gets before its
 /// connection is closed: written straight to the socket, since hyper has given up on the head.
 /// Reason `timeout`, status 408 ([`Reason::HeaderTimeout`]); no policy was matched yet.
@@ -61,6 +103,27 @@ fusebox: timeout: no complete request head within --header-timeout\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grpc_local_reply_is_trailers_only_with_the_reason_in_grpc_message() {
+        let reply = grpc_local_reply(
+            Reason::BreakerOpen,
+            "pay",
+            "100% open, café",
+            Some(Duration::from_secs(3)),
+        );
+        assert_eq!(reply.status(), 200);
+        let headers = reply.headers();
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["grpc-status"], "14");
+        assert_eq!(
+            headers["grpc-message"],
+            "fusebox: breaker-open: 100%25 open, caf%C3%A9"
+        );
+        assert_eq!(headers[X_FUSEBOX_REASON], "breaker-open");
+        assert_eq!(headers[header::RETRY_AFTER], "3");
+        assert!(http_body::Body::is_end_stream(reply.body()));
+    }
 
     #[test]
     fn the_header_timeout_reply_is_a_well_formed_local_reply() {

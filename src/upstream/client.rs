@@ -2,6 +2,7 @@
 //! [`Connector`], with TLS (and HTTP/2 through ALPN) when the request's scheme is `https`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,13 +15,16 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 
 use super::connect::{ConnectRules, Connector};
+use super::recorded::Recording;
 use super::tls;
 use crate::policy::{Endpoint, Policy};
 
-/// A request body sent upstream: the app's body streamed through, or bytes kept in memory.
+/// A request body sent upstream: the app's body streamed through (and recorded for a
+/// replay), or bytes kept in memory.
 #[derive(Debug)]
 pub enum RequestBody {
     Streaming(Incoming),
+    Recorded(Incoming, Arc<Recording>),
     Full(Option<Bytes>),
 }
 
@@ -40,6 +44,22 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Recorded(body, recording) => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                        Some(data) => recording.data(data),
+                        None => recording.give_up(),
+                    },
+                    Poll::Ready(None) => recording.complete(),
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+                }
+                // HTTP/2 senders stop polling once `is_end_stream` says so.
+                if body.is_end_stream() {
+                    recording.complete();
+                }
+                polled
+            }
             RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -47,13 +67,20 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Recorded(body, recording) => {
+                let end = body.is_end_stream();
+                if end {
+                    recording.complete();
+                }
+                end
+            }
             RequestBody::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Streaming(body) | RequestBody::Recorded(body, _) => body.size_hint(),
             RequestBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             RequestBody::Full(None) => SizeHint::with_exact(0),
         }

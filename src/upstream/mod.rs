@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod connect;
+pub mod recorded;
 pub mod tls;
 
 pub use client::{Client, RequestBody};

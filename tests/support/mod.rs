@@ -16,6 +16,7 @@ pub mod agent;
 pub mod app;
 pub mod blackhole;
 pub mod metrics;
+pub mod peers;
 pub mod process;
 pub mod raw;
 pub mod tls;

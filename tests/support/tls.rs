@@ -53,6 +53,8 @@ pub struct TestPki {
     ca_cert: CertificateDer<'static>,
     ca_pem: String,
     leaf: CertKey,
+    /// The leaf and its key, PEM-encoded, for servers that are not rustls (grpcio).
+    leaf_pem: (String, String),
     wrong: CertKey,
 }
 
@@ -101,6 +103,7 @@ impl TestPki {
             .expect("self-sign wrong");
 
         TestPki {
+            leaf_pem: (leaf.pem(), leaf_key.serialize_pem()),
             ca_pem: ca.pem(),
             ca_cert: ca.der().clone(),
             leaf: CertKey {
@@ -127,6 +130,14 @@ impl TestPki {
     /// The untrusted self-signed certificate, ALPN `http/1.1`.
     pub fn wrong_server_config(&self) -> Arc<ServerConfig> {
         self.wrong.server_config(&[b"http/1.1"])
+    }
+
+    /// Writes the good leaf as `leaf.pem` and its key as `leaf-key.pem` in `dir`.
+    pub fn write_leaf(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join("leaf.pem"), dir.join("leaf-key.pem"));
+        std::fs::write(&cert, &self.leaf_pem.0).expect("write leaf PEM");
+        std::fs::write(&key, &self.leaf_pem.1).expect("write leaf key PEM");
+        (cert, key)
     }
 
     /// The CA certificate, PEM-encoded.

@@ -1,0 +1,213 @@
+//! gRPC from real clients (docs/ARCHITECTURE.md §14): a grpcio client and a grpcio server, with
+//! fusebox between them on a route listener speaking HTTP/2 cleartext, or intercepting the
+//! client's HTTPS proxy `CONNECT`. Trailers-only statuses are retried and trip the breaker;
+//! a status in a stream's trailers is judged when the stream ends.
+
+mod support;
+
+use fusebox::ca::LocalCa;
+use support::metrics::metric;
+use support::peers::{grpc_call, GrpcServer};
+use support::{policies_dir, TestFusebox, TestPki};
+
+const STREAM: &str = "/fusebox.Test/Stream";
+
+/// fusebox with policy `svc`: a route listener to the gRPC server on `port`, plus `extra`.
+async fn route_to(port: u16, extra: &str) -> (TestFusebox, String) {
+    let policy = format!("listen = \"127.0.0.1:0\"\nendpoints = [\"127.0.0.1:{port}\"]\n{extra}");
+    let fusebox = TestFusebox::start_with(policies_dir(&[("svc", &policy)]), |config| {
+        config.jitter = false;
+    })
+    .await;
+    let target = fusebox
+        .route_url("svc")
+        .trim_start_matches("http://")
+        .to_owned();
+    (fusebox, target)
+}
+
+fn labels<'a>(port: u16, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, String)> {
+    let mut labels = vec![("destination", format!("127.0.0.1:{port}"))];
+    labels.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    labels
+}
+
+fn count(metrics: &str, name: &str, labels: &[(&str, String)]) -> f64 {
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    metric(metrics, name, &labels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_is_retried_through_an_h2c_route_listener() {
+    let server = GrpcServer::start(&["unavailable", "unavailable", "ok"], None);
+    let (fusebox, target) = route_to(server.port, "[retry]\nattempts = 3\n").await;
+    let lines = grpc_call(&target, &[], &[]).await;
+    assert_eq!(lines, ["ok pong:ping"], "two UNAVAILABLE retried");
+    assert_eq!(server.hits_at_least(3).await, 3);
+
+    let metrics = fusebox.metrics().await;
+    let port = server.port;
+    assert_eq!(
+        count(
+            &metrics,
+            "fusebox_retries_total",
+            &labels(port, &[("reason", "grpc-status")])
+        ),
+        2.0,
+        "{metrics}"
+    );
+    let ok = labels(port, &[("outcome", "ok"), ("code", "grpc-ok")]);
+    assert_eq!(
+        count(&metrics, "fusebox_requests_total", &ok),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "fusebox_attempts_total",
+            &labels(port, &[("result", "failure")])
+        ),
+        2.0,
+        "UNAVAILABLE is a failure for the breaker: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_unavailable_trips_the_breaker_and_the_client_gets_a_fast_unavailable() {
+    let server = GrpcServer::start(&["unavailable"], None);
+    let extra = "[retry]\nattempts = 1\n[breaker]\nconsecutive_failures = 3\nopen_base = \"60s\"\n";
+    let (fusebox, target) = route_to(server.port, extra).await;
+    let lines = grpc_call(&target, &["--count", "5"], &[]).await;
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for line in &lines[..3] {
+        assert_eq!(line, "unavailable scripted UNAVAILABLE", "{lines:?}");
+    }
+    for line in &lines[3..] {
+        assert!(
+            line.starts_with("unavailable fusebox: breaker-open: "),
+            "the breaker answers a gRPC call in gRPC, UNAVAILABLE with its reason: {lines:?}"
+        );
+    }
+    assert_eq!(server.hits_at_least(3).await, 3, "nothing sent while open");
+
+    let view = fusebox.upstreams("svc").await;
+    let destination = &view[0];
+    assert_eq!(destination["state"], "open", "{view}");
+    assert_eq!(destination["recent"][0]["kind"], "grpc_status", "{view}");
+    assert_eq!(
+        destination["recent"][0]["grpc_status"], "unavailable",
+        "{view}"
+    );
+
+    let metrics = fusebox.metrics().await;
+    let port = server.port;
+    let failed = labels(
+        port,
+        &[("outcome", "upstream_error"), ("code", "grpc-unavailable")],
+    );
+    assert_eq!(
+        count(&metrics, "fusebox_requests_total", &failed),
+        3.0,
+        "{metrics}"
+    );
+    let open = labels(
+        port,
+        &[("outcome", "breaker_open"), ("code", "grpc-unavailable")],
+    );
+    assert_eq!(
+        count(&metrics, "fusebox_requests_total", &open),
+        2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_in_a_streams_trailers_is_judged_when_the_stream_ends() {
+    let server = GrpcServer::start(&["internal"], None);
+    let extra = "[retry]\nattempts = 3\n[breaker]\nconsecutive_failures = 2\nopen_base = \"60s\"\n";
+    let (fusebox, target) = route_to(server.port, extra).await;
+    let lines = grpc_call(&target, &["--method", STREAM, "--count", "3"], &[]).await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines[..2] {
+        assert!(
+            line.starts_with("internal scripted INTERNAL after a message"),
+            "the upstream's own status, after its message, not retried: {lines:?}"
+        );
+    }
+    assert!(
+        lines[2].starts_with("unavailable fusebox: breaker-open: "),
+        "open: {lines:?}"
+    );
+    assert_eq!(server.hits_at_least(2).await, 2);
+
+    let view = fusebox.upstreams("svc").await;
+    assert_eq!(view[0]["state"], "open", "{view}");
+    assert_eq!(view[0]["recent"][0]["grpc_status"], "internal", "{view}");
+    let metrics = fusebox.metrics().await;
+    let failed = labels(
+        server.port,
+        &[("outcome", "upstream_error"), ("code", "grpc-internal")],
+    );
+    assert_eq!(
+        count(&metrics, "fusebox_requests_total", &failed),
+        2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_through_an_intercepted_https_proxy_connect_is_retried() {
+    let pki = TestPki::new();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.write_leaf(certs.path());
+    let server = GrpcServer::start(&["unavailable", "ok"], Some((&cert, &key)));
+    let port = server.port;
+    let policy =
+        format!("hosts = [\"localhost:{port}\"]\nintercept = true\nca_file = \"test-ca.pem\"\n");
+    let dir = policies_dir(&[("default", ""), ("api", &policy)]);
+    pki.write_ca(dir.path());
+    let ca_dir = dir.path().join("fusebox-ca");
+    LocalCa::init(&ca_dir, false, std::time::SystemTime::now()).unwrap();
+    let fusebox = TestFusebox::start_with(dir, |config| {
+        config.jitter = false;
+        config.ca_dir = Some(ca_dir.clone());
+    })
+    .await;
+    let ca = ca_dir.join("ca.pem");
+    let proxy = fusebox.egress_url();
+    let lines = grpc_call(
+        &format!("localhost:{port}"),
+        &["--ca", ca.to_str().unwrap()],
+        &[("https_proxy", &proxy)],
+    )
+    .await;
+    assert_eq!(lines, ["ok pong:ping"], "UNAVAILABLE retried inside TLS");
+    assert_eq!(server.hits_at_least(2).await, 2);
+    let metrics = fusebox.metrics().await;
+    let destination = format!("localhost:{port}");
+    let labels = |extra: (&'static str, &'static str)| {
+        vec![
+            ("destination", destination.clone()),
+            (extra.0, extra.1.to_owned()),
+        ]
+    };
+    assert_eq!(
+        count(
+            &metrics,
+            "fusebox_retries_total",
+            &labels(("reason", "grpc-status"))
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "fusebox_intercepted_connections_total",
+            &labels(("result", "ok"))
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
