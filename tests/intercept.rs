@@ -9,6 +9,7 @@ use std::path::Path;
 
 use fusebox::ca::LocalCa;
 use support::metrics::metric;
+use support::peers;
 use support::tls::TestPki;
 use support::{curl_async, policies_dir, FakeUpstream, TestFusebox};
 
@@ -171,4 +172,137 @@ async fn curl_through_interception_trips_the_breaker_and_reads_the_local_reply_i
         1.0,
         "{metrics}"
     );
+}
+
+/// Runs a peer app (`program script url count`) with only `HTTPS_PROXY` and `trust_var` =
+/// fusebox's CA set; its output lines.
+async fn peer_app(
+    program: std::path::PathBuf,
+    script: &str,
+    url: &str,
+    count: u32,
+    proxy: &str,
+    trust_var: &str,
+    ca_pem: &str,
+) -> Vec<String> {
+    let mut command = peers::hermetic(&program);
+    command
+        .arg(peers::peer_script(script))
+        .arg(url)
+        .arg(count.to_string())
+        .env("HTTPS_PROXY", proxy)
+        .env(trust_var, ca_pem);
+    peers::output(command)
+        .await
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_requests_with_only_https_proxy_and_the_ca_bundle_gets_retries() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .statuses(&[503, 503, 200])
+        .body("inside")
+        .start()
+        .await;
+    let (fusebox, ca_pem) = start(&pki, &upstream, "[retry]\nattempts = 3\n").await;
+    let url = format!("https://localhost:{}/pay", upstream.addr().port());
+    let lines = peer_app(
+        peers::python(),
+        "https_get.py",
+        &url,
+        1,
+        &fusebox.egress_url(),
+        "REQUESTS_CA_BUNDLE",
+        &ca_pem,
+    )
+    .await;
+    assert_eq!(lines, ["200 - inside"]);
+    assert_eq!(
+        upstream.hits(),
+        3,
+        "two 503s retried inside the TLS session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_with_only_https_proxy_and_extra_ca_certs_reads_the_breakers_reply() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .status(503)
+        .start()
+        .await;
+    let extra = "[retry]\nattempts = 1\n[breaker]\nconsecutive_failures = 2\nopen_base = \"60s\"\n";
+    let (fusebox, ca_pem) = start(&pki, &upstream, extra).await;
+    let url = format!("https://localhost:{}/", upstream.addr().port());
+    let lines = peer_app(
+        peers::node(),
+        "https_get.js",
+        &url,
+        3,
+        &fusebox.egress_url(),
+        "NODE_EXTRA_CA_CERTS",
+        &ca_pem,
+    )
+    .await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with("503 - "),
+        "the upstream's 503: {lines:?}"
+    );
+    assert!(lines[1].starts_with("503 - "), "{lines:?}");
+    assert!(
+        lines[2].starts_with("503 breaker-open fusebox: breaker-open: "),
+        "the breaker's reply, read inside TLS: {lines:?}"
+    );
+    assert_eq!(upstream.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_is_a_504_timeout_inside_tls() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .replies([support::Reply::Stall])
+        .start()
+        .await;
+    let extra = "[retry]\nattempts = 1\n[timeouts]\nattempt = \"200ms\"\n";
+    let (fusebox, ca_pem) = start(&pki, &upstream, extra).await;
+    let url = format!("https://localhost:{}/slow", upstream.addr().port());
+    let lines = peer_app(
+        peers::python(),
+        "https_get.py",
+        &url,
+        1,
+        &fusebox.egress_url(),
+        "REQUESTS_CA_BUNDLE",
+        &ca_pem,
+    )
+    .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("504 timeout fusebox: timeout: no response head from localhost:"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_with_an_untrusted_certificate_is_a_502_the_app_reads_inside_tls() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.wrong_server_config())
+        .start()
+        .await;
+    let (fusebox, ca_pem) = start(&pki, &upstream, "").await;
+    let url = format!("https://localhost:{}/", upstream.addr().port());
+    let response = app(&fusebox, &ca_pem).get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-fusebox-reason"], "connect-failed");
+    let text = response.text().await.unwrap();
+    assert!(text.contains("certificate"), "says why: {text}");
+    assert_eq!(upstream.hits(), 0, "no request reached the impostor");
 }
