@@ -11,8 +11,9 @@
 #   3. writes a policies directory: `flaky` (breaker enforced, consecutive_failures = 3, open
 #      2s..4s; 2 attempts on gateway-error), `limited` (rps = 2, burst = 0), `shadow` (breaker
 #      and rate limit in shadow mode, retry budget 0 so every retry is refused), `retrying`
-#      (3 attempts, breaker off) and default.toml (allow_private, short timeouts);
-#   4. starts fusebox (`--workers 1`), waits for /readyz, then makes one failed reload (a broken
+#      (3 attempts, breaker off), `intercepted` (intercept = true, with a CA from `fusebox ca
+#      init`) and default.toml (allow_private, short timeouts);
+#   4. starts fusebox (`--workers 1`, `--ca-dir`), waits for /readyz, then makes one failed reload (a broken
 #      file: POST /reload answers 400) and one successful reload (a new policy file);
 #   5. starts Prometheus (Debian's `prometheus`) scraping fusebox every second with
 #      dashboards/alerts.yml loaded, waits until the target is up, then drives traffic with curl
@@ -166,6 +167,18 @@ mode = "shadow"
 rps = 1
 burst = 0
 EOF
+# HTTPS interception (its panel): curl trusts fusebox's local CA, so the CONNECT is
+# intercepted; the request inside then fails (the upstream speaks no TLS), which this policy
+# keeps off any breaker. A curl that does not trust the CA fails its handshake.
+"$FUSEBOX_BIN" ca init --dir "$WORK/ca" >/dev/null
+cat >"$POL/intercepted.toml" <<EOF
+hosts = ["localhost:$P_PLAIN"]
+intercept = true
+[retry]
+attempts = 1
+[breaker]
+mode = "off"
+EOF
 cat >"$POL/retrying.toml" <<EOF
 hosts = ["127.0.0.1:$P_RETRY"]
 [retry]
@@ -174,14 +187,14 @@ on = ["gateway-error"]
 [breaker]
 mode = "off"
 EOF
-"$FUSEBOX_BIN" check --policies "$POL" >"$WORK/check.log" 2>&1 || die "fusebox check --policies $POL"
+"$FUSEBOX_BIN" check --policies "$POL" --ca-dir "$WORK/ca" >"$WORK/check.log" 2>&1 || die "fusebox check --policies $POL"
 
 # ------------------------------------------------------------------ 4. fusebox
 LISTEN=127.0.0.1:$(free_port)
 ADMIN=127.0.0.1:$(free_port)
 PROXY=http://$LISTEN
 RUST_LOG=${RUST_LOG:-warn} "$FUSEBOX_BIN" run --policies "$POL" --listen "$LISTEN" --admin "$ADMIN" \
-  --workers 1 </dev/null >"$WORK/fusebox.log" 2>&1 &
+  --ca-dir "$WORK/ca" --workers 1 </dev/null >"$WORK/fusebox.log" 2>&1 &
 PIDS+=($!)
 wait_for 20 "fusebox /readyz on $ADMIN" get -f "http://$ADMIN/readyz"
 say "fusebox pid ${PIDS[1]}: proxy $LISTEN, admin $ADMIN"
@@ -250,6 +263,8 @@ loop 0.5 via "$UP:$P_RETRY/alternate"              # 503 then 200: retried, succ
 loop 0.5 via "$UP:$P_PLAIN/slow?ms=200"             # latency
 loop 3 via "$UP:$P_PLAIN/slow?ms=1500"              # attempt timeout (1s): outcome timeout
 loop 0.2 via -p "$UP:$P_PLAIN/slow?ms=2000"         # CONNECT tunnels, ~2 s each
+loop 0.5 via --cacert "$WORK/ca/ca.pem" "https://localhost:$P_PLAIN/"  # intercepted
+loop 1 via "https://localhost:$P_PLAIN/"            # interception: the app does not trust the CA
 say "traffic started (${#LOOPS[@]} curl loops); flaky destination DOWN"
 
 FLAKY_DEST=127.0.0.1:$P_FLAKY

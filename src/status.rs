@@ -358,9 +358,15 @@ fn cells(row: &DestinationView, now: SystemTime) -> [String; 8] {
         state.push_str(&format!(" ({})", row.mode));
     }
     let w = row.window;
+    let destination = if row.intercept {
+        // Its HTTPS calls come through interception (§13), one row for all of them.
+        format!("{} (intercepted)", row.destination)
+    } else {
+        row.destination.clone()
+    };
     [
         row.upstream.clone(),
-        row.destination.clone(),
+        destination,
         state,
         since(&row.since, now),
         format!("{}/{}/{}", w.calls, w.failures, w.slow),
@@ -481,6 +487,7 @@ mod tests {
             slow: 1,
         };
         closed.in_flight = 2;
+        closed.intercept = true;
         let mut half = row(
             "search",
             "search:80",
@@ -496,11 +503,11 @@ mod tests {
     fn renders_an_aligned_table_without_colour() {
         let table = render_table(&sample(), now(), false);
         let expected = "\
-UPSTREAM  DESTINATION          STATE               SINCE      CALLS/FAIL/SLOW  LAST REASON           NEXT PROBE  IN FLIGHT
-default   api.example.com:443  closed              3h00m ago  120/3/1          -                     -           2
-payments  10.0.0.7:8080        open                3m12s ago  5/5/0            consecutive_failures  4.2s        0
-payments  [::1]:9000           open FORCED         2s ago     0/0/0            forced (operator)     -           0
-search    search:80            half-open (shadow)  0s ago     0/0/0            open_elapsed          -           0
+UPSTREAM  DESTINATION                        STATE               SINCE      CALLS/FAIL/SLOW  LAST REASON           NEXT PROBE  IN FLIGHT
+default   api.example.com:443 (intercepted)  closed              3h00m ago  120/3/1          -                     -           2
+payments  10.0.0.7:8080                      open                3m12s ago  5/5/0            consecutive_failures  4.2s        0
+payments  [::1]:9000                         open FORCED         2s ago     0/0/0            forced (operator)     -           0
+search    search:80                          half-open (shadow)  0s ago     0/0/0            open_elapsed          -           0
 ";
         assert_eq!(table, expected, "\n{table}");
         assert!(!table.contains('\x1b'));
