@@ -161,10 +161,13 @@ async fn grpc_through_an_intercepted_https_proxy_connect_is_retried() {
     let pki = TestPki::new();
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = pki.write_leaf(certs.path());
-    let server = GrpcServer::start(&["unavailable", "ok"], Some((&cert, &key)));
+    // Then UNAVAILABLE for good: the second call fails twice and trips the breaker.
+    let server = GrpcServer::start(&["unavailable", "ok", "unavailable"], Some((&cert, &key)));
     let port = server.port;
-    let policy =
-        format!("hosts = [\"localhost:{port}\"]\nintercept = true\nca_file = \"test-ca.pem\"\n");
+    let policy = format!(
+        "hosts = [\"localhost:{port}\"]\nintercept = true\nca_file = \"test-ca.pem\"\n\
+         [retry]\nattempts = 2\n[breaker]\nconsecutive_failures = 2\nopen_base = \"60s\"\n"
+    );
     let dir = policies_dir(&[("default", ""), ("api", &policy)]);
     pki.write_ca(dir.path());
     let ca_dir = dir.path().join("fusebox-ca");
@@ -184,6 +187,18 @@ async fn grpc_through_an_intercepted_https_proxy_connect_is_retried() {
     .await;
     assert_eq!(lines, ["ok pong:ping"], "UNAVAILABLE retried inside TLS");
     assert_eq!(server.hits_at_least(2).await, 2);
+    let lines = grpc_call(
+        &format!("localhost:{port}"),
+        &["--ca", ca.to_str().unwrap(), "--count", "2"],
+        &[("https_proxy", &proxy)],
+    )
+    .await;
+    assert_eq!(lines[0], "unavailable scripted UNAVAILABLE", "{lines:?}");
+    assert!(
+        lines[1].starts_with("unavailable fusebox: breaker-open: "),
+        "the breaker answers inside TLS: {lines:?}"
+    );
+    assert_eq!(server.hits_at_least(4).await, 4, "two tries, then none");
     let metrics = fusebox.metrics().await;
     let destination = format!("localhost:{port}");
     let labels = |extra: (&'static str, &'static str)| {
@@ -198,7 +213,7 @@ async fn grpc_through_an_intercepted_https_proxy_connect_is_retried() {
             "fusebox_retries_total",
             &labels(("reason", "grpc-status"))
         ),
-        1.0,
+        2.0,
         "{metrics}"
     );
     assert_eq!(
@@ -207,6 +222,55 @@ async fn grpc_through_an_intercepted_https_proxy_connect_is_retried() {
             "fusebox_intercepted_connections_total",
             &labels(("result", "ok"))
         ),
+        2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_grpc_timeout_caps_the_deadline_and_the_reply_says_so_in_grpc() {
+    // The app here is reqwest speaking HTTP/2 with prior knowledge and sending a gRPC call by
+    // hand, with a `grpc-timeout` but no deadline of its own, so that only fusebox can end it.
+    let server = GrpcServer::start(&["stall"], None);
+    let (fusebox, target) = route_to(server.port, "[timeouts]\ntotal = \"30s\"\n").await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // One length-prefixed message: not compressed, 4 bytes, "ping".
+    let message = [&[0u8, 0, 0, 0, 4][..], b"ping"].concat();
+    let response = client
+        .post(format!("http://{target}/fusebox.Test/Unary"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(message)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200, "a gRPC answer: {response:?}");
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(
+        headers["grpc-status"], "4",
+        "DEADLINE_EXCEEDED: {headers:?}"
+    );
+    assert_eq!(headers["x-fusebox-reason"], "timeout");
+    let message = headers["grpc-message"].to_str().unwrap();
+    assert!(
+        message.contains("within the app's grpc-timeout of 300ms"),
+        "{message}"
+    );
+    assert_eq!(server.hits_at_least(1).await, 1);
+    let metrics = fusebox.metrics().await;
+    let timeout = labels(
+        server.port,
+        &[("outcome", "timeout"), ("code", "grpc-deadline-exceeded")],
+    );
+    assert_eq!(
+        count(&metrics, "fusebox_requests_total", &timeout),
         1.0,
         "{metrics}"
     );

@@ -88,6 +88,10 @@ pub async fn run(
     let app_deadline = grpc.then(|| grpc::timeout(&parts.headers)).flatten();
     let total = app_deadline.map_or(policy.timeouts.total, |t| t.min(policy.timeouts.total));
     let deadline = deadline_after(total);
+    let whole = Whole {
+        total,
+        from_app: app_deadline.is_some_and(|t| t == total),
+    };
     let body = prepare_body(body, &parts, policy.retry.max_replay_bytes, deadline).await?;
     let mut retrying = Retrying::new(&policy.retry, &parts, jitter, grpc);
     let mut request = Resend::new(parts, body, policy.retry.max_replay_bytes);
@@ -99,9 +103,7 @@ pub async fn run(
         // The deadline first: a try that cannot be made must not take a limiter token or a
         // half-open probe slot.
         let Some(remaining) = time_left(deadline) else {
-            return final_answer(previous, || {
-                total_timeout(destination, total, app_deadline.is_some_and(|t| t == total))
-            });
+            return final_answer(previous, || total_timeout(destination, whole));
         };
         let last = *tries + 1 >= policy.retry.attempts;
         // Once the request was sent for good it is not replayable, so the planner never asks
@@ -121,7 +123,11 @@ pub async fn run(
         drop(previous.take());
         retrying.count_sent(destination);
         *tries += 1;
-        let limit = policy.timeouts.attempt.min(remaining);
+        let limit = if remaining < policy.timeouts.attempt {
+            TryLimit::Deadline(remaining, whole)
+        } else {
+            TryLimit::Attempt(policy.timeouts.attempt)
+        };
         let ended = one_try(client, destination, permit, next, limit, has_body, grpc).await;
         let left = deadline.saturating_duration_since(Instant::now());
         let replayable = request.replayable();
@@ -142,11 +148,11 @@ async fn one_try(
     destination: &Arc<Destination>,
     permit: Permit<'_>,
     request: Request<RequestBody>,
-    limit: Duration,
+    limit: TryLimit,
     has_body: bool,
     grpc: bool,
 ) -> Ended {
-    match tokio::time::timeout(limit, client.request(request)).await {
+    match tokio::time::timeout(limit.duration(), client.request(request)).await {
         Ok(Ok(response)) => {
             let pending = match verdict_of(&response, grpc) {
                 Verdict::Status(status) => {
@@ -170,7 +176,7 @@ async fn one_try(
             let cause = format!(
                 "no response head from {} within {}",
                 destination.authority,
-                humantime::format_duration(limit)
+                limit.describe()
             );
             let error = AttemptError::new(ErrorKind::Timeout, Sent::on_connection(has_body), cause);
             permit.failed(&error);
@@ -320,18 +326,58 @@ fn retry_after(honor: bool, ended: &Ended) -> Option<Duration> {
     )
 }
 
-fn total_timeout(destination: &Destination, total: Duration, app_deadline: bool) -> LocalAnswer {
-    let which = if app_deadline {
-        "the app's grpc-timeout"
-    } else {
-        "the total timeout"
-    };
+/// The request's whole time: `timeouts.total`, or a gRPC app's shorter `grpc-timeout`.
+#[derive(Debug, Clone, Copy)]
+struct Whole {
+    total: Duration,
+    from_app: bool,
+}
+
+impl Whole {
+    fn describe(self) -> String {
+        let which = if self.from_app {
+            "the app's grpc-timeout"
+        } else {
+            "the total timeout"
+        };
+        format!("{which} of {}", humantime::format_duration(self.total))
+    }
+}
+
+/// What limits one try: the attempt timeout, or what is left of the request's whole time.
+#[derive(Debug, Clone, Copy)]
+enum TryLimit {
+    Attempt(Duration),
+    Deadline(Duration, Whole),
+}
+
+impl TryLimit {
+    fn duration(self) -> Duration {
+        match self {
+            TryLimit::Attempt(limit) | TryLimit::Deadline(limit, _) => limit,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            TryLimit::Attempt(limit) => {
+                format!(
+                    "the attempt timeout of {}",
+                    humantime::format_duration(limit)
+                )
+            }
+            TryLimit::Deadline(_, whole) => whole.describe(),
+        }
+    }
+}
+
+fn total_timeout(destination: &Destination, whole: Whole) -> LocalAnswer {
     LocalAnswer::local(
         Reason::Timeout,
         format!(
-            "no response from {} within {which} of {}",
+            "no response from {} within {}",
             destination.authority,
-            humantime::format_duration(total)
+            whole.describe()
         ),
     )
 }

@@ -5,7 +5,8 @@ serve [--tls CERT KEY] SCRIPT...
     Serves on 127.0.0.1 (a free port), prints "port N", then one "hit METHOD" line per call.
     The n-th call gets the n-th SCRIPT entry (the last repeats): a gRPC status name in
     lower case ("ok", "unavailable", ...), answered trailers-only by /fusebox.Test/Unary, or
-    after one message, in the trailers, by /fusebox.Test/Stream.
+    after one message, in the trailers, by /fusebox.Test/Stream; or "stall": no answer for
+    60 s (until the client gives up).
 
 call TARGET [--method M] [--ca FILE] [--count N] [--timeout S]
     Makes N calls (one after another) to TARGET (host:port) on a fresh channel; with --ca, over
@@ -15,6 +16,7 @@ call TARGET [--method M] [--ca FILE] [--count N] [--timeout S]
 import argparse
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -23,7 +25,12 @@ UNARY = "/fusebox.Test/Unary"
 STREAM = "/fusebox.Test/Stream"
 
 
+STALL = "stall"
+
+
 def code_named(name):
+    if name == STALL:
+        return STALL
     return getattr(grpc.StatusCode, name.upper().replace("-", "_"))
 
 
@@ -41,6 +48,9 @@ def serve(args):
 
     def unary(request, context):
         code = next_code(UNARY)
+        if code == STALL:
+            time.sleep(60)
+            code = grpc.StatusCode.OK
         if code != grpc.StatusCode.OK:
             context.abort(code, f"scripted {code.name}")
         return b"pong:" + request
