@@ -59,6 +59,16 @@ impl Outcome {
         }
     }
 
+    /// The outcome of a gRPC call the upstream ended: `failed` when its status is in
+    /// `grpc_failure_codes`.
+    pub fn of_grpc(failed: bool) -> Outcome {
+        if failed {
+            Outcome::UpstreamError
+        } else {
+            Outcome::Ok
+        }
+    }
+
     /// The outcome of a response that came from the upstream.
     pub fn of_upstream_status(status: StatusCode) -> Outcome {
         if status.is_server_error() {

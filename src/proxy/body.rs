@@ -74,11 +74,7 @@ impl GrpcEnd {
     /// The upstream ended the stream with `code`.
     fn ended(&mut self, destination: &Destination, code: GrpcCode) {
         let failed = self.pending.take().is_some_and(|p| p.ended(code));
-        let outcome = if failed {
-            Outcome::UpstreamError
-        } else {
-            Outcome::Ok
-        };
+        let outcome = Outcome::of_grpc(failed);
         self.seen
             .finish_grpc(destination, code, outcome, self.attempts, None);
     }

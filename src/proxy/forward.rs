@@ -24,7 +24,7 @@ use super::target::{http_target, Target};
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
 use crate::pipeline::grpc;
-use crate::registry::{Destination, Snapshot, Upstream};
+use crate::registry::{Destination, Pending, Snapshot, Upstream};
 use crate::upstream::Client;
 
 /// Handles one request. `route` is the policy of the route listener it arrived on, if any.
@@ -34,8 +34,9 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let seen = Seen::of(&req);
+    let grpc = seen.grpc;
     let snapshot = ctx.registry.load();
-    let routed = match route_request(ctx, &snapshot, route, &req) {
+    let routed = match route_request(ctx, &snapshot, route, &req, grpc) {
         Ok(routed) => routed,
         Err(early) => return early.reply(&seen),
     };
@@ -46,7 +47,6 @@ pub async fn handle(
         uri,
     } = routed;
     let upgrading = headers::is_upgrade(req.headers());
-    let grpc = grpc::is_grpc(req.headers());
     let app_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     rewrite_for_upstream(ctx, upstream, &mut parts, uri, upgrading, grpc);
@@ -83,30 +83,40 @@ pub async fn handle(
     *response.version_mut() = http::Version::HTTP_11;
     headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
     headers::add_via(response.headers_mut(), &ctx.via);
-    let grpc_end = match (
-        pending,
-        grpc.then(|| grpc::status(response.headers())).flatten(),
-    ) {
-        // A gRPC stream: counted and logged when its trailers pass.
-        (Some(pending), _) => Some(GrpcEnd::new(pending, seen, tries)),
-        (None, Some(code)) if status == StatusCode::OK => {
-            let failed = upstream.policy.breaker.grpc_failure_codes.contains(&code);
-            let outcome = if failed {
-                Outcome::UpstreamError
-            } else {
-                Outcome::Ok
-            };
-            seen.finish_grpc(&destination, code, outcome, tries, None);
-            None
-        }
-        _ => {
-            let outcome = Outcome::of_upstream_status(status);
-            seen.finish(&destination, status, outcome, tries, None);
-            None
-        }
-    };
+    let grpc_end = finish_upstream(upstream, &destination, seen, &response, pending, tries);
     let idle = upstream.policy.timeouts.idle;
     response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle, grpc_end))
+}
+
+/// Records the upstream's answer (metrics, access log) now; for a gRPC stream, whose status is
+/// in its trailers, returns what its body records when they pass.
+fn finish_upstream(
+    upstream: &Upstream,
+    destination: &Destination,
+    seen: Seen,
+    response: &Response<Incoming>,
+    pending: Option<Pending>,
+    tries: u32,
+) -> Option<Box<GrpcEnd>> {
+    if let Some(pending) = pending {
+        return Some(GrpcEnd::new(pending, seen, tries));
+    }
+    let status = response.status();
+    let trailers_only = seen.grpc && status == StatusCode::OK;
+    match trailers_only
+        .then(|| grpc::status(response.headers()))
+        .flatten()
+    {
+        Some(code) => {
+            let failed = upstream.policy.breaker.grpc_failure_codes.contains(&code);
+            seen.finish_grpc(destination, code, Outcome::of_grpc(failed), tries, None);
+        }
+        None => {
+            let outcome = Outcome::of_upstream_status(status);
+            seen.finish(destination, status, outcome, tries, None);
+        }
+    }
+    None
 }
 
 /// Where a request goes once its policy allows it: the policy, the destination, the pooled
@@ -145,12 +155,11 @@ fn route_request<'s>(
     snapshot: &'s Snapshot,
     route: Option<&str>,
     req: &Request<Incoming>,
+    grpc: bool,
 ) -> Result<Routed<'s>, Early<'s>> {
     let routed = match route {
-        Some(name) => {
-            route_listener_request(snapshot, name, req.uri(), grpc::is_grpc(req.headers()))?
-        }
-        None => egress_request(snapshot, req)?,
+        Some(name) => route_listener_request(snapshot, name, req.uri(), grpc)?,
+        None => egress_request(snapshot, req, grpc)?,
     };
     let early = |reason, detail: &str| Early {
         upstream: routed.upstream,
@@ -233,6 +242,7 @@ fn route_listener_request<'s>(
 fn egress_request<'s>(
     snapshot: &'s Snapshot,
     req: &Request<Incoming>,
+    grpc: bool,
 ) -> Result<Matched<'s>, Early<'s>> {
     let target = http_target(req).map_err(|message| {
         let upstream = snapshot.default();
@@ -244,7 +254,6 @@ fn egress_request<'s>(
         }
     })?;
     let upstream = snapshot.lookup(&target.host, target.port);
-    let grpc = grpc::is_grpc(req.headers());
     let (destination, scheme, client, pinned) = egress_destination(upstream, &target, grpc);
     let authority = if pinned {
         pinned_authority(upstream, &destination)

@@ -26,7 +26,7 @@ use super::access::{Intercepted, Seen};
 use super::attempt::LocalAnswer;
 use super::body::ResponseBody;
 use super::panic::CatchPanic;
-use super::streams::{GuardedBody, Streams};
+use super::streams::{Guarded, Streams};
 use super::{forward, ProxyContext};
 use crate::ca::LocalCa;
 use crate::outcome::Reason;
@@ -100,7 +100,7 @@ async fn serve(
         let stream = service_streams.open();
         async move {
             let response = answer(&ctx, &authority, req).await;
-            Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, stream)))
+            Ok::<_, Infallible>(response.map(|body| Guarded::new(body, stream)))
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -25,7 +25,7 @@ use super::access::Seen;
 use super::app_conn::{ConnPhase, Expired, RequestDone, Watched};
 use super::body::ResponseBody;
 use super::panic::CatchPanic;
-use super::streams::{GuardedBody, Streams};
+use super::streams::{Guarded, Streams};
 use super::{forward, tunnel, ProxyContext};
 use crate::outcome::Reason;
 use crate::telemetry::StreamTimeout;
@@ -151,7 +151,7 @@ async fn serve_h2(app: AppConn, stream: TcpStream, shutdown: CancellationToken) 
         let app = service_app.clone();
         async move {
             let response = handle(&app, req).await;
-            Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, stream)))
+            Ok::<_, Infallible>(response.map(|body| Guarded::new(body, stream)))
         }
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -226,7 +226,7 @@ async fn answer(
     if became_tunnel(connect, response.status()) {
         done.0.upgraded();
     }
-    Ok(response.map(|body| AppBody { body, _done: done }))
+    Ok(response.map(|body| Guarded::new(body, done)))
 }
 
 /// One request's answer; a panic while handling it becomes a local `500 internal`.
@@ -296,30 +296,7 @@ fn became_tunnel(connect: bool, status: http::StatusCode) -> bool {
 
 /// A response on its way to the app; dropping it (sent or abandoned) ends the request's phase
 /// of the connection's clock.
-struct AppBody {
-    body: ResponseBody,
-    _done: RequestDone,
-}
-
-impl http_body::Body for AppBody {
-    type Data = bytes::Bytes;
-    type Error = super::body::BodyError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
+type AppBody = Guarded<RequestDone>;
 
 /// The size of a request head as it was on the wire, near enough: request line and headers.
 fn head_size<B>(req: &Request<B>) -> usize {

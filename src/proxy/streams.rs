@@ -4,6 +4,9 @@
 //! [`Streams`] counts the requests whose response is not finished, and [`Streams::idle`]
 //! completes once none has been open for `--idle-timeout`. The connection then closes
 //! gracefully (HTTP/2 `GOAWAY`, HTTP/1.1 `Connection: close`).
+//!
+//! [`Guarded`] is how a request stays counted until its response is sent: a response body that
+//! holds a guard ([`StreamGuard`] here, the HTTP/1.1 clock's `RequestDone` in the listener).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,23 +69,23 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A response whose request stays in progress until the body is sent or dropped.
+/// A response body holding `G` until it is sent or dropped.
 #[derive(Debug)]
-pub struct GuardedBody {
+pub struct Guarded<G> {
     body: ResponseBody,
-    _stream: StreamGuard,
+    _guard: G,
 }
 
-impl GuardedBody {
-    pub fn new(body: ResponseBody, stream: StreamGuard) -> GuardedBody {
-        GuardedBody {
+impl<G> Guarded<G> {
+    pub fn new(body: ResponseBody, guard: G) -> Guarded<G> {
+        Guarded {
             body,
-            _stream: stream,
+            _guard: guard,
         }
     }
 }
 
-impl Body for GuardedBody {
+impl<G: Unpin> Body for Guarded<G> {
     type Data = Bytes;
     type Error = BodyError;
 

@@ -190,34 +190,40 @@ impl Destination {
     /// Records a response head with `status`, under one lock; returns whether the policy's
     /// `failure_statuses` count it as a failure.
     fn record_status(&self, status: u16, duration: Duration, probe: Option<Episode>) -> bool {
-        let (failed, transition) = {
-            let mut breaker = self.breaker();
-            let failed = breaker.is_failure_status(status);
-            let call = CallResult {
-                failure: failed.then_some(FailureKind::Status(status)),
-                duration,
-                probe,
-            };
-            (failed, breaker.record(Instant::now(), call))
-        };
-        if let Some(transition) = transition {
-            self.observe(&transition);
-        }
-        failed
+        self.record_judged(duration, probe, |breaker| {
+            breaker
+                .is_failure_status(status)
+                .then_some(FailureKind::Status(status))
+        })
     }
 
     /// Records a gRPC call that ended with `code`, under one lock; returns whether the policy's
     /// `grpc_failure_codes` count it as a failure.
     fn record_grpc(&self, code: GrpcCode, duration: Duration, probe: Option<Episode>) -> bool {
+        self.record_judged(duration, probe, |breaker| {
+            breaker
+                .is_failure_grpc(code)
+                .then_some(FailureKind::GrpcStatus(code))
+        })
+    }
+
+    /// Records a call that `judge` finds failed or not by the breaker's own configuration, under
+    /// the one lock that records it; returns whether it failed.
+    fn record_judged(
+        &self,
+        duration: Duration,
+        probe: Option<Episode>,
+        judge: impl FnOnce(&CircuitBreaker) -> Option<FailureKind>,
+    ) -> bool {
         let (failed, transition) = {
             let mut breaker = self.breaker();
-            let failed = breaker.is_failure_grpc(code);
+            let failure = judge(&breaker);
             let call = CallResult {
-                failure: failed.then_some(FailureKind::GrpcStatus(code)),
+                failure,
                 duration,
                 probe,
             };
-            (failed, breaker.record(Instant::now(), call))
+            (failure.is_some(), breaker.record(Instant::now(), call))
         };
         if let Some(transition) = transition {
             self.observe(&transition);
