@@ -15,12 +15,14 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::ca::{CaError, LocalCa};
+use crate::fleet::FleetRedis;
 use crate::policy::intercept::missing_ca;
+use crate::policy::lint::fleet_without_redis;
 use crate::policy::listeners::{listener_conflicts, FixedListener};
 use crate::policy::{load_dir, PolicyErrors};
 use crate::proxy::listener::{self, ServerLimits};
 use crate::proxy::ProxyContext;
-use crate::registry::Registry;
+use crate::registry::{Registry, Settings};
 use crate::reload::{self, ReloadError, Reloader};
 use crate::telemetry::Telemetry;
 use crate::upstream::{tls, SelfAddrs};
@@ -46,6 +48,8 @@ pub struct RunConfig {
     pub idle_timeout: Duration,
     /// The local CA for `intercept = true` policies (`--ca-dir`).
     pub ca_dir: Option<PathBuf>,
+    /// The Redis of fleet-wide rate limits (`--redis`, `redis://` or `rediss://`).
+    pub redis: Option<String>,
 }
 
 impl RunConfig {
@@ -63,6 +67,7 @@ impl RunConfig {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             ca_dir: None,
+            redis: None,
         }
     }
 }
@@ -140,10 +145,23 @@ impl Agent {
             return Err(StartError::Policies(PolicyErrors(conflicts)));
         }
 
+        let fleet = match &config.redis {
+            Some(url) => Some(FleetRedis::new(url).map_err(StartError::Upstream)?),
+            None => {
+                for warning in fleet_without_redis(&policies) {
+                    warn!("{warning}");
+                }
+                None
+            }
+        };
+        let settings = Settings {
+            jitter: config.jitter,
+            fleet,
+        };
         let telemetry = Telemetry::new();
         let self_addrs = Arc::new(SelfAddrs::default());
         let registry = Arc::new(
-            Registry::new(policies, Arc::clone(&telemetry), self_addrs, config.jitter)
+            Registry::new(policies, Arc::clone(&telemetry), self_addrs, settings)
                 .map_err(StartError::Upstream)?,
         );
         let limits = ServerLimits {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::ca::LocalCa;
 use crate::policy::intercept::missing_ca;
-use crate::policy::lint::{lint, Warning};
+use crate::policy::lint::{fleet_without_redis, lint, Warning};
 use crate::policy::listeners::{listener_conflicts, FixedListener};
 use crate::policy::{load_dir, HostPattern, Policy, PolicyError, PolicySet};
 
@@ -44,6 +44,8 @@ pub struct Target<'a> {
     pub fixed: Vec<FixedListener>,
     /// `--ca-dir`: the local CA `run` will load, if any.
     pub ca_dir: Option<&'a Path>,
+    /// `--redis` is given: fleet-wide limits will be shared.
+    pub redis: bool,
 }
 
 /// What `run` would refuse about the local CA: one it cannot load, or `intercept = true`
@@ -90,7 +92,10 @@ fn run_to(
         }
         Err(errors) => (None, errors.0),
     };
-    let warnings = set.as_ref().map(lint).unwrap_or_default();
+    let mut warnings = set.as_ref().map(lint).unwrap_or_default();
+    if let Some(set) = set.as_ref().filter(|_| !target.redis) {
+        warnings.extend(fleet_without_redis(set));
+    }
     let code = if !errors.is_empty() {
         EXIT_ERRORS
     } else if strict && !warnings.is_empty() {
@@ -271,6 +276,7 @@ mod tests {
                 FixedListener::admin("127.0.0.1:9901".parse().unwrap()),
             ],
             ca_dir: None,
+            redis: false,
         };
         let code = run_to(&target, format, strict, &mut out, &mut err);
         (

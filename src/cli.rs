@@ -76,6 +76,10 @@ pub struct RunArgs {
     /// certificates from.
     #[arg(long, env = "FUSEBOX_CA_DIR", value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
+    /// The Redis that `scope = "fleet"` rate limits are shared through (`redis://HOST:PORT`,
+    /// `rediss://` for TLS).
+    #[arg(long, env = "FUSEBOX_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
 }
 
 /// A humantime duration greater than zero (`30s`, `5m`).
@@ -124,6 +128,10 @@ pub struct CheckArgs {
     /// the CA itself is checked.
     #[arg(long, env = "FUSEBOX_CA_DIR", value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
+    /// The Redis `fusebox run` will use: `scope = "fleet"` without one is a warning
+    /// (`fleet-without-redis`). Not contacted.
+    #[arg(long, env = "FUSEBOX_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -152,6 +160,7 @@ pub fn main() -> i32 {
                     FixedListener::admin(args.admin),
                 ],
                 ca_dir: args.ca_dir.as_deref(),
+                redis: args.redis.is_some(),
             };
             crate::check::run(&target, args.format, args.strict)
         }
@@ -197,6 +206,7 @@ fn run(args: RunArgs) -> i32 {
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
         ca_dir: args.ca_dir,
+        redis: args.redis,
     };
     runtime.block_on(async {
         let signals = match StopSignals::install() {

@@ -13,6 +13,7 @@ pub mod ca_cli;
 pub mod check;
 pub mod cli;
 #[doc(hidden)]
+pub mod fleet;
 pub mod fuzz;
 pub mod guard;
 pub mod logging;

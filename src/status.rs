@@ -358,12 +358,15 @@ fn cells(row: &DestinationView, now: SystemTime) -> [String; 8] {
         state.push_str(&format!(" ({})", row.mode));
     }
     let w = row.window;
-    let destination = if row.intercept {
+    let mut destination = row.destination.clone();
+    if row.intercept {
         // Its HTTPS calls come through interception (§13), one row for all of them.
-        format!("{} (intercepted)", row.destination)
-    } else {
-        row.destination.clone()
-    };
+        destination.push_str(" (intercepted)");
+    }
+    if let Some(fleet) = &row.fleet {
+        // Which rate limit applies: the fleet's, or the local fallback (§15).
+        destination.push_str(&format!(" (fleet: {fleet})"));
+    }
     [
         row.upstream.clone(),
         destination,
@@ -447,6 +450,7 @@ mod tests {
             trips: 0,
             mode: "enforce".into(),
             intercept: false,
+            fleet: None,
         }
     }
 

@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+use crate::fleet::FleetMode;
 use crate::outcome::{Outcome, CODE_CLASSES};
 use crate::pipeline::grpc::GrpcCode;
 use crate::policy::RetryOn;
@@ -193,6 +194,7 @@ impl Telemetry {
             stream_timeouts: std::array::from_fn(|_| OnceLock::new()),
             interceptions: std::array::from_fn(|_| OnceLock::new()),
             grpc_requests: OnceLock::new(),
+            fleet: OnceLock::new(),
             retry_budget_exhausted: counter("fusebox_retry_budget_exhausted_total", &[]),
             shadow_breaker: counter(
                 "fusebox_shadow_rejections_total",
@@ -306,6 +308,13 @@ const TRIPS: [(&str, &str); 4] = [
     ("half_open", "probe_failed"),
 ];
 
+/// A fleet-limited destination's handles.
+struct FleetMetrics {
+    connected: Gauge,
+    fallback: Gauge,
+    errors: Counter,
+}
+
 /// Handles for one `upstream` × `destination`, resolved once.
 pub struct DestinationMetrics {
     telemetry: Arc<Telemetry>,
@@ -320,6 +329,9 @@ pub struct DestinationMetrics {
     /// `fusebox_requests_total` of gRPC calls, `outcome × grpc status`: allocated on the first
     /// gRPC call, since most destinations never see one.
     grpc_requests: OnceLock<Box<[OnceLock<Counter>]>>,
+    /// `fusebox_fleet_limiter_state` (connected, fallback) and `_errors_total`: registered for
+    /// fleet-limited destinations only.
+    fleet: OnceLock<FleetMetrics>,
     pub retry_budget_exhausted: Counter,
     pub shadow_breaker: Counter,
     pub shadow_rate_limit: Counter,
@@ -374,6 +386,43 @@ impl DestinationMetrics {
             })
             .increment(1);
         self.request_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Sets which limit a fleet-limited destination applies (1 on its state, 0 on the other).
+    pub fn fleet_state(&self, mode: FleetMode) {
+        let fleet = self.fleet_metrics();
+        fleet
+            .connected
+            .set(f64::from(u8::from(mode == FleetMode::Connected)));
+        fleet
+            .fallback
+            .set(f64::from(u8::from(mode == FleetMode::Fallback)));
+    }
+
+    /// Counts one failed Redis call of a fleet limit.
+    pub fn fleet_error(&self) {
+        self.fleet_metrics().errors.increment(1);
+    }
+
+    fn fleet_metrics(&self) -> &FleetMetrics {
+        self.fleet.get_or_init(|| {
+            let gauge = |state| {
+                let mut labels = self.labels.to_vec();
+                labels.push(Label::from_static_parts("state", state));
+                self.telemetry.recorder.register_gauge(
+                    &Key::from_parts("fusebox_fleet_limiter_state", labels),
+                    &METADATA,
+                )
+            };
+            FleetMetrics {
+                connected: gauge(FleetMode::Connected.label()),
+                fallback: gauge(FleetMode::Fallback.label()),
+                errors: self.telemetry.recorder.register_counter(
+                    &Key::from_parts("fusebox_fleet_limiter_errors_total", self.labels.to_vec()),
+                    &METADATA,
+                ),
+            }
+        })
     }
 
     /// Records one retry sent, by the `retry.on` condition that allowed it.
@@ -448,7 +497,8 @@ impl DestinationMetrics {
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 9] = [
+    let counters: [(&'static str, &'static str); 10] = [
+        ("fusebox_fleet_limiter_errors_total", "Redis calls of a fleet-wide rate limit that failed or timed out (each one made the destination use its local fallback)."),
         ("fusebox_breaker_transitions_total", "Circuit breaker state changes; a trip is to=\"open\". Shows every trip even when the state gauge was sampled closed."),
         ("fusebox_requests_total", "App requests handled, by outcome and the status class sent to the app."),
         ("fusebox_attempts_total", "Upstream tries (first tries and retries), by result."),
@@ -462,13 +512,17 @@ fn describe(recorder: &PrometheusRecorder) {
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));
     }
-    let gauges: [(&'static str, &'static str); 5] = [
+    let gauges: [(&'static str, &'static str); 6] = [
         (
             "fusebox_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
         ),
         ("fusebox_in_flight", "App requests in progress."),
         ("fusebox_tunnels_active", "Open CONNECT tunnels."),
+        (
+            "fusebox_fleet_limiter_state",
+            "Which limit a fleet-limited destination applies: 1 on state=\"connected\" (the fleet's, in Redis) or on state=\"fallback\" (local, while Redis fails).",
+        ),
         (
             "fusebox_config_generation",
             "Generation of the applied policies; increases on every applied reload.",

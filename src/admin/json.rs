@@ -53,6 +53,11 @@ pub struct DestinationView {
     /// to this destination are terminated and their requests counted here one by one.
     #[serde(default)]
     pub intercept: bool,
+    /// Extra: for a fleet-wide rate limit (`scope = "fleet"` with `--redis`), which limit applies
+    /// now: `connected` (the fleet's, in Redis) or `fallback` (local, while Redis fails); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
 }
 
 /// Calls seen over the breaker's sliding window.
@@ -146,6 +151,10 @@ impl DestinationView {
         DestinationView {
             // `run` refuses `intercept = true` without a CA: the policy's word is enough.
             intercept: upstream.policy.intercept,
+            fleet: destination
+                .fleet
+                .as_ref()
+                .map(|fleet| fleet.mode().label().to_owned()),
             ..DestinationView::from_snapshot(
                 &upstream.policy.name,
                 &destination.authority,
@@ -190,6 +199,7 @@ impl DestinationView {
             trips: snapshot.trips,
             mode: mode.to_owned(),
             intercept: false,
+            fleet: None,
         }
     }
 }

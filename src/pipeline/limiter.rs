@@ -149,7 +149,12 @@ mod tests {
     use super::*;
 
     fn limit(rps: u32, burst: u32, mode: LimitMode) -> RateLimit {
-        RateLimit { rps, burst, mode }
+        RateLimit {
+            rps,
+            burst,
+            mode,
+            ..RateLimit::default()
+        }
     }
 
     fn limiter(

@@ -22,7 +22,7 @@ use toml::de::{DeTable, DeValue};
 use super::{BreakerMode, HostPattern, LimitMode, Policy, PolicySet, RetryOn};
 
 /// Every warning code, stable (CI pipelines may filter on them).
-pub const CODES: [&str; 8] = [
+pub const CODES: [&str; 10] = [
     ATTEMPT_GE_TOTAL,
     CONNECT_GE_TOTAL,
     NON_IDEMPOTENT_RETRY,
@@ -31,6 +31,8 @@ pub const CODES: [&str; 8] = [
     OPEN_MAX_LT_OPEN_BASE,
     DUPLICATE_HOST,
     LISTEN_PORT_REUSED,
+    FLEET_WITHOUT_REDIS,
+    FLEET_FALLBACK_WHOLE,
 ];
 
 /// `timeouts.attempt >= timeouts.total` with retries on: a retry can never happen.
@@ -49,6 +51,13 @@ pub const OPEN_MAX_LT_OPEN_BASE: &str = "open-max-lt-open-base";
 pub const DUPLICATE_HOST: &str = "duplicate-host";
 /// Two route listeners on the same port.
 pub const LISTEN_PORT_REUSED: &str = "listen-port-reused";
+
+/// `rate_limit.scope = "fleet"` while `fusebox run` gets no `--redis`: each instance applies
+/// only the fallback limit ([`fleet_without_redis`], checked by `fusebox check`).
+pub const FLEET_WITHOUT_REDIS: &str = "fleet-without-redis";
+/// `scope = "fleet"` with neither `fleet_fallback_rps` nor `fleet_size_hint`: while Redis fails,
+/// every instance allows the whole fleet's `rps`.
+pub const FLEET_FALLBACK_WHOLE: &str = "fleet-fallback-whole";
 
 /// Methods that must not be retried without an `Idempotency-Key` (RFC 9110 §9.2.2).
 const NON_IDEMPOTENT: [&str; 3] = ["POST", "PATCH", "CONNECT"];
@@ -109,6 +118,7 @@ pub fn lint_with(set: &PolicySet, read: impl Fn(&Path) -> Option<String>) -> Vec
         cx.timeouts();
         cx.retry();
         cx.breaker();
+        cx.fleet();
     }
     // `set.all()` is default first, then by name: the order in which the matcher and the
     // listeners see them, so "earlier" below is "wins".
@@ -118,6 +128,29 @@ pub fn lint_with(set: &PolicySet, read: impl Fn(&Path) -> Option<String>) -> Vec
         .sort_by(|a, b| (&a.file, a.line, a.col, a.code).cmp(&(&b.file, b.line, b.col, b.code)));
     warnings.dedup();
     warnings
+}
+
+/// [`FLEET_WITHOUT_REDIS`] for every policy that sets `scope = "fleet"` (or inherits it), when
+/// `fusebox run` will get no `--redis`.
+pub fn fleet_without_redis(set: &PolicySet) -> Vec<Warning> {
+    set.all()
+        .filter(|policy| policy.rate_limit.fleet && policy.rate_limit.rps > 0)
+        .map(|policy| {
+            let keys = Keys::new(std::fs::read_to_string(&policy.file).ok());
+            let (line, col) = keys.at("rate_limit.scope", None);
+            Warning {
+                file: policy.file.clone(),
+                line,
+                col,
+                code: FLEET_WITHOUT_REDIS,
+                message: format!(
+                    "`rate_limit.scope` = \"fleet\" but no --redis is configured: each instance \
+                     applies only the fallback limit of {} rps",
+                    policy.rate_limit.fallback_rps()
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Where the keys of one file are: dotted path (`retry.methods`) → spans.
@@ -322,6 +355,27 @@ impl Cx<'_> {
             self.warn(
                 NON_IDEMPOTENT_RETRY,
                 &["retry.attempts", "retry.on"],
+                message,
+            );
+        }
+    }
+
+    fn fleet(&mut self) {
+        let limit = &self.policy.rate_limit;
+        if limit.fleet
+            && limit.rps > 0
+            && limit.fleet_fallback_rps.is_none()
+            && limit.fleet_size_hint <= 1
+        {
+            let message = format!(
+                "{} with neither `rate_limit.fleet_fallback_rps` nor `rate_limit.fleet_size_hint`: \
+                 while Redis fails, every instance allows the whole fleet's {} rps",
+                self.show("rate_limit.scope", "\"fleet\""),
+                limit.rps
+            );
+            self.warn(
+                FLEET_FALLBACK_WHOLE,
+                &["rate_limit.scope", "rate_limit.rps"],
                 message,
             );
         }

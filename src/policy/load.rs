@@ -529,6 +529,31 @@ impl<'a> Cx<'a> {
             int(v, 0, U32_MAX)
         });
         self.value(&mut t.mode, "rate_limit.mode", &r.mode, |s| limit_mode(s));
+        self.value(&mut t.fleet, "rate_limit.scope", &r.scope, |s| {
+            match s.as_str() {
+                "local" => Ok(false),
+                "fleet" => Ok(true),
+                _ => Err(format!(
+                    "unknown scope \"{s}\"; valid: \"local\", \"fleet\""
+                )),
+            }
+        });
+        let mut fallback = t.fleet_fallback_rps.unwrap_or(0);
+        self.value(
+            &mut fallback,
+            "rate_limit.fleet_fallback_rps",
+            &r.fleet_fallback_rps,
+            |&v| int(v, 1, U32_MAX),
+        );
+        if r.fleet_fallback_rps.is_some() {
+            t.fleet_fallback_rps = Some(fallback);
+        }
+        self.value(
+            &mut t.fleet_size_hint,
+            "rate_limit.fleet_size_hint",
+            &r.fleet_size_hint,
+            |&v| int(v, 1, U32_MAX),
+        );
     }
 
     fn concurrency(&mut self, t: &mut Concurrency, raw: &RawPolicy) {
@@ -1014,6 +1039,9 @@ impl Default for RateLimit {
             rps: 0,
             burst: 0,
             mode: LimitMode::Enforce,
+            fleet: false,
+            fleet_fallback_rps: None,
+            fleet_size_hint: 1,
         }
     }
 }

@@ -222,6 +222,35 @@ pub struct RateLimit {
     pub rps: u32,
     pub burst: u32,
     pub mode: LimitMode,
+    /// `scope = "fleet"`: shared through Redis by every fusebox of the fleet (§15).
+    pub fleet: bool,
+    /// The local limit while Redis fails; `None`: `rps / fleet_size_hint`.
+    pub fleet_fallback_rps: Option<u32>,
+    /// How many instances share a fleet limit, for the default fallback.
+    pub fleet_size_hint: u32,
+}
+
+impl RateLimit {
+    /// What one instance applies on its own: this limit, or for a fleet limit without Redis,
+    /// its fallback.
+    pub fn local(&self) -> RateLimit {
+        if self.fleet {
+            RateLimit {
+                rps: self.fallback_rps(),
+                burst: 0,
+                ..*self
+            }
+        } else {
+            *self
+        }
+    }
+
+    /// The local limit a fleet-limited destination applies while Redis fails (at least 1).
+    pub fn fallback_rps(&self) -> u32 {
+        self.fleet_fallback_rps
+            .unwrap_or(self.rps / self.fleet_size_hint.max(1))
+            .max(1)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

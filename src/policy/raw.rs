@@ -94,6 +94,9 @@ pub(crate) struct RawRateLimit {
     pub rps: S<i64>,
     pub burst: S<i64>,
     pub mode: S<String>,
+    pub scope: S<String>,
+    pub fleet_fallback_rps: S<i64>,
+    pub fleet_size_hint: S<i64>,
 }
 
 /// `[concurrency]`

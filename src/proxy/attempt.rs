@@ -113,7 +113,11 @@ pub async fn run(
                 LocalAnswer::local(Reason::Internal, "no request left to send".to_owned())
             });
         };
-        let permit = match destination.begin() {
+        let admitted = match destination.fleet_admit().await {
+            Ok(()) => destination.begin(),
+            Err(refusal) => Err(refusal),
+        };
+        let permit = match admitted {
             Ok(permit) => permit,
             Err(refusal) => {
                 let refused = || LocalAnswer::refused(refusal, &destination.authority);

@@ -92,9 +92,9 @@ async fn open(
         let detail = super::forward::overflow_detail(destination);
         return Err((LocalAnswer::local(Reason::Overflow, detail), 0));
     };
-    let permit = destination
-        .begin()
-        .map_err(|refusal| (LocalAnswer::refused(refusal, &destination.authority), 0))?;
+    let refused = |refusal| (LocalAnswer::refused(refusal, &destination.authority), 0);
+    destination.fleet_admit().await.map_err(refused)?;
+    let permit = destination.begin().map_err(refused)?;
     // An app that gives up while fusebox connects drops this future, and with it the unspent
     // permit: the try is recorded as abandoned.
     match connect::connect(host, port, rules).await {

@@ -21,6 +21,7 @@ mod permit;
 
 pub use permit::{Pending, Permit};
 
+use crate::fleet::{FleetLimit, FleetRedis};
 use crate::guard::GuardRules;
 use crate::pipeline::breaker::{
     Admission, BreakerSnapshot, CallResult, CircuitBreaker, Episode, FailureKind, Forced, Jitter,
@@ -54,7 +55,7 @@ pub struct Upstream {
     name: Arc<str>,
     /// Destinations that were given their own `destination` label.
     labelled: AtomicUsize,
-    jitter: bool,
+    settings: Settings,
     /// Shared by every destination beyond `metrics_max_destinations`.
     other_metrics: std::sync::OnceLock<Arc<DestinationMetrics>>,
     telemetry: Arc<Telemetry>,
@@ -81,6 +82,8 @@ pub struct Destination {
     /// The limiter, budget and breaker are shared with the destination's previous version
     /// when a reload left their part of the policy unchanged (see [`Destination::carried`]).
     pub limiter: Option<Arc<RateLimiter>>,
+    /// The fleet-wide limit (`scope = "fleet"` with `--redis`), instead of `limiter`.
+    pub fleet: Option<Arc<FleetLimit>>,
     pub budget: Arc<RetryBudget>,
     /// Locked only for a few instructions, never across an await.
     breaker: Arc<Mutex<CircuitBreaker>>,
@@ -92,9 +95,14 @@ impl Destination {
         upstream: Arc<str>,
         authority: Box<str>,
         metrics: Arc<DestinationMetrics>,
-        jitter: bool,
+        settings: &Settings,
     ) -> Destination {
-        let jitter = if jitter {
+        let fleet = settings
+            .fleet
+            .as_ref()
+            .and_then(|redis| FleetLimit::new(redis, policy, &authority, Arc::clone(&metrics)))
+            .map(Arc::new);
+        let jitter = if settings.jitter {
             Jitter::Fraction(BREAKER_JITTER)
         } else {
             Jitter::None
@@ -106,7 +114,12 @@ impl Destination {
             upstream,
             metrics,
             gate: Gate::new(&policy.concurrency),
-            limiter: RateLimiter::new(&policy.rate_limit).map(Arc::new),
+            // A fleet limit replaces the local one.
+            limiter: fleet
+                .is_none()
+                .then(|| RateLimiter::new(&policy.rate_limit.local()).map(Arc::new))
+                .flatten(),
+            fleet,
             budget: Arc::new(RetryBudget::new(&policy.retry)),
             breaker: Arc::new(Mutex::new(CircuitBreaker::new(
                 policy.breaker.clone(),
@@ -120,7 +133,13 @@ impl Destination {
     /// when `[breaker]` is unchanged, the limiter when `[rate_limit]` is, the budget when the
     /// budget's keys are; the gate's count always (its requests are really in flight), and
     /// the metric handles (same labels). A breaker that starts afresh keeps an operator's force.
-    fn carried(&self, before: &Policy, policy: &Policy, upstream: Arc<str>, jitter: bool) -> Self {
+    fn carried(
+        &self,
+        before: &Policy,
+        policy: &Policy,
+        upstream: Arc<str>,
+        settings: &Settings,
+    ) -> Self {
         let same_budget = before.retry.budget_ratio.to_bits()
             == policy.retry.budget_ratio.to_bits()
             && before.retry.budget_min_per_second == policy.retry.budget_min_per_second;
@@ -129,11 +148,12 @@ impl Destination {
             upstream,
             self.authority.clone(),
             Arc::clone(&self.metrics),
-            jitter,
+            settings,
         );
         next.gate = Gate::carried(&policy.concurrency, &self.gate);
         if before.rate_limit == policy.rate_limit {
             next.limiter.clone_from(&self.limiter);
+            next.fleet.clone_from(&self.fleet);
         }
         if same_budget {
             next.budget = Arc::clone(&self.budget);
@@ -331,7 +351,7 @@ impl Upstream {
         policy: Arc<Policy>,
         telemetry: Arc<Telemetry>,
         self_addrs: &Arc<SelfAddrs>,
-        jitter: bool,
+        settings: &Settings,
     ) -> Result<Upstream, String> {
         let rules = connect_rules(&policy, self_addrs);
         let build = |pinned| {
@@ -352,7 +372,7 @@ impl Upstream {
             endpoint_clients,
             name: Arc::from(policy.name.as_str()),
             labelled: AtomicUsize::new(0),
-            jitter,
+            settings: settings.clone(),
             policy,
             client,
             grpc_clients: std::sync::OnceLock::new(),
@@ -443,7 +463,7 @@ impl Upstream {
             Arc::clone(&self.name),
             key.into(),
             metrics,
-            self.jitter,
+            &self.settings,
         ));
         let mut next = HashMap::clone(&current);
         if next.len() >= MAX_DESTINATIONS {
@@ -467,7 +487,7 @@ impl Upstream {
             Arc::clone(&self.name),
             OTHER_DESTINATION.into(),
             self.other_metrics(),
-            false,
+            &Settings::default(),
         ))
     }
 
@@ -492,7 +512,7 @@ impl Upstream {
                     &before.policy,
                     &self.policy,
                     Arc::clone(&self.name),
-                    self.jitter,
+                    &self.settings,
                 );
                 (key.clone(), Arc::new(next))
             })
@@ -616,24 +636,32 @@ pub struct Registry {
     current: ArcSwap<Snapshot>,
     telemetry: Arc<Telemetry>,
     self_addrs: Arc<SelfAddrs>,
-    jitter: bool,
+    settings: Settings,
+}
+
+/// What every destination is built with beside its policy.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `false` makes breaker open periods and retry backoff exact (tests).
+    pub jitter: bool,
+    /// The Redis of fleet-wide limits (`--redis`).
+    pub fleet: Option<Arc<FleetRedis>>,
 }
 
 impl Registry {
-    /// `jitter = false` makes breaker open periods exact (tests).
     pub fn new(
         policies: PolicySet,
         telemetry: Arc<Telemetry>,
         self_addrs: Arc<SelfAddrs>,
-        jitter: bool,
+        settings: Settings,
     ) -> Result<Registry, String> {
-        let snapshot = build_snapshot(policies, 1, None, &telemetry, &self_addrs, jitter)?;
+        let snapshot = build_snapshot(policies, 1, None, &telemetry, &self_addrs, &settings)?;
         telemetry.config_generation.set(1.0);
         Ok(Registry {
             current: ArcSwap::from_pointee(snapshot),
             telemetry,
             self_addrs,
-            jitter,
+            settings,
         })
     }
 
@@ -649,7 +677,7 @@ impl Registry {
             Some(&current),
             &self.telemetry,
             &self.self_addrs,
-            self.jitter,
+            &self.settings,
         )
     }
 
@@ -686,7 +714,7 @@ impl Registry {
 
     /// Whether breaker open periods and retry backoff are randomised.
     pub fn jitter(&self) -> bool {
-        self.jitter
+        self.settings.jitter
     }
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
@@ -700,7 +728,7 @@ fn build_snapshot(
     previous: Option<&Snapshot>,
     telemetry: &Arc<Telemetry>,
     self_addrs: &Arc<SelfAddrs>,
-    jitter: bool,
+    settings: &Settings,
 ) -> Result<Snapshot, String> {
     let make = |policy: &Arc<Policy>| -> Result<Arc<Upstream>, String> {
         let before = previous.and_then(|p| p.by_name(&policy.name));
@@ -711,7 +739,7 @@ fn build_snapshot(
             Arc::clone(policy),
             Arc::clone(telemetry),
             self_addrs,
-            jitter,
+            settings,
         )?;
         if let Some(before) = before {
             fresh.carry_from(before);

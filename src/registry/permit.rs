@@ -29,6 +29,23 @@ use crate::pipeline::limiter::LimitDecision;
 use crate::telemetry::AttemptResult;
 
 impl Destination {
+    /// Asks the fleet-wide limit (`scope = "fleet"`), when the destination has one, for a token:
+    /// from its lease, or a Redis round trip shared with concurrent requests (§15). Called
+    /// before [`Destination::begin`], which then has no local limiter to ask.
+    pub async fn fleet_admit(&self) -> Result<(), Refusal> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        match fleet.acquire().await {
+            LimitDecision::Allowed => Ok(()),
+            LimitDecision::ShadowRejected => {
+                self.metrics.shadow_rate_limit.increment(1);
+                Ok(())
+            }
+            LimitDecision::Rejected { retry_after } => Err(Refusal::RateLimited { retry_after }),
+        }
+    }
+
     /// Asks the limiter, then the breaker, to let one try through now.
     pub fn begin(&self) -> Result<Permit<'_>, Refusal> {
         if let Some(limiter) = &self.limiter {
