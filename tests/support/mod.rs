@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod peers;
 pub mod process;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 
