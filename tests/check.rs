@@ -34,6 +34,7 @@ fn check(dir: &Path, args: &[&str]) -> Done {
         .env_remove("FUSEBOX_CHECK_FORMAT")
         .env_remove("FUSEBOX_LISTEN")
         .env_remove("FUSEBOX_ADMIN")
+        .env_remove("FUSEBOX_REDIS")
         .output()
         .expect("run fusebox check");
     Done {
@@ -321,4 +322,45 @@ fn an_unknown_format_is_a_usage_error() {
     assert_eq!(done.code, Some(64), "{}", done.stderr);
     assert_eq!(done.stdout, "");
     assert!(done.stderr.contains("yaml"), "{}", done.stderr);
+}
+
+#[test]
+fn a_fleet_limit_is_warned_without_redis_and_its_keys_are_checked() {
+    let fleet = "hosts = [\"api.test\"]\n[rate_limit]\nrps = 50\nscope = \"fleet\"\nfleet_size_hint = 3\n";
+    let dir = dir_with(&[("api.toml", fleet)]);
+    let without = check(dir.path(), &["--strict"]);
+    assert_eq!(without.code, Some(2), "{}", without.stderr);
+    let expected = format!(
+        "{}/api.toml:4:9: warning[fleet-without-redis]: `rate_limit.scope` = \"fleet\" but no \
+         --redis is configured: each instance applies only the fallback limit of 16 rps",
+        dir.path().display()
+    );
+    assert_eq!(without.stderr.trim_end(), expected);
+    let with = check(dir.path(), &["--strict", "--redis", "redis://127.0.0.1:6379"]);
+    assert_eq!(with.code, Some(0), "{}", with.stderr);
+
+    // Without a size hint or a fallback, Redis failing lets each instance take the whole rate.
+    let whole = "hosts = [\"api.test\"]\n[rate_limit]\nrps = 50\nscope = \"fleet\"\n";
+    let dir = dir_with(&[("api.toml", whole)]);
+    let done = check(dir.path(), &["--redis", "redis://127.0.0.1:6379"]);
+    assert!(
+        done.stderr.contains("api.toml:4:9: warning[fleet-fallback-whole]"),
+        "{}",
+        done.stderr
+    );
+
+    let bad = "[rate_limit]\nscope = \"global\"\nfleet_size_hint = 0\n";
+    let dir = dir_with(&[("api.toml", bad)]);
+    let done = check(dir.path(), &[]);
+    assert_eq!(done.code, Some(1));
+    assert!(
+        done.stderr.contains("api.toml:2:9: `rate_limit.scope`: unknown scope \"global\""),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("api.toml:3:19: `rate_limit.fleet_size_hint`"),
+        "{}",
+        done.stderr
+    );
 }
