@@ -13,7 +13,7 @@
 #      and rate limit in shadow mode, retry budget 0 so every retry is refused), `retrying`
 #      (3 attempts, breaker off), `intercepted` (intercept = true, with a CA from `fusebox ca
 #      init`) and default.toml (allow_private, short timeouts);
-#   4. starts fusebox (`--workers 1`, `--ca-dir`), waits for /readyz, then makes one failed reload (a broken
+#   4. starts fusebox (`--workers 1`, `--ca-dir`) and a second one with healthy traffic only, waits for /readyz, then makes one failed reload (a broken
 #      file: POST /reload answers 400) and one successful reload (a new policy file);
 #   5. starts Prometheus (Debian's `prometheus`) scraping fusebox every second with
 #      dashboards/alerts.yml loaded, waits until the target is up, then drives traffic with curl
@@ -26,9 +26,10 @@
 #      that Prometheus (a query that errors or returns no series fails), and prints what the
 #      traffic produced;
 #   7. polls /api/v1/alerts until FuseboxBreakerOpen fires for the flaky destination (`for: 1m`
-#      after the re-trip; gives up after 120 s).
-# Ends with `prove: N passed, N failed` (one check per dashboard query, the breaker recovery and
-# the alert); exit status 0 only when nothing failed (2: a tool is missing). Everything it starts
+#      after the re-trip; gives up after 120 s), then checks per pod: the alert names the first
+#      fusebox's instance only, and the second one has served requests with every breaker closed.
+# Ends with `prove: N passed, N failed` (one check per dashboard query, the breaker recovery,
+# the alert and the two per-pod checks); exit status 0 only when nothing failed (2: a tool is missing). Everything it starts
 # is stopped by PID (traffic loops by process group, with their curls) when it exits.
 #
 # Environment: FUSEBOX_BIN (default target/debug/fusebox, relative to the repository root),
@@ -198,6 +199,16 @@ RUST_LOG=${RUST_LOG:-warn} "$FUSEBOX_BIN" run --policies "$POL" --listen "$LISTE
 PIDS+=($!)
 wait_for 20 "fusebox /readyz on $ADMIN" get -f "http://$ADMIN/readyz"
 say "fusebox pid ${PIDS[1]}: proxy $LISTEN, admin $ADMIN"
+# A second fusebox (another pod, as Prometheus sees it: its own instance label) with the same
+# policies and only healthy traffic: the per-pod dashboard and alerts must keep it apart from the
+# first one's open breaker.
+LISTEN2=127.0.0.1:$(free_port)
+ADMIN2=127.0.0.1:$(free_port)
+RUST_LOG=${RUST_LOG:-warn} "$FUSEBOX_BIN" run --policies "$POL" --listen "$LISTEN2" --admin "$ADMIN2" \
+  --ca-dir "$WORK/ca" --workers 1 </dev/null >"$WORK/fusebox2.log" 2>&1 &
+PIDS+=($!)
+wait_for 20 "the second fusebox's /readyz on $ADMIN2" get -f "http://$ADMIN2/readyz"
+say "second fusebox pid ${PIDS[2]}: proxy $LISTEN2, admin $ADMIN2 (healthy traffic only)"
 
 # Reloads, so that the reload panels have both results: a broken file (POST /reload answers
 # 400), then a valid change (a new policy; a directory identical to the active one is not a
@@ -229,12 +240,13 @@ rule_files:
 scrape_configs:
   - job_name: fusebox
     static_configs:
-      - targets: ["$ADMIN"]
+      - targets: ["$ADMIN", "$ADMIN2"]
 EOF
 "$PROMTOOL" check config "$WORK/prometheus.yml" >"$WORK/promtool.log" 2>&1 || die "promtool check config"
 "$PROMETHEUS" --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/data" \
   --web.listen-address="$PROM_ADDR" </dev/null >"$WORK/prometheus.log" 2>&1 &
 PIDS+=($!)
+PROM_PID=$!
 wait_for 30 "Prometheus /-/ready on $PROM_ADDR" get -f "$PROM/-/ready"
 target_up() {
   get "$PROM/api/v1/targets" | python3 -c '
@@ -242,8 +254,8 @@ import json, sys
 t = json.load(sys.stdin)["data"]["activeTargets"]
 sys.exit(0 if t and all(x["health"] == "up" for x in t) else 1)'
 }
-wait_for 30 "Prometheus to scrape fusebox (target up)" target_up
-say "prometheus pid ${PIDS[2]} on $PROM_ADDR: fusebox target up"
+wait_for 30 "Prometheus to scrape both fusebox processes (targets up)" target_up
+say "prometheus pid $PROM_PID on $PROM_ADDR: both fusebox targets up"
 
 # ------------------------------------------------------------------ traffic
 touch "$WORK/running"
@@ -265,6 +277,8 @@ loop 3 via "$UP:$P_PLAIN/slow?ms=1500"              # attempt timeout (1s): outc
 loop 0.2 via -p "$UP:$P_PLAIN/slow?ms=2000"         # CONNECT tunnels, ~2 s each
 loop 0.5 via --cacert "$WORK/ca/ca.pem" "https://localhost:$P_PLAIN/"  # intercepted
 loop 1 via "https://localhost:$P_PLAIN/"            # interception: the app does not trust the CA
+via2() { curl -s -o /dev/null --max-time 5 -x "http://$LISTEN2" "$@"; }
+loop 0.2 via2 "$UP:$P_PLAIN/slow?ms=10"             # the second fusebox: healthy only
 say "traffic started (${#LOOPS[@]} curl loops); flaky destination DOWN"
 
 FLAKY_DEST=127.0.0.1:$P_FLAKY
@@ -379,6 +393,25 @@ if [ $fired = 1 ]; then
   pass "alert FuseboxBreakerOpen firing for flaky -> $FLAKY_DEST (/api/v1/alerts)"
 else
   fail "alert FuseboxBreakerOpen not firing after 120 s (last state: $last)"
+fi
+# Per pod: the alert names the fusebox whose breaker is open, and the other one is healthy.
+alert_instances=$(get "$PROM/api/v1/alerts" | python3 -c '
+import json, sys
+print(" ".join(sorted({a["labels"].get("instance", "-") for a in json.load(sys.stdin)["data"]["alerts"]
+                       if a["labels"].get("alertname") == "FuseboxBreakerOpen" and a["state"] == "firing"})))')
+if [ "$alert_instances" = "$ADMIN" ]; then
+  pass "per pod: FuseboxBreakerOpen fires for instance $ADMIN only"
+else
+  fail "per pod: FuseboxBreakerOpen fires for instances [$alert_instances], expected [$ADMIN]"
+fi
+second=$(get "$PROM/api/v1/query" --data-urlencode "query=max(fusebox_breaker_state{instance=\"$ADMIN2\"})" \
+  | python3 -c 'import json, sys; r = json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")')
+served=$(get "$PROM/api/v1/query" --data-urlencode "query=sum(fusebox_requests_total{instance=\"$ADMIN2\", outcome=\"ok\"})" \
+  | python3 -c 'import json, sys; r = json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "0")')
+if [ "$second" = 0 ] && [ "${served%.*}" -gt 0 ] 2>/dev/null; then
+  pass "per pod: the second fusebox ($ADMIN2) is healthy: max breaker state 0, $served ok requests"
+else
+  fail "per pod: the second fusebox ($ADMIN2): max breaker state $second, ok requests $served"
 fi
 # The shadow breaker is open too but rejects nothing: the alert must not name it (a note only).
 shadow=$(alert_state shadow "127.0.0.1:$P_SHADOW" 2>/dev/null || echo unknown)
