@@ -326,7 +326,8 @@ fn an_unknown_format_is_a_usage_error() {
 
 #[test]
 fn a_fleet_limit_is_warned_without_redis_and_its_keys_are_checked() {
-    let fleet = "hosts = [\"api.test\"]\n[rate_limit]\nrps = 50\nscope = \"fleet\"\nfleet_size_hint = 3\n";
+    let fleet =
+        "hosts = [\"api.test\"]\n[rate_limit]\nrps = 50\nscope = \"fleet\"\nfleet_size_hint = 3\n";
     let dir = dir_with(&[("api.toml", fleet)]);
     let without = check(dir.path(), &["--strict"]);
     assert_eq!(without.code, Some(2), "{}", without.stderr);
@@ -336,7 +337,10 @@ fn a_fleet_limit_is_warned_without_redis_and_its_keys_are_checked() {
         dir.path().display()
     );
     assert_eq!(without.stderr.trim_end(), expected);
-    let with = check(dir.path(), &["--strict", "--redis", "redis://127.0.0.1:6379"]);
+    let with = check(
+        dir.path(),
+        &["--strict", "--redis", "redis://127.0.0.1:6379"],
+    );
     assert_eq!(with.code, Some(0), "{}", with.stderr);
 
     // Without a size hint or a fallback, Redis failing lets each instance take the whole rate.
@@ -344,7 +348,8 @@ fn a_fleet_limit_is_warned_without_redis_and_its_keys_are_checked() {
     let dir = dir_with(&[("api.toml", whole)]);
     let done = check(dir.path(), &["--redis", "redis://127.0.0.1:6379"]);
     assert!(
-        done.stderr.contains("api.toml:4:9: warning[fleet-fallback-whole]"),
+        done.stderr
+            .contains("api.toml:4:9: warning[fleet-fallback-whole]"),
         "{}",
         done.stderr
     );
@@ -354,12 +359,14 @@ fn a_fleet_limit_is_warned_without_redis_and_its_keys_are_checked() {
     let done = check(dir.path(), &[]);
     assert_eq!(done.code, Some(1));
     assert!(
-        done.stderr.contains("api.toml:2:9: `rate_limit.scope`: unknown scope \"global\""),
+        done.stderr
+            .contains("api.toml:2:9: `rate_limit.scope`: unknown scope \"global\""),
         "{}",
         done.stderr
     );
     assert!(
-        done.stderr.contains("api.toml:3:19: `rate_limit.fleet_size_hint`"),
+        done.stderr
+            .contains("api.toml:3:19: `rate_limit.fleet_size_hint`"),
         "{}",
         done.stderr
     );

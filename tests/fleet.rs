@@ -68,22 +68,32 @@ async fn a_fleet_limit_falls_back_while_redis_is_down_and_returns_after() {
         "connected"
     );
 
-    // Redis dies: every request still gets an answer, quickly, from the local fallback.
+    // Redis dies: every request still gets an answer, quickly; within a second (the first
+    // request that needs Redis after the fleet's last "no token" ran out) the local fallback
+    // applies.
     redis.kill();
+    let killed = Instant::now();
     let mut slowest = Duration::ZERO;
-    for _ in 0..10 {
+    loop {
         let start = Instant::now();
         let response = app.get(&target).send().await.unwrap();
         slowest = slowest.max(start.elapsed());
         let status = response.status().as_u16();
         assert!(status == 200 || status == 429, "never a failure: {status}");
+        if fleet_mode(&fusebox.admin_url(), &destination).await == "fallback" {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "fallback within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("slowest answer while Redis was down: {slowest:?}");
-    assert!(slowest < Duration::from_secs(1), "no stall: {slowest:?}");
-    assert_eq!(
-        fleet_mode(&fusebox.admin_url(), &destination).await,
-        "fallback"
+    println!(
+        "fallback {:?} after Redis died; slowest answer meanwhile {slowest:?}",
+        killed.elapsed()
     );
+    assert!(slowest < Duration::from_secs(1), "no stall: {slowest:?}");
     let metrics = fusebox.metrics().await;
     let labels = [("upstream", "api"), ("destination", destination.as_str())];
     assert!(

@@ -162,6 +162,9 @@ impl std::fmt::Debug for FleetLimit {
 struct Lease {
     tokens: u32,
     until: Instant,
+    /// Redis said the fleet has no token before this instant: refuse locally until then
+    /// instead of asking again for every refused request.
+    empty_until: Instant,
 }
 
 #[derive(Debug)]
@@ -197,6 +200,7 @@ impl FleetLimit {
             lease: Mutex::new(Lease {
                 tokens: 0,
                 until: Instant::now(),
+                empty_until: Instant::now(),
             }),
             refill: tokio::sync::Mutex::new(()),
             fallback,
@@ -222,15 +226,15 @@ impl FleetLimit {
     /// Asks for one token: from the lease, else from Redis (one request per destination at a
     /// time), else, while Redis fails, from the local fallback.
     pub async fn acquire(&self) -> LimitDecision {
-        if self.take_leased() {
-            return LimitDecision::Allowed;
+        if let Some(decision) = self.decide_locally() {
+            return decision;
         }
         if self.backing_off() {
             return self.check_fallback();
         }
         let _refilling = self.refill.lock().await;
-        if self.take_leased() {
-            return LimitDecision::Allowed;
+        if let Some(decision) = self.decide_locally() {
+            return decision;
         }
         if self.backing_off() {
             return self.check_fallback();
@@ -242,13 +246,15 @@ impl FleetLimit {
         match taken {
             Ok((granted, retry_after)) => {
                 self.set_mode(FleetMode::Connected);
+                let now = Instant::now();
+                let mut lease = lock(&self.lease);
                 if granted == 0 {
+                    lease.empty_until = now + retry_after;
+                    drop(lease);
                     return self.rejected(retry_after);
                 }
-                *lock(&self.lease) = Lease {
-                    tokens: granted - 1,
-                    until: Instant::now() + LEASE_FOR,
-                };
+                lease.tokens = granted - 1;
+                lease.until = now + LEASE_FOR;
                 LimitDecision::Allowed
             }
             Err(_) => {
@@ -259,14 +265,17 @@ impl FleetLimit {
         }
     }
 
-    fn take_leased(&self) -> bool {
+    /// A leased token, or a refusal while Redis said the fleet is empty; `None`: ask Redis.
+    fn decide_locally(&self) -> Option<LimitDecision> {
+        let now = Instant::now();
         let mut lease = lock(&self.lease);
-        if lease.tokens > 0 && Instant::now() < lease.until {
+        if lease.tokens > 0 && now < lease.until {
             lease.tokens -= 1;
-            true
-        } else {
-            false
+            return Some(LimitDecision::Allowed);
         }
+        let empty_for = lease.empty_until.checked_duration_since(now)?;
+        drop(lease);
+        (!empty_for.is_zero()).then(|| self.rejected(empty_for))
     }
 
     /// In fallback and not yet time to ask Redis again.
