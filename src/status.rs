@@ -469,6 +469,7 @@ mod tests {
         };
         open.next_probe_in_ms = Some(4_200);
         open.trips = 1;
+        open.fleet = Some("fallback".into());
         open.recent = vec![FailureView {
             time: "2025-01-31T11:56:48.000Z".into(),
             kind: "status".into(),
@@ -509,7 +510,7 @@ mod tests {
         let expected = "\
 UPSTREAM  DESTINATION                        STATE               SINCE      CALLS/FAIL/SLOW  LAST REASON           NEXT PROBE  IN FLIGHT
 default   api.example.com:443 (intercepted)  closed              3h00m ago  120/3/1          -                     -           2
-payments  10.0.0.7:8080                      open                3m12s ago  5/5/0            consecutive_failures  4.2s        0
+payments  10.0.0.7:8080 (fleet: fallback)    open                3m12s ago  5/5/0            consecutive_failures  4.2s        0
 payments  [::1]:9000                         open FORCED         2s ago     0/0/0            forced (operator)     -           0
 search    search:80                          half-open (shadow)  0s ago     0/0/0            open_elapsed          -           0
 ";
