@@ -135,11 +135,16 @@ impl Reloader {
             });
         }
         let fresh = routes.bind_missing(&policies).await?;
-        let next = self
-            .registry
-            .prepare(policies.clone())
+        // Building a snapshot (clients, TLS configurations) is CPU work: off the request
+        // workers, so that a reload of many policies never stalls live traffic.
+        let registry = Arc::clone(&self.registry);
+        let prepared = policies.clone();
+        let next = tokio::task::spawn_blocking(move || registry.prepare(prepared))
+            .await
+            .map_err(|e| ReloadError::one(format!("building the policies stopped: {e}")))?
             .map_err(ReloadError::one)?;
-        let generation = self.registry.swap(next);
+        let (generation, previous) = self.registry.swap(next);
+        tokio::task::spawn_blocking(move || drop(previous));
         routes.commit(&policies, fresh);
         self.publish_addrs(routes);
         Ok(Some(generation))

@@ -682,14 +682,15 @@ impl Registry {
     }
 
     /// Makes `next` the active generation, atomically; requests already under way finish with
-    /// the snapshot they started with.
-    pub fn swap(&self, next: Snapshot) -> u64 {
+    /// the snapshot they started with. Returns the previous one, for the caller to drop where
+    /// freeing it (every client of every changed policy) stalls no request.
+    pub fn swap(&self, next: Snapshot) -> (u64, Arc<Snapshot>) {
         let generation = next.generation;
-        self.current.store(Arc::new(next));
+        let previous = self.current.swap(Arc::new(next));
         // A gauge holds an f64; generations stay far below 2^53.
         #[allow(clippy::cast_precision_loss)]
         self.telemetry.config_generation.set(generation as f64);
-        generation
+        (generation, previous)
     }
 
     /// The Prometheus text of `/metrics`: every metric, less the series of policies and

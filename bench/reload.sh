@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Reloads of many policies (docs/ARCHITECTURE.md §7, §8): one fusebox (`--workers 1`) with
+# N policy files (default 1,000), measured for
+#   - RSS at start, and after each of 5 full reloads (every file changed, picked up by the
+#     file watch);
+#   - the reload time (from the log: "policies directory changed" to "policies reloaded");
+#   - the slowest request of steady traffic (hey, 200 rps through fusebox to a local upstream)
+#     while those reloads happen: a reload must not stall live traffic.
+# Usage: bash bench/reload.sh [N]     (about 20 s; FUSEBOX_BIN to use a given binary)
+# Needs: hey, curl, python3. Everything listens on 127.0.0.1; processes are stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000}
+for t in hey curl python3; do
+  command -v "$t" >/dev/null || { echo "bench/reload.sh: $t not found" >&2; exit 2; }
+done
+if [ -z "${FUSEBOX_BIN:-}" ]; then
+  cargo build --release --locked --quiet
+  FUSEBOX_BIN=target/release/fusebox
+fi
+WORK=$(mktemp -d /tmp/fusebox-bench-reload.XXXXXX)
+POL=$WORK/policies
+mkdir -p "$POL"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+write() {  # write ATTEMPTS: every policy file, changed
+  local i
+  for i in $(seq 1 "$N"); do printf 'hosts = ["svc%d.example"]\n[retry]\nattempts = %d\n' "$i" "$1" >"$POL/p$i.toml"; done
+}
+printf 'allow_private = true   # BENCHMARK ONLY: loopback upstream\n' >"$POL/default.toml"
+write 2
+UP_PORT=$(free_port); LISTEN=127.0.0.1:$(free_port); ADMIN=127.0.0.1:$(free_port)
+python3 -m http.server "$UP_PORT" --bind 127.0.0.1 >/dev/null 2>&1 &
+PIDS+=($!)
+"$FUSEBOX_BIN" run --policies "$POL" --listen "$LISTEN" --admin "$ADMIN" --workers 1 >"$WORK/fusebox.log" 2>&1 &
+FUSEBOX=$!; PIDS+=("$FUSEBOX")
+for _ in $(seq 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+printf '%d policies: RSS at start %d KiB\n' "$N" "$(rss "$FUSEBOX")"
+hey -z 8s -c 4 -q 50 -x "http://$LISTEN" "http://127.0.0.1:$UP_PORT/" >"$WORK/hey.txt" 2>&1 &
+HEY=$!; PIDS+=("$HEY")
+sleep 1
+first=0
+for r in 1 2 3 4 5; do
+  write $((r + 2))
+  for _ in $(seq 100); do grep -q "reloaded generation=$((r + 1)) " "$WORK/fusebox.log" && break; sleep 0.1; done
+  sleep 0.3
+  now=$(rss "$FUSEBOX"); [ "$first" != 0 ] || first=$now
+  took=$(python3 - "$WORK/fusebox.log" $((r + 1)) <<'PY'
+import re, sys, datetime
+lines = open(sys.argv[1]).read().splitlines()
+t = lambda l: datetime.datetime.fromisoformat(l.split()[0].rstrip("Z"))
+end = next(i for i, l in enumerate(lines) if f"reloaded generation={sys.argv[2]} " in l)
+start = max(i for i in range(end) if "directory changed" in lines[i])
+print(f"{(t(lines[end]) - t(lines[start])).total_seconds() * 1000:.0f} ms")
+PY
+)
+  awk -v r="$r" -v n="$now" -v f="$first" -v t="$took" \
+    'BEGIN { printf "reload %d: %s, RSS %d KiB (%.2fx the first reload)\n", r, t, n, n / f }'
+done
+wait "$HEY" || true
+awk '/Slowest/ { printf "slowest request during the reloads: %.1f ms\n", $2 * 1000 }
+     /Average/ { printf "average request: %.1f ms\n", $2 * 1000 }' "$WORK/hey.txt"
