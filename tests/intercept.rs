@@ -174,29 +174,36 @@ async fn curl_through_interception_trips_the_breaker_and_reads_the_local_reply_i
     );
 }
 
-/// Runs a peer app (`program script url count`) with only `HTTPS_PROXY` and `trust_var` =
-/// fusebox's CA set; its output lines.
-async fn peer_app(
-    program: std::path::PathBuf,
-    script: &str,
-    url: &str,
-    count: u32,
-    proxy: &str,
-    trust_var: &str,
-    ca_pem: &str,
-) -> Vec<String> {
-    let mut command = peers::hermetic(&program);
-    command
-        .arg(peers::peer_script(script))
-        .arg(url)
-        .arg(count.to_string())
-        .env("HTTPS_PROXY", proxy)
-        .env(trust_var, ca_pem);
-    peers::output(command)
-        .await
-        .lines()
-        .map(str::to_owned)
-        .collect()
+/// A real app of another language, configured only by its environment.
+#[derive(Clone, Copy)]
+enum PeerApp {
+    /// Python `requests`, trusting fusebox's CA through `REQUESTS_CA_BUNDLE`.
+    PythonRequests,
+    /// Node's `https`, trusting it through `NODE_EXTRA_CA_CERTS`.
+    Node,
+}
+
+impl PeerApp {
+    /// GETs `url` `count` times with only `HTTPS_PROXY` = fusebox and the trust variable =
+    /// fusebox's CA; one line per answer: `"<status> <x-fusebox-reason or -> <body>"`.
+    async fn get(self, fusebox: &TestFusebox, ca_pem: &str, url: &str, count: u32) -> Vec<String> {
+        let (program, script, trust) = match self {
+            PeerApp::PythonRequests => (peers::python(), "https_get.py", "REQUESTS_CA_BUNDLE"),
+            PeerApp::Node => (peers::node(), "https_get.js", "NODE_EXTRA_CA_CERTS"),
+        };
+        let mut command = peers::hermetic(&program);
+        command
+            .arg(peers::peer_script(script))
+            .arg(url)
+            .arg(count.to_string())
+            .env("HTTPS_PROXY", fusebox.egress_url())
+            .env(trust, ca_pem);
+        peers::output(command)
+            .await
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,16 +217,9 @@ async fn python_requests_with_only_https_proxy_and_the_ca_bundle_gets_retries() 
         .await;
     let (fusebox, ca_pem) = start(&pki, &upstream, "[retry]\nattempts = 3\n").await;
     let url = format!("https://localhost:{}/pay", upstream.addr().port());
-    let lines = peer_app(
-        peers::python(),
-        "https_get.py",
-        &url,
-        1,
-        &fusebox.egress_url(),
-        "REQUESTS_CA_BUNDLE",
-        &ca_pem,
-    )
-    .await;
+    let lines = PeerApp::PythonRequests
+        .get(&fusebox, &ca_pem, &url, 1)
+        .await;
     assert_eq!(lines, ["200 - inside"]);
     assert_eq!(
         upstream.hits(),
@@ -239,16 +239,7 @@ async fn node_with_only_https_proxy_and_extra_ca_certs_reads_the_breakers_reply(
     let extra = "[retry]\nattempts = 1\n[breaker]\nconsecutive_failures = 2\nopen_base = \"60s\"\n";
     let (fusebox, ca_pem) = start(&pki, &upstream, extra).await;
     let url = format!("https://localhost:{}/", upstream.addr().port());
-    let lines = peer_app(
-        peers::node(),
-        "https_get.js",
-        &url,
-        3,
-        &fusebox.egress_url(),
-        "NODE_EXTRA_CA_CERTS",
-        &ca_pem,
-    )
-    .await;
+    let lines = PeerApp::Node.get(&fusebox, &ca_pem, &url, 3).await;
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(
         lines[0].starts_with("503 - "),
@@ -273,16 +264,9 @@ async fn a_slow_upstream_is_a_504_timeout_inside_tls() {
     let extra = "[retry]\nattempts = 1\n[timeouts]\nattempt = \"200ms\"\n";
     let (fusebox, ca_pem) = start(&pki, &upstream, extra).await;
     let url = format!("https://localhost:{}/slow", upstream.addr().port());
-    let lines = peer_app(
-        peers::python(),
-        "https_get.py",
-        &url,
-        1,
-        &fusebox.egress_url(),
-        "REQUESTS_CA_BUNDLE",
-        &ca_pem,
-    )
-    .await;
+    let lines = PeerApp::PythonRequests
+        .get(&fusebox, &ca_pem, &url, 1)
+        .await;
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
         lines[0].starts_with("504 timeout fusebox: timeout: no response head from localhost:"),
