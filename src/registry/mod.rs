@@ -2,17 +2,18 @@
 //! inside it, one [`Destination`] per `host:port` that traffic actually reached, created on
 //! first use.
 //!
-//! Reads never take a lock: the policy snapshot is behind an `ArcSwap`, and each upstream's
-//! destination map is an immutable `HashMap` behind another `ArcSwap`, copied on insert (rare:
-//! once per new destination). Inserts of one upstream are serialised by a small mutex so that
-//! two racing requests create one destination, not two.
+//! The policy snapshot is behind an `ArcSwap` (lock-free reads). Each upstream's destinations
+//! are in a sharded map (`dashmap`): a lookup takes one shard's read lock, an insert one shard's
+//! write lock, so creating a destination costs the same however many exist (a copy-on-write
+//! map used to copy them all). Inserts of one upstream are serialised by a small mutex so that
+//! two racing requests create one destination, not two, and label slots are counted exactly.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
 use http::uri::Authority;
 use tokio::time::Instant;
 use tracing::warn;
@@ -50,7 +51,10 @@ pub struct Upstream {
     /// `host_rewrite`, parsed once for upstream URIs.
     pub rewrite_authority: Option<Authority>,
     next_endpoint: AtomicUsize,
-    destinations: ArcSwap<HashMap<Box<str>, Arc<Destination>>>,
+    /// Sharded: a lookup takes one shard's read lock, an insert one shard's write lock, so
+    /// creating the 10,000th destination costs what creating the 10th did (a copy-on-write map
+    /// copied every entry on every insert).
+    destinations: DashMap<Box<str>, Arc<Destination>>,
     insert: Mutex<()>,
     name: Arc<str>,
     /// Destinations that were given their own `destination` label.
@@ -378,7 +382,7 @@ impl Upstream {
             grpc_clients: std::sync::OnceLock::new(),
             rules,
             next_endpoint: AtomicUsize::new(0),
-            destinations: ArcSwap::default(),
+            destinations: DashMap::new(),
             insert: Mutex::new(()),
             other_metrics: std::sync::OnceLock::new(),
             telemetry,
@@ -442,13 +446,14 @@ impl Upstream {
     pub fn destination(&self, host: &str, port: u16) -> Arc<Destination> {
         let mut key = AuthorityBuf::default();
         let key = key.format(host, port);
-        if let Some(found) = self.destinations.load().get(key) {
-            return Arc::clone(found);
+        if let Some(found) = self.destinations.get(key) {
+            return Arc::clone(found.value());
         }
+        // One creator at a time per policy: label slots are counted, and a destination is
+        // created once.
         let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.destinations.load_full();
-        if let Some(found) = current.get(key) {
-            return Arc::clone(found);
+        if let Some(found) = self.destinations.get(key) {
+            return Arc::clone(found.value());
         }
         // Label slots are never given back, so eviction cannot push cardinality past the limit.
         let labelled = self.labelled.load(Ordering::Relaxed);
@@ -465,17 +470,16 @@ impl Upstream {
             metrics,
             &self.settings,
         ));
-        let mut next = HashMap::clone(&current);
-        if next.len() >= MAX_DESTINATIONS {
-            next.retain(|_, d| {
+        if self.destinations.len() >= MAX_DESTINATIONS {
+            self.destinations.retain(|_, d| {
                 Arc::strong_count(d) > 1
                     || d.gate.in_flight() > 0
                     || d.breaker().state() != State::Closed
                     || d.breaker().forced().is_some()
             });
         }
-        next.insert(key.into(), Arc::clone(&destination));
-        self.destinations.store(Arc::new(next));
+        self.destinations
+            .insert(key.into(), Arc::clone(&destination));
         destination
     }
 
@@ -503,31 +507,29 @@ impl Upstream {
     /// Carries the destinations of the previous version of this policy over, component by
     /// component ([`Destination::carried`]); their label slots come along with them.
     fn carry_from(&self, before: &Upstream) {
-        let carried: HashMap<Box<str>, Arc<Destination>> = before
-            .destinations
-            .load()
-            .iter()
-            .map(|(key, old)| {
-                let next = old.carried(
-                    &before.policy,
-                    &self.policy,
-                    Arc::clone(&self.name),
-                    &self.settings,
-                );
-                (key.clone(), Arc::new(next))
-            })
-            .collect();
+        for entry in &before.destinations {
+            let next = entry.value().carried(
+                &before.policy,
+                &self.policy,
+                Arc::clone(&self.name),
+                &self.settings,
+            );
+            self.destinations
+                .insert(entry.key().clone(), Arc::new(next));
+        }
         let labelled = before.labelled.load(Ordering::Relaxed);
         self.labelled.store(labelled, Ordering::Relaxed);
         if let Some(other) = before.other_metrics.get() {
             let _ = self.other_metrics.set(Arc::clone(other));
         }
-        self.destinations.store(Arc::new(carried));
     }
 
     /// Every destination seen so far.
     pub fn destinations(&self) -> Vec<Arc<Destination>> {
-        self.destinations.load().values().cloned().collect()
+        self.destinations
+            .iter()
+            .map(|entry| Arc::clone(entry.value()))
+            .collect()
     }
 }
 
@@ -699,7 +701,7 @@ impl Registry {
         let snapshot = self.load();
         self.telemetry.render_where(|upstream, destination| {
             snapshot.by_name(upstream).is_some_and(|u| {
-                destination == OTHER_DESTINATION || u.destinations.load().contains_key(destination)
+                destination == OTHER_DESTINATION || u.destinations.contains_key(destination)
             })
         })
     }

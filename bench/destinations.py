@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Destinations (docs/ARCHITECTURE.md §8): how much memory and time creating them costs.
+
+Starts one fusebox (`--workers 1`, FUSEBOX_BIN or target/release/fusebox) with a policy that
+allows loopback, then sends one request per destination to 127.0.0.1:PORT for N distinct ports
+(default 10,000; nothing listens there, so each is a fast 502 connect-failed, and each creates a
+destination). Prints the RSS per destination and the median time of a request that creates one,
+for the first and the last thousand, so that "the 10,000th costs what the 10th did" can be read
+off. Usage: python3 bench/destinations.py [N]
+"""
+import http.client
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    binary = os.environ.get("FUSEBOX_BIN", str(ROOT / "target/release/fusebox"))
+    with tempfile.TemporaryDirectory() as work:
+        policies = pathlib.Path(work) / "policies"
+        policies.mkdir()
+        (policies / "default.toml").write_text(
+            "allow_private = true   # BENCHMARK ONLY: loopback destinations\n"
+            "[retry]\nattempts = 1\n[timeouts]\nconnect = \"200ms\"\n"
+        )
+        listen, admin = free_port(), free_port()
+        log = open(pathlib.Path(work) / "fusebox.log", "w")
+        proc = subprocess.Popen(
+            [binary, "run", "--policies", str(policies), "--listen", f"127.0.0.1:{listen}",
+             "--admin", f"127.0.0.1:{admin}", "--workers", "1"],
+            stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+        try:
+            for _ in range(100):
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", admin, timeout=1)
+                    c.request("GET", "/readyz")
+                    if c.getresponse().status == 200:
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            start_rss = rss_kib(proc.pid)
+            conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=10)
+            times = []
+            # Ports from 40000 down, where nothing listens (a listener there only adds a 200).
+            for i in range(n):
+                port = 60000 - i
+                t = time.perf_counter()
+                conn.request("GET", f"http://127.0.0.1:{port}/")
+                conn.getresponse().read()
+                times.append(time.perf_counter() - t)
+            end_rss = rss_kib(proc.pid)
+            first = statistics.median(times[:1000]) * 1e6
+            last = statistics.median(times[-1000:]) * 1e6
+            print(f"{n} destinations: RSS {start_rss} -> {end_rss} KiB, "
+                  f"{(end_rss - start_rss) * 1024 / n:.0f} bytes per destination")
+            print(f"median request that creates a destination: first 1,000 {first:.0f} us, "
+                  f"last 1,000 {last:.0f} us ({last / first:.2f}x)")
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()
