@@ -551,3 +551,29 @@ async fn upgrade_switches_protocols_and_splices_bytes() {
     assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
     assert!(head.contains("\r\nvia: 1.1 fusebox-"), "{head}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_upstream_connections_follow_pool_max_idle() {
+    // Default: one kept-alive upstream connection serves every request in turn.
+    let upstream = FakeUpstream::with_status(200).await;
+    let policy = format!("hosts = [\"{}\"]\n", upstream.authority());
+    let fusebox = TestFusebox::start(&[("api", &policy)]).await;
+    for _ in 0..3 {
+        let response = fusebox.app().get(upstream.url("/")).send().await.unwrap();
+        response.bytes().await.unwrap();
+    }
+    assert_eq!(upstream.connections(), 1, "reused from the pool");
+
+    // pool_max_idle = 0: nothing is kept, every request opens its own connection.
+    let upstream = FakeUpstream::with_status(200).await;
+    let policy = format!(
+        "hosts = [\"{}\"]\npool_max_idle = 0\n",
+        upstream.authority()
+    );
+    let fusebox = TestFusebox::start(&[("api", &policy)]).await;
+    for _ in 0..3 {
+        let response = fusebox.app().get(upstream.url("/")).send().await.unwrap();
+        response.bytes().await.unwrap();
+    }
+    assert_eq!(upstream.connections(), 3, "no idle connection kept");
+}

@@ -328,6 +328,18 @@ impl<'a> Cx<'a> {
             &raw.metrics_max_destinations,
             |&v| int(v, 1, U32_MAX),
         );
+        self.value(
+            &mut p.pool_idle_timeout,
+            "pool_idle_timeout",
+            &raw.pool_idle_timeout,
+            |s| positive(s),
+        );
+        self.value(
+            &mut p.pool_max_idle,
+            "pool_max_idle",
+            &raw.pool_max_idle,
+            |&v| int(v, 0, U32_MAX),
+        );
 
         self.timeouts(&mut p.timeouts, raw);
         self.retry(&mut p.retry, raw);
@@ -961,6 +973,8 @@ impl Default for Policy {
             allow_link_local: false,
             intercept: false,
             metrics_max_destinations: 100,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle: 32,
             timeouts: Timeouts::default(),
             retry: Retry::default(),
             breaker: Breaker::default(),
@@ -1113,6 +1127,8 @@ mod tests {
         assert_eq!(d.breaker.failure_statuses, [500, 502, 503, 504]);
         assert!(d.allow && d.allow_private && !d.allow_link_local && !d.tls);
         assert_eq!(d.metrics_max_destinations, 100);
+        assert_eq!(d.pool_idle_timeout, Duration::from_secs(90));
+        assert_eq!(d.pool_max_idle, 32);
     }
 
     #[test]

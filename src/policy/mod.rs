@@ -63,6 +63,11 @@ pub struct Policy {
     pub intercept: bool,
     /// At most this many distinct `destination` label values per policy; the rest are `_other`.
     pub metrics_max_destinations: usize,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(with = "humantime_serde_compat")]
+    pub pool_idle_timeout: Duration,
+    /// At most this many idle pooled upstream connections per destination (0: none kept).
+    pub pool_max_idle: usize,
     pub timeouts: Timeouts,
     pub retry: Retry,
     pub breaker: Breaker,

@@ -28,6 +28,8 @@ pub(crate) struct RawPolicy {
     pub allow_link_local: S<bool>,
     pub intercept: S<bool>,
     pub metrics_max_destinations: S<i64>,
+    pub pool_idle_timeout: S<String>,
+    pub pool_max_idle: S<i64>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]

@@ -4,7 +4,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -124,6 +123,7 @@ pub fn build(
         .http2_only(h2_only)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(policy.pool_idle_timeout)
+        .pool_max_idle_per_host(policy.pool_max_idle)
         .build(connector))
 }
