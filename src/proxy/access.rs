@@ -13,6 +13,16 @@ use crate::outcome::{Outcome, Reason};
 use crate::pipeline::grpc::GrpcCode;
 use crate::registry::Destination;
 
+/// How a request ended, for its access-log line.
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    status: StatusCode,
+    grpc_status: Option<GrpcCode>,
+    outcome: Outcome,
+    attempts: u32,
+    reason: Option<Reason>,
+}
+
 /// Marks a request that arrived inside an intercepted `CONNECT` (a request extension).
 #[derive(Debug, Clone, Copy)]
 pub struct Intercepted;
@@ -58,7 +68,14 @@ impl Seen {
     ) {
         let elapsed = self.started.elapsed();
         destination.metrics.request(outcome, status, elapsed);
-        self.log(destination, status, None, outcome, attempts, reason);
+        let ending = Ending {
+            status,
+            grpc_status: None,
+            outcome,
+            attempts,
+            reason,
+        };
+        self.log(destination, &ending, elapsed);
     }
 
     /// Records a gRPC call answered (`200`) with `code`: by the upstream, or by fusebox itself
@@ -73,26 +90,26 @@ impl Seen {
     ) {
         let elapsed = self.started.elapsed();
         destination.metrics.request_grpc(outcome, code, elapsed);
-        self.log(
-            destination,
-            StatusCode::OK,
-            Some(code),
+        let ending = Ending {
+            status: StatusCode::OK,
+            grpc_status: Some(code),
             outcome,
             attempts,
             reason,
-        );
+        };
+        self.log(destination, &ending, elapsed);
     }
 
-    fn log(
-        &self,
-        destination: &Destination,
-        status: StatusCode,
-        grpc_status: Option<GrpcCode>,
-        outcome: Outcome,
-        attempts: u32,
-        reason: Option<Reason>,
-    ) {
-        let elapsed = self.started.elapsed();
+    /// The access-log line, with the `elapsed` the metrics recorded (one clock read per
+    /// request).
+    fn log(&self, destination: &Destination, ending: &Ending, elapsed: std::time::Duration) {
+        let Ending {
+            status,
+            grpc_status,
+            outcome,
+            attempts,
+            reason,
+        } = *ending;
         info!(
             target: "fusebox::access",
             upstream = %destination.upstream,
