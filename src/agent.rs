@@ -46,6 +46,9 @@ pub struct RunConfig {
     pub header_timeout: Duration,
     /// How long an app connection may sit idle between requests.
     pub idle_timeout: Duration,
+    /// How long an idle HTTP/1.1 app connection keeps its buffers before it rests with only its
+    /// socket (1 s; not a flag: tests set it to zero to rest after every request).
+    pub rest_after: Duration,
     /// The local CA for `intercept = true` policies (`--ca-dir`).
     pub ca_dir: Option<PathBuf>,
     /// The Redis of fleet-wide rate limits (`--redis`, `redis://` or `rediss://`).
@@ -66,11 +69,15 @@ impl RunConfig {
             admin_token: None,
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            rest_after: REST_AFTER,
             ca_dir: None,
             redis: None,
         }
     }
 }
+
+/// How long an idle HTTP/1.1 app connection keeps its buffers before it rests.
+pub const REST_AFTER: Duration = Duration::from_secs(1);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +175,7 @@ impl Agent {
             max_header_bytes: config.max_header_bytes,
             header_timeout: config.header_timeout,
             idle_timeout: config.idle_timeout,
+            rest_after: config.rest_after,
         };
         let ctx = Arc::new(ProxyContext::new(Arc::clone(&registry), ca, limits));
         let shutdown = CancellationToken::new();

@@ -205,6 +205,7 @@ fn run(args: RunArgs) -> i32 {
         admin_token,
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
+        rest_after: crate::agent::REST_AFTER,
         ca_dir: args.ca_dir,
         redis: args.redis,
     };

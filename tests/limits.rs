@@ -702,3 +702,94 @@ async fn a_quiet_tunnel_outlives_the_app_connection_timeouts() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// An idle HTTP/1.1 connection rests (hyper's state is let go, the socket kept) and wakes on
+/// the app's next bytes. Resting after every response here (`rest_after` zero): keep-alive
+/// requests, a pipelined head that arrived half before the rest and half after (the half hyper
+/// had read is handed back, not lost), a POST body, the header timeout on a head after a rest,
+/// and a CONNECT all work as on a connection that never rests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resting_connection_loses_nothing_and_keeps_its_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FakeUpstream::builder().echo().start().await;
+    let header = Duration::from_millis(300);
+    let fusebox = TestFusebox::start_with(policies_dir(&[("default", "")]), |config| {
+        config.rest_after = Duration::ZERO;
+        config.header_timeout = header;
+    })
+    .await;
+    let host = upstream.authority();
+    let get = |path: &str| format!("GET http://{host}{path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+
+    let mut raw = support::raw::RawConn::connect(fusebox.agent().egress_addr()).await;
+    for path in ["/one", "/two", "/three"] {
+        raw.send(get(path).as_bytes()).await;
+        assert_eq!(raw.read_response().await.status, 200, "{path}");
+    }
+    // One request and the first half of the next in one write; the rest of it after the
+    // first answer, when the connection has rested with the half in hyper's buffer.
+    let pipelined = format!(
+        "{}GET http://{host}/second-half HTTP/1.1\r\nHo",
+        get("/first")
+    );
+    raw.send(pipelined.as_bytes()).await;
+    assert_eq!(raw.read_response().await.status, 200);
+    raw.send(format!("st: {host}\r\n\r\n").as_bytes()).await;
+    let second = raw.read_response().await;
+    assert_eq!(second.status, 200, "{second:?}");
+    let post = format!(
+        "POST http://{host}/post HTTP/1.1\r\nHost: {host}\r\ncontent-length: 5\r\n\r\nhello"
+    );
+    raw.send(post.as_bytes()).await;
+    let echoed = raw.read_response().await;
+    assert_eq!(
+        (echoed.status, echoed.body.as_slice()),
+        (200, &b"hello"[..])
+    );
+    assert_eq!(upstream.hits(), 6);
+
+    // A head that stalls half-way after a rest still runs into the header timeout.
+    raw.send(b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHo").await;
+    let started = Instant::now();
+    let told = raw.read_response().await;
+    assert_eq!(told.status, 408, "{told:?}");
+    assert!(started.elapsed() >= header - Duration::from_millis(50));
+
+    // A CONNECT after rests becomes a tunnel.
+    let mut app = tokio::net::TcpStream::connect(fusebox.agent().egress_addr())
+        .await
+        .unwrap();
+    app.write_all(get("/before-connect").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 512];
+    let n = app.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    let connect = format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    app.write_all(connect.as_bytes()).await.unwrap();
+    let n = app.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    let inside = format!("GET /inside HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    app.write_all(inside.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), app.read_to_end(&mut answer))
+        .await
+        .expect("the upstream answers through the tunnel")
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    drop(app);
+
+    // A resting connection does not hold up shutdown: it is closed at once, well within the
+    // drain timeout (10 s).
+    let mut resting = support::raw::RawConn::connect(fusebox.agent().egress_addr()).await;
+    resting.send(get("/last").as_bytes()).await;
+    assert_eq!(resting.read_response().await.status, 200);
+    let started = Instant::now();
+    fusebox.shutdown().await;
+    assert!(resting.is_closed().await);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}

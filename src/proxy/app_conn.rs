@@ -11,6 +11,13 @@
 //! a head that stalls fails the read (hyper closes the connection), an idle connection reads
 //! as closed (hyper ends it quietly). No task, no wake-up per request: one timer per
 //! connection, reset when the phase changes.
+//!
+//! An idle connection also *rests*: once it has been idle for `rest_after` (1 s), with idle
+//! time left, the socket wakes the listener ([`ConnPhase::resting`]), which lets hyper's
+//! connection state go (its 8 KiB read and write buffers, the in-flight slot) and keeps only
+//! the socket until the app's next byte. An idle keep-alive connection then costs about a
+//! kilobyte instead of twenty (docs/ARCHITECTURE.md §8). Bytes hyper had read past the last
+//! request (a pipelined head) are handed back and replayed ([`Watched::replay`]).
 
 use std::future::Future;
 use std::io;
@@ -20,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::reply::HEADER_TIMEOUT_REPLY;
@@ -36,6 +45,9 @@ const EXPIRED: u8 = 3;
 /// Handed over to a CONNECT tunnel or an upgrade: not HTTP any more, and the tunnel's own
 /// limits (`timeouts.tunnel_idle`, `tunnel_max`) apply.
 const UPGRADED: u8 = 4;
+/// Idle for `rest_after`: hyper's state is being let go, the socket kept; reads wait and a
+/// shutdown leaves the socket open (the listener goes on with it).
+const RESTING: u8 = 5;
 
 /// Which limit a connection ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +69,8 @@ pub struct ConnPhase {
     /// The socket's read waiting while a request was handled: woken when the request is
     /// done, so that the idle limit starts then and not at the app's next byte.
     parked_read: Mutex<Option<Waker>>,
+    /// Signalled when the connection starts to rest.
+    rest: Notify,
 }
 
 impl ConnPhase {
@@ -66,6 +80,7 @@ impl ConnPhase {
             epoch: AtomicU64::new(0),
             expired_header: AtomicU8::new(0),
             parked_read: Mutex::new(None),
+            rest: Notify::new(),
         })
     }
 
@@ -83,6 +98,29 @@ impl ConnPhase {
     /// no header or idle limit applies to it any more.
     pub fn upgraded(&self) {
         self.enter(UPGRADED);
+    }
+
+    /// Resolves when the connection has been idle for its rest time, with idle time left:
+    /// the moment to let hyper's state go.
+    pub async fn resting(&self) {
+        self.rest.notified().await;
+    }
+
+    /// Whether the connection is resting (hyper's state let go, or being let go).
+    pub fn is_resting(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == RESTING
+    }
+
+    /// The app sent its next bytes (or hyper handed some back): idle again, under a new
+    /// hyper connection, until they are read.
+    pub fn awake(&self) {
+        self.enter(IDLE);
+    }
+
+    /// The connection rested for the rest of `--idle-timeout`: it is closed.
+    pub fn expire_idle(&self) {
+        self.expired_header.store(0, Ordering::Release);
+        self.enter(EXPIRED);
     }
 
     /// The limit that closed the connection, if one did.
@@ -128,6 +166,9 @@ pin_project_lite::pin_project! {
         phase: Arc<ConnPhase>,
         header: Duration,
         idle: Duration,
+        rest_after: Duration,
+        // Bytes read before, handed back by hyper when it let the connection rest: read first.
+        replay: Bytes,
         // Created on the first wait; re-armed when the phase changes (`armed`: the epoch it
         // was armed for).
         timer: Option<Pin<Box<Sleep>>>,
@@ -135,16 +176,50 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// The time limits of an app connection's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// `--header-timeout`: from the first byte of a head to its end.
+    pub header: Duration,
+    /// `--idle-timeout`: from the end of a response to the next request's first byte.
+    pub idle: Duration,
+    /// Idle this long (and less than `idle`), the connection rests.
+    pub rest_after: Duration,
+}
+
 impl<T> Watched<T> {
-    pub fn new(inner: T, phase: Arc<ConnPhase>, header: Duration, idle: Duration) -> Self {
+    pub fn new(inner: T, phase: Arc<ConnPhase>, clock: Clock) -> Self {
         Watched {
             inner,
             phase,
-            header,
-            idle,
+            header: clock.header,
+            idle: clock.idle,
+            rest_after: clock.rest_after,
+            replay: Bytes::new(),
             timer: None,
             armed: u64::MAX,
         }
+    }
+
+    /// The socket itself.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Bytes to read before the socket's: what hyper had read but not used when the
+    /// connection went to rest.
+    pub fn replay(&mut self, bytes: &[u8]) {
+        // Copied: hyper's bytes are a view of its whole read buffer, which they would keep.
+        self.replay = if bytes.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(bytes)
+        };
+    }
+
+    /// Whether bytes handed back by hyper are waiting to be read.
+    pub fn has_replay(&self) -> bool {
+        !self.replay.is_empty()
     }
 }
 
@@ -155,10 +230,23 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        let phase = this.phase.phase.load(Ordering::Acquire);
+        if phase == RESTING {
+            // hyper is letting go; the listener wakes this task and reads on afterwards.
+            return Poll::Pending;
+        }
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            if phase == IDLE {
+                this.phase.enter(HEAD);
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let mut inner = this.inner;
         let read = inner.as_mut().poll_read(cx, buf);
-        let phase = this.phase.phase.load(Ordering::Acquire);
         if buf.filled().len() > before {
             if phase == IDLE {
                 this.phase.enter(HEAD);
@@ -180,13 +268,19 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
             return read;
         }
         // Waiting for the app, between requests or inside a head: the phase's limit runs.
-        let limit = if phase == HEAD {
-            *this.header
-        } else {
-            *this.idle
+        let rests = phase == IDLE && *this.rest_after < *this.idle;
+        let limit = match phase {
+            HEAD => *this.header,
+            _ if rests => *this.rest_after,
+            _ => *this.idle,
         };
         let epoch = this.phase.epoch.load(Ordering::Acquire);
         if !limit_reached(this.timer, this.armed, epoch, limit, cx) {
+            return Poll::Pending;
+        }
+        if rests {
+            this.phase.enter(RESTING);
+            this.phase.rest.notify_one();
             return Poll::Pending;
         }
         this.phase
@@ -256,6 +350,10 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.phase.is_resting() {
+            // hyper's end, not the connection's: the listener goes on with the socket.
+            return Poll::Ready(Ok(()));
+        }
         self.project().inner.poll_shutdown(cx)
     }
 }
@@ -269,15 +367,71 @@ mod tests {
     const HEADER: Duration = Duration::from_secs(30);
     const IDLE_LIMIT: Duration = Duration::from_secs(300);
 
+    const REST_AFTER: Duration = Duration::from_secs(1);
+
+    /// A connection that never rests.
     fn watched() -> (
+        Watched<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<ConnPhase>,
+    ) {
+        watched_resting_after(IDLE_LIMIT)
+    }
+
+    fn watched_resting_after(
+        rest_after: Duration,
+    ) -> (
         Watched<tokio::io::DuplexStream>,
         tokio::io::DuplexStream,
         Arc<ConnPhase>,
     ) {
         let (fusebox_side, app_side) = tokio::io::duplex(1024);
         let phase = ConnPhase::new();
-        let socket = Watched::new(fusebox_side, Arc::clone(&phase), HEADER, IDLE_LIMIT);
+        let clock = Clock {
+            header: HEADER,
+            idle: IDLE_LIMIT,
+            rest_after,
+        };
+        let socket = Watched::new(fusebox_side, Arc::clone(&phase), clock);
         (socket, app_side, phase)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_rests_after_its_rest_time_and_keeps_its_socket() {
+        let (mut socket, mut app, phase) = watched_resting_after(REST_AFTER);
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let rested = tokio::select! {
+            _ = socket.read(&mut buf) => panic!("a resting connection reads nothing"),
+            () = phase.resting() => started.elapsed(),
+        };
+        assert_eq!(rested, REST_AFTER);
+        assert!(phase.is_resting());
+        assert_eq!(phase.expired(), None, "resting is not closed");
+        // hyper's shutdown while resting leaves the socket open.
+        socket.shutdown().await.unwrap();
+        app.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        phase.awake();
+        // Bytes handed back by hyper come first, then the socket's.
+        socket.replay(b"GET /a");
+        let mut got = vec![0u8; 6];
+        socket.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"GET /a");
+        assert_eq!(
+            phase.phase.load(Ordering::Acquire),
+            HEAD,
+            "a replayed byte starts a head"
+        );
+        let n = socket.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_whose_idle_limit_comes_first_never_rests() {
+        let (mut socket, _app, phase) = watched_resting_after(IDLE_LIMIT * 2);
+        let mut buf = [0u8; 16];
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 0, "read as closed");
+        assert_eq!(phase.expired(), Some(Expired::Idle));
     }
 
     #[tokio::test(start_paused = true)]

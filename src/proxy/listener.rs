@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::access::Seen;
-use super::app_conn::{ConnPhase, Expired, RequestDone, Watched};
+use super::app_conn::{Clock, ConnPhase, Expired, RequestDone, Watched};
 use super::body::ResponseBody;
 use super::panic::CatchPanic;
 use super::streams::{Guarded, Streams};
@@ -40,6 +40,9 @@ pub struct ServerLimits {
     pub header_timeout: Duration,
     /// How long an app connection may sit idle between requests (`--idle-timeout`).
     pub idle_timeout: Duration,
+    /// How long an idle HTTP/1.1 app connection keeps hyper's state (buffers) before it rests
+    /// with only its socket (`app_conn`; 1 s).
+    pub rest_after: Duration,
 }
 
 /// Serves `listener` until `shutdown` is cancelled. Connections are spawned on
@@ -114,7 +117,8 @@ fn spawn_connection(
         let idle = app.limits.idle_timeout;
         if app.route.is_some() {
             match tokio::time::timeout(idle, opens_with_h2_preface(&stream)).await {
-                Ok(true) => return serve_h2(app, stream, shutdown).await,
+                // Boxed: the task of every HTTP/1.1 connection stays the size of HTTP/1.1's.
+                Ok(true) => return Box::pin(serve_h2(app, stream, shutdown)).await,
                 Ok(false) => {}
                 Err(_) => return debug!(peer = %app.peer, "app connection closed: idle for --idle-timeout"),
             }
@@ -178,7 +182,9 @@ async fn serve_h2(app: AppConn, stream: TcpStream, shutdown: CancellationToken) 
     connection_ended(&app, None, result);
 }
 
-/// Serves an HTTP/1.1 app connection, with its own clock (`app_conn`).
+/// Serves an HTTP/1.1 app connection, with its own clock (`app_conn`). Each time the
+/// connection rests, hyper's connection is let go and a new one is built when the app sends
+/// its next bytes.
 async fn serve_h1(
     builder: &http1::Builder,
     app: AppConn,
@@ -188,31 +194,72 @@ async fn serve_h1(
     let phase = ConnPhase::new();
     let service_phase = Arc::clone(&phase);
     let service_app = app.clone();
-    let service = service_fn(move |req| {
+    let mut service = service_fn(move |req| {
         service_phase.request_started();
         let done = RequestDone(Arc::clone(&service_phase));
         answer(service_app.clone(), done, req)
     });
-    let (header, idle) = (app.limits.header_timeout, app.limits.idle_timeout);
-    let socket = Watched::new(stream, Arc::clone(&phase), header, idle);
-    let connection = builder
-        .serve_connection(TokioIo::new(socket), service)
-        .with_upgrades();
+    let limits = app.limits;
+    let clock = Clock {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+        rest_after: limits.rest_after,
+    };
+    let mut socket = Watched::new(stream, Arc::clone(&phase), clock);
     let hard_stop = app.ctx.hard_stop.clone();
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
-            // Finish the request in flight (if any), then close instead of keeping
-            // alive; once the drain timeout is over, close whatever is left.
-            connection.as_mut().graceful_shutdown();
+    loop {
+        // Boxed, so that a resting connection's task holds only the socket.
+        let mut connection = Box::new(
+            builder
+                .serve_connection(TokioIo::new(socket), service)
+                .with_upgrades(),
+        );
+        // Boxed too: the resting task keeps none of this state.
+        let result = Box::pin(async {
             tokio::select! {
-                result = connection.as_mut() => result,
-                () = hard_stop.cancelled() => Ok(()),
+            biased;
+            () = phase.resting() => {
+                // Idle, so hyper closes at once and hands back the socket.
+                std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                (&mut *connection).await
+            }
+            result = &mut *connection => result,
+            () = shutdown.cancelled() => {
+                // Finish the request in flight (if any), then close instead of keeping
+                // alive; once the drain timeout is over, close whatever is left.
+                std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                tokio::select! {
+                    result = &mut *connection => result,
+                    () = hard_stop.cancelled() => Ok(()),
+                }
+            }
+            }
+        })
+        .await;
+        let parts = match connection.into_parts() {
+            Some(parts) if result.is_ok() && phase.is_resting() => parts,
+            _ => return connection_ended(&app, Some(&phase), result),
+        };
+        socket = parts.io.into_inner();
+        service = parts.service;
+        socket.replay(&parts.read_buf);
+        if !socket.has_replay() {
+            let rest = limits.idle_timeout.saturating_sub(limits.rest_after);
+            let woke = tokio::select! {
+                woke = tokio::time::timeout(rest, socket.get_ref().readable()) => woke,
+                () = shutdown.cancelled() => return,
+            };
+            match woke {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    phase.expire_idle();
+                    return connection_ended(&app, Some(&phase), Ok(()));
+                }
             }
         }
-    };
-    connection_ended(&app, Some(&phase), result);
+        phase.awake();
+    }
 }
 
 /// One HTTP/1.1 request's answer, which may turn the connection into a tunnel.
