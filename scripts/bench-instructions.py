@@ -8,7 +8,8 @@ not; see docs/ARCHITECTURE.md §8).
 For each binary (default: target/release/fusebox): starts a keep-alive HTTP/1.1 upstream on
 loopback, runs fusebox under `valgrind --tool=callgrind` with every pipeline stage on (gate,
 limiter, breaker, timeouts, retries with budget), sends N1 and then, in a second run, N2
-requests through it on one kept-alive app connection, and prints
+requests through it on one kept-alive app connection (access log off; BENCH_RUST_LOG=info
+turns it on), and prints
 (instructions(N2) - instructions(N1)) / (N2 - N1): start-up and shutdown cancel out. Needs
 valgrind. Everything listens on and sends to 127.0.0.1 only; the processes it starts are
 stopped by PID.
@@ -85,7 +86,7 @@ def instructions(binary, policies, upstream_port, requests):
          "--policies", policies, "--listen", f"127.0.0.1:{listen}",
          "--admin", f"127.0.0.1:{admin}", "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "RUST_LOG": "warn"})
+        env={**os.environ, "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn")})
     try:
         wait_port(listen)
         conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=30)

@@ -791,5 +791,9 @@ async fn a_resting_connection_loses_nothing_and_keeps_its_limits() {
     let started = Instant::now();
     fusebox.shutdown().await;
     assert!(resting.is_closed().await);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

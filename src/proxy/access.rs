@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use http::{Method, Request, StatusCode, Uri};
-use tracing::info;
+
+use crate::logging::AccessLine;
 
 use crate::outcome::{Outcome, Reason};
 use crate::pipeline::grpc::GrpcCode;
@@ -110,25 +111,23 @@ impl Seen {
             attempts,
             reason,
         } = *ending;
-        info!(
-            target: "fusebox::access",
-            upstream = %destination.upstream,
-            destination = %destination.authority,
-            method = %self.method,
+        crate::logging::access(&AccessLine {
+            upstream: &destination.upstream,
+            destination: &destination.authority,
+            method: self.method.as_str(),
             // CONNECT targets have no path: log the authority instead.
-            path = self.uri.path_and_query().map_or_else(|| self.uri.authority().map_or("", |a| a.as_str()), |_| self.uri.path()),
-            status = status.as_u16(),
-            // Only on gRPC calls.
-            grpc_status = grpc_status.map(GrpcCode::name),
-            outcome = outcome.label(),
+            path: self.uri.path_and_query().map_or_else(
+                || self.uri.authority().map_or("", |a| a.as_str()),
+                |_| self.uri.path(),
+            ),
+            status: status.as_u16(),
+            grpc_status: grpc_status.map(GrpcCode::name),
+            outcome: outcome.label(),
             attempts,
-            // Whole microseconds: at most three decimals (`38.991`, `38.99`), never
-            // `38.990868999999996`. An exact conversion for any duration under 285 years.
-            duration_ms = elapsed.as_micros() as f64 / 1000.0,
-            reason = reason.map(Reason::as_str),
-            // Only on requests that came through HTTPS interception.
-            intercepted = self.intercepted.then_some(true),
-        );
+            duration_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            reason: reason.map(Reason::as_str),
+            intercepted: self.intercepted,
+        });
     }
 }
 

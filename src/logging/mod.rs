@@ -6,10 +6,16 @@
 //! microseconds a request. Here a formatted line is appended to a shared buffer under a
 //! short lock; a background thread writes the buffer out every [`FLUSH_EVERY`] with one system
 //! call. The buffer is bounded: if stderr cannot keep up, lines are dropped (and counted in a
-//! final message) rather than making requests wait.
+//! final message) rather than making requests wait. Access-log lines skip the formatter and
+//! are written into the buffer directly ([`access`], `access_line.rs`).
 
+mod access_line;
+
+pub use access_line::AccessLine;
+
+use std::cell::RefCell;
 use std::io::{self, IsTerminal, Write};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -34,6 +40,54 @@ struct Buffer {
     dropped: u64,
 }
 
+impl Buffer {
+    fn append(&mut self, data: &[u8]) {
+        if self.bytes.len() + data.len() > MAX_BUFFERED {
+            self.dropped += 1;
+        } else {
+            self.bytes.extend_from_slice(data);
+        }
+    }
+}
+
+/// Where access-log lines go when fusebox installed its own logging (and no ANSI colours).
+struct AccessSink {
+    shared: Arc<Mutex<Buffer>>,
+    json: bool,
+}
+
+static ACCESS_SINK: OnceLock<AccessSink> = OnceLock::new();
+
+thread_local! {
+    /// A reused buffer to format one access line in, outside the shared buffer's lock.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Logs one request's access line (target `fusebox::access`, INFO) if the level filter lets
+/// it through: formatted here into the log buffer, or as a `tracing` event for a subscriber
+/// that is not fusebox's.
+pub fn access(line: &AccessLine<'_>) {
+    if !tracing::enabled!(target: "fusebox::access", tracing::Level::INFO) {
+        return;
+    }
+    let Some(sink) = ACCESS_SINK.get() else {
+        return access_line::event(line);
+    };
+    LINE.with_borrow_mut(|text| {
+        text.clear();
+        let timestamp = access_line::timestamp();
+        if sink.json {
+            access_line::write_json(text, &timestamp, line);
+        } else {
+            access_line::write_text(text, &timestamp, line);
+        }
+        sink.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(text);
+    });
+}
+
 /// A `MakeWriter` that appends to the shared buffer.
 #[derive(Debug, Clone)]
 struct Batched(Arc<Mutex<Buffer>>);
@@ -43,12 +97,10 @@ struct Line<'a>(&'a Mutex<Buffer>);
 
 impl Write for Line<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut buffer = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if buffer.bytes.len() + data.len() > MAX_BUFFERED {
-            buffer.dropped += 1;
-        } else {
-            buffer.bytes.extend_from_slice(data);
-        }
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(data);
         Ok(data.len())
     }
 
@@ -106,9 +158,16 @@ pub fn init(format: Format) -> FlushOnDrop {
         });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = io::stderr().is_terminal();
+    if !ansi {
+        let _ = ACCESS_SINK.set(AccessSink {
+            shared: Arc::clone(&shared),
+            json: format == Format::Json,
+        });
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(io::stderr().is_terminal())
+        .with_ansi(ansi)
         .with_writer(Batched(Arc::clone(&shared)));
     match format {
         Format::Text => builder.init(),
