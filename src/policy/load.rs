@@ -974,7 +974,7 @@ impl Default for Policy {
             intercept: false,
             metrics_max_destinations: 100,
             pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle: 32,
+            pool_max_idle: 256,
             timeouts: Timeouts::default(),
             retry: Retry::default(),
             breaker: Breaker::default(),
@@ -1128,7 +1128,7 @@ mod tests {
         assert!(d.allow && d.allow_private && !d.allow_link_local && !d.tls);
         assert_eq!(d.metrics_max_destinations, 100);
         assert_eq!(d.pool_idle_timeout, Duration::from_secs(90));
-        assert_eq!(d.pool_max_idle, 32);
+        assert_eq!(d.pool_max_idle, 256);
     }
 
     #[test]

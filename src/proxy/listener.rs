@@ -243,6 +243,8 @@ async fn serve_h1(
         socket = parts.io.into_inner();
         service = parts.service;
         socket.replay(&parts.read_buf);
+        // hyper's read buffer, freed before the rest (not at the end of this iteration).
+        drop(parts.read_buf);
         if !socket.has_replay() {
             let rest = limits.idle_timeout.saturating_sub(limits.rest_after);
             let woke = tokio::select! {

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# All of fusebox's own benchmarks in one run (docs/ARCHITECTURE.md §8; figures in README.md,
+# "Performance"): CPU per request against nginx and latency at a fixed rate (proxy.sh), RSS per
+# idle app connection (idle.py), per destination (destinations.py), 1,000 policies and their
+# reload (reload.sh), HTTPS interception (https.sh). About 4 minutes on 2 cores.
+#
+# Usage: bash bench/all.sh
+# Needs: nginx, wrk, hey, curl, openssl, python3 (Debian: apt-get install -y nginx-light wrk hey
+# curl openssl python3). Builds target/release/fusebox when FUSEBOX_BIN is not set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${FUSEBOX_BIN:-}" ]; then
+  cargo build --release --locked --quiet
+  export FUSEBOX_BIN=target/release/fusebox
+fi
+echo "== $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $FUSEBOX_BIN"
+echo "== bench/proxy.sh";        bash bench/proxy.sh
+echo "== bench/idle.py";         python3 bench/idle.py
+echo "== bench/destinations.py"; python3 bench/destinations.py
+echo "== bench/reload.sh";       bash bench/reload.sh
+echo "== bench/https.sh";        bash bench/https.sh
