@@ -24,27 +24,9 @@ cd "$(dirname "$0")/.."
 
 DUR=${DUR:-10s}
 CONNS=${CONNS:-50}
-for t in nginx hey openssl curl; do
-  command -v "$t" >/dev/null || { echo "bench/https.sh: $t not found" >&2; exit 2; }
-done
-if [ -z "${FUSEBOX_BIN:-}" ]; then
-  cargo build --release --locked --quiet
-  FUSEBOX_BIN=target/release/fusebox
-fi
-
-WORK=$(mktemp -d /tmp/fusebox-bench-https.XXXXXX)
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-log() { printf 'bench/https.sh: %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ticks() { awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_setup https.sh nginx hey openssl curl
 
 # ---- certificates: a CA for the upstream (the policy's ca_file), a localhost leaf
 openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/up-ca.key" 2>/dev/null

@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import free_port, rss_kib
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Connections are opened this many at a time, 1.5 s apart.
@@ -38,19 +40,6 @@ class S(http.server.ThreadingHTTPServer):
     daemon_threads = True
 S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def wait_ready(port):

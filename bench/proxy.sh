@@ -21,27 +21,9 @@ cd "$(dirname "$0")/.."
 DUR=${DUR:-10s}
 CONNS=${CONNS:-50}
 RATE=${RATE:-1000}
-for t in nginx wrk hey curl; do
-  command -v "$t" >/dev/null || { echo "bench/proxy.sh: $t not found" >&2; exit 2; }
-done
-if [ -z "${FUSEBOX_BIN:-}" ]; then
-  cargo build --release --locked --quiet
-  FUSEBOX_BIN=target/release/fusebox
-fi
-
-WORK=$(mktemp -d /tmp/fusebox-bench-proxy.XXXXXX)
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-log() { printf 'bench/proxy.sh: %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ticks() { awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_setup proxy.sh nginx wrk hey curl
 
 # ---- nginx: the upstream (one process) and, separately, nginx as a reverse proxy to it
 P_UP=$(free_port); P_REV=$(free_port)

@@ -11,26 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
-for t in hey curl python3; do
-  command -v "$t" >/dev/null || { echo "bench/reload.sh: $t not found" >&2; exit 2; }
-done
-if [ -z "${FUSEBOX_BIN:-}" ]; then
-  cargo build --release --locked --quiet
-  FUSEBOX_BIN=target/release/fusebox
-fi
-WORK=$(mktemp -d /tmp/fusebox-bench-reload.XXXXXX)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_setup reload.sh hey curl python3
 POL=$WORK/policies
 mkdir -p "$POL"
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 write() {  # write ATTEMPTS: every policy file, changed
   local i
   for i in $(seq 1 "$N"); do printf 'hosts = ["svc%d.example"]\n[retry]\nattempts = %d\n' "$i" "$1" >"$POL/p$i.toml"; done
