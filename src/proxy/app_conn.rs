@@ -15,8 +15,8 @@
 //! An idle connection also *rests*: once it has been idle for `rest_after` (1 s), with idle
 //! time left, the socket wakes the listener ([`ConnPhase::resting`]), which lets hyper's
 //! connection state go (its 8 KiB read and write buffers, the in-flight slot) and keeps only
-//! the socket until the app's next byte. An idle keep-alive connection then costs about a
-//! kilobyte instead of twenty (docs/ARCHITECTURE.md §8). Bytes hyper had read past the last
+//! the socket until the app's next byte. An idle keep-alive connection then costs about
+//! three kilobytes instead of twenty (docs/ARCHITECTURE.md §8). Bytes hyper had read past the last
 //! request (a pipelined head) are handed back and replayed ([`Watched::replay`]).
 
 use std::future::Future;

@@ -217,22 +217,22 @@ async fn serve_h1(
         // Boxed too: the resting task keeps none of this state.
         let result = Box::pin(async {
             tokio::select! {
-            biased;
-            () = phase.resting() => {
-                // Idle, so hyper closes at once and hands back the socket.
-                std::pin::Pin::new(&mut *connection).graceful_shutdown();
-                (&mut *connection).await
-            }
-            result = &mut *connection => result,
-            () = shutdown.cancelled() => {
-                // Finish the request in flight (if any), then close instead of keeping
-                // alive; once the drain timeout is over, close whatever is left.
-                std::pin::Pin::new(&mut *connection).graceful_shutdown();
-                tokio::select! {
-                    result = &mut *connection => result,
-                    () = hard_stop.cancelled() => Ok(()),
+                biased;
+                () = phase.resting() => {
+                    // Idle, so hyper closes at once and hands back the socket.
+                    std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                    (&mut *connection).await
                 }
-            }
+                result = &mut *connection => result,
+                () = shutdown.cancelled() => {
+                    // Finish the request in flight (if any), then close instead of keeping
+                    // alive; once the drain timeout is over, close whatever is left.
+                    std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                    tokio::select! {
+                        result = &mut *connection => result,
+                        () = hard_stop.cancelled() => Ok(()),
+                    }
+                }
             }
         })
         .await;
@@ -247,20 +247,38 @@ async fn serve_h1(
         drop(parts.read_buf);
         if !socket.has_replay() {
             let rest = limits.idle_timeout.saturating_sub(limits.rest_after);
-            let woke = tokio::select! {
-                woke = tokio::time::timeout(rest, socket.get_ref().readable()) => woke,
-                () = shutdown.cancelled() => return,
-            };
-            match woke {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
+            match next_bytes(socket.get_ref(), rest, &shutdown).await {
+                Woke::Bytes => {}
+                Woke::Closed => return,
+                Woke::Idle => {
                     phase.expire_idle();
                     return connection_ended(&app, Some(&phase), Ok(()));
                 }
             }
         }
         phase.awake();
+    }
+}
+
+/// How a resting connection's wait ended.
+enum Woke {
+    /// The app sent its next bytes.
+    Bytes,
+    /// Shutdown, or the socket failed.
+    Closed,
+    /// Nothing for the rest of `--idle-timeout`.
+    Idle,
+}
+
+/// Waits, holding only the socket, for the app's next bytes.
+async fn next_bytes(stream: &TcpStream, rest: Duration, shutdown: &CancellationToken) -> Woke {
+    tokio::select! {
+        woke = tokio::time::timeout(rest, stream.readable()) => match woke {
+            Ok(Ok(())) => Woke::Bytes,
+            Ok(Err(_)) => Woke::Closed,
+            Err(_) => Woke::Idle,
+        },
+        () = shutdown.cancelled() => Woke::Closed,
     }
 }
 
