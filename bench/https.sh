@@ -41,54 +41,25 @@ openssl x509 -req -in "$WORK/up.csr" -CA "$WORK/up-ca.pem" -CAkey "$WORK/up-ca.k
 
 # ---- nginx: plain and TLS upstream, 64-byte body
 P_PLAIN=$(free_port); P_TLS=$(free_port)
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-master_process off;   # one process, so that its CPU time is what /proc/PID/stat says
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$P_PLAIN; location / { return 200 "hello from loopback upstream (64-byte static body for benchmarks"; } }
+nginx_start nginx "
+  server { listen 127.0.0.1:$P_PLAIN; location / { return 200 $NGINX_BODY; } }
   server {
     listen 127.0.0.1:$P_TLS ssl;
     ssl_certificate $WORK/up.pem; ssl_certificate_key $WORK/up.key;
     ssl_session_cache off; ssl_session_tickets off;
-    location / { return 200 "hello from loopback upstream (64-byte static body for benchmarks"; }
-  }
-}
-CONF
-nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" &
-NGINX=$!; PIDS+=("$NGINX")
+    location / { return 200 $NGINX_BODY; }
+  }"
+NGINX=$NGINX_PID
 
 # ---- fusebox: the full pipeline on both policies
 mkdir -p "$WORK/policies"
 cp "$WORK/up-ca.pem" "$WORK/policies/up-ca.pem"
-full='[timeouts]
-connect = "1s"
-attempt = "2s"
-total = "5s"
-[retry]
-attempts = 3
-on = ["connect-failure", "reset", "gateway-error", "timeout"]
-[breaker]
-mode = "enforce"
-[rate_limit]
-rps = 1000000
-burst = 1000000
-[concurrency]
-max_in_flight = 100000'
 printf 'allow_private = true   # BENCHMARK ONLY: loopback upstreams\n' >"$WORK/policies/default.toml"
-printf 'hosts = ["127.0.0.1:%s"]\n%s\n' "$P_PLAIN" "$full" >"$WORK/policies/plain.toml"
+printf 'hosts = ["127.0.0.1:%s"]\n%s\n' "$P_PLAIN" "$FULL_PIPELINE" >"$WORK/policies/plain.toml"
 # hey sends the request's Host, port included, as its TLS server name, which rustls refuses;
 # so the app calls https://localhost/ (port 443) and the policy pins it to nginx's port.
 printf 'hosts = ["localhost:443"]\nendpoints = ["localhost:%s"]\nintercept = true\nca_file = "up-ca.pem"\n%s\n' \
-  "$P_TLS" "$full" >"$WORK/policies/tls.toml"
+  "$P_TLS" "$FULL_PIPELINE" >"$WORK/policies/tls.toml"
 LISTEN=127.0.0.1:$(free_port); ADMIN=127.0.0.1:$(free_port)
 "$FUSEBOX_BIN" run --policies "$WORK/policies" --listen "$LISTEN" --admin "$ADMIN" \
   --ca-dir "$WORK/ca" --workers 1 >"$WORK/fusebox.log" 2>&1 &

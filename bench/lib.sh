@@ -34,3 +34,46 @@ ticks() { awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 export HZ
+
+# The 64-byte body nginx answers with, as an nginx string.
+NGINX_BODY='"hello from loopback upstream (64-byte static body for benchmarks"'
+
+# nginx_start NAME HTTP-BLOCKS: one nginx process (no master, so that its CPU time is what
+# /proc/PID/stat says) with HTTP-BLOCKS inside `http {}`; its PID in NGINX_PID and PIDS.
+nginx_start() {
+  mkdir -p "$WORK/$1"
+  cat >"$WORK/$1.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/$1; proxy_temp_path $WORK/$1; fastcgi_temp_path $WORK/$1;
+  uwsgi_temp_path $WORK/$1; scgi_temp_path $WORK/$1;
+  keepalive_requests 1000000;
+  $2
+}
+CONF
+  nginx -c "$WORK/$1.conf" -e "$WORK/$1/error.log" &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+}
+
+# Every pipeline stage on, none of them ever refusing: a policy's body after its `hosts`.
+FULL_PIPELINE='[timeouts]
+connect = "1s"
+attempt = "2s"
+total = "5s"
+[retry]
+attempts = 3
+on = ["connect-failure", "reset", "gateway-error", "timeout"]
+[breaker]
+mode = "enforce"
+[rate_limit]
+rps = 1000000
+burst = 1000000
+[concurrency]
+max_in_flight = 100000'

@@ -27,52 +27,16 @@ bench_setup proxy.sh nginx wrk hey curl
 
 # ---- nginx: the upstream (one process) and, separately, nginx as a reverse proxy to it
 P_UP=$(free_port); P_REV=$(free_port)
-nginx_conf() { # NAME SERVER-BLOCK
-  mkdir -p "$WORK/$1"
-  cat >"$WORK/$1.conf" <<CONF
-worker_processes 1;
-master_process off;   # one process, so that its CPU time is what /proc/PID/stat says
-daemon off;
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/$1; proxy_temp_path $WORK/$1; fastcgi_temp_path $WORK/$1;
-  uwsgi_temp_path $WORK/$1; scgi_temp_path $WORK/$1;
-  keepalive_requests 1000000;
+nginx_start upstream "server { listen 127.0.0.1:$P_UP; location / { return 200 $NGINX_BODY; } }"
+nginx_start rev "
   upstream up { server 127.0.0.1:$P_UP; keepalive 64; }
-  $2
-}
-CONF
-}
-nginx_conf upstream "server { listen 127.0.0.1:$P_UP; location / { return 200 \"hello from loopback upstream (64-byte static body for benchmarks\"; } }"
-nginx_conf rev "server { listen 127.0.0.1:$P_REV; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-nginx -c "$WORK/upstream.conf" -e "$WORK/upstream/error.log" &
-PIDS+=("$!")
-nginx -c "$WORK/rev.conf" -e "$WORK/rev/error.log" &
-REV=$!; PIDS+=("$REV")
+  server { listen 127.0.0.1:$P_REV; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+REV=$NGINX_PID
 
 # ---- fusebox: the full pipeline
 mkdir -p "$WORK/policies"
 printf 'allow_private = true   # BENCHMARK ONLY: a loopback upstream\n' >"$WORK/policies/default.toml"
-cat >"$WORK/policies/bench.toml" <<TOML
-hosts = ["127.0.0.1:$P_UP"]
-[timeouts]
-connect = "1s"
-attempt = "2s"
-total = "5s"
-[retry]
-attempts = 3
-on = ["connect-failure", "reset", "gateway-error", "timeout"]
-[breaker]
-mode = "enforce"
-[rate_limit]
-rps = 1000000
-burst = 1000000
-[concurrency]
-max_in_flight = 100000
-TOML
+printf 'hosts = ["127.0.0.1:%s"]\n%s\n' "$P_UP" "$FULL_PIPELINE" >"$WORK/policies/bench.toml"
 LISTEN=127.0.0.1:$(free_port); ADMIN=127.0.0.1:$(free_port)
 "$FUSEBOX_BIN" run --policies "$WORK/policies" --listen "$LISTEN" --admin "$ADMIN" \
   --workers 1 >"$WORK/fusebox.log" 2>&1 &
