@@ -5,9 +5,11 @@
 #     file watch);
 #   - the reload time (from the log: "policies directory changed" to "policies reloaded");
 #   - the slowest request of steady traffic (hey, 200 rps through fusebox to a local upstream)
-#     while those reloads happen: a reload must not stall live traffic.
+#     while those reloads happen: a reload must not stall live traffic. The same traffic runs
+#     first for as long without reloads: its slowest request is the machine's own noise.
 # Usage: bash bench/reload.sh [N]     (about 20 s; FUSEBOX_BIN to use a given binary)
-# Needs: hey, curl, python3. Everything listens on 127.0.0.1; processes are stopped by PID.
+# Needs: hey, curl, python3; nginx as the upstream when installed (python3's http.server
+# otherwise, which is slower and noisier). Everything listens on 127.0.0.1; processes are stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -23,13 +25,21 @@ write() {  # write ATTEMPTS: every policy file, changed
 printf 'allow_private = true   # BENCHMARK ONLY: loopback upstream\n' >"$POL/default.toml"
 write 2
 UP_PORT=$(free_port); LISTEN=127.0.0.1:$(free_port); ADMIN=127.0.0.1:$(free_port)
-python3 -m http.server "$UP_PORT" --bind 127.0.0.1 >/dev/null 2>&1 &
-PIDS+=($!)
+if command -v nginx >/dev/null; then
+  nginx_start upstream "server { listen 127.0.0.1:$UP_PORT; location / { return 200 $NGINX_BODY; } }"
+else
+  python3 -m http.server "$UP_PORT" --bind 127.0.0.1 >/dev/null 2>&1 &
+  PIDS+=($!)
+fi
 "$FUSEBOX_BIN" run --policies "$POL" --listen "$LISTEN" --admin "$ADMIN" --workers 1 >"$WORK/fusebox.log" 2>&1 &
 FUSEBOX=$!; PIDS+=("$FUSEBOX")
 for _ in $(seq 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 printf '%d policies: RSS at start %d KiB\n' "$N" "$(rss "$FUSEBOX")"
-hey -z 8s -c 4 -q 50 -x "http://$LISTEN" "http://127.0.0.1:$UP_PORT/" >"$WORK/hey.txt" 2>&1 &
+traffic() { hey -z "$1" -c 4 -q 50 -x "http://$LISTEN" "http://127.0.0.1:$UP_PORT/"; }
+slowest() { awk -v what="$2" '/Slowest/ { printf "slowest request %s: %.1f ms\n", what, $2 * 1000 }
+  /Average/ { printf "average request %s: %.1f ms\n", what, $2 * 1000 }' "$1"; }
+traffic 8s >"$WORK/control.txt" 2>&1
+traffic 8s >"$WORK/hey.txt" 2>&1 &
 HEY=$!; PIDS+=("$HEY")
 sleep 1
 first=0
@@ -51,5 +61,5 @@ PY
     'BEGIN { printf "reload %d: %s, RSS %d KiB (%.2fx the first reload)\n", r, t, n, n / f }'
 done
 wait "$HEY" || true
-awk '/Slowest/ { printf "slowest request during the reloads: %.1f ms\n", $2 * 1000 }
-     /Average/ { printf "average request: %.1f ms\n", $2 * 1000 }' "$WORK/hey.txt"
+slowest "$WORK/control.txt" "without reloads (8 s)"
+slowest "$WORK/hey.txt" "during the 5 reloads (8 s)"

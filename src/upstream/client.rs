@@ -8,7 +8,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_rustls::{
+    DefaultServerNameResolver, FixedServerNameResolver, HttpsConnector, ResolveServerName,
+};
 use hyper_util::client::legacy;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
@@ -101,24 +103,20 @@ pub fn build(
     h2_only: bool,
 ) -> Result<Client, String> {
     let config = tls::client_config(policy.ca_file.as_deref())?;
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http();
-    let builder = match &policy.sni {
+    let server_name: Arc<dyn ResolveServerName + Send + Sync> = match &policy.sni {
         Some(sni) => {
             let name = ServerName::try_from(sni.clone())
                 .map_err(|e| format!("sni {sni:?} is not a valid server name: {e}"))?;
-            builder.with_server_name_resolver(FixedServerNameResolver::new(name))
+            Arc::new(FixedServerNameResolver::new(name))
         }
-        None => builder,
+        None => Arc::new(DefaultServerNameResolver::default()),
     };
-    let connector = builder
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(match pinned {
-            Some(endpoint) => Connector::pinned(rules, &endpoint.host, endpoint.port),
-            None => Connector::new(rules),
-        });
+    let connect = match pinned {
+        Some(endpoint) => Connector::pinned(rules, &endpoint.host, endpoint.port),
+        None => Connector::new(rules),
+    };
+    // `http://` URIs go out in cleartext; `https://` ones through TLS with `config`.
+    let connector = HttpsConnector::new(connect, config, false, server_name);
     Ok(legacy::Client::builder(TokioExecutor::new())
         .http2_only(h2_only)
         .timer(TokioTimer::new())
