@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tracing::debug;
@@ -380,12 +380,11 @@ fn upstream_uri(scheme: Scheme, authority: Option<&Authority>, original: &Uri) -
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(scheme)
-        .authority(authority?.clone())
-        .path_and_query(path)
-        .build()
-        .ok()
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority?.clone());
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).ok()
 }
 
 /// Why a request found the destination's gate full.

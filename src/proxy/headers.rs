@@ -34,6 +34,16 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes hop-by-hop headers: the fixed list, `Upgrade` (unless `upgrading`), and every
 /// header that `Connection` names. When upgrading, `Connection: upgrade` is put back.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none of them: one pass over the names instead of nine lookups.
+    let any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        if upgrading {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
