@@ -61,20 +61,25 @@ pub fn write_text(out: &mut Vec<u8>, timestamp: &[u8], line: &AccessLine<'_>) {
     out.extend_from_slice(b"  INFO fusebox::access: ");
     // As tracing-subscriber does: `Display` fields (`%` in `event`) as they are, strings with
     // `Debug` (quoted, escaped), numbers and floats with `Debug`.
-    let _ = write!(
-        out,
-        "upstream={} destination={} method={} path=",
-        line.upstream, line.destination, line.method
-    );
+    out.extend_from_slice(b"upstream=");
+    out.extend_from_slice(line.upstream.as_bytes());
+    out.extend_from_slice(b" destination=");
+    out.extend_from_slice(line.destination.as_bytes());
+    out.extend_from_slice(b" method=");
+    out.extend_from_slice(line.method.as_bytes());
+    out.extend_from_slice(b" path=");
     debug_str(out, line.path);
-    let _ = write!(out, " status={}", line.status);
+    out.extend_from_slice(b" status=");
+    decimal(out, u64::from(line.status));
     if let Some(code) = line.grpc_status {
         out.extend_from_slice(b" grpc_status=");
         debug_str(out, code);
     }
     out.extend_from_slice(b" outcome=");
     debug_str(out, line.outcome);
-    let _ = write!(out, " attempts={} duration_ms=", line.attempts);
+    out.extend_from_slice(b" attempts=");
+    decimal(out, u64::from(line.attempts));
+    out.extend_from_slice(b" duration_ms=");
     millis(out, line.duration_micros);
     if let Some(reason) = line.reason {
         out.extend_from_slice(b" reason=");
@@ -98,14 +103,17 @@ pub fn write_json(out: &mut Vec<u8>, timestamp: &[u8], line: &AccessLine<'_>) {
     json_field(out, "method", line.method);
     out.push(b',');
     json_field(out, "path", line.path);
-    let _ = write!(out, ",\"status\":{}", line.status);
+    out.extend_from_slice(b",\"status\":");
+    decimal(out, u64::from(line.status));
     if let Some(code) = line.grpc_status {
         out.push(b',');
         json_field(out, "grpc_status", code);
     }
     out.push(b',');
     json_field(out, "outcome", line.outcome);
-    let _ = write!(out, ",\"attempts\":{},\"duration_ms\":", line.attempts);
+    out.extend_from_slice(b",\"attempts\":");
+    decimal(out, u64::from(line.attempts));
+    out.extend_from_slice(b",\"duration_ms\":");
     millis(out, line.duration_micros);
     if let Some(reason) = line.reason {
         out.push(b',');
@@ -135,18 +143,23 @@ fn debug_str(out: &mut Vec<u8>, value: &str) {
 /// Microseconds as milliseconds, written as `{:?}` and JSON write the `f64` `micros / 1000`:
 /// the shortest decimal, at least one fractional digit (`0.0`, `1.0`, `38.99`, `0.005`).
 fn millis(out: &mut Vec<u8>, micros: u64) {
+    decimal(out, micros / 1000);
+    out.push(b'.');
+    // The fraction's three digits, less its trailing zeros (at least one digit).
     let fraction = micros % 1000;
-    let _ = write!(out, "{}.", micros / 1000);
-    match fraction {
-        0 => out.push(b'0'),
-        f if f % 100 == 0 => out.push(b'0' + (f / 100) as u8),
-        f if f % 10 == 0 => {
-            let _ = write!(out, "{:02}", f / 10);
-        }
-        f => {
-            let _ = write!(out, "{f:03}");
-        }
-    }
+    let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+    let keep = match fraction {
+        0 => 1,
+        f if f % 100 == 0 => 1,
+        f if f % 10 == 0 => 2,
+        _ => 3,
+    };
+    out.extend(digits[..keep].iter().map(|&d| b'0' + d as u8));
+}
+
+/// Appends `value` in decimal (what `{}` writes, without the formatting machinery).
+fn decimal(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 fn json_field(out: &mut Vec<u8>, name: &str, value: &str) {

@@ -195,8 +195,8 @@ impl Destination {
     }
 
     /// Asks the breaker to let one attempt through (through [`Destination::begin`]).
-    fn admit(&self) -> Admission {
-        let (admission, transition) = self.breaker().admit(Instant::now());
+    fn admit(&self, now: Instant) -> Admission {
+        let (admission, transition) = self.breaker().admit(now);
         if let Some(transition) = transition {
             self.observe(&transition);
         }
@@ -572,25 +572,26 @@ impl Default for AuthorityBuf {
 
 impl AuthorityBuf {
     fn format(&mut self, host: &str, port: u16) -> &str {
-        use std::io::Write as _;
-        let mut cursor = std::io::Cursor::new(&mut self.bytes[..]);
-        let written = if host.contains(':') {
-            write!(cursor, "[{host}]:{port}")
+        let mut digits = itoa::Buffer::new();
+        let port = digits.format(port);
+        let (open, close) = if host.contains(':') {
+            ("[", "]:")
         } else {
-            write!(cursor, "{host}:{port}")
+            ("", ":")
         };
-        if written.is_ok() {
-            let len = usize::try_from(cursor.position()).unwrap_or(0);
-            if let Ok(text) = std::str::from_utf8(&self.bytes[..len]) {
-                return text;
-            }
+        let parts = [open, host, close, port];
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        if len > self.bytes.len() {
+            self.heap = parts.concat();
+            return &self.heap;
         }
-        self.heap = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        &self.heap
+        let mut at = 0;
+        for part in parts {
+            self.bytes[at..at + part.len()].copy_from_slice(part.as_bytes());
+            at += part.len();
+        }
+        // Whole UTF-8 strings copied end to end: always valid.
+        std::str::from_utf8(&self.bytes[..len]).unwrap_or_default()
     }
 }
 

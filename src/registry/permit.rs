@@ -57,7 +57,9 @@ impl Destination {
                 }
             }
         }
-        let probe = match self.admit() {
+        // One clock read for the breaker's decision and the try's start.
+        let now = Instant::now();
+        let probe = match self.admit(now) {
             Admission::Allowed { probe } => probe,
             Admission::ShadowRejected => {
                 self.metrics.shadow_breaker.increment(1);
@@ -71,7 +73,7 @@ impl Destination {
             destination: self,
             ticket: Ticket {
                 probe,
-                started: Instant::now(),
+                started: now,
                 spent: false,
             },
         })
