@@ -73,6 +73,10 @@ pub struct Telemetry {
     pub reloads_failure: Counter,
     /// Reloads that found the policies exactly as they were: nothing swapped.
     pub reloads_unchanged: Counter,
+    /// Open app connections, by state: `active` (hyper serves them) or `resting` (idle, only
+    /// the socket kept; docs/ARCHITECTURE.md §1).
+    pub app_connections_active: Gauge,
+    pub app_connections_resting: Gauge,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -120,6 +124,19 @@ impl Telemetry {
         reloads_success.absolute(0);
         reloads_failure.absolute(0);
         reloads_unchanged.absolute(0);
+        let app_connections = |state: &'static str| {
+            recorder.register_gauge(
+                &Key::from_parts(
+                    "fusebox_app_connections",
+                    vec![Label::from_static_parts("state", state)],
+                ),
+                &METADATA,
+            )
+        };
+        let app_connections_active = app_connections("active");
+        let app_connections_resting = app_connections("resting");
+        app_connections_active.set(0.0);
+        app_connections_resting.set(0.0);
         Arc::new(Telemetry {
             recorder,
             handle,
@@ -127,6 +144,8 @@ impl Telemetry {
             reloads_success,
             reloads_failure,
             reloads_unchanged,
+            app_connections_active,
+            app_connections_resting,
         })
     }
 
@@ -512,7 +531,11 @@ fn describe(recorder: &PrometheusRecorder) {
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));
     }
-    let gauges: [(&'static str, &'static str); 6] = [
+    let gauges: [(&'static str, &'static str); 7] = [
+        (
+            "fusebox_app_connections",
+            "Open app connections, by state: active, or resting (idle, buffers freed, only the socket kept).",
+        ),
         (
             "fusebox_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",

@@ -726,6 +726,25 @@ async fn a_resting_connection_loses_nothing_and_keeps_its_limits() {
         raw.send(get(path).as_bytes()).await;
         assert_eq!(raw.read_response().await.status, 200, "{path}");
     }
+    // Operators see it rest: `fusebox_app_connections` moves it from active to resting.
+    let gauge = |text: &str, state: &str| {
+        let series = format!("fusebox_app_connections{{state=\"{state}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = fusebox.metrics().await;
+        if (gauge(&text, "active"), gauge(&text, "resting")) == (Some(0.0), Some(1.0)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never counted as resting:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // One request and the first half of the next in one write; the rest of it after the
     // first answer, when the connection has rested with the half in hyper's buffer.
     let pipelined = format!(

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use metrics::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -28,7 +29,7 @@ use super::panic::CatchPanic;
 use super::streams::{Guarded, Streams};
 use super::{forward, tunnel, ProxyContext};
 use crate::outcome::Reason;
-use crate::telemetry::StreamTimeout;
+use crate::telemetry::{StreamTimeout, Telemetry};
 
 /// Limits that protect fusebox from its apps.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +115,7 @@ fn spawn_connection(
 ) {
     let builder = Arc::clone(builder);
     app.ctx.clone().tasks.spawn(async move {
+        let mut counted = Counted::new(app.ctx.registry.telemetry());
         let idle = app.limits.idle_timeout;
         if app.route.is_some() {
             match tokio::time::timeout(idle, opens_with_h2_preface(&stream)).await {
@@ -123,8 +125,47 @@ fn spawn_connection(
                 Err(_) => return debug!(peer = %app.peer, "app connection closed: idle for --idle-timeout"),
             }
         }
-        serve_h1(&builder, app, stream, shutdown).await;
+        serve_h1(&builder, app, stream, shutdown, &mut counted).await;
     });
+}
+
+/// One app connection in `fusebox_app_connections`: `active` from accept to close, `resting`
+/// instead while it rests.
+struct Counted {
+    telemetry: Arc<Telemetry>,
+    resting: bool,
+}
+
+impl Counted {
+    fn new(telemetry: &Arc<Telemetry>) -> Counted {
+        telemetry.app_connections_active.increment(1.0);
+        Counted {
+            telemetry: Arc::clone(telemetry),
+            resting: false,
+        }
+    }
+
+    fn set_resting(&mut self, resting: bool) {
+        if self.resting != resting {
+            self.gauge().decrement(1.0);
+            self.resting = resting;
+            self.gauge().increment(1.0);
+        }
+    }
+
+    fn gauge(&self) -> &Gauge {
+        if self.resting {
+            &self.telemetry.app_connections_resting
+        } else {
+            &self.telemetry.app_connections_active
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.gauge().decrement(1.0);
+    }
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -190,6 +231,7 @@ async fn serve_h1(
     app: AppConn,
     stream: TcpStream,
     shutdown: CancellationToken,
+    counted: &mut Counted,
 ) {
     let phase = ConnPhase::new();
     let service_phase = Arc::clone(&phase);
@@ -247,7 +289,10 @@ async fn serve_h1(
         drop(parts.read_buf);
         if !socket.has_replay() {
             let rest = limits.idle_timeout.saturating_sub(limits.rest_after);
-            match next_bytes(socket.get_ref(), rest, &shutdown).await {
+            counted.set_resting(true);
+            let woke = next_bytes(socket.get_ref(), rest, &shutdown).await;
+            counted.set_resting(false);
+            match woke {
                 Woke::Bytes => {}
                 Woke::Closed => return,
                 Woke::Idle => {
