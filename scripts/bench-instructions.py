@@ -19,6 +19,7 @@ stopped by PID.
 import http.client
 import http.server
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,23 +30,18 @@ import time
 
 WARM, N = 200, 2000
 
-POLICY = """\
-hosts = ["127.0.0.1:{port}"]
-allow_private = true
-[timeouts]
-connect = "1s"
-attempt = "2s"
-total = "5s"
-[retry]
-attempts = 3
-on = ["connect-failure", "reset", "gateway-error", "timeout"]
-[breaker]
-consecutive_failures = 1000
-[rate_limit]
-rps = 1000000
-[concurrency]
-max_in_flight = 10000
-"""
+
+def full_pipeline():
+    """The full-pipeline policy body the shell benchmarks use, from bench/lib.sh."""
+    lib = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "lib.sh")
+    with open(lib) as f:
+        match = re.search(r"^FULL_PIPELINE='([^']*)'", f.read(), re.MULTILINE)
+    if not match:
+        sys.exit(f"no FULL_PIPELINE in {lib}")
+    return match.group(1)
+
+
+POLICY = 'hosts = ["127.0.0.1:{port}"]\nallow_private = true\n' + full_pipeline() + "\n"
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
