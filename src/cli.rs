@@ -182,11 +182,17 @@ fn run(args: RunArgs) -> i32 {
         LogFormat::Text => crate::logging::Format::Text,
         LogFormat::Json => crate::logging::Format::Json,
     });
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker runs everything on one thread: no work stealing, no wake-ups across threads.
+    let mut runtime = match args.workers {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(workers);
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.max(1));
-    }
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => {
