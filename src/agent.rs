@@ -220,7 +220,11 @@ impl Agent {
                 Arc::clone(&admin_state),
                 stop_observers.clone(),
             )),
-            tokio::spawn(upkeep(telemetry, stop_observers.clone())),
+            tokio::spawn(upkeep(
+                telemetry,
+                Arc::clone(&admin_state.registry),
+                stop_observers.clone(),
+            )),
         ];
 
         admin_state.ready.store(true, Ordering::Release);
@@ -253,6 +257,12 @@ impl Agent {
             .into_iter()
             .find(|(name, _)| name == policy)
             .map(|(_, addr)| addr)
+    }
+
+    /// Closes the upstream connections that have rested for their policy's `pool_idle_timeout`
+    /// as of `now` (what the upkeep does every 5 s with the current time).
+    pub fn close_idle_connections(&self, now: tokio::time::Instant) {
+        self.admin_state.registry.close_idle_connections(now);
     }
 
     /// Reloads the policies directory now (what `SIGHUP` and `POST /reload` do).
@@ -317,13 +327,17 @@ impl StopSignals {
     }
 }
 
-/// Drains histogram samples periodically so memory stays bounded between scrapes.
-async fn upkeep(telemetry: Arc<Telemetry>, shutdown: CancellationToken) {
+/// Every 5 s: drains histogram samples so memory stays bounded between scrapes, and closes
+/// upstream connections that rested for their policy's `pool_idle_timeout`.
+async fn upkeep(telemetry: Arc<Telemetry>, registry: Arc<Registry>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = interval.tick() => telemetry.run_upkeep(),
+            _ = interval.tick() => {
+                telemetry.run_upkeep();
+                registry.close_idle_connections(tokio::time::Instant::now());
+            }
         }
     }
 }

@@ -16,16 +16,17 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::failure::attempt_error;
+use super::failure::{attempt_error, http1_error};
 use crate::outcome::Reason;
 use crate::pipeline::attempt::{AttemptError, ErrorKind, Refusal, Sent};
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
-use crate::registry::{Destination, Pending, Permit, Upstream};
+use crate::registry::{split_authority, Destination, Pending, Permit, Upstream};
+use crate::upstream::http1::{self, Lease};
 use crate::upstream::recorded::Recording;
-use crate::upstream::{Client, RequestBody};
+use crate::upstream::{Client, ConnectError, RequestBody};
 
 /// What fusebox answers itself when the loop ends without an upstream response to pass on.
 #[derive(Debug)]
@@ -60,12 +61,23 @@ impl LocalAnswer {
     }
 }
 
-/// An upstream's answer: its response head, and for a gRPC stream whose status is still to
-/// come, the try's [`Pending`] verdict (spent when the body ends).
+/// An upstream's answer: its response head, for a gRPC stream whose status is still to
+/// come the try's [`Pending`] verdict (spent when the body ends), and on fusebox's own
+/// HTTP/1.1 connections the connection, given back when the body ends.
 #[derive(Debug)]
 pub struct Answer {
     pub response: Response<Incoming>,
     pub pending: Option<Pending>,
+    pub lease: Option<Lease>,
+}
+
+/// How tries reach the upstream.
+#[derive(Debug, Clone, Copy)]
+pub enum Path<'c> {
+    /// hyper-util's pooled client: TLS, HTTP/2 (gRPC), protocol upgrades.
+    Pooled(&'c Client),
+    /// fusebox's own kept-alive connections on the destination: cleartext HTTP/1.1.
+    Http1,
 }
 
 /// How one try ended: the upstream's answer, or why there is none.
@@ -75,7 +87,7 @@ type Ended = Result<Answer, AttemptError>;
 /// `tries` counts the upstream tries made (0 when the request was refused before the first).
 pub async fn run(
     upstream: &Upstream,
-    client: &Client,
+    path: Path<'_>,
     destination: &Arc<Destination>,
     parts: Parts,
     body: Incoming,
@@ -132,7 +144,14 @@ pub async fn run(
         } else {
             TryLimit::Attempt(policy.timeouts.attempt)
         };
-        let ended = one_try(client, destination, permit, next, limit, has_body, grpc).await;
+        let try_ = Try {
+            upstream,
+            path,
+            destination,
+            has_body,
+            grpc,
+        };
+        let ended = try_.run(permit, next, limit).await;
         let left = deadline.saturating_duration_since(Instant::now());
         let replayable = request.replayable();
         match retrying.delay(destination, &ended, *tries, replayable, left) {
@@ -145,46 +164,93 @@ pub async fn run(
     }
 }
 
-/// One try under `limit`, recorded through its permit. A try abandoned here (the app went
-/// away) drops the permit unspent, which records it as abandoned.
-async fn one_try(
-    client: &Client,
-    destination: &Arc<Destination>,
-    permit: Permit<'_>,
-    request: Request<RequestBody>,
-    limit: TryLimit,
+/// One try: where it goes and what its request is like.
+struct Try<'a> {
+    upstream: &'a Upstream,
+    path: Path<'a>,
+    destination: &'a Arc<Destination>,
     has_body: bool,
     grpc: bool,
-) -> Ended {
-    match tokio::time::timeout(limit.duration(), client.request(request)).await {
-        Ok(Ok(response)) => {
-            let pending = match verdict_of(&response, grpc) {
-                Verdict::Status(status) => {
-                    permit.answered(status);
-                    None
-                }
-                Verdict::Grpc(code) => {
-                    permit.answered_grpc(code);
-                    None
-                }
-                Verdict::AtTrailers => Some(permit.pending(Arc::clone(destination))),
-            };
-            Ok(Answer { response, pending })
+}
+
+impl Try<'_> {
+    /// Sends `request` under `limit`, and records the try through its permit. A try abandoned
+    /// here (the app went away) drops the permit unspent, which records it as abandoned.
+    async fn run(
+        self,
+        permit: Permit<'_>,
+        request: Request<RequestBody>,
+        limit: TryLimit,
+    ) -> Ended {
+        let sent = tokio::time::timeout(limit.duration(), self.send(request, permit.started()));
+        let (destination, grpc) = (self.destination, self.grpc);
+        match sent.await {
+            Ok(Ok((response, lease))) => {
+                let pending = match verdict_of(&response, grpc) {
+                    Verdict::Status(status) => {
+                        permit.answered(status);
+                        None
+                    }
+                    Verdict::Grpc(code) => {
+                        permit.answered_grpc(code);
+                        None
+                    }
+                    Verdict::AtTrailers => Some(permit.pending(Arc::clone(destination))),
+                };
+                Ok(Answer {
+                    response,
+                    pending,
+                    lease,
+                })
+            }
+            Ok(Err(error)) => {
+                permit.failed(&error);
+                Err(error)
+            }
+            Err(_) => {
+                let cause = format!(
+                    "no response head from {} within {}",
+                    destination.authority,
+                    limit.describe()
+                );
+                let sent = Sent::on_connection(self.has_body);
+                let error = AttemptError::new(ErrorKind::Timeout, sent, cause);
+                permit.failed(&error);
+                Err(error)
+            }
         }
-        Ok(Err(error)) => {
-            let error = attempt_error(&error, &destination.authority, has_body);
-            permit.failed(&error);
-            Err(error)
-        }
-        Err(_) => {
-            let cause = format!(
-                "no response head from {} within {}",
-                destination.authority,
-                limit.describe()
-            );
-            let error = AttemptError::new(ErrorKind::Timeout, Sent::on_connection(has_body), cause);
-            permit.failed(&error);
-            Err(error)
+    }
+
+    /// The response head, on the connection `self.path` gives; `started`: the try's start.
+    async fn send(
+        &self,
+        request: Request<RequestBody>,
+        started: Instant,
+    ) -> Result<(Response<Incoming>, Option<Lease>), AttemptError> {
+        let authority = &self.destination.authority;
+        match self.path {
+            Path::Pooled(client) => match client.request(request).await {
+                Ok(response) => Ok((response, None)),
+                Err(error) => Err(attempt_error(&error, authority, self.has_body)),
+            },
+            Path::Http1 => {
+                let Some((host, port)) = split_authority(authority) else {
+                    return Err(super::failure::connect_error(&ConnectError::MissingHost));
+                };
+                let policy = &self.upstream.policy;
+                let pool = http1::Pool {
+                    idle: &self.destination.idle,
+                    host,
+                    port,
+                    rules: self.upstream.rules(),
+                    idle_timeout: policy.pool_idle_timeout,
+                    max_idle: policy.pool_max_idle,
+                };
+                match http1::send(pool, request, started).await {
+                    Ok((response, lease)) => Ok((response, Some(lease))),
+                    Err(error) => Err(http1_error(&error, authority, self.has_body)),
+                }
+            }
         }
     }
 }

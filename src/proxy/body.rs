@@ -30,6 +30,7 @@ use crate::pipeline::breaker::FailureKind;
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::registry::{Destination, InFlight, Pending};
 use crate::telemetry::StreamTimeout;
+use crate::upstream::http1::Lease;
 
 /// The error the app's connection ends with: the upstream's, or an idle timeout.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -52,6 +53,9 @@ pub struct Streamed {
     timer: Option<Pin<Box<Sleep>>>,
     /// A gRPC stream's verdict and request record, until its trailers (boxed: rare and large).
     grpc: Option<Box<GrpcEnd>>,
+    /// fusebox's own HTTP/1.1 connection, given back to the destination when the body ends
+    /// (closed if it does not).
+    lease: Option<Lease>,
 }
 
 /// What a gRPC stream records when it ends; see the module docs.
@@ -129,19 +133,34 @@ impl ResponseBody {
         destination: Arc<Destination>,
         idle: Duration,
         grpc: Option<Box<GrpcEnd>>,
+        lease: Option<Lease>,
     ) -> ResponseBody {
-        ResponseBody::Upstream(Streamed {
+        let mut streamed = Streamed {
             body,
             in_flight: Some(in_flight),
             destination,
             idle,
             timer: None,
             grpc,
-        })
+            lease,
+        };
+        // A response without a body (204, 304, HEAD, `Content-Length: 0`) is done already:
+        // hyper will not poll it.
+        if streamed.body.is_end_stream() {
+            streamed.give_back();
+        }
+        ResponseBody::Upstream(streamed)
     }
 }
 
 impl Streamed {
+    /// The body was read to its end: its connection may serve another request.
+    fn give_back(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.give_back(&self.destination.idle);
+        }
+    }
+
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
@@ -177,6 +196,12 @@ impl Streamed {
                 if matches!(frame, None | Some(Err(_))) {
                     // Done: free the concurrency slot now, not when hyper drops the body.
                     self.in_flight.take();
+                }
+                // hyper stops polling once the body says it has ended.
+                match &frame {
+                    None => self.give_back(),
+                    Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
+                    Some(_) => {}
                 }
                 if self.grpc.is_some() {
                     self.grpc_frame(&frame);

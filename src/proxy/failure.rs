@@ -6,19 +6,48 @@
 use std::error::Error;
 
 use crate::pipeline::attempt::{AttemptError, ErrorKind, Sent};
+use crate::upstream::http1::SendError;
 use crate::upstream::ConnectError;
 
-/// The [`AttemptError`] of a client error; `has_body`: the request had a body to send.
+/// The [`AttemptError`] of a pooled client's error; `has_body`: the request had a body to send.
 pub fn attempt_error(
     error: &hyper_util::client::legacy::Error,
     authority: &str,
     has_body: bool,
 ) -> AttemptError {
-    let sent = if error.is_connect() {
+    let connect = error.is_connect();
+    let sent = if connect {
         Sent::Nothing
     } else {
         Sent::on_connection(has_body)
     };
+    from_chain(error, connect, sent, authority, error.source())
+}
+
+/// The [`AttemptError`] of a try on fusebox's own HTTP/1.1 connections.
+pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> AttemptError {
+    match error {
+        SendError::Connect(connect) => connect_error(connect),
+        SendError::Http { error, written } => {
+            let sent = if *written {
+                Sent::on_connection(has_body)
+            } else {
+                Sent::Nothing
+            };
+            from_chain(error, false, sent, authority, Some(error))
+        }
+    }
+}
+
+/// Walks `error`'s chain for its cause; `connect`: the error is about opening the connection;
+/// `shown`: what people read when no cause is recognised.
+fn from_chain(
+    error: &(dyn Error + 'static),
+    connect: bool,
+    sent: Sent,
+    authority: &str,
+    shown: Option<&(dyn Error + 'static)>,
+) -> AttemptError {
     let mut source: Option<&(dyn Error + 'static)> = Some(error);
     while let Some(current) = source {
         if let Some(cause) = app_body_error(current) {
@@ -49,11 +78,11 @@ pub fn attempt_error(
             None => current.source(),
         };
     }
-    if error.is_connect() {
+    if connect {
         let cause = format!("connect to {authority} failed: {error}");
         return AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause);
     }
-    let cause = match error.source() {
+    let cause = match shown {
         Some(cause) => {
             format!("{authority} closed or reset the connection before a response head: {cause}")
         }

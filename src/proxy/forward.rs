@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use super::access::Seen;
-use super::attempt::{self, LocalAnswer};
+use super::attempt::{self, LocalAnswer, Path};
 use super::body::{GrpcEnd, ResponseBody};
 use super::headers;
 use super::reply::{grpc_local_reply, local_reply_with_retry_after};
@@ -50,6 +50,13 @@ pub async fn handle(
     let app_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     rewrite_for_upstream(ctx, upstream, &mut parts, uri, upgrading, grpc);
+    // Cleartext HTTP/1.1 goes on fusebox's own connections; TLS, gRPC (HTTP/2) and protocol
+    // upgrades through the pooled client.
+    let path = if parts.uri.scheme() == Some(&Scheme::HTTP) && !grpc && !upgrading {
+        Path::Http1
+    } else {
+        Path::Pooled(client)
+    };
     let Some(in_flight) = destination.enter() else {
         let detail = overflow_detail(&destination);
         return finish_local(upstream, &destination, &seen, Reason::Overflow, &detail);
@@ -58,7 +65,7 @@ pub async fn handle(
     let mut tries = 0;
     let ran = attempt::run(
         upstream,
-        client,
+        path,
         &destination,
         parts,
         body,
@@ -66,8 +73,8 @@ pub async fn handle(
         &mut tries,
     )
     .await;
-    let (mut response, pending) = match ran {
-        Ok(answer) => (answer.response, answer.pending),
+    let (mut response, pending, lease) = match ran {
+        Ok(answer) => (answer.response, answer.pending, answer.lease),
         Err(answer) => {
             drop(in_flight);
             return finish_answer(upstream, &destination, &seen, &answer, tries);
@@ -85,7 +92,7 @@ pub async fn handle(
     headers::add_via(response.headers_mut(), &ctx.via);
     let grpc_end = finish_upstream(upstream, &destination, seen, &response, pending, tries);
     let idle = upstream.policy.timeouts.idle;
-    response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle, grpc_end))
+    response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle, grpc_end, lease))
 }
 
 /// Records the upstream's answer (metrics, access log) now; for a gRPC stream, whose status is

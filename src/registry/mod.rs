@@ -1,6 +1,6 @@
 //! The registry: for the active policies, one [`Upstream`] per policy (its pooled client) and,
 //! inside it, one [`Destination`] per `host:port` that traffic actually reached, created on
-//! first use.
+//! first use, with its idle cleartext HTTP/1.1 connections.
 //!
 //! The policy snapshot is behind an `ArcSwap` (lock-free reads). Each upstream's destinations
 //! are in a sharded map (`dashmap`): a lookup takes one shard's read lock, an insert one shard's
@@ -35,6 +35,7 @@ use crate::pipeline::limiter::RateLimiter;
 use crate::policy::{Endpoint, Policy, PolicySet};
 use crate::telemetry::{DestinationMetrics, Telemetry, OTHER_DESTINATION};
 use crate::upstream::connect::ConnectRules;
+use crate::upstream::http1::IdleConnections;
 use crate::upstream::{client, Client, SelfAddrs};
 
 /// Runtime state of one policy.
@@ -91,6 +92,9 @@ pub struct Destination {
     pub budget: Arc<RetryBudget>,
     /// Locked only for a few instructions, never across an await.
     breaker: Arc<Mutex<CircuitBreaker>>,
+    /// Kept-alive cleartext HTTP/1.1 connections at rest ([`crate::upstream::http1`]); a
+    /// changed policy's destination starts without any, as its pooled client does.
+    pub idle: IdleConnections,
 }
 
 impl Destination {
@@ -130,6 +134,7 @@ impl Destination {
                 jitter,
                 Instant::now(),
             ))),
+            idle: IdleConnections::default(),
         }
     }
 
@@ -387,6 +392,11 @@ impl Upstream {
             other_metrics: std::sync::OnceLock::new(),
             telemetry,
         })
+    }
+
+    /// The connect rules the clients were built with, for fusebox's own connections.
+    pub fn rules(&self) -> &ConnectRules {
+        &self.rules
     }
 
     /// The connect rules of this policy, for CONNECT tunnels (which bypass the client).
@@ -723,6 +733,17 @@ impl Registry {
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+
+    /// Closes the upstream connections that have rested for their policy's
+    /// `pool_idle_timeout` as of `now`; the agent's upkeep calls this every 5 s.
+    pub fn close_idle_connections(&self, now: Instant) {
+        for upstream in self.load().upstreams() {
+            let timeout = upstream.policy.pool_idle_timeout;
+            for entry in &upstream.destinations {
+                entry.value().idle.close_expired(now, timeout);
+            }
+        }
     }
 }
 

@@ -106,6 +106,11 @@ struct Ticket {
 }
 
 impl Permit<'_> {
+    /// When the try began.
+    pub fn started(&self) -> Instant {
+        self.ticket.started
+    }
+
     /// Whether this try is a half-open probe.
     pub fn is_probe(&self) -> bool {
         self.ticket.probe.is_some()

@@ -1,9 +1,11 @@
 //! How fusebox reaches an upstream: DNS resolution checked by the egress guard ([`connect`]),
-//! TLS origination with rustls ([`tls`]), and the pooled hyper client built per policy
-//! ([`client`]). This is the lowest I/O layer; it knows policies but not requests.
+//! TLS origination with rustls ([`tls`]), the pooled hyper client built per policy
+//! ([`client`]), and fusebox's own keep-alive connections for cleartext HTTP/1.1 ([`http1`]).
+//! This is the lowest I/O layer; it knows policies but not requests.
 
 pub mod client;
 pub mod connect;
+pub mod http1;
 pub mod recorded;
 pub mod tls;
 
