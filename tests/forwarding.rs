@@ -577,3 +577,101 @@ async fn pooled_upstream_connections_follow_pool_max_idle() {
     }
     assert_eq!(upstream.connections(), 3, "no idle connection kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_idle_for_pool_idle_timeout_are_closed() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let policy = format!(
+        "hosts = [\"{}\"]\npool_idle_timeout = \"30s\"\n",
+        upstream.authority()
+    );
+    let fusebox = TestFusebox::start(&[("api", &policy)]).await;
+    let get = || async {
+        let response = fusebox.app().get(upstream.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    };
+    get().await;
+    // The upkeep's clock, moved on: 29 s of rest keeps the connection, 31 s closes it.
+    let now = tokio::time::Instant::now();
+    fusebox
+        .agent()
+        .close_idle_connections(now + Duration::from_secs(29));
+    get().await;
+    assert_eq!(upstream.connections(), 1, "rested 29 s of 30: reused");
+    fusebox
+        .agent()
+        .close_idle_connections(now + Duration::from_secs(31));
+    get().await;
+    assert_eq!(upstream.connections(), 2, "rested 31 s of 30: closed");
+}
+
+/// Reads one request (head, and a body of `Content-Length`) off `stream`.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.unwrap();
+        assert_eq!(n, 1, "connection closed inside the request head");
+        request.push(byte[0]);
+    }
+    let head = String::from_utf8(request.clone())
+        .unwrap()
+        .to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    request.extend_from_slice(&body);
+    String::from_utf8(request).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_the_upstream_closed_is_not_used_and_a_post_goes_out_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let upstream = tokio::spawn(async move {
+        // The first connection answers one request as if it stayed open, then closes.
+        let (mut first, _) = listener.accept().await.unwrap();
+        let get = read_request(&mut first).await;
+        first
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        drop(first);
+        closed_tx.send(()).unwrap();
+        let (mut second, _) = listener.accept().await.unwrap();
+        let post = read_request(&mut second).await;
+        second
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+            .await
+            .unwrap();
+        (get, post)
+    });
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let app = fusebox.app();
+
+    let response = app.get(format!("http://{addr}/a")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok");
+    closed_rx.await.unwrap();
+    let response = app
+        .post(format!("http://{addr}/b"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "second");
+
+    let (get, post) = tokio::time::timeout(PATIENCE, upstream)
+        .await
+        .expect("the upstream saw both requests")
+        .unwrap();
+    assert!(get.starts_with("GET /a HTTP/1.1\r\n"), "{get}");
+    assert!(post.starts_with("POST /b HTTP/1.1\r\n"), "{post}");
+    assert!(post.ends_with("\r\n\r\npayload"), "{post}");
+}

@@ -203,7 +203,73 @@ fn to_origin_form(request: &mut Request<RequestBody>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+    use crate::guard::GuardRules;
+    use crate::upstream::SelfAddrs;
+
+    /// A connection the upstream closed while it rested, before fusebox's side of it noticed
+    /// (its task has not run since: one thread, no await in between). hyper hands the request
+    /// back unwritten, and it goes out on a new connection, once.
+    #[tokio::test]
+    async fn a_request_the_closed_idle_connection_could_not_take_goes_out_on_a_new_one() {
+        let (client_io, server_io) = tokio::io::duplex(4096);
+        let (sender, connection) = http1::Builder::new()
+            .handshake::<_, RequestBody>(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        let closed = tokio::spawn(connection);
+        tokio::task::yield_now().await;
+        let idle = IdleConnections::default();
+        assert!(sender.is_ready());
+        idle.give_back(sender, Instant::now(), 8);
+        drop(server_io);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                assert_eq!(stream.read(&mut byte).await.unwrap(), 1);
+                head.push(byte[0]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let rules = ConnectRules {
+            guard: GuardRules {
+                allow_private: true,
+                allow_link_local: false,
+            },
+            timeout: Duration::from_secs(5),
+            self_addrs: Arc::new(SelfAddrs::default()),
+        };
+        let pool = Pool {
+            idle: &idle,
+            host: "127.0.0.1",
+            port,
+            rules: &rules,
+            idle_timeout: Duration::from_secs(90),
+            max_idle: 8,
+        };
+        let mut request = Request::new(RequestBody::Full(Some("once".into())));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = format!("http://127.0.0.1:{port}/p").parse().unwrap();
+        let (response, _lease) = send(pool, request, Instant::now()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let head = upstream.await.unwrap();
+        assert!(head.starts_with("POST /p HTTP/1.1\r\n"), "{head}");
+        let _ = closed.await.expect("the closed connection's task ended");
+        assert!(idle.is_empty());
+    }
 
     #[test]
     fn origin_form_keeps_path_and_query_and_sets_a_missing_host() {
