@@ -125,7 +125,15 @@ pub async fn run(
                 LocalAnswer::local(Reason::Internal, "no request left to send".to_owned())
             });
         };
-        let admitted = match destination.fleet_admit().await {
+        // The fleet-wide limit's Redis call is a large future: boxed, so that it does not
+        // enlarge the requests of destinations without one.
+        let fleet = destination.fleet.is_some();
+        let fleet_admitted = if fleet {
+            Box::pin(destination.fleet_admit()).await
+        } else {
+            Ok(())
+        };
+        let admitted = match fleet_admitted {
             Ok(()) => destination.begin(),
             Err(refusal) => Err(refusal),
         };

@@ -389,7 +389,9 @@ async fn dispatch(
         return forward::reject_unrouted(ctx, &Seen::of(&req), Reason::HeadersTooLarge, &detail);
     }
     match (req.method() == Method::CONNECT, route) {
-        (true, None) => tunnel::handle(ctx, req).await,
+        // Boxed: a tunnel's set-up is a large future, which would otherwise enlarge every plain
+        // request's (with the fleet limit's call boxed too: 12.0 → 9.0 KB per request).
+        (true, None) => Box::pin(tunnel::handle(ctx, req)).await,
         (true, Some(_)) => forward::reject_unrouted(
             ctx,
             &Seen::of(&req),

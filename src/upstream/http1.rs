@@ -61,8 +61,12 @@ impl IdleConnections {
         Some(idle.remove(ready).sender)
     }
 
-    /// Keeps `sender` for the next request, unless `max_idle` connections rest already.
+    /// Keeps `sender` for the next request, unless its connection is closed (a response
+    /// that ended with it) or `max_idle` connections rest already.
     fn give_back(&self, sender: Sender, now: Instant, max_idle: usize) {
+        if sender.is_closed() {
+            return;
+        }
         let mut idle = self.lock();
         if idle.len() >= max_idle {
             idle.retain(|e| !e.sender.is_closed());
