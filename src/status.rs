@@ -449,6 +449,7 @@ mod tests {
             forced: None,
             trips: 0,
             mode: "enforce".into(),
+            idle_connections: 0,
             intercept: false,
             fleet: None,
         }

@@ -592,6 +592,8 @@ async fn upstream_connections_idle_for_pool_idle_timeout_are_closed() {
         response.bytes().await.unwrap();
     };
     get().await;
+    let idle = |view: serde_json::Value| view[0]["idle_connections"].as_u64();
+    assert_eq!(idle(fusebox.upstreams("api").await), Some(1));
     // The upkeep's clock, moved on: 29 s of rest keeps the connection, 31 s closes it.
     let now = tokio::time::Instant::now();
     fusebox
@@ -602,6 +604,7 @@ async fn upstream_connections_idle_for_pool_idle_timeout_are_closed() {
     fusebox
         .agent()
         .close_idle_connections(now + Duration::from_secs(31));
+    assert_eq!(idle(fusebox.upstreams("api").await), Some(0));
     get().await;
     assert_eq!(upstream.connections(), 2, "rested 31 s of 30: closed");
 }

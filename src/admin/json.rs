@@ -49,6 +49,10 @@ pub struct DestinationView {
     /// Extra: the policy's breaker mode, `enforce`, `shadow` or `off`.
     #[serde(default)]
     pub mode: String,
+    /// Extra: kept-alive cleartext HTTP/1.1 connections resting at this destination, ready
+    /// for its next requests (those of the pooled client for TLS and HTTP/2 are not counted).
+    #[serde(default)]
+    pub idle_connections: u64,
     /// Extra: the policy intercepts HTTPS (`intercept = true` and a CA): the app's `CONNECT`s
     /// to this destination are terminated and their requests counted here one by one.
     #[serde(default)]
@@ -149,6 +153,7 @@ impl DestinationView {
         let snapshot = destination.breaker_snapshot();
         let in_flight = u64::try_from(destination.gate.in_flight()).unwrap_or(u64::MAX);
         DestinationView {
+            idle_connections: u64::try_from(destination.idle.len()).unwrap_or(u64::MAX),
             // `run` refuses `intercept = true` without a CA: the policy's word is enough.
             intercept: upstream.policy.intercept,
             fleet: destination
@@ -198,6 +203,7 @@ impl DestinationView {
             forced: snapshot.forced.map(|f| f.label().to_owned()),
             trips: snapshot.trips,
             mode: mode.to_owned(),
+            idle_connections: 0,
             intercept: false,
             fleet: None,
         }
@@ -292,6 +298,7 @@ mod tests {
                 "forced": null,
                 "trips": 1,
                 "mode": "enforce",
+                "idle_connections": 0,
                 "intercept": false,
             })
         );
