@@ -127,8 +127,7 @@ pub async fn run(
         };
         // The fleet-wide limit's Redis call is a large future: boxed, so that it does not
         // enlarge the requests of destinations without one.
-        let fleet = destination.fleet.is_some();
-        let fleet_admitted = if fleet {
+        let fleet_admitted = if destination.fleet.is_some() {
             Box::pin(destination.fleet_admit()).await
         } else {
             Ok(())
