@@ -497,13 +497,7 @@ async fn upgrade_echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<String>
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            let n = stream.read(&mut byte).await.unwrap();
-            assert_eq!(n, 1, "connection closed inside the request head");
-            head.push(byte[0]);
-        }
+        let head = read_request(&mut stream).await;
         stream
             .write_all(
                 b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: test\r\n\r\n",
@@ -512,7 +506,7 @@ async fn upgrade_echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<String>
             .unwrap();
         let (mut read, mut write) = stream.split();
         let _ = tokio::io::copy(&mut read, &mut write).await;
-        String::from_utf8(head).unwrap()
+        head
     });
     (addr, task)
 }
