@@ -672,3 +672,23 @@ async fn a_kept_alive_connection_the_upstream_closed_is_not_used_and_a_post_goes
     assert!(post.starts_with("POST /b HTTP/1.1\r\n"), "{post}");
     assert!(post.ends_with("\r\n\r\npayload"), "{post}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_reused_after_responses_without_a_body() {
+    let upstream = FakeUpstream::with_status(204).await;
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let app = fusebox.app();
+    for path in ["/a", "/b"] {
+        let response = app.get(upstream.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 204);
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    let response = app.head(upstream.url("/c")).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(upstream.hits(), 3);
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "a response without a body gives its connection back at once"
+    );
+}
