@@ -226,6 +226,7 @@ impl Telemetry {
             in_flight: gauge("fusebox_in_flight"),
             tunnels_active: gauge("fusebox_tunnels_active"),
             breaker_state: gauge("fusebox_breaker_state"),
+            idle_connections: OnceLock::new(),
         };
         // The trip series exist at 0 from the destination's first request on: Prometheus'
         // `increase()` cannot see a counter's first increment if the series is born with it.
@@ -357,6 +358,8 @@ pub struct DestinationMetrics {
     pub in_flight: Gauge,
     pub tunnels_active: Gauge,
     pub breaker_state: Gauge,
+    /// `fusebox_upstream_idle_connections`: registered once a destination first has one.
+    idle_connections: OnceLock<Gauge>,
 }
 
 impl std::fmt::Debug for DestinationMetrics {
@@ -368,6 +371,22 @@ impl std::fmt::Debug for DestinationMetrics {
 }
 
 impl DestinationMetrics {
+    /// Sets `fusebox_upstream_idle_connections` (at scrape time): the series exists from the
+    /// first time the destination had an idle connection on.
+    pub fn set_idle_connections(&self, count: usize) {
+        if count == 0 && self.idle_connections.get().is_none() {
+            return;
+        }
+        let gauge = self.idle_connections.get_or_init(|| {
+            self.telemetry.recorder.register_gauge(
+                &Key::from_parts("fusebox_upstream_idle_connections", self.labels.to_vec()),
+                &METADATA,
+            )
+        });
+        #[allow(clippy::cast_precision_loss)]
+        gauge.set(count as f64);
+    }
+
     /// Records one finished app request.
     pub fn request(&self, outcome: Outcome, status: http::StatusCode, elapsed: Duration) {
         let code = crate::outcome::code_class_index(status);
@@ -531,7 +550,11 @@ fn describe(recorder: &PrometheusRecorder) {
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));
     }
-    let gauges: [(&'static str, &'static str); 7] = [
+    let gauges: [(&'static str, &'static str); 8] = [
+        (
+            "fusebox_upstream_idle_connections",
+            "Kept-alive cleartext HTTP/1.1 upstream connections resting at the destination, as of the scrape.",
+        ),
         (
             "fusebox_app_connections",
             "Open app connections, by state: active, or resting (idle, buffers freed, only the socket kept).",

@@ -588,6 +588,12 @@ async fn upstream_connections_idle_for_pool_idle_timeout_are_closed() {
     get().await;
     let idle = |view: serde_json::Value| view[0]["idle_connections"].as_u64();
     assert_eq!(idle(fusebox.upstreams("api").await), Some(1));
+    let labels = [("upstream", "api"), ("destination", &*upstream.authority())];
+    let metrics = fusebox.metrics().await;
+    assert_eq!(
+        metric(&metrics, "fusebox_upstream_idle_connections", &labels),
+        1.0
+    );
     // The upkeep's clock, moved on: 29 s of rest keeps the connection, 31 s closes it.
     let now = tokio::time::Instant::now();
     fusebox
@@ -599,6 +605,13 @@ async fn upstream_connections_idle_for_pool_idle_timeout_are_closed() {
         .agent()
         .close_idle_connections(now + Duration::from_secs(31));
     assert_eq!(idle(fusebox.upstreams("api").await), Some(0));
+    let labels = [("upstream", "api"), ("destination", &*upstream.authority())];
+    let metrics = fusebox.metrics().await;
+    assert!(metrics.contains("fusebox_upstream_idle_connections{"));
+    assert_eq!(
+        metric(&metrics, "fusebox_upstream_idle_connections", &labels),
+        0.0
+    );
     get().await;
     assert_eq!(upstream.connections(), 2, "rested 31 s of 30: closed");
 }

@@ -8,6 +8,7 @@
 //! map used to copy them all). Inserts of one upstream are serialised by a small mutex so that
 //! two racing requests create one destination, not two, and label slots are counted exactly.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -710,6 +711,7 @@ impl Registry {
     /// destinations that no longer exist ([`Telemetry::render_where`]).
     pub fn render_metrics(&self) -> String {
         let snapshot = self.load();
+        set_idle_connections(&snapshot);
         self.telemetry.render_where(|upstream, destination| {
             snapshot.by_name(upstream).is_some_and(|u| {
                 destination == OTHER_DESTINATION || u.destinations.contains_key(destination)
@@ -744,6 +746,26 @@ impl Registry {
                 entry.value().idle.close_expired(now, timeout);
             }
         }
+    }
+}
+
+/// Sets every destination's `fusebox_upstream_idle_connections`; destinations that share the
+/// `_other` series add up.
+fn set_idle_connections(snapshot: &Snapshot) {
+    let mut counts: HashMap<*const DestinationMetrics, (Arc<DestinationMetrics>, usize)> =
+        HashMap::new();
+    for upstream in snapshot.upstreams() {
+        for entry in &upstream.destinations {
+            let destination = entry.value();
+            let metrics = &destination.metrics;
+            let count = counts
+                .entry(Arc::as_ptr(metrics))
+                .or_insert_with(|| (Arc::clone(metrics), 0));
+            count.1 += destination.idle.len();
+        }
+    }
+    for (metrics, count) in counts.values() {
+        metrics.set_idle_connections(*count);
     }
 }
 
