@@ -24,9 +24,9 @@ use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
 use crate::registry::{split_authority, Destination, Pending, Permit, Upstream};
-use crate::upstream::http1::{self, Lease};
+use crate::upstream::http1;
 use crate::upstream::recorded::Recording;
-use crate::upstream::{Client, ConnectError, RequestBody};
+use crate::upstream::{Client, ConnectError, RequestBody, UpstreamBody};
 
 /// What fusebox answers itself when the loop ends without an upstream response to pass on.
 #[derive(Debug)]
@@ -61,14 +61,12 @@ impl LocalAnswer {
     }
 }
 
-/// An upstream's answer: its response head, for a gRPC stream whose status is still to
-/// come the try's [`Pending`] verdict (spent when the body ends), and on fusebox's own
-/// HTTP/1.1 connections the connection, given back when the body ends.
+/// An upstream's answer: its response head, and for a gRPC stream whose status is still to
+/// come the try's [`Pending`] verdict (spent when the body ends).
 #[derive(Debug)]
 pub struct Answer {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     pub pending: Option<Pending>,
-    pub lease: Option<Lease>,
 }
 
 /// How tries reach the upstream.
@@ -76,8 +74,9 @@ pub struct Answer {
 pub enum Path<'c> {
     /// hyper-util's pooled client: TLS, HTTP/2 (gRPC), protocol upgrades.
     Pooled(&'c Client),
-    /// fusebox's own kept-alive connections on the destination: cleartext HTTP/1.1.
-    Http1,
+    /// fusebox's own kept-alive connections on the destination: cleartext HTTP/1.1, for
+    /// requests whose body is known in full; one that streams takes the pooled client.
+    Http1(&'c Client),
 }
 
 /// How one try ended: the upstream's answer, or why there is none.
@@ -192,7 +191,7 @@ impl Try<'_> {
         let sent = tokio::time::timeout(limit.duration(), self.send(request, permit.started()));
         let (destination, grpc) = (self.destination, self.grpc);
         match sent.await {
-            Ok(Ok((response, lease))) => {
+            Ok(Ok(response)) => {
                 let pending = match verdict_of(&response, grpc) {
                     Verdict::Status(status) => {
                         permit.answered(status);
@@ -204,11 +203,7 @@ impl Try<'_> {
                     }
                     Verdict::AtTrailers => Some(permit.pending(Arc::clone(destination))),
                 };
-                Ok(Answer {
-                    response,
-                    pending,
-                    lease,
-                })
+                Ok(Answer { response, pending })
             }
             Ok(Err(error)) => {
                 permit.failed(&error);
@@ -233,31 +228,59 @@ impl Try<'_> {
         &self,
         request: Request<RequestBody>,
         started: Instant,
-    ) -> Result<(Response<Incoming>, Option<Lease>), AttemptError> {
-        let authority = &self.destination.authority;
+    ) -> Result<Response<UpstreamBody>, AttemptError> {
         match self.path {
-            Path::Pooled(client) => match client.request(request).await {
-                Ok(response) => Ok((response, None)),
-                Err(error) => Err(attempt_error(&error, authority, self.has_body)),
-            },
-            Path::Http1 => {
-                let Some((host, port)) = split_authority(authority) else {
-                    return Err(super::failure::connect_error(&ConnectError::MissingHost));
-                };
-                let policy = &self.upstream.policy;
-                let pool = http1::Pool {
-                    idle: &self.destination.idle,
-                    host,
-                    port,
-                    rules: self.upstream.rules(),
-                    idle_timeout: policy.pool_idle_timeout,
-                    max_idle: policy.pool_max_idle,
-                };
-                match http1::send(pool, request, started).await {
-                    Ok((response, lease)) => Ok((response, Some(lease))),
-                    Err(error) => Err(http1_error(&error, authority, self.has_body)),
+            Path::Pooled(client) => self.send_pooled(client, request).await,
+            Path::Http1(client) => {
+                let (head, body) = request.into_parts();
+                match body {
+                    RequestBody::Full(body) => self.send_http1(&head, body, started).await,
+                    streamed => {
+                        let request = Request::from_parts(head, streamed);
+                        self.send_pooled(client, request).await
+                    }
                 }
             }
+        }
+    }
+
+    async fn send_pooled(
+        &self,
+        client: &Client,
+        request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, AttemptError> {
+        match client.request(request).await {
+            Ok(response) => Ok(response.map(UpstreamBody::Pooled)),
+            Err(error) => Err(attempt_error(
+                &error,
+                &self.destination.authority,
+                self.has_body,
+            )),
+        }
+    }
+
+    async fn send_http1(
+        &self,
+        head: &Parts,
+        body: Option<Bytes>,
+        started: Instant,
+    ) -> Result<Response<UpstreamBody>, AttemptError> {
+        let authority = &self.destination.authority;
+        let Some((host, port)) = split_authority(authority) else {
+            return Err(super::failure::connect_error(&ConnectError::MissingHost));
+        };
+        let policy = &self.upstream.policy;
+        let pool = http1::Pool {
+            idle: &self.destination.idle,
+            host,
+            port,
+            rules: self.upstream.rules(),
+            idle_timeout: policy.pool_idle_timeout,
+            max_idle: policy.pool_max_idle,
+        };
+        match http1::send(pool, head, body.as_ref(), started).await {
+            Ok(response) => Ok(response.map(UpstreamBody::Http1)),
+            Err(error) => Err(http1_error(&error, authority, self.has_body)),
         }
     }
 }
@@ -272,7 +295,7 @@ enum Verdict {
     AtTrailers,
 }
 
-fn verdict_of(response: &Response<Incoming>, grpc: bool) -> Verdict {
+fn verdict_of(response: &Response<UpstreamBody>, grpc: bool) -> Verdict {
     if !grpc || response.status() != StatusCode::OK {
         return Verdict::Status(response.status());
     }
@@ -334,7 +357,7 @@ impl<'p> Retrying<'p> {
 
     /// What a response head means for retrying: a gRPC status other than `ok` in a
     /// trailers-only answer, else the HTTP status.
-    fn try_result(&self, response: &Response<Incoming>) -> TryResult {
+    fn try_result(&self, response: &Response<UpstreamBody>) -> TryResult {
         match verdict_of(response, self.grpc) {
             Verdict::Grpc(code) if code != GrpcCode::Ok => TryResult::Grpc(code),
             _ => TryResult::Status(response.status()),

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
@@ -30,10 +29,10 @@ use crate::pipeline::breaker::FailureKind;
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::registry::{Destination, InFlight, Pending};
 use crate::telemetry::StreamTimeout;
-use crate::upstream::http1::Lease;
+use crate::upstream::UpstreamBody;
 
 /// The error the app's connection ends with: the upstream's, or an idle timeout.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::upstream::BodyError;
 
 #[derive(Debug)]
 pub enum ResponseBody {
@@ -45,7 +44,7 @@ pub enum ResponseBody {
 /// An upstream body on its way to the app.
 #[derive(Debug)]
 pub struct Streamed {
-    body: Incoming,
+    body: UpstreamBody,
     in_flight: Option<InFlight>,
     destination: Arc<Destination>,
     idle: Duration,
@@ -53,9 +52,6 @@ pub struct Streamed {
     timer: Option<Pin<Box<Sleep>>>,
     /// A gRPC stream's verdict and request record, until its trailers (boxed: rare and large).
     grpc: Option<Box<GrpcEnd>>,
-    /// fusebox's own HTTP/1.1 connection, given back to the destination when the body ends
-    /// (closed if it does not).
-    lease: Option<Lease>,
 }
 
 /// What a gRPC stream records when it ends; see the module docs.
@@ -126,14 +122,14 @@ impl ResponseBody {
     }
 
     /// The upstream's `body`, holding `in_flight` until it ends, cut off after `idle` without
-    /// a frame; `grpc` for a gRPC stream whose status is in its trailers.
+    /// a frame; `grpc` for a gRPC stream whose status is in its trailers. fusebox's own
+    /// HTTP/1.1 connection goes back to the destination when the body ends.
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         in_flight: InFlight,
         destination: Arc<Destination>,
         idle: Duration,
         grpc: Option<Box<GrpcEnd>>,
-        lease: Option<Lease>,
     ) -> ResponseBody {
         let mut streamed = Streamed {
             body,
@@ -142,7 +138,6 @@ impl ResponseBody {
             idle,
             timer: None,
             grpc,
-            lease,
         };
         // A response without a body (204, 304, HEAD, `Content-Length: 0`) is done already:
         // hyper will not poll it.
@@ -156,8 +151,8 @@ impl ResponseBody {
 impl Streamed {
     /// The body was read to its end: its connection may serve another request.
     fn give_back(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.give_back(&self.destination.idle);
+        if let UpstreamBody::Http1(body) = &mut self.body {
+            body.give_back(&self.destination.idle);
         }
     }
 
@@ -206,7 +201,7 @@ impl Streamed {
                 if self.grpc.is_some() {
                     self.grpc_frame(&frame);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame)
             }
         }
     }
@@ -214,7 +209,7 @@ impl Streamed {
 
 impl Streamed {
     /// Ends a gRPC stream at its trailers, its end or its error.
-    fn grpc_frame(&mut self, frame: &Option<Result<Frame<Bytes>, hyper::Error>>) {
+    fn grpc_frame(&mut self, frame: &Option<Result<Frame<Bytes>, BodyError>>) {
         let destination = &self.destination;
         match frame {
             Some(Ok(frame)) => {

@@ -26,15 +26,28 @@ pub fn attempt_error(
 
 /// The [`AttemptError`] of a try on fusebox's own HTTP/1.1 connections.
 pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> AttemptError {
+    let on_connection = Sent::on_connection(has_body);
     match error {
         SendError::Connect(connect) => connect_error(connect),
-        SendError::Http { error, written } => {
+        SendError::Io { error, written } => {
             let sent = if *written {
-                Sent::on_connection(has_body)
+                on_connection
             } else {
                 Sent::Nothing
             };
-            from_chain(error, false, sent, authority, Some(error))
+            let cause = format!(
+                "{authority} closed or reset the connection before a response head: {error}"
+            );
+            AttemptError::new(ErrorKind::Reset, sent, cause)
+        }
+        SendError::Closed => {
+            let cause = format!("{authority} closed the connection before a response head");
+            AttemptError::new(ErrorKind::Reset, on_connection, cause)
+        }
+        SendError::BadResponse(detail) => {
+            let cause =
+                format!("{authority} sent a response head fusebox cannot forward: {detail}");
+            AttemptError::new(ErrorKind::BadResponse, on_connection, cause)
         }
     }
 }

@@ -25,7 +25,7 @@ use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
 use crate::pipeline::grpc;
 use crate::registry::{Destination, Pending, Snapshot, Upstream};
-use crate::upstream::Client;
+use crate::upstream::{Client, UpstreamBody};
 
 /// Handles one request. `route` is the policy of the route listener it arrived on, if any.
 pub async fn handle(
@@ -53,7 +53,7 @@ pub async fn handle(
     // Cleartext HTTP/1.1 goes on fusebox's own connections; TLS, gRPC (HTTP/2) and protocol
     // upgrades through the pooled client.
     let path = if parts.uri.scheme() == Some(&Scheme::HTTP) && !grpc && !upgrading {
-        Path::Http1
+        Path::Http1(client)
     } else {
         Path::Pooled(client)
     };
@@ -73,8 +73,8 @@ pub async fn handle(
         &mut tries,
     )
     .await;
-    let (mut response, pending, lease) = match ran {
-        Ok(answer) => (answer.response, answer.pending, answer.lease),
+    let (mut response, pending) = match ran {
+        Ok(answer) => (answer.response, answer.pending),
         Err(answer) => {
             drop(in_flight);
             return finish_answer(upstream, &destination, &seen, &answer, tries);
@@ -92,7 +92,7 @@ pub async fn handle(
     headers::add_via(response.headers_mut(), &ctx.via);
     let grpc_end = finish_upstream(upstream, &destination, seen, &response, pending, tries);
     let idle = upstream.policy.timeouts.idle;
-    response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle, grpc_end, lease))
+    response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle, grpc_end))
 }
 
 /// Records the upstream's answer (metrics, access log) now; for a gRPC stream, whose status is
@@ -101,7 +101,7 @@ fn finish_upstream(
     upstream: &Upstream,
     destination: &Destination,
     seen: Seen,
-    response: &Response<Incoming>,
+    response: &Response<UpstreamBody>,
     pending: Option<Pending>,
     tries: u32,
 ) -> Option<Box<GrpcEnd>> {
@@ -327,7 +327,7 @@ fn rewrite_for_upstream(
 fn spawn_upgrade(
     ctx: &ProxyContext,
     app_upgrade: hyper::upgrade::OnUpgrade,
-    response: &mut Response<Incoming>,
+    response: &mut Response<UpstreamBody>,
 ) {
     let upstream_upgrade = hyper::upgrade::on(response);
     let hard_stop = ctx.hard_stop.clone();

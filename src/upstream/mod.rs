@@ -3,11 +3,13 @@
 //! ([`client`]), and fusebox's own keep-alive connections for cleartext HTTP/1.1 ([`http1`]).
 //! This is the lowest I/O layer; it knows policies but not requests.
 
+pub mod body;
 pub mod client;
 pub mod connect;
 pub mod http1;
 pub mod recorded;
 pub mod tls;
 
+pub use body::{BodyError, UpstreamBody};
 pub use client::{Client, RequestBody};
 pub use connect::{ConnectError, Connector, SelfAddrs};

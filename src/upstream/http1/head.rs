@@ -1,0 +1,371 @@
+//! The wire format of one exchange on fusebox's own HTTP/1.1 connections (RFC 9112): the
+//! request head as written, the response head as parsed, and how the response body is framed.
+//!
+//! Parsing is httparse's, the parser hyper uses. What this module adds is the framing rules a
+//! proxy must get right to keep one response from bleeding into the next: `Transfer-Encoding`
+//! wins over `Content-Length` (and the connection is not reused), differing `Content-Length`
+//! values are an error, and a body with neither is read to the connection's end.
+
+use std::io::Write;
+use std::ops::Range;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Uri, Version};
+
+/// At most this many header fields in a response head (hyper's default too).
+pub const MAX_HEADERS: usize = 100;
+/// A response head larger than this is refused.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: `HEAD`, 1xx, 204, 304.
+    Empty,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Neither: the body ends when the upstream closes the connection.
+    UntilClose,
+}
+
+/// A complete response head.
+#[derive(Debug)]
+pub struct Head {
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// The connection may carry another request once the body has been read.
+    pub keep_alive: bool,
+}
+
+/// What the bytes read so far hold.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// An interim (1xx) response, this many bytes long: skipped.
+    Interim(usize),
+    /// The final response head; its bytes have been taken from the buffer.
+    Final(Head),
+}
+
+/// Writes the request head in origin-form into `out` (cleared first). `body_len`: the length
+/// of a body known in full, sent as `Content-Length` in place of any the app sent.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body_len: Option<usize>,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = uri.authority() {
+            write_field(out, "host", authority.as_str().as_bytes());
+        }
+    }
+    for (name, value) in headers {
+        if body_len.is_some() && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        write_field(out, name.as_str(), value.as_bytes());
+    }
+    if let Some(len) = body_len {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "content-length: {len}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses the response head at the start of `buf`, the answer to a `method` request. A final
+/// head's bytes are split off `buf` (header values keep pointing into them: no copies).
+pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, String> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(format!("response head larger than {MAX_HEAD_BYTES} bytes"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(error) => return Err(format!("malformed response head: {error}")),
+    };
+    let code = parsed.code.unwrap_or_default();
+    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err("101 Switching Protocols to a request that asked for no upgrade".to_owned());
+    }
+    if status.is_informational() {
+        return Ok(Parsed::Interim(len));
+    }
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each field is within the head, so that the head can be split off and shared.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| (s.as_ptr() as usize - base)..(s.as_ptr() as usize - base + s.len());
+    let mut spans: [(Range<usize>, Range<usize>); MAX_HEADERS] =
+        std::array::from_fn(|_| (0..0, 0..0));
+    let count = parsed.headers.len();
+    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+        *span = (at(field.name.as_bytes()), at(field.value));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for (name, value) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[name.clone()])
+            .map_err(|_| "invalid header name in the response head".to_owned())?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
+            .map_err(|_| format!("invalid value of {name} in the response head"))?;
+        headers.append(name, value);
+    }
+    let (framing, keep_alive) = framing(method, status, version, &headers)?;
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Final(Head {
+        response,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// RFC 9112 §6.3: how the body of this response is delimited, and whether the connection can
+/// be reused after it.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), String> {
+    let keep_alive = match version {
+        Version::HTTP_10 => has_token(headers, header::CONNECTION, "keep-alive"),
+        _ => !has_token(headers, header::CONNECTION, "close"),
+    };
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, keep_alive));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // The last coding decides; with a Content-Length too, the message is suspect and the
+        // connection is not reused (§6.3 item 3).
+        let chunked = last_token(headers, header::TRANSFER_ENCODING)
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        let reuse = keep_alive && chunked && !headers.contains_key(header::CONTENT_LENGTH);
+        let framing = if chunked && version == Version::HTTP_11 {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        };
+        return Ok((framing, reuse && framing == Framing::Chunked));
+    }
+    match content_length(headers)? {
+        Some(0) => Ok((Framing::Empty, keep_alive)),
+        Some(length) => Ok((Framing::Length(length), keep_alive)),
+        None => Ok((Framing::UntilClose, false)),
+    }
+}
+
+/// The one `Content-Length` of the head (repeated identical values are one); differing or
+/// malformed values are an error.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| "invalid Content-Length")?;
+        for part in text.split(',') {
+            let part = part.trim();
+            let parsed = (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| part.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| format!("invalid Content-Length {text:?}"))?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err("differing Content-Length values".to_owned());
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
+}
+
+fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+fn last_token(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
+    tokens(headers, name).last()
+}
+
+#[cfg(test)]
+fn parse(text: &str, method: &Method) -> Result<Parsed, String> {
+    parse_response(&mut BytesMut::from(text.as_bytes()), method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn final_head(text: &str) -> Head {
+        match parse(text, &Method::GET) {
+            Ok(Parsed::Final(head)) => head,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_request_head_is_origin_form_with_the_body_length_fusebox_knows() {
+        let mut out = Vec::new();
+        let uri: Uri = "http://example.com:8080/a/b?c=d".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        write_request_head(&mut out, &Method::POST, &uri, &headers, Some(4));
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /a/b?c=d HTTP/1.1\r\nhost: example.com:8080\r\nx-a: 1\r\ncontent-length: 4\r\n\r\n"
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("kept.example"));
+        let uri: Uri = "http://example.com".parse().unwrap();
+        write_request_head(&mut out, &Method::GET, &uri, &headers, None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\ncontent-length: 99\r\nx-a: 1\r\nhost: kept.example\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                Framing::Empty,
+                true,
+            ),
+            ("HTTP/1.1 204 No Content\r\n\r\n", Framing::Empty, true),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                Framing::Chunked,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Framing::UntilClose,
+                false,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", Framing::UntilClose, false),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+                Framing::Length(1),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+                Framing::Length(1),
+                true,
+            ),
+        ];
+        for (text, framing, keep_alive) in cases {
+            let head = final_head(text);
+            assert_eq!(
+                (head.framing, head.keep_alive),
+                (framing, keep_alive),
+                "{text:?}"
+            );
+        }
+        let Ok(Parsed::Final(head)) = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            &Method::HEAD,
+        ) else {
+            panic!("a HEAD answer parses");
+        };
+        assert_eq!(head.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_heads_are_errors() {
+        for text in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(parse(text, &Method::GET).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_an_interim_one_is_skipped() {
+        assert!(matches!(
+            parse("HTTP/1.1 200 OK\r\nContent-", &Method::GET),
+            Ok(Parsed::Partial)
+        ));
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n";
+        let text = format!("{interim}HTTP/1.1 200 OK\r\n\r\n");
+        assert!(matches!(parse(&text, &Method::GET), Ok(Parsed::Interim(n)) if n == interim.len()));
+    }
+
+    #[test]
+    fn header_values_are_kept_and_the_head_is_taken_from_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc"[..],
+        );
+        let Ok(Parsed::Final(head)) = parse_response(&mut buf, &Method::GET) else {
+            panic!("parses");
+        };
+        assert_eq!(head.response.status(), 404);
+        let values: Vec<_> = head.response.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(&buf[..], b"abc", "the body's bytes stay");
+    }
+}

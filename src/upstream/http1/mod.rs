@@ -1,0 +1,351 @@
+//! fusebox's own keep-alive connections to cleartext HTTP/1.1 upstreams (docs/ARCHITECTURE.md
+//! §1): the data path's common case, without hyper's client.
+//!
+//! hyper's client runs each connection in a task of its own and hands every request and
+//! response across a channel; with hyper-util's pool on top (hashing its pool key, three map
+//! lookups, a task per request) that was a third of a proxied request's instructions. Here a
+//! try writes its request head on the connection itself, reads the response head with httparse
+//! ([`head`]), and the response body reads the rest from the socket in the task that forwards
+//! it to the app ([`Http1Body`]): one task per request, no channels.
+//!
+//! The idle connections live on their destination, which already is the key
+//! ([`IdleConnections`]). A try takes the most recently used one, or opens one through the
+//! egress guard ([`connect`]); the body gives it back when it has been read to its end. A
+//! connection whose response was not read to its end, or whose try was abandoned, is closed.
+//!
+//! A resting connection may have been closed by the upstream. One the upstream closed (or
+//! wrote to) is noticed when it is taken and not used; one whose first write fails is
+//! replaced, the request going out on a new connection: nothing of it was sent. At most
+//! `pool_max_idle` connections rest per destination; one idle for `pool_idle_timeout` is not
+//! reused, and the agent's upkeep closes it within 5 s ([`IdleConnections::close_expired`]).
+//!
+//! Requests whose body streams (larger than `max_replay_bytes`, or of unknown length on its
+//! first try), TLS, HTTP/2 (gRPC) and protocol upgrades keep hyper-util's pooled client
+//! ([`super::client`]).
+
+mod body;
+pub mod head;
+
+use std::io;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::request::Parts;
+use http::{Method, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+pub use body::Http1Body;
+use head::Parsed;
+
+use super::connect::{connect, ConnectError, ConnectRules};
+
+/// How much is read from a connection at a time.
+const READ_SIZE: usize = 16 * 1024;
+/// A request body up to this size is written with its head, in one system call.
+const WRITE_WITH_HEAD: usize = 16 * 1024;
+
+/// One connection to an upstream, with its buffers.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    /// Bytes read and not yet used: the rest of a response.
+    read: BytesMut,
+    /// The request head being written (kept for its capacity).
+    write: Vec<u8>,
+}
+
+impl Connection {
+    fn new(stream: TcpStream) -> Self {
+        Connection {
+            stream,
+            read: BytesMut::new(),
+            write: Vec::new(),
+        }
+    }
+
+    /// Whether a resting connection can carry a request: the upstream has neither closed it
+    /// nor written to it. No system call unless the socket has become readable.
+    fn still_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        self.read.is_empty()
+            && matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// The idle connections of one destination, oldest first.
+#[derive(Debug, Default)]
+pub struct IdleConnections {
+    idle: Mutex<Vec<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: Connection,
+    since: Instant,
+}
+
+impl IdleConnections {
+    /// Locked for a few instructions, never across an await; a panic elsewhere while it was
+    /// held cannot leave the list inconsistent.
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used connection that is still open; those idle for `timeout` as of
+    /// `now` are closed first.
+    fn take(&self, now: Instant, timeout: Duration) -> Option<Connection> {
+        loop {
+            let idle = {
+                let mut idle = self.lock();
+                let expired =
+                    idle.partition_point(|e| now.saturating_duration_since(e.since) >= timeout);
+                idle.drain(..expired);
+                idle.pop()?
+            };
+            if idle.conn.still_open() {
+                return Some(idle.conn);
+            }
+        }
+    }
+
+    /// Keeps `conn` for the next request; with `max_idle` connections resting already, the
+    /// oldest is closed.
+    fn give_back(&self, conn: Connection, now: Instant, max_idle: usize) {
+        if max_idle == 0 {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() >= max_idle {
+            idle.remove(0);
+        }
+        idle.push(Idle { conn, since: now });
+    }
+
+    /// Closes the connections idle for `timeout` as of `now`, and those the upstream closed.
+    pub fn close_expired(&self, now: Instant, timeout: Duration) {
+        self.lock()
+            .retain(|e| now.saturating_duration_since(e.since) < timeout && e.conn.still_open());
+    }
+
+    /// How many connections rest.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where and how a destination's connections are opened and kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool<'a> {
+    pub idle: &'a IdleConnections,
+    pub host: &'a str,
+    pub port: u16,
+    pub rules: &'a ConnectRules,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+/// Why a try on this path failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be opened: nothing was sent.
+    #[error("{0}")]
+    Connect(ConnectError),
+    /// Writing or reading failed; `written`: the request may have been (partly) written.
+    #[error("{error}")]
+    Io { error: io::Error, written: bool },
+    /// The upstream closed the connection before a whole response head.
+    #[error("the connection was closed")]
+    Closed,
+    /// The response head cannot be forwarded.
+    #[error("{0}")]
+    BadResponse(String),
+}
+
+/// Sends the request `head` (absolute-form URI) with `body`, known in full, on a connection of
+/// `pool`, and reads the response head; `now` is the try's start.
+pub async fn send(
+    pool: Pool<'_>,
+    head: &Parts,
+    body: Option<&Bytes>,
+    now: Instant,
+) -> Result<Response<Http1Body>, SendError> {
+    loop {
+        let (mut conn, reused) = match pool.idle.take(now, pool.idle_timeout) {
+            Some(conn) => (conn, true),
+            None => (Box::pin(open(&pool)).await?, false),
+        };
+        let body_len = body.map(Bytes::len);
+        head::write_request_head(
+            &mut conn.write,
+            &head.method,
+            &head.uri,
+            &head.headers,
+            body_len,
+        );
+        match write_request(&mut conn, body).await {
+            Ok(()) => return read_head(conn, &head.method, pool.max_idle).await,
+            // Nothing of the request went out: another connection gets it.
+            Err((error, 0)) if reused => {
+                debug!(%error, "kept-alive upstream connection closed; sending on another");
+            }
+            Err((error, written)) => {
+                let written = written > 0;
+                return Err(SendError::Io { error, written });
+            }
+        }
+    }
+}
+
+/// Writes the head in `conn.write`, then `body`; on failure, how many bytes went out.
+async fn write_request(
+    conn: &mut Connection,
+    body: Option<&Bytes>,
+) -> Result<(), (io::Error, usize)> {
+    let Connection { stream, write, .. } = conn;
+    let mut written = 0;
+    let wrote = match body {
+        Some(body) if body.len() <= WRITE_WITH_HEAD => {
+            write.extend_from_slice(body);
+            write_all(stream, write, &mut written).await
+        }
+        Some(body) => match write_all(stream, write, &mut written).await {
+            Ok(()) => write_all(stream, body, &mut written).await,
+            Err(error) => Err(error),
+        },
+        None => write_all(stream, write, &mut written).await,
+    };
+    wrote.map_err(|error| (error, written))
+}
+
+async fn write_all(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    written: &mut usize,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = stream.write(bytes).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        *written += n;
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Reads the response head to a `method` request, skipping interim (1xx) responses.
+async fn read_head(
+    mut conn: Connection,
+    method: &Method,
+    max_idle: usize,
+) -> Result<Response<Http1Body>, SendError> {
+    loop {
+        if !conn.read.is_empty() {
+            match head::parse_response(&mut conn.read, method).map_err(SendError::BadResponse)? {
+                Parsed::Final(head) => {
+                    let body = Http1Body::new(conn, head.framing, head.keep_alive, max_idle);
+                    return Ok(head.response.map(|()| body));
+                }
+                Parsed::Interim(len) => {
+                    conn.read.advance(len);
+                    continue;
+                }
+                Parsed::Partial => {}
+            }
+        }
+        conn.read.reserve(READ_SIZE);
+        match conn.stream.read_buf(&mut conn.read).await {
+            Ok(0) => return Err(SendError::Closed),
+            Ok(_) => {}
+            Err(error) => {
+                return Err(SendError::Io {
+                    error,
+                    written: true,
+                })
+            }
+        }
+    }
+}
+
+/// A new connection through the egress guard.
+async fn open(pool: &Pool<'_>) -> Result<Connection, SendError> {
+    let stream = connect(pool.host, pool.port, pool.rules)
+        .await
+        .map_err(SendError::Connect)?;
+    Ok(Connection::new(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair on loopback: fusebox's side and the upstream's.
+    async fn pair() -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Connection::new(ours.unwrap()), theirs.unwrap().0)
+    }
+
+    /// Makes the runtime's IO driver take in what happened on every socket so far: a round
+    /// trip on a pair of its own, after the events of interest (loopback delivers at once).
+    async fn let_the_driver_see() {
+        let (mut a, mut b) = pair().await;
+        b.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        a.stream.read_exact(&mut byte).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_resting_connection_the_upstream_closed_or_wrote_to_is_not_taken() {
+        let idle = IdleConnections::default();
+        let now = Instant::now();
+        let (open_conn, _kept) = pair().await;
+        let (closed, upstream) = pair().await;
+        let (written_to, mut chatty) = pair().await;
+        idle.give_back(open_conn, now, 8);
+        idle.give_back(closed, now, 8);
+        idle.give_back(written_to, now, 8);
+        drop(upstream);
+        chatty.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let_the_driver_see().await;
+        let taken = idle
+            .take(now, Duration::from_secs(90))
+            .expect("the open one");
+        assert!(taken.still_open());
+        assert!(
+            idle.is_empty(),
+            "the closed and the written-to ones are gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire_and_at_most_max_idle_rest() {
+        let idle = IdleConnections::default();
+        let start = Instant::now();
+        let mut upstreams = Vec::new();
+        for n in 0..3 {
+            let (conn, upstream) = pair().await;
+            upstreams.push(upstream);
+            idle.give_back(conn, start + Duration::from_secs(n), 2);
+        }
+        assert_eq!(idle.len(), 2, "the oldest was closed");
+        idle.close_expired(start + Duration::from_secs(91), Duration::from_secs(90));
+        assert_eq!(idle.len(), 1, "the one given back at 1 s expired");
+        assert!(idle
+            .take(start + Duration::from_secs(92), Duration::from_secs(90))
+            .is_none());
+        assert!(idle.is_empty());
+    }
+}
