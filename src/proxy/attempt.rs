@@ -182,12 +182,7 @@ struct Try<'a> {
 impl Try<'_> {
     /// Sends `request` under `limit`, and records the try through its permit. A try abandoned
     /// here (the app went away) drops the permit unspent, which records it as abandoned.
-    async fn run(
-        self,
-        permit: Permit<'_>,
-        request: Request<RequestBody>,
-        limit: TryLimit,
-    ) -> Ended {
+    async fn run(self, permit: Permit<'_>, request: Outgoing<'_>, limit: TryLimit) -> Ended {
         let sent = tokio::time::timeout(limit.duration(), self.send(request, permit.started()));
         let (destination, grpc) = (self.destination, self.grpc);
         match sent.await {
@@ -226,15 +221,20 @@ impl Try<'_> {
     /// The response head, on the connection `self.path` gives; `started`: the try's start.
     async fn send(
         &self,
-        request: Request<RequestBody>,
+        request: Outgoing<'_>,
         started: Instant,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
-        match self.path {
-            Path::Pooled(client) => self.send_pooled(client, request).await,
-            Path::Http1(client) => {
+        match (self.path, request) {
+            (Path::Pooled(client), request) => {
+                self.send_pooled(client, request.into_request()).await
+            }
+            (Path::Http1(_), Outgoing::Lent(head, body)) => {
+                self.send_http1(head, body, started).await
+            }
+            (Path::Http1(client), Outgoing::Owned(request)) => {
                 let (head, body) = request.into_parts();
                 match body {
-                    RequestBody::Full(body) => self.send_http1(&head, body, started).await,
+                    RequestBody::Full(body) => self.send_http1(&head, body.as_ref(), started).await,
                     streamed => {
                         let request = Request::from_parts(head, streamed);
                         self.send_pooled(client, request).await
@@ -262,7 +262,7 @@ impl Try<'_> {
     async fn send_http1(
         &self,
         head: &Parts,
-        body: Option<Bytes>,
+        body: Option<&Bytes>,
         started: Instant,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
         let authority = &self.destination.authority;
@@ -278,7 +278,7 @@ impl Try<'_> {
             idle_timeout: policy.pool_idle_timeout,
             max_idle: policy.pool_max_idle,
         };
-        match http1::send(pool, head, body.as_ref(), started).await {
+        match http1::send(pool, head, body, started).await {
             Ok(response) => Ok(response.map(UpstreamBody::Http1)),
             Err(error) => Err(http1_error(&error, authority, self.has_body)),
         }
@@ -492,7 +492,30 @@ enum Body {
     Unsized(Incoming),
 }
 
-/// The request between tries: earlier tries send copies, the last possible one the original.
+/// One try's request: lent (head and a body kept whole) to a try that may be followed by
+/// another, or handed over to the last possible one, and always when its body streams.
+// Moved once, into the try; boxing the owned request would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Outgoing<'r> {
+    Lent(&'r Parts, Option<&'r Bytes>),
+    Owned(Request<RequestBody>),
+}
+
+impl Outgoing<'_> {
+    /// The request as hyper's client takes it (a lent head is copied).
+    fn into_request(self) -> Request<RequestBody> {
+        match self {
+            Outgoing::Lent(head, body) => {
+                Request::from_parts(copy_parts(head), RequestBody::Full(body.cloned()))
+            }
+            Outgoing::Owned(request) => request,
+        }
+    }
+}
+
+/// The request between tries: a body kept whole is lent to every try but the last possible one;
+/// a streamed one goes out once (an unsized one's first try with a copy of the head kept, for a
+/// replay of its recording).
 struct Resend {
     parts: Option<Parts>,
     body: Option<Body>,
@@ -523,7 +546,13 @@ impl Resend {
     }
 
     /// The next try's request, and whether it has a body; `None` once it was sent for good.
-    fn next(&mut self, last: bool) -> Option<(Request<RequestBody>, bool)> {
+    fn next(&mut self, last: bool) -> Option<(Outgoing<'_>, bool)> {
+        if !last && matches!(self.body, Some(Body::Replayable(_))) {
+            let (Some(parts), Some(Body::Replayable(bytes))) = (&self.parts, &self.body) else {
+                return None;
+            };
+            return Some((Outgoing::Lent(parts, bytes.as_ref()), bytes.is_some()));
+        }
         let (parts, body) = match (last, self.parts.take()?, self.body.take()?) {
             (_, parts, Body::Streaming(incoming)) | (true, parts, Body::Unsized(incoming)) => {
                 (parts, RequestBody::Streaming(incoming))
@@ -534,16 +563,11 @@ impl Resend {
                 self.parts = Some(copy_parts(&parts));
                 (parts, RequestBody::Recorded(incoming, recording))
             }
-            (true, parts, Body::Replayable(bytes)) => (parts, RequestBody::Full(bytes)),
-            (false, parts, Body::Replayable(bytes)) => {
-                let copy = copy_parts(&parts);
-                self.parts = Some(parts);
-                self.body = Some(Body::Replayable(bytes.clone()));
-                (copy, RequestBody::Full(bytes))
-            }
+            // The last try (earlier ones borrow it above).
+            (_, parts, Body::Replayable(bytes)) => (parts, RequestBody::Full(bytes)),
         };
         let has_body = !matches!(&body, RequestBody::Full(None));
-        Some((Request::from_parts(parts, body), has_body))
+        Some((Outgoing::Owned(Request::from_parts(parts, body)), has_body))
     }
 }
 

@@ -7,7 +7,7 @@
 //! values are an error, and a body with neither is read to the connection's end.
 
 use std::io::Write;
-use std::ops::Range;
+use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -94,9 +94,10 @@ fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// Parses the response head at the start of `buf`, the answer to a `method` request. A final
 /// head's bytes are split off `buf` (header values keep pointing into them: no copies).
 pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, String> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(format!("response head larger than {MAX_HEAD_BYTES} bytes"));
@@ -119,19 +120,23 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
     };
     // Where each field is within the head, so that the head can be split off and shared.
     let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| (s.as_ptr() as usize - base)..(s.as_ptr() as usize - base + s.len());
-    let mut spans: [(Range<usize>, Range<usize>); MAX_HEADERS] =
-        std::array::from_fn(|_| (0..0, 0..0));
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start as u32, (start + s.len()) as u32)
+    };
+    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
     let count = parsed.headers.len();
     for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
         *span = (at(field.name.as_bytes()), at(field.value));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for (name, value) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[name.clone()])
+    // One more for the `Via` fusebox adds.
+    let mut headers = HeaderMap::with_capacity(count + 1);
+    for &((name_start, name_end), (value_start, value_end)) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| "invalid header name in the response head".to_owned())?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
+        let value = head.slice(value_start as usize..value_end as usize);
+        let value = HeaderValue::from_maybe_shared(value)
             .map_err(|_| format!("invalid value of {name} in the response head"))?;
         headers.append(name, value);
     }
