@@ -13,7 +13,8 @@
 //! connection, reset when the phase changes.
 //!
 //! An idle connection also *rests*: once it has been idle for `rest_after` (1 s), with idle
-//! time left, the socket wakes the listener ([`ConnPhase::resting`]), which lets hyper's
+//! time left, the socket's read marks it so ([`ConnPhase::is_resting`], seen by the listener in
+//! the same poll of the connection's task), which lets hyper's
 //! connection state go (its 8 KiB read and write buffers, the in-flight slot) and keeps only
 //! the socket until the app's next byte. An idle keep-alive connection then costs about
 //! three kilobytes instead of twenty (docs/ARCHITECTURE.md §8). Bytes hyper had read past the last
@@ -29,7 +30,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::reply::HEADER_TIMEOUT_REPLY;
@@ -69,8 +69,6 @@ pub struct ConnPhase {
     /// The socket's read waiting while a request was handled: woken when the request is
     /// done, so that the idle limit starts then and not at the app's next byte.
     parked_read: Mutex<Option<Waker>>,
-    /// Signalled when the connection starts to rest.
-    rest: Notify,
 }
 
 impl ConnPhase {
@@ -80,7 +78,6 @@ impl ConnPhase {
             epoch: AtomicU64::new(0),
             expired_header: AtomicU8::new(0),
             parked_read: Mutex::new(None),
-            rest: Notify::new(),
         })
     }
 
@@ -100,13 +97,9 @@ impl ConnPhase {
         self.enter(UPGRADED);
     }
 
-    /// Resolves when the connection has been idle for its rest time, with idle time left:
+    /// Whether the connection is resting (hyper's state let go, or being let go): set by the
+    /// socket's read once the connection has been idle for its rest time with idle time left,
     /// the moment to let hyper's state go.
-    pub async fn resting(&self) {
-        self.rest.notified().await;
-    }
-
-    /// Whether the connection is resting (hyper's state let go, or being let go).
     pub fn is_resting(&self) -> bool {
         self.phase.load(Ordering::Acquire) == RESTING
     }
@@ -280,7 +273,6 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
         }
         if rests {
             this.phase.enter(RESTING);
-            this.phase.rest.notify_one();
             return Poll::Pending;
         }
         this.phase
@@ -401,10 +393,16 @@ mod tests {
         let (mut socket, mut app, phase) = watched_resting_after(REST_AFTER);
         let started = Instant::now();
         let mut buf = [0u8; 16];
-        let rested = tokio::select! {
-            _ = socket.read(&mut buf) => panic!("a resting connection reads nothing"),
-            () = phase.resting() => started.elapsed(),
-        };
+        // As the listener does: the read that finds the rest time over marks the connection.
+        let rested = std::future::poll_fn(|cx| {
+            let mut read = ReadBuf::new(&mut buf);
+            match Pin::new(&mut socket).poll_read(cx, &mut read) {
+                Poll::Ready(_) => panic!("a resting connection reads nothing"),
+                Poll::Pending if phase.is_resting() => Poll::Ready(started.elapsed()),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
         assert_eq!(rested, REST_AFTER);
         assert!(phase.is_resting());
         assert_eq!(phase.expired(), None, "resting is not closed");

@@ -7,8 +7,11 @@
 //! finish within the grace period.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -258,18 +261,17 @@ async fn serve_h1(
         );
         // Boxed too: the resting task keeps none of this state.
         let result = Box::pin(async {
-            tokio::select! {
-                biased;
-                () = phase.resting() => {
+            match until_rest_or_shutdown(&mut connection, &phase, &shutdown).await {
+                Serving::Ended(result) => result,
+                Serving::Resting => {
                     // Idle, so hyper closes at once and hands back the socket.
-                    std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                    Pin::new(&mut *connection).graceful_shutdown();
                     (&mut *connection).await
                 }
-                result = &mut *connection => result,
-                () = shutdown.cancelled() => {
+                Serving::Shutdown => {
                     // Finish the request in flight (if any), then close instead of keeping
                     // alive; once the drain timeout is over, close whatever is left.
-                    std::pin::Pin::new(&mut *connection).graceful_shutdown();
+                    Pin::new(&mut *connection).graceful_shutdown();
                     tokio::select! {
                         result = &mut *connection => result,
                         () = hard_stop.cancelled() => Ok(()),
@@ -303,6 +305,45 @@ async fn serve_h1(
         }
         phase.awake();
     }
+}
+
+/// Why serving an HTTP/1.1 connection stopped.
+enum Serving<T> {
+    /// hyper's connection ended.
+    Ended(T),
+    /// The connection started to rest.
+    Resting,
+    /// fusebox is shutting down.
+    Shutdown,
+}
+
+/// Drives `connection` until it ends, rests or shutdown begins. The rest is marked by the
+/// connection's own socket, inside this poll, so a flag is enough; the shutdown future is
+/// polled once to register, then only once the token says it was cancelled (a task's waker
+/// does not change), which keeps each wake-up of a busy connection to one poll of hyper's.
+async fn until_rest_or_shutdown<F: Future + Unpin>(
+    connection: &mut F,
+    phase: &ConnPhase,
+    shutdown: &CancellationToken,
+) -> Serving<F::Output> {
+    let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
+            return Poll::Ready(Serving::Ended(result));
+        }
+        if phase.is_resting() {
+            return Poll::Ready(Serving::Resting);
+        }
+        if !registered || shutdown.is_cancelled() {
+            registered = true;
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Serving::Shutdown);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// How a resting connection's wait ended.
