@@ -845,6 +845,9 @@ async fn an_unreadable_response_head_is_bad_response() {
     let heads = [
         b"HTTP/1.1 2x0 OK\r\ncontent-length: 0\r\n\r\n".to_vec(),
         b"NOT-HTTP\r\n\r\n".to_vec(),
+        // Which body is it? Ambiguous framing could smuggle a second response.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc".to_vec(),
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n".to_vec(),
         huge,
     ];
     let fusebox = TestFusebox::start(&[("default", &single_try(""))]).await;

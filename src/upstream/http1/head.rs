@@ -141,6 +141,11 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
         headers.append(name, value);
     }
     let (framing, keep_alive) = framing(method, status, version, &headers)?;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: the encoding delimits the body; a Content-Length beside it is removed
+        // before the message is forwarded (the app's side frames the body anew).
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -324,6 +329,10 @@ mod tests {
                 (framing, keep_alive),
                 "{text:?}"
             );
+            if text.contains("Transfer-Encoding") {
+                let headers = head.response.headers();
+                assert!(!headers.contains_key(header::CONTENT_LENGTH), "{text:?}");
+            }
         }
         let Ok(Parsed::Final(head)) = parse(
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
