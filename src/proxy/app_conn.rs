@@ -6,11 +6,13 @@
 //! connection that an app's pool kept for longer got a silent FIN, and the pool's next request
 //! went into a closing socket. Here the phases are told apart: the listener marks when a
 //! request reaches the handler ([`ConnPhase::request_started`]) and when its response is done
-//! ([`RequestDone`]); [`Watched`], the connection's socket, notes the first byte of the next
-//! head and enforces the limit of the current phase on its reads, the way hyper's timer did:
-//! a head that stalls fails the read (hyper closes the connection), an idle connection reads
-//! as closed (hyper ends it quietly). No task, no wake-up per request: one timer per
-//! connection, reset when the phase changes.
+//! ([`RequestDone`], which notes the time); [`Watched`], the connection's socket, notes the
+//! first byte of the next head and enforces the limit of the current phase on its reads, the
+//! way hyper's timer did: a head that stalls fails the read (hyper closes the connection), an
+//! idle connection reads as closed (hyper ends it quietly). No task, no wake-up per request:
+//! one timer per connection, reset when the phase changes. While a request is handled the
+//! timer is armed one idle limit ahead, so that the socket is read again after the request
+//! ends and the idle limit can count from its end.
 //!
 //! An idle connection also *rests*: once it has been idle for `rest_after` (1 s), with idle
 //! time left, the socket's read marks it so ([`ConnPhase::is_resting`], seen by the listener in
@@ -24,8 +26,8 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -66,10 +68,14 @@ pub struct ConnPhase {
     epoch: AtomicU64,
     /// Which limit closed the connection (valid once the phase is `EXPIRED`).
     expired_header: AtomicU8,
-    /// The socket's read waiting while a request was handled: woken when the request is
-    /// done, so that the idle limit starts then and not at the app's next byte.
-    parked_read: Mutex<Option<Waker>>,
+    /// When the last request ended, in nanoseconds after `base` (`NOT_DONE`: not since the
+    /// connection last woke): where the idle limit counts from.
+    done_at: AtomicU64,
+    base: Instant,
 }
+
+/// `done_at` when no request has ended since the connection became idle otherwise.
+const NOT_DONE: u64 = u64::MAX;
 
 impl ConnPhase {
     pub fn new() -> Arc<ConnPhase> {
@@ -77,7 +83,8 @@ impl ConnPhase {
             phase: AtomicU8::new(IDLE),
             epoch: AtomicU64::new(0),
             expired_header: AtomicU8::new(0),
-            parked_read: Mutex::new(None),
+            done_at: AtomicU64::new(NOT_DONE),
+            base: Instant::now(),
         })
     }
 
@@ -107,7 +114,17 @@ impl ConnPhase {
     /// The app sent its next bytes (or hyper handed some back): idle again, under a new
     /// hyper connection, until they are read.
     pub fn awake(&self) {
+        self.done_at.store(NOT_DONE, Ordering::Release);
         self.enter(IDLE);
+    }
+
+    /// When the idle phase began: the end of the last request, if one ended since the
+    /// connection last woke from its rest.
+    fn idle_since(&self) -> Option<Instant> {
+        match self.done_at.load(Ordering::Acquire) {
+            NOT_DONE => None,
+            nanos => Some(self.base + Duration::from_nanos(nanos)),
+        }
     }
 
     /// The connection rested for the rest of `--idle-timeout`: it is closed.
@@ -135,17 +152,12 @@ pub struct RequestDone(pub Arc<ConnPhase>);
 
 impl Drop for RequestDone {
     fn drop(&mut self) {
-        if self.0.phase.load(Ordering::Acquire) == BUSY {
-            self.0.enter(IDLE);
-            let parked = self
-                .0
-                .parked_read
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(waker) = parked {
-                waker.wake();
-            }
+        let phase = &self.0;
+        if phase.phase.load(Ordering::Acquire) == BUSY {
+            let since = Instant::now().saturating_duration_since(phase.base);
+            let nanos = u64::try_from(since.as_nanos()).unwrap_or(NOT_DONE - 1);
+            phase.done_at.store(nanos, Ordering::Release);
+            phase.enter(IDLE);
         }
     }
 }
@@ -246,29 +258,31 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
             }
             return read;
         }
-        if read.is_ready() {
+        if read.is_ready() || matches!(phase, EXPIRED | UPGRADED) {
             return read;
         }
-        if phase == BUSY {
-            *this
-                .phase
-                .parked_read
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
-            return read;
-        }
-        if matches!(phase, EXPIRED | UPGRADED) {
-            return read;
-        }
-        // Waiting for the app, between requests or inside a head: the phase's limit runs.
-        let rests = phase == IDLE && *this.rest_after < *this.idle;
-        let limit = match phase {
-            HEAD => *this.header,
-            _ if rests => *this.rest_after,
-            _ => *this.idle,
-        };
+        let rests = *this.rest_after < *this.idle;
+        let idle_limit = if rests { *this.rest_after } else { *this.idle };
         let epoch = this.phase.epoch.load(Ordering::Acquire);
-        if !limit_reached(this.timer, this.armed, epoch, limit, cx) {
+        if phase == BUSY {
+            // No limit while a request is handled; the timer is kept one idle limit ahead, so
+            // that this read is polled again after the request ends, which starts the idle
+            // limit from its end (`RequestDone`) without waking the task for it.
+            let ahead = || Instant::now() + idle_limit;
+            if limit_reached(this.timer, this.armed, epoch, ahead, cx) {
+                *this.armed = u64::MAX;
+                limit_reached(this.timer, this.armed, epoch, ahead, cx);
+            }
+            return read;
+        }
+        // Waiting for the app, between requests or inside a head: the phase's limit runs, an
+        // idle one from the end of the last request.
+        let rests = phase == IDLE && rests;
+        let deadline = || match phase {
+            HEAD => Instant::now() + *this.header,
+            _ => this.phase.idle_since().unwrap_or_else(Instant::now) + idle_limit,
+        };
+        if !limit_reached(this.timer, this.armed, epoch, deadline, cx) {
             return Poll::Pending;
         }
         if rests {
@@ -293,18 +307,18 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
     }
 }
 
-/// Whether the current phase's `limit` has run out. The timer is (re-)armed only when the
-/// phase changed (`epoch`) since it was armed, so the clock is read once per phase, not per
-/// pending read.
+/// Whether the current phase's limit has run out. The timer is (re-)armed at `deadline` only
+/// when the phase changed (`epoch`) since it was armed, so the clock is read once per phase,
+/// not per pending read.
 fn limit_reached(
     timer: &mut Option<Pin<Box<Sleep>>>,
     armed: &mut u64,
     epoch: u64,
-    limit: Duration,
+    deadline: impl FnOnce() -> Instant,
     cx: &mut Context<'_>,
 ) -> bool {
     if *armed != epoch {
-        let deadline = Instant::now() + limit;
+        let deadline = deadline();
         match timer.as_mut() {
             Some(timer) => timer.as_mut().reset(deadline),
             None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -510,5 +524,59 @@ mod tests {
         assert_eq!(closed_at - ended, IDLE_LIMIT);
         assert_eq!(phase.expired(), Some(Expired::Idle));
         drop(app);
+    }
+
+    /// A request shorter than the idle limit: the timer armed while it was handled fires one
+    /// idle limit after its start, and the limit is counted again from the request's end.
+    /// The request's end itself wakes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn the_end_of_a_request_wakes_nothing_and_idle_counts_from_it() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::Wake;
+
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+
+        let (mut socket, mut app, phase) = watched();
+        let mut buf = [0u8; 64];
+        app.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(socket.read(&mut buf).await.unwrap() > 0);
+        phase.request_started();
+        let done = RequestDone(Arc::clone(&phase));
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let mut read = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut socket)
+            .poll_read(&mut cx, &mut read)
+            .is_pending());
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        let ended = Instant::now();
+        drop(done);
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            0,
+            "the request's end wakes nothing"
+        );
+        // One idle limit after the start, the timer armed while busy fires: idle for 101 s.
+        tokio::time::sleep(Duration::from_secs(101)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        let mut read = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut socket)
+            .poll_read(&mut cx, &mut read)
+            .is_pending());
+        assert_eq!(phase.expired(), None, "idle for 101 s of {IDLE_LIMIT:?}");
+        // The idle limit after the request's end.
+        tokio::time::sleep(IDLE_LIMIT - Duration::from_secs(101)).await;
+        assert_eq!(Instant::now() - ended, IDLE_LIMIT);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        let mut read = ReadBuf::new(&mut buf);
+        let closed = Pin::new(&mut socket).poll_read(&mut cx, &mut read);
+        assert!(matches!(closed, Poll::Ready(Ok(()))) && read.filled().is_empty());
+        assert_eq!(phase.expired(), Some(Expired::Idle));
     }
 }
