@@ -23,7 +23,7 @@ use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
-use crate::registry::{split_authority, Destination, Pending, Permit, Upstream};
+use crate::registry::{Destination, Pending, Permit, Upstream};
 use crate::upstream::http1;
 use crate::upstream::recorded::Recording;
 use crate::upstream::{Client, ConnectError, RequestBody, UpstreamBody};
@@ -266,14 +266,14 @@ impl Try<'_> {
         started: Instant,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
         let authority = &self.destination.authority;
-        let Some((host, port)) = split_authority(authority) else {
+        let Some((host, port)) = &self.destination.connect_to else {
             return Err(super::failure::connect_error(&ConnectError::MissingHost));
         };
         let policy = &self.upstream.policy;
         let pool = http1::Pool {
             idle: &self.destination.idle,
             host,
-            port,
+            port: *port,
             rules: self.upstream.rules(),
             idle_timeout: policy.pool_idle_timeout,
             max_idle: policy.pool_max_idle,

@@ -81,6 +81,9 @@ pub struct Destination {
     pub authority: Box<str>,
     /// The same, parsed once for upstream URIs (`None` for `_other`).
     pub uri_authority: Option<Authority>,
+    /// The host (no brackets) and port that connections go to, split once (`None` for
+    /// `_other`).
+    pub connect_to: Option<(Box<str>, u16)>,
     /// The policy's name, for logs.
     pub upstream: Arc<str>,
     pub metrics: Arc<DestinationMetrics>,
@@ -119,6 +122,7 @@ impl Destination {
         metrics.breaker_state.set(State::Closed.as_gauge());
         Destination {
             uri_authority: Authority::try_from(&*authority).ok(),
+            connect_to: split_authority(&authority).map(|(host, port)| (host.into(), port)),
             authority,
             upstream,
             metrics,
