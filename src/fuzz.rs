@@ -16,16 +16,18 @@ use crate::policy::load::{load_sources, Source};
 use crate::policy::Retry;
 use crate::proxy::target::{self, connect_target, http_target};
 use crate::upstream::connect::{canonical, SelfAddrs};
+use crate::upstream::http1::{decode_all, head};
 
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets, by the name of their binary in `fuzz/` and corpus folder.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("policy", policy),
     ("request_target", request_target),
     ("retry_after", retry_after),
     ("address", address),
+    ("response", response),
 ];
 
 /// A policy file's text (as `fuzz.toml`, and as `default.toml`): loading either gives a policy
@@ -199,5 +201,57 @@ fn mapped(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
         IpAddr::V6(_) => ip,
+    }
+}
+
+/// What an upstream sends on one of fusebox's own HTTP/1.1 connections, as the answer to a `GET`
+/// and to a `HEAD`: the head parses or is refused, interim answers are skipped, and the body
+/// decodes (or is refused) without ever giving more data than its framing allows: a
+/// `Content-Length` body exactly its length at most, a chunked one no more than was sent, and a
+/// forwarded head never has both `Transfer-Encoding` and `Content-Length`.
+pub fn response(data: &[u8]) {
+    for method in [Method::GET, Method::HEAD] {
+        let mut buf = bytes::BytesMut::from(data);
+        let parsed = loop {
+            match head::parse_response(&mut buf, &method) {
+                Ok(head::Parsed::Interim(len)) => {
+                    assert!(
+                        len > 0 && len <= buf.len(),
+                        "an interim head is within the input"
+                    );
+                    bytes::Buf::advance(&mut buf, len);
+                }
+                other => break other,
+            }
+        };
+        let Ok(head::Parsed::Final(head)) = parsed else {
+            continue;
+        };
+        let headers = head.response.headers();
+        assert!(
+            !(headers.contains_key(http::header::TRANSFER_ENCODING)
+                && headers.contains_key(http::header::CONTENT_LENGTH)),
+            "both framings forwarded"
+        );
+        assert!(!head.response.status().is_informational());
+        if method == Method::HEAD {
+            assert_eq!(
+                head.framing,
+                head::Framing::Empty,
+                "a HEAD answer has no body"
+            );
+        }
+        let Ok((body, _trailers, ended)) = decode_all(head.framing, &buf) else {
+            continue;
+        };
+        assert!(body.len() <= buf.len(), "more data than was sent");
+        match head.framing {
+            head::Framing::Empty => assert!(body.is_empty() && ended),
+            head::Framing::Length(length) => {
+                assert!(body.len() as u64 <= length);
+                assert_eq!(ended, body.len() as u64 == length);
+            }
+            head::Framing::Chunked | head::Framing::UntilClose => {}
+        }
     }
 }

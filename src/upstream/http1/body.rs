@@ -296,6 +296,32 @@ fn parse_trailers(fields: &[u8]) -> io::Result<Option<HeaderMap>> {
     Ok(Some(trailers))
 }
 
+/// Decodes a whole body framed as `framing` from `wire` (the fuzz target's way in): the data,
+/// the trailers, and whether the body ended within `wire`.
+pub(crate) fn decode_all(
+    framing: Framing,
+    wire: &[u8],
+) -> io::Result<(Vec<u8>, Option<HeaderMap>, bool)> {
+    let mut decoder = match framing {
+        Framing::Empty => Decoder::Done,
+        Framing::Length(length) => Decoder::Length(length),
+        Framing::Chunked => Decoder::Chunked(Chunk::Size),
+        Framing::UntilClose => Decoder::UntilClose,
+    };
+    let mut buf = BytesMut::from(wire);
+    let (mut data, mut trailers) = (Vec::new(), None);
+    loop {
+        match step(&mut decoder, &mut buf)? {
+            Step::Frame(frame) => match frame.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Step::End => return Ok((data, trailers, true)),
+            Step::More => return Ok((data, trailers, false)),
+        }
+    }
+}
+
 fn invalid(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,

@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+pub(crate) use body::decode_all;
 pub use body::Http1Body;
 use head::Parsed;
 
