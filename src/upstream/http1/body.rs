@@ -58,6 +58,17 @@ enum Chunk {
     Trailers(Vec<u8>),
 }
 
+impl Decoder {
+    fn new(framing: Framing) -> Decoder {
+        match framing {
+            Framing::Empty => Decoder::Done,
+            Framing::Length(length) => Decoder::Length(length),
+            Framing::Chunked => Decoder::Chunked(Chunk::Size),
+            Framing::UntilClose => Decoder::UntilClose,
+        }
+    }
+}
+
 /// What the bytes read so far give.
 enum Step {
     Frame(Frame<Bytes>),
@@ -72,15 +83,9 @@ impl Http1Body {
         keep_alive: bool,
         max_idle: usize,
     ) -> Self {
-        let decoder = match framing {
-            Framing::Empty => Decoder::Done,
-            Framing::Length(length) => Decoder::Length(length),
-            Framing::Chunked => Decoder::Chunked(Chunk::Size),
-            Framing::UntilClose => Decoder::UntilClose,
-        };
         Http1Body {
             conn: Some(conn),
-            decoder,
+            decoder: Decoder::new(framing),
             keep_alive,
             max_idle,
         }
@@ -296,30 +301,37 @@ fn parse_trailers(fields: &[u8]) -> io::Result<Option<HeaderMap>> {
     Ok(Some(trailers))
 }
 
-/// Decodes a whole body framed as `framing` from `wire` (the fuzz target's way in): the data,
-/// the trailers, and whether the body ended within `wire`.
-pub(crate) fn decode_all(
-    framing: Framing,
-    wire: &[u8],
-) -> io::Result<(Vec<u8>, Option<HeaderMap>, bool)> {
-    let mut decoder = match framing {
-        Framing::Empty => Decoder::Done,
-        Framing::Length(length) => Decoder::Length(length),
-        Framing::Chunked => Decoder::Chunked(Chunk::Size),
-        Framing::UntilClose => Decoder::UntilClose,
-    };
-    let mut buf = BytesMut::from(wire);
-    let (mut data, mut trailers) = (Vec::new(), None);
+/// A body decoded in one piece: its data and trailers.
+#[derive(Debug, Default)]
+pub(crate) struct Decoded {
+    pub data: Vec<u8>,
+    pub trailers: Option<HeaderMap>,
+}
+
+/// Decodes what `buf` holds into `out`; whether the body ended (if not, it needs more bytes).
+fn drain(decoder: &mut Decoder, buf: &mut BytesMut, out: &mut Decoded) -> io::Result<bool> {
     loop {
-        match step(&mut decoder, &mut buf)? {
+        match step(decoder, buf)? {
             Step::Frame(frame) => match frame.into_data() {
-                Ok(bytes) => data.extend_from_slice(&bytes),
-                Err(frame) => trailers = frame.into_trailers().ok(),
+                Ok(bytes) => out.data.extend_from_slice(&bytes),
+                Err(frame) => out.trailers = frame.into_trailers().ok(),
             },
-            Step::End => return Ok((data, trailers, true)),
-            Step::More => return Ok((data, trailers, false)),
+            Step::End => return Ok(true),
+            Step::More => return Ok(false),
         }
     }
+}
+
+/// Decodes a whole body framed as `framing` from `wire` (the fuzz target's way in), and
+/// whether it ended within `wire`.
+pub(crate) fn decode_all(framing: Framing, wire: &[u8]) -> io::Result<(Decoded, bool)> {
+    let mut out = Decoded::default();
+    let ended = drain(
+        &mut Decoder::new(framing),
+        &mut BytesMut::from(wire),
+        &mut out,
+    )?;
+    Ok((out, ended))
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -333,49 +345,35 @@ fn invalid(what: &str) -> io::Error {
 mod tests {
     use super::*;
 
-    /// Decodes `wire`, fed `split` bytes at a time, into its data and trailers.
-    fn decode(
-        framing: Decoder,
-        wire: &[u8],
-        split: usize,
-    ) -> io::Result<(Vec<u8>, Option<HeaderMap>, bool)> {
-        let mut decoder = framing;
-        let mut buf = BytesMut::new();
-        let (mut data, mut trailers) = (Vec::new(), None);
-        let mut fed = 0;
+    /// Decodes `wire`, fed `split` bytes at a time, and whether the body ended within it.
+    fn decode(framing: Framing, wire: &[u8], split: usize) -> io::Result<(Decoded, bool)> {
+        let mut decoder = Decoder::new(framing);
+        let (mut buf, mut out, mut fed) = (BytesMut::new(), Decoded::default(), 0);
         loop {
-            match step(&mut decoder, &mut buf)? {
-                Step::Frame(frame) => match frame.into_data() {
-                    Ok(bytes) => data.extend_from_slice(&bytes),
-                    Err(frame) => trailers = frame.into_trailers().ok(),
-                },
-                Step::End => return Ok((data, trailers, true)),
-                Step::More if fed == wire.len() => return Ok((data, trailers, false)),
-                Step::More => {
-                    let next = (fed + split).min(wire.len());
-                    buf.extend_from_slice(&wire[fed..next]);
-                    fed = next;
-                }
+            if drain(&mut decoder, &mut buf, &mut out)? {
+                return Ok((out, true));
             }
+            if fed == wire.len() {
+                return Ok((out, false));
+            }
+            let next = (fed + split).min(wire.len());
+            buf.extend_from_slice(&wire[fed..next]);
+            fed = next;
         }
-    }
-
-    fn chunked() -> Decoder {
-        Decoder::Chunked(Chunk::Size)
     }
 
     #[test]
     fn a_chunked_body_decodes_however_it_is_split() {
         let wire = b"5;ext=1\r\nhello\r\n7  \r\n, world\r\n0\r\nx-sum: 9\r\n\r\n";
         for split in [1, 2, 3, 7, wire.len()] {
-            let (data, trailers, ended) = decode(chunked(), wire, split).unwrap();
-            assert_eq!(data, b"hello, world", "split {split}");
+            let (body, ended) = decode(Framing::Chunked, wire, split).unwrap();
+            assert_eq!(body.data, b"hello, world", "split {split}");
             assert!(ended, "split {split}");
-            assert_eq!(trailers.unwrap()["x-sum"], "9");
+            assert_eq!(body.trailers.unwrap()["x-sum"], "9");
         }
-        let (data, trailers, ended) = decode(chunked(), b"3\r\nabc\r\n0\r\n\r\n", 4).unwrap();
+        let (body, ended) = decode(Framing::Chunked, b"3\r\nabc\r\n0\r\n\r\n", 4).unwrap();
         assert_eq!(
-            (data, trailers.is_none(), ended),
+            (body.data, body.trailers.is_none(), ended),
             (b"abc".to_vec(), true, true)
         );
     }
@@ -390,17 +388,17 @@ mod tests {
             b"11111111111111111\r\n",
             b"-3\r\nabc\r\n",
         ] {
-            assert!(decode(chunked(), wire, 2).is_err(), "{wire:?}");
+            assert!(decode(Framing::Chunked, wire, 2).is_err(), "{wire:?}");
         }
         let endless = vec![b'1'; MAX_CHUNK_LINE + 10];
-        assert!(decode(chunked(), &endless, 100).is_err());
+        assert!(decode(Framing::Chunked, &endless, 100).is_err());
     }
 
     #[test]
     fn a_length_body_ends_at_its_length_and_an_early_end_is_not_the_end() {
-        let (data, _, ended) = decode(Decoder::Length(5), b"hello", 2).unwrap();
-        assert_eq!((data, ended), (b"hello".to_vec(), true));
-        let (data, _, ended) = decode(Decoder::Length(5), b"hel", 2).unwrap();
-        assert_eq!((data, ended), (b"hel".to_vec(), false));
+        let (body, ended) = decode(Framing::Length(5), b"hello", 2).unwrap();
+        assert_eq!((body.data, ended), (b"hello".to_vec(), true));
+        let (body, ended) = decode(Framing::Length(5), b"hel", 2).unwrap();
+        assert_eq!((body.data, ended), (b"hel".to_vec(), false));
     }
 }
