@@ -8,6 +8,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The allocator's settings (jemalloc's malloc_conf, built in).
+COPY .cargo ./.cargo
 COPY src ./src
 RUN cargo build --release --locked --bin fusebox
 
