@@ -467,6 +467,61 @@ async fn a_one_mebibyte_post_is_echoed_intact() {
     assert_eq!(upstream.last_request().unwrap().body_len, body.len() as u64);
 }
 
+/// An upstream may answer a request before it has read its body (a 413, a 401) and read no
+/// more. fusebox forwards that answer at once rather than wait to write a body nobody reads
+/// (32 MiB, more than loopback's socket buffers hold), and does not reuse the connection: its
+/// request was not sent whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_whole_request_body_is_forwarded_and_its_connection_not_reused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut early, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            early.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        early
+            .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\n\r\ntoo big!")
+            .await
+            .unwrap();
+        // The next request needs a connection of its own; this one is held, unread.
+        let (mut fresh, _) = listener.accept().await.unwrap();
+        let get = read_request(&mut fresh).await;
+        assert!(get.starts_with("GET /next HTTP/1.1\r\n"), "{get}");
+        fresh
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh")
+            .await
+            .unwrap();
+        let _ = done_rx.await;
+        drop(early);
+    });
+    let policy =
+        "[retry]\nmax_replay_bytes = 67108864\n[timeouts]\nattempt = \"30s\"\ntotal = \"30s\"\n";
+    let fusebox = TestFusebox::start(&[("default", policy)]).await;
+    let app = fusebox.app();
+
+    let body = vec![b'x'; 32 * 1024 * 1024];
+    let upload = app.put(format!("http://{addr}/upload")).body(body).send();
+    let response = tokio::time::timeout(PATIENCE, upload)
+        .await
+        .expect("the upstream's early answer is forwarded without waiting for the body")
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.text().await.unwrap(), "too big!");
+
+    let next = app.get(format!("http://{addr}/next")).send();
+    let response = tokio::time::timeout(PATIENCE, next)
+        .await
+        .expect("the next request goes out on a new connection")
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "fresh");
+    done_tx.send(()).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_mebibyte_download_arrives_intact() {
     const LEN: u64 = 10 * 1024 * 1024;

@@ -4,7 +4,8 @@
 //! hyper's client runs each connection in a task of its own and hands every request and
 //! response across a channel; with hyper-util's pool on top (hashing its pool key, three map
 //! lookups, a task per request) that was 30 % of a proxied request's instructions. Here a
-//! try writes its request head on the connection itself, reads the response head with httparse
+//! try writes its request head on the connection itself (a body larger than 16 KiB while it
+//! reads the response: an upstream may answer first), reads the response head with httparse
 //! ([`head`]), and the response body reads the rest from the socket in the task that forwards
 //! it to the app ([`Http1Body`]): one task per request, no channels.
 //!
@@ -26,16 +27,20 @@
 mod body;
 pub mod head;
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::request::Parts;
 use http::{Method, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
 pub(crate) use body::decode_all;
@@ -194,7 +199,7 @@ pub async fn send(
             body_len,
         );
         match write_request(&mut conn, body).await {
-            Ok(()) => return read_head(conn, &head.method, pool.max_idle).await,
+            Ok(rest) => return read_head(conn, rest, &head.method, pool.max_idle).await,
             // Nothing of the request went out: another connection gets it.
             Err((error, 0)) if reused => {
                 debug!(%error, "kept-alive upstream connection closed; sending on another");
@@ -207,30 +212,28 @@ pub async fn send(
     }
 }
 
-/// Writes the head in `conn.write`, then `body`; on failure, how many bytes went out.
-async fn write_request(
+/// Writes the head in `conn.write`, with `body` if it is small; returns the part of `body`
+/// still to be written (all of a larger one), or, on failure, how many bytes went out.
+async fn write_request<'b>(
     conn: &mut Connection,
-    body: Option<&Bytes>,
-) -> Result<(), (io::Error, usize)> {
+    body: Option<&'b Bytes>,
+) -> Result<&'b [u8], (io::Error, usize)> {
     let Connection { stream, write, .. } = conn;
     let mut written = 0;
-    let wrote = match body {
+    let rest: &[u8] = match body {
         Some(body) if body.len() <= WRITE_WITH_HEAD => {
             write.extend_from_slice(body);
-            let wrote = write_all(stream, write, &mut written).await;
-            if write.capacity() > KEEP_WRITE_CAPACITY {
-                // A resting connection keeps room for a head, not for the largest body it sent.
-                *write = Vec::new();
-            }
-            wrote
+            &[]
         }
-        Some(body) => match write_all(stream, write, &mut written).await {
-            Ok(()) => write_all(stream, body, &mut written).await,
-            Err(error) => Err(error),
-        },
-        None => write_all(stream, write, &mut written).await,
+        Some(body) => body,
+        None => &[],
     };
-    wrote.map_err(|error| (error, written))
+    let wrote = write_all(stream, write, &mut written).await;
+    if write.capacity() > KEEP_WRITE_CAPACITY {
+        // A resting connection keeps room for a head, not for the largest body it sent.
+        *write = Vec::new();
+    }
+    wrote.map(|()| rest).map_err(|error| (error, written))
 }
 
 async fn write_all(
@@ -249,17 +252,25 @@ async fn write_all(
     Ok(())
 }
 
-/// Reads the response head to a `method` request, skipping interim (1xx) responses.
+/// Writes the `rest` of the request body while it reads the response head to a `method`
+/// request, skipping interim (1xx) responses. An upstream may answer before it has read the
+/// whole body (a 413, a 401) and stop reading: then the rest is not sent, the answer is
+/// forwarded, and the connection is not reused. A write that fails once the upstream has
+/// answered (it closed the connection) does not lose the answer.
 async fn read_head(
     mut conn: Connection,
+    mut rest: &[u8],
     method: &Method,
     max_idle: usize,
 ) -> Result<Response<Http1Body>, SendError> {
+    let mut write_failed = None;
     loop {
         if !conn.read.is_empty() {
             match head::parse_response(&mut conn.read, method).map_err(SendError::BadResponse)? {
                 Parsed::Final(head) => {
-                    let body = Http1Body::new(conn, head.framing, head.keep_alive, max_idle);
+                    let whole_request_sent = rest.is_empty() && write_failed.is_none();
+                    let keep_alive = head.keep_alive && whole_request_sent;
+                    let body = Http1Body::new(conn, head.framing, keep_alive, max_idle);
                     return Ok(head.response.map(|()| body));
                 }
                 Parsed::Interim(len) => {
@@ -270,17 +281,66 @@ async fn read_head(
             }
         }
         conn.read.reserve(READ_SIZE);
-        match conn.stream.read_buf(&mut conn.read).await {
-            Ok(0) => return Err(SendError::Closed),
-            Ok(_) => {}
-            Err(error) => {
-                return Err(SendError::Io {
-                    error,
-                    written: true,
-                })
+        let failed = match read_or_write(&mut conn, &mut rest).await {
+            Ok(Step::Read(0)) => match write_failed {
+                Some(error) => error,
+                None => return Err(SendError::Closed),
+            },
+            Ok(Step::Read(_) | Step::Wrote) => continue,
+            Err(Failed::Write(error)) => {
+                // The upstream may have answered before it closed: read what it sent.
+                write_failed = Some(error);
+                rest = &[];
+                continue;
             }
-        }
+            Err(Failed::Read(error)) => write_failed.unwrap_or(error),
+        };
+        return Err(SendError::Io {
+            error: failed,
+            written: true,
+        });
     }
+}
+
+/// What one step of [`read_head`] did.
+enum Step {
+    /// Read this many bytes of the response (0: the upstream closed).
+    Read(usize),
+    /// Wrote some of the request body.
+    Wrote,
+}
+
+/// Which side of a connection failed.
+enum Failed {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Reads what the upstream sent if there is anything, else writes some of `rest`; pending
+/// until either can be done. Reading comes first: an answer ends the writing.
+fn read_or_write<'a, 'b>(
+    conn: &'a mut Connection,
+    rest: &'a mut &'b [u8],
+) -> impl Future<Output = Result<Step, Failed>> + use<'a, 'b> {
+    std::future::poll_fn(move |cx| {
+        let Connection { stream, read, .. } = &mut *conn;
+        if let Poll::Ready(result) = poll_read_buf(Pin::new(&mut *stream), cx, read) {
+            return Poll::Ready(result.map(Step::Read).map_err(Failed::Read));
+        }
+        if rest.is_empty() {
+            return Poll::Pending;
+        }
+        Pin::new(stream)
+            .poll_write(cx, rest)
+            .map(|wrote| match wrote {
+                Ok(0) => Err(Failed::Write(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    *rest = &rest[n..];
+                    Ok(Step::Wrote)
+                }
+                Err(error) => Err(Failed::Write(error)),
+            })
+    })
 }
 
 /// A new connection through the egress guard.
