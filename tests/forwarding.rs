@@ -467,10 +467,10 @@ async fn a_one_mebibyte_post_is_echoed_intact() {
     assert_eq!(upstream.last_request().unwrap().body_len, body.len() as u64);
 }
 
-/// An upstream may answer a request before it has read its body (a 413, a 401) and read no
-/// more. fusebox forwards that answer at once rather than wait to write a body nobody reads
-/// (32 MiB, more than loopback's socket buffers hold), and does not reuse the connection: its
-/// request was not sent whole.
+/// An upstream may answer a request before it has read its body (a 413, a 401), say it closes
+/// the connection (RFC 9112 §9.6) and read no more. fusebox forwards that answer at once rather
+/// than wait to write a body nobody reads (32 MiB, more than loopback's socket buffers hold),
+/// and does not reuse the connection: its request was not sent whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_whole_request_body_is_forwarded_and_its_connection_not_reused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -485,7 +485,7 @@ async fn an_answer_before_the_whole_request_body_is_forwarded_and_its_connection
             head.push(byte[0]);
         }
         early
-            .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\n\r\ntoo big!")
+            .write_all(b"HTTP/1.1 413 Content Too Large\r\nconnection: close\r\ncontent-length: 8\r\n\r\ntoo big!")
             .await
             .unwrap();
         // The next request needs a connection of its own; this one is held, unread.
@@ -520,6 +520,57 @@ async fn an_answer_before_the_whole_request_body_is_forwarded_and_its_connection
         .unwrap();
     assert_eq!(response.text().await.unwrap(), "fresh");
     done_tx.send(()).unwrap();
+}
+
+/// An upstream that answers as it reads (its head first, then the body echoed back while it
+/// comes in) keeps the connection open: fusebox writes the whole request body (32 MiB, more than
+/// loopback's socket buffers hold) while it reads the answer, and forwards all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_as_it_reads_gets_the_whole_body() {
+    const LEN: usize = 32 * 1024 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            reader.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n");
+        writer.write_all(answer.as_bytes()).await.unwrap();
+        let mut echoed = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while echoed < LEN {
+            let n = reader.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the body broke off after {echoed} bytes");
+            writer.write_all(&buf[..n]).await.unwrap();
+            echoed += n;
+        }
+    });
+    let policy =
+        "[retry]\nmax_replay_bytes = 67108864\n[timeouts]\nattempt = \"30s\"\ntotal = \"30s\"\n";
+    let fusebox = TestFusebox::start(&[("default", policy)]).await;
+
+    let body: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let exchange = async {
+        let response = fusebox
+            .app()
+            .put(format!("http://{addr}/echo"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap()
+    };
+    let echoed = tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .expect("the whole body went out while the answer came in");
+    assert_eq!(echoed.len(), LEN);
+    assert!(echoed[..] == body[..], "the echoed body differs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,6 +269,44 @@ async fn egress_listener_originates_tls_for_a_localhost_policy() {
     fusebox.shutdown().await;
 }
 
+/// An HTTP/1.1 TLS upstream is reached on fusebox's own connections: kept alive across
+/// requests (the session tickets a TLS 1.3 server sends after the handshake do not make a
+/// resting connection look used), with a body large enough to be written while the answer
+/// is read.
+#[tokio::test]
+async fn tls_upstream_connections_are_kept_alive_across_requests_and_bodies() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .echo()
+        .start()
+        .await;
+    let host = localhost_authority(&upstream);
+    let policy = format!("hosts = [\"{host}\"]\ntls = true\nca_file = \"test-ca.pem\"\n");
+    let dir = policies_dir(&[("secure", &policy)]);
+    pki.write_ca(dir.path());
+    let fusebox = TestFusebox::start_in(dir).await;
+    let app = fusebox.app();
+
+    // Over 16 KiB (written apart from the head), within `max_replay_bytes` (kept, so not
+    // streamed on the pooled client).
+    let large: Vec<u8> = (0..40 * 1024u32).map(|i| (i % 251) as u8).collect();
+    for body in [b"small".to_vec(), large, Vec::new()] {
+        let response = app
+            .post(format!("http://{host}/echo"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.bytes().await.unwrap() == body, "echoed intact");
+    }
+    assert_eq!(upstream.hits(), 3);
+    assert_eq!(upstream.last_request().unwrap().version, Version::HTTP_11);
+    assert_eq!(upstream.connections(), 1, "one TLS connection, kept alive");
+    fusebox.shutdown().await;
+}
+
 #[tokio::test]
 async fn egress_listener_originates_tls_for_an_ip_policy() {
     let pki = TestPki::new();
@@ -424,6 +462,20 @@ async fn alpn_negotiates_h2_upstream_while_the_app_gets_http11() {
     assert_eq!(request.version, Version::HTTP_2);
     assert_eq!(request.uri.path(), "/egress");
     assert_eq!(upstream.hits(), 2);
+
+    // The upstream's choice is remembered per destination: fusebox offered HTTP/1.1 on its
+    // own connection once per destination, then keeps to the pooled HTTP/2 connection.
+    let before = upstream.connections();
+    for _ in 0..3 {
+        let response = direct_client()
+            .get(format!("{}/again", fusebox.route_url("route-h2")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(upstream.last_request().unwrap().version, Version::HTTP_2);
+    assert_eq!(upstream.connections(), before, "no new connection");
     fusebox.shutdown().await;
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::request::Parts;
+use http::uri::Scheme;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -24,7 +25,7 @@ use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
 use crate::registry::{Destination, Pending, Permit, Upstream};
-use crate::upstream::http1;
+use crate::upstream::http1::{self, Http1Body, SendError};
 use crate::upstream::recorded::Recording;
 use crate::upstream::{Client, ConnectError, RequestBody, UpstreamBody};
 
@@ -228,13 +229,27 @@ impl Try<'_> {
             (Path::Pooled(client), request) => {
                 self.send_pooled(client, request.into_request()).await
             }
-            (Path::Http1(_), Outgoing::Lent(head, body)) => {
-                self.send_http1(head, body, started).await
+            (Path::Http1(client), Outgoing::Lent(head, body)) => {
+                match self.send_http1(head, body, started).await {
+                    Err(SendError::ChoseHttp2) => {
+                        let request = Outgoing::Lent(head, body).into_request();
+                        self.send_pooled(client, request).await
+                    }
+                    sent => self.http1_answer(sent),
+                }
             }
             (Path::Http1(client), Outgoing::Owned(request)) => {
                 let (head, body) = request.into_parts();
                 match body {
-                    RequestBody::Full(body) => self.send_http1(&head, body.as_ref(), started).await,
+                    RequestBody::Full(body) => {
+                        match self.send_http1(&head, body.as_ref(), started).await {
+                            Err(SendError::ChoseHttp2) => {
+                                let request = Request::from_parts(head, RequestBody::Full(body));
+                                self.send_pooled(client, request).await
+                            }
+                            sent => self.http1_answer(sent),
+                        }
+                    }
                     streamed => {
                         let request = Request::from_parts(head, streamed);
                         self.send_pooled(client, request).await
@@ -259,29 +274,48 @@ impl Try<'_> {
         }
     }
 
+    /// Sends on fusebox's own HTTP/1.1 connections; an upstream that chooses HTTP/2 in the
+    /// TLS handshake is noted on the destination, whose requests then take the pooled client.
     async fn send_http1(
         &self,
         head: &Parts,
         body: Option<&Bytes>,
         started: Instant,
-    ) -> Result<Response<UpstreamBody>, AttemptError> {
-        let authority = &self.destination.authority;
+    ) -> Result<Response<Http1Body>, SendError> {
         let Some((host, port)) = &self.destination.connect_to else {
-            return Err(super::failure::connect_error(&ConnectError::MissingHost));
+            return Err(SendError::Connect(ConnectError::MissingHost));
         };
         let policy = &self.upstream.policy;
+        let tls = (head.uri.scheme() == Some(&Scheme::HTTPS)).then(|| http1::Tls {
+            config: self.upstream.tls_config(),
+            // As hyper-rustls names the server: the policy's `sni`, else the URI's host.
+            server_name: policy.sni.as_deref().unwrap_or_else(|| {
+                let host = head.uri.host().unwrap_or_default();
+                host.trim_start_matches('[').trim_end_matches(']')
+            }),
+        });
         let pool = http1::Pool {
             idle: &self.destination.idle,
             host,
             port: *port,
+            tls,
             rules: self.upstream.rules(),
             idle_timeout: policy.pool_idle_timeout,
             max_idle: policy.pool_max_idle,
         };
-        match http1::send(pool, head, body, started).await {
-            Ok(response) => Ok(response.map(UpstreamBody::Http1)),
-            Err(error) => Err(http1_error(&error, authority, self.has_body)),
+        let sent = http1::send(pool, head, body, started).await;
+        if matches!(sent, Err(SendError::ChoseHttp2)) {
+            self.destination.chose_http2();
         }
+        sent
+    }
+
+    fn http1_answer(
+        &self,
+        sent: Result<Response<Http1Body>, SendError>,
+    ) -> Result<Response<UpstreamBody>, AttemptError> {
+        sent.map(|response| response.map(UpstreamBody::Http1))
+            .map_err(|error| http1_error(&error, &self.destination.authority, self.has_body))
     }
 }
 

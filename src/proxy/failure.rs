@@ -29,6 +29,18 @@ pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> Attemp
     let on_connection = Sent::on_connection(has_body);
     match error {
         SendError::Connect(connect) => connect_error(connect),
+        SendError::Tls(error) => {
+            let cause = match error.get_ref() {
+                Some(tls) => format!("TLS handshake with {authority} failed: {tls}"),
+                None => format!("TLS handshake with {authority} failed: {error}"),
+            };
+            AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause)
+        }
+        // Taken care of by the caller, which sends on hyper's client instead.
+        SendError::ChoseHttp2 => {
+            let cause = format!("{authority} chose HTTP/2 on fusebox's HTTP/1.1 connection");
+            AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause)
+        }
         SendError::Io { error, written } => {
             let sent = if *written {
                 on_connection

@@ -50,9 +50,14 @@ pub async fn handle(
     let app_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     rewrite_for_upstream(ctx, upstream, &mut parts, uri, upgrading, grpc);
-    // Cleartext HTTP/1.1 goes on fusebox's own connections; TLS, gRPC (HTTP/2) and protocol
-    // upgrades through the pooled client.
-    let path = if parts.uri.scheme() == Some(&Scheme::HTTP) && !grpc && !upgrading {
+    // HTTP/1.1 goes on fusebox's own connections; gRPC (HTTP/2), protocol upgrades and
+    // upstreams that chose HTTP/2 in their TLS handshake through the pooled client.
+    let own_http1 = match parts.uri.scheme() {
+        Some(scheme) if *scheme == Scheme::HTTP => true,
+        Some(scheme) if *scheme == Scheme::HTTPS => !destination.speaks_http2(),
+        _ => false,
+    };
+    let path = if own_http1 && !grpc && !upgrading {
         Path::Http1(client)
     } else {
         Path::Pooled(client)

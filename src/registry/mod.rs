@@ -9,7 +9,7 @@
 //! two racing requests create one destination, not two, and label slots are counted exactly.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,8 @@ pub struct Upstream {
     grpc_clients: std::sync::OnceLock<GrpcClients>,
     /// The connect rules the clients were built with.
     rules: ConnectRules,
+    /// The TLS configuration the clients were built with, for fusebox's own connections.
+    tls: Arc<rustls::ClientConfig>,
     /// `host_rewrite`, parsed once for upstream URIs.
     pub rewrite_authority: Option<Authority>,
     next_endpoint: AtomicUsize,
@@ -96,9 +98,12 @@ pub struct Destination {
     pub budget: Arc<RetryBudget>,
     /// Locked only for a few instructions, never across an await.
     breaker: Arc<Mutex<CircuitBreaker>>,
-    /// Kept-alive cleartext HTTP/1.1 connections at rest ([`crate::upstream::http1`]); a
-    /// changed policy's destination starts without any, as its pooled client does.
+    /// Kept-alive HTTP/1.1 connections at rest ([`crate::upstream::http1`]); a changed
+    /// policy's destination starts without any, as its pooled client does.
     pub idle: IdleConnections,
+    /// The upstream chose HTTP/2 in a TLS handshake: its requests go on the pooled client,
+    /// which speaks it, rather than on fusebox's own HTTP/1.1 connections.
+    http2_chosen: AtomicBool,
 }
 
 impl Destination {
@@ -140,7 +145,18 @@ impl Destination {
                 Instant::now(),
             ))),
             idle: IdleConnections::default(),
+            http2_chosen: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the upstream chose HTTP/2 in a TLS handshake.
+    pub fn speaks_http2(&self) -> bool {
+        self.http2_chosen.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the upstream chose HTTP/2 in a TLS handshake.
+    pub fn chose_http2(&self) {
+        self.http2_chosen.store(true, Ordering::Relaxed);
     }
 
     /// This destination under a changed policy, carried component by component: the breaker
@@ -368,8 +384,10 @@ impl Upstream {
         settings: &Settings,
     ) -> Result<Upstream, String> {
         let rules = connect_rules(&policy, self_addrs);
+        let tls = crate::upstream::tls::client_config(policy.ca_file.as_deref())
+            .map_err(|e| format!("policy {}: {e}", policy.name))?;
         let build = |pinned| {
-            client::build(&policy, rules.clone(), pinned, false)
+            client::build(&policy, Arc::clone(&tls), rules.clone(), pinned, false)
                 .map_err(|e| format!("policy {}: {e}", policy.name))
         };
         let client = build(None)?;
@@ -391,6 +409,7 @@ impl Upstream {
             client,
             grpc_clients: std::sync::OnceLock::new(),
             rules,
+            tls,
             next_endpoint: AtomicUsize::new(0),
             destinations: DashMap::new(),
             insert: Mutex::new(()),
@@ -402,6 +421,11 @@ impl Upstream {
     /// The connect rules the clients were built with, for fusebox's own connections.
     pub fn rules(&self) -> &ConnectRules {
         &self.rules
+    }
+
+    /// The TLS configuration the clients were built with, for fusebox's own connections.
+    pub fn tls_config(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
     }
 
     /// The connect rules of this policy, for CONNECT tunnels (which bypass the client).
@@ -438,7 +462,15 @@ impl Upstream {
     fn build_grpc_clients(&self) -> GrpcClients {
         let policy = &self.policy;
         let built = (|| {
-            let build = |pinned| client::build(policy, self.rules.clone(), pinned, true);
+            let build = |pinned| {
+                client::build(
+                    policy,
+                    Arc::clone(&self.tls),
+                    self.rules.clone(),
+                    pinned,
+                    true,
+                )
+            };
             Ok::<_, String>(GrpcClients {
                 client: build(None)?,
                 endpoint_clients: policy

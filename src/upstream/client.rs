@@ -19,7 +19,6 @@ use rustls_pki_types::ServerName;
 
 use super::connect::{ConnectRules, Connector};
 use super::recorded::Recording;
-use super::tls;
 use crate::policy::{Endpoint, Policy};
 
 /// A request body sent upstream: the app's body streamed through (and recorded for a
@@ -93,18 +92,18 @@ impl Body for RequestBody {
 /// The pooled client of one policy.
 pub type Client = legacy::Client<HttpsConnector<Connector>, RequestBody>;
 
-/// Builds the client for `policy`. Fails only when its TLS settings are unusable (a bad
-/// `ca_file` or `sni`), which the policy loader reports earlier.
-/// Builds the client for `policy`; with `pinned`, every connection goes to that endpoint.
+/// Builds the client for `policy`, with its TLS configuration `config` ([`super::tls::client_config`]);
+/// with `pinned`, every connection goes to that endpoint. Fails only when its `sni` is
+/// unusable, which the policy loader reports earlier.
 /// With `h2_only` (gRPC calls), every connection speaks HTTP/2, with prior knowledge when it is
 /// cleartext (h2c), as gRPC servers expect.
 pub fn build(
     policy: &Policy,
+    config: Arc<rustls::ClientConfig>,
     rules: ConnectRules,
     pinned: Option<&Endpoint>,
     h2_only: bool,
 ) -> Result<Client, String> {
-    let config = tls::client_config(policy.ca_file.as_deref())?;
     let server_name: Arc<dyn ResolveServerName + Send + Sync> = match &policy.sni {
         Some(sni) => {
             let name = ServerName::try_from(sni.clone())

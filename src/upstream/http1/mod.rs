@@ -26,26 +26,29 @@
 
 mod body;
 pub mod head;
+mod stream;
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::request::Parts;
 use http::{Method, Response};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
 pub(crate) use body::decode_all;
 pub use body::Http1Body;
 use head::Parsed;
+use stream::Stream;
 
 use super::connect::{connect, ConnectError, ConnectRules};
 
@@ -53,13 +56,16 @@ use super::connect::{connect, ConnectError, ConnectRules};
 const READ_SIZE: usize = 16 * 1024;
 /// A request body up to this size is written with its head, in one system call.
 const WRITE_WITH_HEAD: usize = 16 * 1024;
+/// How much of a response body is read ahead, at least, while the request body is still
+/// being written.
+const READ_AHEAD: usize = 1024 * 1024;
 /// A connection's head buffer is let go once it has grown past this.
 const KEEP_WRITE_CAPACITY: usize = 4 * 1024;
 
 /// One connection to an upstream, with its buffers.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet used: the rest of a response.
     read: BytesMut,
     /// The request head being written (kept for its capacity).
@@ -67,7 +73,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: Stream) -> Self {
         Connection {
             stream,
             read: BytesMut::new(),
@@ -75,12 +81,9 @@ impl Connection {
         }
     }
 
-    /// Whether a resting connection can carry a request: the upstream has neither closed it
-    /// nor written to it. No system call unless the socket has become readable.
-    fn still_open(&self) -> bool {
-        let mut byte = [0u8; 1];
-        self.read.is_empty()
-            && matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    /// Whether a resting connection can carry a request (see [`Stream::still_open`]).
+    fn still_open(&mut self) -> bool {
+        self.read.is_empty() && self.stream.still_open()
     }
 }
 
@@ -114,6 +117,7 @@ impl IdleConnections {
                 idle.drain(..expired);
                 idle.pop()?
             };
+            let mut idle = idle;
             if idle.conn.still_open() {
                 return Some(idle.conn);
             }
@@ -135,8 +139,9 @@ impl IdleConnections {
 
     /// Closes the connections idle for `timeout` as of `now`, and those the upstream closed.
     pub fn close_expired(&self, now: Instant, timeout: Duration) {
-        self.lock()
-            .retain(|e| now.saturating_duration_since(e.since) < timeout && e.conn.still_open());
+        self.lock().retain_mut(|e| {
+            now.saturating_duration_since(e.since) < timeout && e.conn.still_open()
+        });
     }
 
     /// How many connections rest.
@@ -155,9 +160,20 @@ pub struct Pool<'a> {
     pub idle: &'a IdleConnections,
     pub host: &'a str,
     pub port: u16,
+    /// For `https://` upstreams: the TLS settings and the server name to verify.
+    pub tls: Option<Tls<'a>>,
     pub rules: &'a ConnectRules,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+}
+
+/// How connections to an `https://` upstream are secured.
+#[derive(Debug, Clone, Copy)]
+pub struct Tls<'a> {
+    /// The policy's rustls configuration; ALPN offers `h2` and `http/1.1`.
+    pub config: &'a Arc<rustls::ClientConfig>,
+    /// The name the certificate must carry (and SNI): the policy's `sni`, else the URI's host.
+    pub server_name: &'a str,
 }
 
 /// Why a try on this path failed.
@@ -166,6 +182,13 @@ pub enum SendError {
     /// No connection could be opened: nothing was sent.
     #[error("{0}")]
     Connect(ConnectError),
+    /// The TLS handshake failed: nothing was sent.
+    #[error("{0}")]
+    Tls(io::Error),
+    /// The upstream chose HTTP/2 in the TLS handshake: nothing was sent, and requests to it
+    /// belong on hyper's client.
+    #[error("the upstream chose HTTP/2")]
+    ChoseHttp2,
     /// Writing or reading failed; `written`: the request may have been (partly) written.
     #[error("{error}")]
     Io { error: io::Error, written: bool },
@@ -228,7 +251,11 @@ async fn write_request<'b>(
         Some(body) => body,
         None => &[],
     };
-    let wrote = write_all(stream, write, &mut written).await;
+    let mut wrote = write_all(stream, write, &mut written).await;
+    if wrote.is_ok() {
+        // TLS may hold the last records back; plain TCP has nothing to flush.
+        wrote = stream.flush().await;
+    }
     if write.capacity() > KEEP_WRITE_CAPACITY {
         // A resting connection keeps room for a head, not for the largest body it sent.
         *write = Vec::new();
@@ -236,11 +263,7 @@ async fn write_request<'b>(
     wrote.map(|()| rest).map_err(|error| (error, written))
 }
 
-async fn write_all(
-    stream: &mut TcpStream,
-    mut bytes: &[u8],
-    written: &mut usize,
-) -> io::Result<()> {
+async fn write_all(stream: &mut Stream, mut bytes: &[u8], written: &mut usize) -> io::Result<()> {
     while !bytes.is_empty() {
         let n = stream.write(bytes).await?;
         if n == 0 {
@@ -253,10 +276,16 @@ async fn write_all(
 }
 
 /// Writes the `rest` of the request body while it reads the response head to a `method`
-/// request, skipping interim (1xx) responses. An upstream may answer before it has read the
-/// whole body (a 413, a 401) and stop reading: then the rest is not sent, the answer is
-/// forwarded, and the connection is not reused. A write that fails once the upstream has
-/// answered (it closed the connection) does not lose the answer.
+/// request, skipping interim (1xx) responses.
+///
+/// An upstream may answer before it has read the whole body. An answer that closes the
+/// connection (a 413 or a 401 with `Connection: close`, RFC 9112 §9.6) ends the writing: it is
+/// forwarded at once, the rest of the body is not sent. One that keeps the connection open is
+/// forwarded once the body is written, since the upstream may be answering as it reads (an
+/// echo); meanwhile as much of its body is read ahead as the request body's size, or
+/// [`READ_AHEAD`] if that is more. A write that fails once
+/// the upstream has answered does not lose the answer. A connection whose request was not
+/// written whole is not reused.
 async fn read_head(
     mut conn: Connection,
     mut rest: &[u8],
@@ -264,15 +293,12 @@ async fn read_head(
     max_idle: usize,
 ) -> Result<Response<Http1Body>, SendError> {
     let mut write_failed = None;
+    let mut answered: Option<head::Head> = None;
+    let read_ahead_limit = READ_AHEAD.max(rest.len());
     loop {
-        if !conn.read.is_empty() {
+        if answered.is_none() && !conn.read.is_empty() {
             match head::parse_response(&mut conn.read, method).map_err(SendError::BadResponse)? {
-                Parsed::Final(head) => {
-                    let whole_request_sent = rest.is_empty() && write_failed.is_none();
-                    let keep_alive = head.keep_alive && whole_request_sent;
-                    let body = Http1Body::new(conn, head.framing, keep_alive, max_idle);
-                    return Ok(head.response.map(|()| body));
-                }
+                Parsed::Final(head) => answered = Some(head),
                 Parsed::Interim(len) => {
                     conn.read.advance(len);
                     continue;
@@ -280,11 +306,24 @@ async fn read_head(
                 Parsed::Partial => {}
             }
         }
-        conn.read.reserve(READ_SIZE);
-        let failed = match read_or_write(&mut conn, &mut rest).await {
-            Ok(Step::Read(0)) => match write_failed {
-                Some(error) => error,
-                None => return Err(SendError::Closed),
+        if let Some(head) = answered.take() {
+            let sent_whole = rest.is_empty() && write_failed.is_none();
+            if sent_whole || !head.keep_alive || write_failed.is_some() {
+                let keep_alive = head.keep_alive && sent_whole;
+                return Ok(answer(conn, head, keep_alive, max_idle));
+            }
+            answered = Some(head);
+        }
+        let read_ahead = answered.is_none() || conn.read.len() < read_ahead_limit;
+        if read_ahead {
+            conn.read.reserve(READ_SIZE);
+        }
+        let failed = match read_or_write(&mut conn, &mut rest, read_ahead).await {
+            Ok(Step::Read(0)) => match (answered.take(), write_failed) {
+                // Closed after answering: the body's framing says whether it came whole.
+                (Some(head), _) => return Ok(answer(conn, head, false, max_idle)),
+                (None, Some(error)) => error,
+                (None, None) => return Err(SendError::Closed),
             },
             Ok(Step::Read(_) | Step::Wrote) => continue,
             Err(Failed::Write(error)) => {
@@ -302,6 +341,17 @@ async fn read_head(
     }
 }
 
+/// The response of `head`, its body read from `conn`.
+fn answer(
+    conn: Connection,
+    head: head::Head,
+    keep_alive: bool,
+    max_idle: usize,
+) -> Response<Http1Body> {
+    let body = Http1Body::new(conn, head.framing, keep_alive, max_idle);
+    head.response.map(|()| body)
+}
+
 /// What one step of [`read_head`] did.
 enum Step {
     /// Read this many bytes of the response (0: the upstream closed).
@@ -316,19 +366,29 @@ enum Failed {
     Write(io::Error),
 }
 
-/// Reads what the upstream sent if there is anything, else writes some of `rest`; pending
-/// until either can be done. Reading comes first: an answer ends the writing.
+/// Reads what the upstream sent if there is anything (and `read` is set), else writes some of
+/// `rest`; pending until either can be done. Reading comes first: an answer may end the
+/// writing.
 fn read_or_write<'a, 'b>(
     conn: &'a mut Connection,
     rest: &'a mut &'b [u8],
+    read: bool,
 ) -> impl Future<Output = Result<Step, Failed>> + use<'a, 'b> {
     std::future::poll_fn(move |cx| {
-        let Connection { stream, read, .. } = &mut *conn;
-        if let Poll::Ready(result) = poll_read_buf(Pin::new(&mut *stream), cx, read) {
-            return Poll::Ready(result.map(Step::Read).map_err(Failed::Read));
+        let Connection {
+            stream, read: buf, ..
+        } = &mut *conn;
+        if read {
+            if let Poll::Ready(result) = poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+                return Poll::Ready(result.map(Step::Read).map_err(Failed::Read));
+            }
         }
         if rest.is_empty() {
-            return Poll::Pending;
+            // Waits for the answer, once what TLS may have held back is out.
+            return match Pin::new(stream).poll_flush(cx) {
+                Poll::Ready(Err(error)) => Poll::Ready(Err(Failed::Write(error))),
+                Poll::Ready(Ok(())) | Poll::Pending => Poll::Pending,
+            };
         }
         Pin::new(stream)
             .poll_write(cx, rest)
@@ -343,18 +403,30 @@ fn read_or_write<'a, 'b>(
     })
 }
 
-/// A new connection through the egress guard.
+/// A new connection through the egress guard, secured with TLS for an `https://` upstream.
 async fn open(pool: &Pool<'_>) -> Result<Connection, SendError> {
-    let stream = connect(pool.host, pool.port, pool.rules)
+    let tcp = connect(pool.host, pool.port, pool.rules)
         .await
         .map_err(SendError::Connect)?;
-    Ok(Connection::new(stream))
+    let Some(tls) = pool.tls else {
+        return Ok(Connection::new(Stream::Plain(tcp)));
+    };
+    let name = ServerName::try_from(tls.server_name.to_owned())
+        .map_err(|e| SendError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let secured = TlsConnector::from(Arc::clone(tls.config))
+        .connect(name, tcp)
+        .await
+        .map_err(SendError::Tls)?;
+    if secured.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return Err(SendError::ChoseHttp2);
+    }
+    Ok(Connection::new(Stream::Tls(Box::new(secured))))
 }
 
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -363,7 +435,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (Connection::new(ours.unwrap()), theirs.unwrap().0)
+        (
+            Connection::new(Stream::Plain(ours.unwrap())),
+            theirs.unwrap().0,
+        )
     }
 
     /// Makes the runtime's IO driver take in what happened on every socket so far: a round
@@ -388,7 +463,7 @@ mod tests {
         drop(upstream);
         chatty.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
         let_the_driver_see().await;
-        let taken = idle
+        let mut taken = idle
             .take(now, Duration::from_secs(90))
             .expect("the open one");
         assert!(taken.still_open());
