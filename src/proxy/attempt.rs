@@ -73,10 +73,12 @@ pub struct Answer {
 /// How tries reach the upstream.
 #[derive(Debug, Clone, Copy)]
 pub enum Path<'c> {
-    /// hyper-util's pooled client: TLS, HTTP/2 (gRPC), protocol upgrades.
+    /// hyper-util's pooled client: HTTP/2 (gRPC, and upstreams that chose it in the TLS
+    /// handshake), protocol upgrades.
     Pooled(&'c Client),
-    /// fusebox's own kept-alive connections on the destination: cleartext HTTP/1.1, for
-    /// requests whose body is known in full; one that streams takes the pooled client.
+    /// fusebox's own kept-alive connections on the destination: HTTP/1.1, cleartext or TLS,
+    /// for requests whose body is known in full; one that streams takes the pooled client, and
+    /// so does a request whose upstream chooses HTTP/2 in the TLS handshake.
     Http1(&'c Client),
 }
 

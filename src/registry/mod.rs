@@ -1,6 +1,6 @@
 //! The registry: for the active policies, one [`Upstream`] per policy (its pooled client) and,
 //! inside it, one [`Destination`] per `host:port` that traffic actually reached, created on
-//! first use, with its idle cleartext HTTP/1.1 connections.
+//! first use, with its idle HTTP/1.1 connections.
 //!
 //! The policy snapshot is behind an `ArcSwap` (lock-free reads). Each upstream's destinations
 //! are in a sharded map (`dashmap`): a lookup takes one shard's read lock, an insert one shard's

@@ -1,7 +1,8 @@
 //! The pooled upstream client of one policy: hyper-util's keep-alive pool over the guarded
 //! [`Connector`], with TLS (and HTTP/2 through ALPN) when the request's scheme is `https`.
-//! The data path uses it for TLS, gRPC and protocol upgrades; cleartext HTTP/1.1 goes on
-//! fusebox's own connections ([`super::http1`]).
+//! The data path uses it for gRPC, protocol upgrades, request bodies that stream and upstreams
+//! that choose HTTP/2 in the TLS handshake; HTTP/1.1 goes on fusebox's own connections
+//! ([`super::http1`]).
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! How fusebox reaches an upstream: DNS resolution checked by the egress guard ([`connect`]),
 //! TLS origination with rustls ([`tls`]), the pooled hyper client built per policy
-//! ([`client`]), and fusebox's own keep-alive connections for cleartext HTTP/1.1 ([`http1`]).
+//! ([`client`]), and fusebox's own keep-alive connections for HTTP/1.1, cleartext or TLS
+//! ([`http1`]).
 //! This is the lowest I/O layer; it knows policies but not requests.
 
 pub mod body;

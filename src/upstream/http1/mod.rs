@@ -1,5 +1,5 @@
-//! fusebox's own keep-alive connections to cleartext HTTP/1.1 upstreams (docs/ARCHITECTURE.md
-//! §1): the data path's common case, without hyper's client.
+//! fusebox's own keep-alive connections to HTTP/1.1 upstreams, cleartext or TLS
+//! (docs/ARCHITECTURE.md §1): the data path's common case, without hyper's client.
 //!
 //! hyper's client runs each connection in a task of its own and hands every request and
 //! response across a channel; with hyper-util's pool on top (hashing its pool key, three map
@@ -20,9 +20,11 @@
 //! `pool_max_idle` connections rest per destination; one idle for `pool_idle_timeout` is not
 //! reused, and the agent's upkeep closes it within 5 s ([`IdleConnections::close_expired`]).
 //!
+//! A TLS connection offers `h2` and `http/1.1` (ALPN), as hyper's client does; an upstream
+//! that chooses `h2` is dropped before anything is sent ([`SendError::ChoseHttp2`]), and the
+//! destination's requests go to hyper-util's pooled client from then on, which speaks it.
 //! Requests whose body streams (larger than `max_replay_bytes`, or of unknown length on its
-//! first try), TLS, HTTP/2 (gRPC) and protocol upgrades keep hyper-util's pooled client
-//! ([`super::client`]).
+//! first try), HTTP/2 (gRPC) and protocol upgrades keep that client too ([`super::client`]).
 
 mod body;
 pub mod head;
