@@ -309,7 +309,8 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
 
 /// Whether the current phase's limit has run out. The timer is (re-)armed at `deadline` only
 /// when the phase changed (`epoch`) since it was armed, so the clock is read once per phase,
-/// not per pending read.
+/// not per pending read; and it is polled (which registers the task's waker) only when armed,
+/// since a connection's task, and so its waker, stays the same.
 fn limit_reached(
     timer: &mut Option<Pin<Box<Sleep>>>,
     armed: &mut u64,
@@ -317,17 +318,19 @@ fn limit_reached(
     deadline: impl FnOnce() -> Instant,
     cx: &mut Context<'_>,
 ) -> bool {
-    if *armed != epoch {
-        let deadline = deadline();
-        match timer.as_mut() {
-            Some(timer) => timer.as_mut().reset(deadline),
-            None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-        *armed = epoch;
+    if *armed == epoch {
+        return timer.as_ref().is_some_and(|timer| timer.is_elapsed());
     }
-    timer
-        .as_mut()
-        .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
+    let deadline = deadline();
+    let timer = match timer {
+        Some(timer) => {
+            timer.as_mut().reset(deadline);
+            timer
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+    };
+    *armed = epoch;
+    timer.as_mut().poll(cx).is_ready()
 }
 
 impl<T: AsyncWrite> AsyncWrite for Watched<T> {
