@@ -112,16 +112,15 @@ impl IdleConnections {
     /// `now` are closed first.
     fn take(&self, now: Instant, timeout: Duration) -> Option<Connection> {
         loop {
-            let idle = {
+            let mut latest = {
                 let mut idle = self.lock();
                 let expired =
                     idle.partition_point(|e| now.saturating_duration_since(e.since) >= timeout);
                 idle.drain(..expired);
                 idle.pop()?
             };
-            let mut idle = idle;
-            if idle.conn.still_open() {
-                return Some(idle.conn);
+            if latest.conn.still_open() {
+                return Some(latest.conn);
             }
         }
     }
@@ -285,9 +284,8 @@ async fn write_all(stream: &mut Stream, mut bytes: &[u8], written: &mut usize) -
 /// forwarded at once, the rest of the body is not sent. One that keeps the connection open is
 /// forwarded once the body is written, since the upstream may be answering as it reads (an
 /// echo); meanwhile as much of its body is read ahead as the request body's size, or
-/// [`READ_AHEAD`] if that is more. A write that fails once
-/// the upstream has answered does not lose the answer. A connection whose request was not
-/// written whole is not reused.
+/// [`READ_AHEAD`] if that is more. A write that fails once the upstream has answered does not
+/// lose the answer. A connection whose request was not written whole is not reused.
 async fn read_head(
     mut conn: Connection,
     mut rest: &[u8],
