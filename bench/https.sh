@@ -6,7 +6,7 @@
 #                   reference: what `fusebox-fwd-full` of the peer benchmark measures)
 #   https-keepalive https:// through HTTPS_PROXY with `intercept = true`, kept-alive app
 #                   connections (one CONNECT and handshake per connection, then requests), TLS
-#                   originated to an nginx HTTPS upstream over a pooled connection
+#                   originated to an nginx HTTPS upstream over a kept-alive connection
 #   https-new       the same with a new app connection per request (CONNECT, TLS handshake with
 #                   a cached leaf certificate, one request): CPU per new intercepted connection
 #   nginx-tls-new   reference for one server-side TLS handshake: nginx's CPU per new TLS
