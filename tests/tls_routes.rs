@@ -238,6 +238,16 @@ async fn envoy_example_policy_works_end_to_end() {
 // ---------------------------------------------------------------------------------------------
 // TLS origination on the egress listener
 
+/// fusebox with one policy, `secure`, that originates TLS to `upstream` (as `localhost`,
+/// trusting `pki`'s CA); and the upstream's `localhost:PORT`.
+async fn egress_tls_fusebox(pki: &TestPki, upstream: &FakeUpstream) -> (TestFusebox, String) {
+    let host = localhost_authority(upstream);
+    let policy = format!("hosts = [\"{host}\"]\ntls = true\nca_file = \"test-ca.pem\"\n");
+    let dir = policies_dir(&[("secure", &policy)]);
+    pki.write_ca(dir.path());
+    (TestFusebox::start_in(dir).await, host)
+}
+
 #[tokio::test]
 async fn egress_listener_originates_tls_for_a_localhost_policy() {
     let pki = TestPki::new();
@@ -246,11 +256,7 @@ async fn egress_listener_originates_tls_for_a_localhost_policy() {
         .body("tls via egress")
         .start()
         .await;
-    let host = localhost_authority(&upstream);
-    let policy = format!("hosts = [\"{host}\"]\ntls = true\nca_file = \"test-ca.pem\"\n");
-    let dir = policies_dir(&[("secure", &policy)]);
-    pki.write_ca(dir.path());
-    let fusebox = TestFusebox::start_in(dir).await;
+    let (fusebox, host) = egress_tls_fusebox(&pki, &upstream).await;
 
     // The app speaks plain http:// to the upstream's explicit port, through HTTP_PROXY.
     let response = fusebox
@@ -281,11 +287,7 @@ async fn tls_upstream_connections_are_kept_alive_across_requests_and_bodies() {
         .echo()
         .start()
         .await;
-    let host = localhost_authority(&upstream);
-    let policy = format!("hosts = [\"{host}\"]\ntls = true\nca_file = \"test-ca.pem\"\n");
-    let dir = policies_dir(&[("secure", &policy)]);
-    pki.write_ca(dir.path());
-    let fusebox = TestFusebox::start_in(dir).await;
+    let (fusebox, host) = egress_tls_fusebox(&pki, &upstream).await;
     let app = fusebox.app();
 
     // Over 16 KiB (written apart from the head), within `max_replay_bytes` (kept, so not
@@ -378,11 +380,7 @@ async fn wrong_certificate_is_refused_on_the_egress_listener() {
         .tls(pki.wrong_server_config())
         .start()
         .await;
-    let host = localhost_authority(&upstream);
-    let policy = format!("hosts = [\"{host}\"]\ntls = true\nca_file = \"test-ca.pem\"\n");
-    let dir = policies_dir(&[("secure", &policy)]);
-    pki.write_ca(dir.path());
-    let fusebox = TestFusebox::start_in(dir).await;
+    let (fusebox, host) = egress_tls_fusebox(&pki, &upstream).await;
 
     let response = fusebox
         .app()
