@@ -478,12 +478,7 @@ async fn an_answer_before_the_whole_request_body_is_forwarded_and_its_connection
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut early, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            early.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
+        read_head(&mut early).await;
         early
             .write_all(b"HTTP/1.1 413 Content Too Large\r\nconnection: close\r\ncontent-length: 8\r\n\r\ntoo big!")
             .await
@@ -533,12 +528,7 @@ async fn an_upstream_answering_as_it_reads_gets_the_whole_body() {
     tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let (mut reader, mut writer) = stream.into_split();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            reader.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
+        read_head(&mut reader).await;
         let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n");
         writer.write_all(answer.as_bytes()).await.unwrap();
         let mut echoed = 0;
@@ -722,15 +712,21 @@ async fn upstream_connections_idle_for_pool_idle_timeout_are_closed() {
     assert_eq!(upstream.connections(), 2, "rested 31 s of 30: closed");
 }
 
-/// Reads one request (head, and a body of `Content-Length`) off `stream`.
-async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
-    let mut request = Vec::new();
+/// Reads a request head, to its blank line, off `stream`.
+async fn read_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut head = Vec::new();
     let mut byte = [0u8; 1];
-    while !request.ends_with(b"\r\n\r\n") {
+    while !head.ends_with(b"\r\n\r\n") {
         let n = stream.read(&mut byte).await.unwrap();
         assert_eq!(n, 1, "connection closed inside the request head");
-        request.push(byte[0]);
+        head.push(byte[0]);
     }
+    head
+}
+
+/// Reads one request (head, and a body of `Content-Length`) off `stream`.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> String {
+    let mut request = read_head(stream).await;
     let head = String::from_utf8(request.clone())
         .unwrap()
         .to_ascii_lowercase();
