@@ -467,6 +467,11 @@ async fn a_one_mebibyte_post_is_echoed_intact() {
     assert_eq!(upstream.last_request().unwrap().body_len, body.len() as u64);
 }
 
+/// A policy that keeps request bodies of 32 MiB (so they go on fusebox's own connections, not
+/// streamed), with tries long enough that only a hang could time them out.
+const KEEPS_32_MIB_BODIES: &str =
+    "[retry]\nmax_replay_bytes = 67108864\n[timeouts]\nattempt = \"30s\"\ntotal = \"30s\"\n";
+
 /// An upstream may answer a request before it has read its body (a 413, a 401), say it closes
 /// the connection (RFC 9112 §9.6) and read no more. fusebox forwards that answer at once rather
 /// than wait to write a body nobody reads (32 MiB, more than loopback's socket buffers hold),
@@ -494,8 +499,7 @@ async fn an_answer_before_the_whole_request_body_is_forwarded_and_its_connection
         let _ = done_rx.await;
         drop(early);
     });
-    let policy =
-        "[retry]\nmax_replay_bytes = 67108864\n[timeouts]\nattempt = \"30s\"\ntotal = \"30s\"\n";
+    let policy = KEEPS_32_MIB_BODIES;
     let fusebox = TestFusebox::start(&[("default", policy)]).await;
     let app = fusebox.app();
 
@@ -540,8 +544,7 @@ async fn an_upstream_answering_as_it_reads_gets_the_whole_body() {
             echoed += n;
         }
     });
-    let policy =
-        "[retry]\nmax_replay_bytes = 67108864\n[timeouts]\nattempt = \"30s\"\ntotal = \"30s\"\n";
+    let policy = KEEPS_32_MIB_BODIES;
     let fusebox = TestFusebox::start(&[("default", policy)]).await;
 
     let body: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
