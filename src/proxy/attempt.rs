@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::failure::{attempt_error, http1_error};
+use super::failure::{attempt_error, bad_response, http1_error};
 use crate::outcome::Reason;
 use crate::pipeline::attempt::{AttemptError, ErrorKind, Refusal, Sent};
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
@@ -25,7 +25,7 @@ use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
 use crate::registry::{Destination, Pending, Permit, Upstream};
-use crate::upstream::http1::{self, Http1Body, SendError};
+use crate::upstream::http1::{self, framing, Http1Body, SendError};
 use crate::upstream::recorded::Recording;
 use crate::upstream::{Client, ConnectError, RequestBody, UpstreamBody};
 
@@ -267,7 +267,14 @@ impl Try<'_> {
         request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
         match client.request(request).await {
-            Ok(response) => Ok(response.map(UpstreamBody::Pooled)),
+            Ok(mut response) => match framing::settle_pooled(response.headers_mut()) {
+                Ok(()) => Ok(response.map(UpstreamBody::Pooled)),
+                Err(detail) => Err(bad_response(
+                    &self.destination.authority,
+                    &detail,
+                    self.has_body,
+                )),
+            },
             Err(error) => Err(attempt_error(
                 &error,
                 &self.destination.authority,

@@ -56,12 +56,15 @@ pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> Attemp
             let cause = format!("{authority} closed the connection before a response head");
             AttemptError::new(ErrorKind::Reset, on_connection, cause)
         }
-        SendError::BadResponse(detail) => {
-            let cause =
-                format!("{authority} sent a response head fusebox cannot forward: {detail}");
-            AttemptError::new(ErrorKind::BadResponse, on_connection, cause)
-        }
+        SendError::BadResponse(detail) => bad_response(authority, detail, has_body),
     }
+}
+
+/// The [`AttemptError`] of a response head that cannot be forwarded (`detail` says why); the
+/// request was sent.
+pub fn bad_response(authority: &str, detail: &str, has_body: bool) -> AttemptError {
+    let cause = format!("{authority} sent a response head fusebox cannot forward: {detail}");
+    AttemptError::new(ErrorKind::BadResponse, Sent::on_connection(has_body), cause)
 }
 
 /// Walks `error`'s chain for its cause; `connect`: the error is about opening the connection;

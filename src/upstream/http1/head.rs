@@ -1,35 +1,27 @@
 //! The wire format of one exchange on fusebox's own HTTP/1.1 connections (RFC 9112): the
 //! request head as written, the response head as parsed, and how the response body is framed.
 //!
-//! Parsing is httparse's, the parser hyper uses. What this module adds is the framing rules a
-//! proxy must get right to keep one response from bleeding into the next: `Transfer-Encoding`
-//! wins over `Content-Length` (and the connection is not reused), differing `Content-Length`
-//! values are an error, and a body with neither is read to the connection's end.
+//! Parsing is httparse's, the parser hyper uses; the framing rules a proxy must get right to keep
+//! one response from bleeding into the next are [`super::framing`]'s, applied to each field's
+//! bytes as they came.
 
 use std::io::Write;
 use std::mem::MaybeUninit;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri, Version};
+
+pub use super::framing::Framing;
+use super::framing::FramingFields;
 
 /// At most this many header fields in a response head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
 /// A response head larger than this is refused.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// How a response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// No body: `HEAD`, 1xx, 204, 304.
-    Empty,
-    /// `Content-Length`.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-    /// Neither: the body ends when the upstream closes the connection.
-    UntilClose,
-}
+/// Where a header field's name and value are within the head: (start, end) of each.
+type FieldSpan = ((u32, u32), (u32, u32));
 
 /// A complete response head.
 #[derive(Debug)]
@@ -98,11 +90,11 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
     let mut parsed = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
     let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-            return Err(format!("response head larger than {MAX_HEAD_BYTES} bytes"));
-        }
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        // The limit is on the head's own bytes, however the reads fell: a partial head is the
+        // whole buffer, a complete one may have its body's first bytes behind it.
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => return Ok(Parsed::Partial),
+        Ok(_) => return Err(format!("response head larger than {MAX_HEAD_BYTES} bytes")),
         Err(error) => return Err(format!("malformed response head: {error}")),
     };
     let code = parsed.code.unwrap_or_default();
@@ -124,28 +116,15 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
         let start = s.as_ptr() as usize - base;
         (start as u32, (start + s.len()) as u32)
     };
-    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
+    let mut spans: [FieldSpan; MAX_HEADERS] = [((0, 0), (0, 0)); MAX_HEADERS];
     let count = parsed.headers.len();
     for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
         *span = (at(field.name.as_bytes()), at(field.value));
     }
     let head = buf.split_to(len).freeze();
-    // One more for the `Via` fusebox adds.
-    let mut headers = HeaderMap::with_capacity(count + 1);
-    for &((name_start, name_end), (value_start, value_end)) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
-            .map_err(|_| "invalid header name in the response head".to_owned())?;
-        let value = head.slice(value_start as usize..value_end as usize);
-        let value = HeaderValue::from_maybe_shared(value)
-            .map_err(|_| format!("invalid value of {name} in the response head"))?;
-        headers.append(name, value);
-    }
-    let (framing, keep_alive) = framing(method, status, version, &headers)?;
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // RFC 9112 §6.3: the encoding delimits the body; a Content-Length beside it is removed
-        // before the message is forwarded (the app's side frames the body anew).
-        headers.remove(header::CONTENT_LENGTH);
-    }
+    let (mut headers, fields) = header_fields(&head, &spans[..count])?;
+    let (framing, keep_alive) = fields.framing(method, status, version)?;
+    fields.settle_content_length(&mut headers);
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -157,81 +136,25 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
     }))
 }
 
-/// RFC 9112 §6.3: how the body of this response is delimited, and whether the connection can
-/// be reused after it.
-fn framing(
-    method: &Method,
-    status: StatusCode,
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<(Framing, bool), String> {
-    let keep_alive = match version {
-        Version::HTTP_10 => has_token(headers, header::CONNECTION, "keep-alive"),
-        _ => !has_token(headers, header::CONNECTION, "close"),
-    };
-    if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((Framing::Empty, keep_alive));
+/// The header fields at `spans` (name, value) of `head`, and what those that frame the body
+/// say, read from their bytes as they came.
+fn header_fields(
+    head: &Bytes,
+    spans: &[FieldSpan],
+) -> Result<(HeaderMap, FramingFields), String> {
+    let mut fields = FramingFields::default();
+    // One more for the `Via` fusebox adds.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
+    for &((name_start, name_end), (value_start, value_end)) in spans {
+        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+            .map_err(|_| "invalid header name in the response head".to_owned())?;
+        let value = head.slice(value_start as usize..value_end as usize);
+        fields.read(&name, &value)?;
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|_| format!("invalid value of {name} in the response head"))?;
+        headers.append(name, value);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // The last coding decides; with a Content-Length too, the message is suspect and the
-        // connection is not reused (§6.3 item 3).
-        let chunked = last_token(headers, header::TRANSFER_ENCODING)
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        let reuse = keep_alive && chunked && !headers.contains_key(header::CONTENT_LENGTH);
-        let framing = if chunked && version == Version::HTTP_11 {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        };
-        return Ok((framing, reuse && framing == Framing::Chunked));
-    }
-    match content_length(headers)? {
-        Some(0) => Ok((Framing::Empty, keep_alive)),
-        Some(length) => Ok((Framing::Length(length), keep_alive)),
-        None => Ok((Framing::UntilClose, false)),
-    }
-}
-
-/// The one `Content-Length` of the head (repeated identical values are one); differing or
-/// malformed values are an error.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| "invalid Content-Length")?;
-        for part in text.split(',') {
-            let part = part.trim();
-            let parsed = (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| part.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| format!("invalid Content-Length {text:?}"))?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err("differing Content-Length values".to_owned());
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(length)
-}
-
-fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
-}
-
-fn last_token(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
-    tokens(headers, name).last()
+    Ok((headers, fields))
 }
 
 #[cfg(test)]
@@ -282,7 +205,7 @@ mod tests {
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
                 Framing::Length(5),
-                true,
+                false,
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
@@ -298,11 +221,6 @@ mod tests {
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
                 Framing::Chunked,
-                false,
-            ),
-            (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                Framing::UntilClose,
                 false,
             ),
             ("HTTP/1.1 200 OK\r\n\r\n", Framing::UntilClose, false),
@@ -346,16 +264,48 @@ mod tests {
     #[test]
     fn ambiguous_or_malformed_heads_are_errors() {
         for text in [
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\n",
-            "HTTP/1.1 2000 OK\r\n\r\n",
-            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
-            "SSH-2.0-OpenSSH\r\n\r\n",
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \xff-gzip\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\x80\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
         ] {
-            assert!(parse(text, &Method::GET).is_err(), "{text:?}");
+            let parsed = parse_response(&mut BytesMut::from(text), &Method::GET);
+            assert!(parsed.is_err(), "{:?}", text.escape_ascii().to_string());
         }
+    }
+
+    #[test]
+    fn the_head_limit_counts_the_heads_bytes_however_they_arrive() {
+        let head = |size: usize| {
+            let filler = "x".repeat(size - "HTTP/1.1 200 OK\r\nx: \r\n\r\n".len());
+            format!("HTTP/1.1 200 OK\r\nx: {filler}\r\n\r\n").into_bytes()
+        };
+        let exact = head(MAX_HEAD_BYTES);
+        let mut buf = BytesMut::from(&exact[..]);
+        buf.extend_from_slice(b"body bytes behind the head");
+        assert!(matches!(
+            parse_response(&mut buf, &Method::GET),
+            Ok(Parsed::Final(_))
+        ));
+        // A larger head, whole in the buffer (it came in reads that each fit the limit).
+        let large = head(100 * 1024);
+        assert!(parse_response(&mut BytesMut::from(&large[..]), &Method::GET).is_err());
+        // Incomplete: refused once more than the limit is there, not before.
+        let partial = &large[..MAX_HEAD_BYTES];
+        assert!(matches!(
+            parse_response(&mut BytesMut::from(partial), &Method::GET),
+            Ok(Parsed::Partial)
+        ));
+        let partial = &large[..MAX_HEAD_BYTES + 1];
+        assert!(parse_response(&mut BytesMut::from(partial), &Method::GET).is_err());
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! first try), HTTP/2 (gRPC) and protocol upgrades keep that client too ([`super::client`]).
 
 mod body;
+pub mod framing;
 pub mod head;
 mod stream;
 
