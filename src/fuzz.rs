@@ -18,16 +18,19 @@ use crate::proxy::target::{self, connect_target, http_target};
 use crate::upstream::connect::{canonical, SelfAddrs};
 use crate::upstream::http1::{decode_all, head};
 
+pub mod framing;
+
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets, by the name of their binary in `fuzz/` and corpus folder.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("policy", policy),
     ("request_target", request_target),
     ("retry_after", retry_after),
     ("address", address),
     ("response", response),
+    ("response_framing", framing::check),
 ];
 
 /// A policy file's text (as `fuzz.toml`, and as `default.toml`): loading either gives a policy

@@ -413,3 +413,136 @@ async fn the_pooled_path_refuses_other_codings_and_forwards_one_length() {
         assert_eq!(seen.lock().unwrap().len(), 1, "{shown}: sent once");
     }
 }
+
+mod differential {
+    //! Responses built from the pieces that decide framing, in any combination, through
+    //! `fusebox::fuzz::framing::check` (the `response_framing` fuzz target's check): fusebox
+    //! refuses, or agrees with the fields' bytes and with hyper's client.
+
+    use proptest::prelude::*;
+
+    const CODINGS: &[&[u8]] = &[
+        b"chunked",
+        b"Chunked",
+        b" chunked ,",
+        b"gzip",
+        b"gzip, chunked",
+        b"chunked, gzip",
+        b"chunked, chunked",
+        b"\xff-gzip",
+        b"chunked\x80",
+        b"identity",
+        b"",
+    ];
+    const LENGTHS: &[&[u8]] = &[
+        b"5",
+        b"0",
+        b"5, 5",
+        b"5,5,",
+        b"6",
+        b"+5",
+        b"05",
+        b"5\xff",
+        b" 5",
+        b"18446744073709551616",
+    ];
+    const OPTIONS: &[&[u8]] = &[
+        b"close",
+        b"keep-alive",
+        b"Keep-Alive, x-a",
+        b"close\xff",
+        b"",
+    ];
+    const BODIES: &[&[u8]] = &[
+        b"hello",
+        b"5\r\nhello\r\n0\r\n\r\n",
+        b"5;e=1\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+        b"5\r\nhello\r\n",
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"",
+        b"hel",
+    ];
+    const TAILS: &[&[u8]] = &[b"", b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"];
+
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (0..CODINGS.len(), any::<bool>()).prop_map(|(i, upper)| pair(
+                upper,
+                "transfer-encoding",
+                CODINGS[i]
+            )),
+            (0..LENGTHS.len(), any::<bool>()).prop_map(|(i, upper)| pair(
+                upper,
+                "content-length",
+                LENGTHS[i]
+            )),
+            (0..OPTIONS.len(), any::<bool>()).prop_map(|(i, upper)| pair(
+                upper,
+                "connection",
+                OPTIONS[i]
+            )),
+            Just(b"x-other: \xffvalue".to_vec()),
+        ]
+    }
+
+    fn pair(upper: bool, name: &str, value: &[u8]) -> Vec<u8> {
+        let mut field = if upper {
+            name.to_ascii_uppercase().into_bytes()
+        } else {
+            name.as_bytes().to_vec()
+        };
+        field.extend_from_slice(b": ");
+        field.extend_from_slice(value);
+        field
+    }
+
+    fn response() -> impl Strategy<Value = Vec<u8>> {
+        let status = prop_oneof![
+            Just("200 OK"),
+            Just("204 No Content"),
+            Just("304 Not Modified"),
+            Just("404 Not Found")
+        ];
+        (
+            any::<bool>(),
+            any::<bool>(),
+            status,
+            prop::collection::vec(field(), 0..4),
+            0..BODIES.len(),
+            0..TAILS.len(),
+        )
+            .prop_map(|(http10, interim, status, fields, body, tail)| {
+                let mut wire = Vec::new();
+                if interim {
+                    wire.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+                wire.extend_from_slice(format!("{version} {status}\r\n").as_bytes());
+                for field in fields {
+                    wire.extend_from_slice(&field);
+                    wire.extend_from_slice(b"\r\n");
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(BODIES[body]);
+                wire.extend_from_slice(TAILS[tail]);
+                wire
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn fusebox_refuses_or_agrees_with_the_bytes_and_with_hyper(wire in response()) {
+            fusebox::fuzz::framing::check(&wire);
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_a_status_line_never_change_the_framing(
+            rest in prop::collection::vec(any::<u8>(), 0..200)
+        ) {
+            let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+            wire.extend_from_slice(&rest);
+            fusebox::fuzz::framing::check(&wire);
+        }
+    }
+}

@@ -20,6 +20,8 @@ use super::{Connection, IdleConnections, READ_SIZE};
 
 /// A chunk-size line longer than this is refused (extensions included).
 const MAX_CHUNK_LINE: usize = 4096;
+/// Chunk extensions larger than this in all, in one body, are refused.
+const MAX_EXTENSIONS: usize = 16 * 1024;
 /// Trailer fields larger than this in all are refused.
 const MAX_TRAILERS: usize = 16 * 1024;
 
@@ -39,7 +41,8 @@ pub struct Http1Body {
 enum Decoder {
     /// This many bytes are still to come.
     Length(u64),
-    Chunked(Chunk),
+    /// Where a chunked body is, and how many bytes of chunk extensions it has had.
+    Chunked(Chunk, usize),
     /// Read until the upstream closes the connection.
     UntilClose,
     Done,
@@ -63,7 +66,7 @@ impl Decoder {
         match framing {
             Framing::Empty => Decoder::Done,
             Framing::Length(length) => Decoder::Length(length),
-            Framing::Chunked => Decoder::Chunked(Chunk::Size),
+            Framing::Chunked => Decoder::Chunked(Chunk::Size, 0),
             Framing::UntilClose => Decoder::UntilClose,
         }
     }
@@ -174,7 +177,7 @@ impl Body for Http1Body {
 /// Decodes what `buf` holds: a frame, the end, or the need for more bytes.
 fn step(decoder: &mut Decoder, buf: &mut BytesMut) -> io::Result<Step> {
     loop {
-        let chunk = match decoder {
+        let (chunk, extensions) = match decoder {
             Decoder::Done => return Ok(Step::End),
             Decoder::UntilClose if buf.is_empty() => return Ok(Step::More),
             Decoder::UntilClose => return Ok(Step::Frame(Frame::data(buf.split().freeze()))),
@@ -187,14 +190,14 @@ fn step(decoder: &mut Decoder, buf: &mut BytesMut) -> io::Result<Step> {
                 }
                 return Ok(Step::Frame(Frame::data(data)));
             }
-            Decoder::Chunked(chunk) => chunk,
+            Decoder::Chunked(chunk, extensions) => (chunk, extensions),
         };
         match chunk {
             Chunk::Size => {
                 let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
                     return Ok(Step::More);
                 };
-                *chunk = match chunk_size(&line)? {
+                *chunk = match chunk_size(&line, extensions)? {
                     0 => Chunk::Trailers(Vec::new()),
                     size => Chunk::Data(size),
                 };
@@ -247,12 +250,19 @@ fn take_data(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
     Some(buf.split_to(n).freeze())
 }
 
-/// A line ending in CRLF, without it; `None` until one is complete.
+/// A line ending in CRLF, without it; `None` until one is complete. A line with a bare CR or
+/// LF, or another control character than HTAB, is malformed: readers that end lines
+/// differently must never frame the body differently.
 fn take_line(buf: &mut BytesMut, max: usize) -> io::Result<Option<BytesMut>> {
     match buf.windows(2).position(|w| w == b"\r\n") {
         Some(end) if end <= max => {
             let line = buf.split_to(end);
             buf.advance(2);
+            if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                return Err(invalid(
+                    "a control character in a chunk-size or trailer line",
+                ));
+            }
             Ok(Some(line))
         }
         Some(_) => Err(invalid("chunk-size line or trailers too long")),
@@ -261,9 +271,14 @@ fn take_line(buf: &mut BytesMut, max: usize) -> io::Result<Option<BytesMut>> {
     }
 }
 
-/// The size in a chunk-size line: hex digits, then optional whitespace and extensions.
-fn chunk_size(line: &[u8]) -> io::Result<u64> {
+/// The size in a chunk-size line: hex digits, then optional whitespace and extensions, whose
+/// bytes are counted in `extensions` (at most [`MAX_EXTENSIONS`] in a body, as hyper allows).
+fn chunk_size(line: &[u8], extensions: &mut usize) -> io::Result<u64> {
     let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    *extensions += line.len() - digits.len();
+    if *extensions > MAX_EXTENSIONS {
+        return Err(invalid("chunk extensions over the limit"));
+    }
     let digits = digits
         .iter()
         .rposition(|&b| b != b' ' && b != b'\t')
@@ -390,6 +405,21 @@ mod tests {
         ] {
             assert!(decode(Framing::Chunked, wire, 2).is_err(), "{wire:?}");
         }
+        // Lines that readers ending lines differently would split differently.
+        for wire in [
+            &b"5;x=1\r\r\nhello\r\n0\r\n\r\n"[..],
+            b"5;x\nTransfer-Encoding: x\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-a: 1\n\r\n4\rx: y\r\n\r\n",
+            b"5\r\nhello\r\n0\r\nx-a: \x01\r\n\r\n",
+        ] {
+            assert!(decode(Framing::Chunked, wire, 3).is_err(), "{wire:?}");
+        }
+        // Extensions add up over the body.
+        let mut many = Vec::new();
+        for _ in 0..(MAX_EXTENSIONS / 1000 + 1) {
+            many.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(999)).as_bytes());
+        }
+        assert!(decode(Framing::Chunked, &many, 4096).is_err());
         let endless = vec![b'1'; MAX_CHUNK_LINE + 10];
         assert!(decode(Framing::Chunked, &endless, 100).is_err());
     }

@@ -138,10 +138,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
 
 /// The header fields at `spans` (name, value) of `head`, and what those that frame the body
 /// say, read from their bytes as they came.
-fn header_fields(
-    head: &Bytes,
-    spans: &[FieldSpan],
-) -> Result<(HeaderMap, FramingFields), String> {
+fn header_fields(head: &Bytes, spans: &[FieldSpan]) -> Result<(HeaderMap, FramingFields), String> {
     let mut fields = FramingFields::default();
     // One more for the `Via` fusebox adds.
     let mut headers = HeaderMap::with_capacity(spans.len() + 1);
