@@ -414,6 +414,23 @@ async fn the_pooled_path_refuses_other_codings_and_forwards_one_length() {
     }
 }
 
+/// A strict client, Python's `http.client`, gets a body whose upstream sent
+/// `Content-Length: 5, 5` as five bytes: it reads the length as one number, so a forwarded list
+/// would leave it reading until the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_http_client_reads_a_repeated_length_as_one() {
+    use support::peers::{hermetic, output, peer_script, python};
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello".to_vec();
+    let (addr, _) = matrix_upstream(vec![answer], false, None).await;
+    let mut command = hermetic(&python());
+    command
+        .arg(peer_script("http_client_get.py"))
+        .arg(fusebox.agent().egress_addr().to_string())
+        .arg(format!("http://{addr}/first"));
+    assert_eq!(output(command).await.trim(), "200 5 hello");
+}
+
 mod differential {
     //! Responses built from the pieces that decide framing, in any combination, through
     //! `fusebox::fuzz::framing::check` (the `response_framing` fuzz target's check): fusebox
