@@ -589,3 +589,71 @@ async fn host_rewrite_reaches_an_h2_upstream_as_its_authority() {
     );
     fusebox.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resting connections are keyed by what made them (issue #22, item 1)
+
+/// Sends `GET <url>` in absolute form on one app connection; the response.
+async fn absolute_get(conn: &mut support::raw::RawConn, url: &str) -> support::raw::RawResponse {
+    let host = url.split('/').nth(2).expect("an authority");
+    conn.send(format!("GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await;
+    conn.read_response().await
+}
+
+/// After an `http://` request to a cleartext upstream, an absolute-form `https://` request to
+/// the same `host:port` does not go out on the resting cleartext connection: fusebox opens a
+/// TLS connection, whose handshake the cleartext upstream fails.
+#[tokio::test]
+async fn an_https_request_never_takes_a_resting_cleartext_connection() {
+    let upstream = FakeUpstream::builder().body("cleartext").start().await;
+    let fusebox = TestFusebox::start(&[("default", "[retry]\nattempts = 1\n")]).await;
+    let mut conn = support::raw::RawConn::connect(fusebox.agent().egress_addr()).await;
+    let plain = absolute_get(&mut conn, &upstream.url("/plain")).await;
+    assert_eq!(
+        (plain.status, plain.body.as_slice()),
+        (200, &b"cleartext"[..])
+    );
+    let https = format!("https://{}/secret", upstream.authority());
+    let secured = absolute_get(&mut conn, &https).await;
+    assert_eq!(secured.status, 502, "{secured:?}");
+    assert_eq!(secured.header("x-fusebox-reason"), Some("connect-failed"));
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "the https request never reached it in cleartext"
+    );
+    fusebox.shutdown().await;
+}
+
+/// The reverse: after an `https://` request (TLS verified under the policy's `ca_file`), an
+/// `http://` request to the same `host:port` does not go out on the resting TLS connection.
+#[tokio::test]
+async fn an_http_request_never_takes_a_resting_tls_connection() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .body("over tls")
+        .start()
+        .await;
+    let host = localhost_authority(&upstream);
+    let policy =
+        format!("hosts = [\"{host}\"]\nca_file = \"test-ca.pem\"\n[retry]\nattempts = 1\n");
+    let dir = policies_dir(&[("mixed", &policy)]);
+    pki.write_ca(dir.path());
+    let fusebox = TestFusebox::start_in(dir).await;
+    let mut conn = support::raw::RawConn::connect(fusebox.agent().egress_addr()).await;
+    let secured = absolute_get(&mut conn, &format!("https://{host}/a")).await;
+    assert_eq!(
+        (secured.status, secured.body.as_slice()),
+        (200, &b"over tls"[..])
+    );
+    let plain = absolute_get(&mut conn, &format!("http://{host}/b")).await;
+    assert_eq!(plain.status, 502, "{plain:?}");
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "the http request never went out on the TLS connection"
+    );
+    fusebox.shutdown().await;
+}

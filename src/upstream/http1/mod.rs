@@ -9,9 +9,10 @@
 //! ([`head`]), and the response body reads the rest from the socket in the task that forwards
 //! it to the app ([`Http1Body`]): one task per request, no channels.
 //!
-//! The idle connections live on their destination, which already is the key
-//! ([`IdleConnections`]). A try takes the most recently used one, or opens one through the
-//! egress guard ([`connect`]); the body gives it back when it has been read to its end. A
+//! The idle connections live on their destination ([`IdleConnections`]), each with what made
+//! it: address, scheme, and for TLS the rustls configuration and server name. A try takes the
+//! most recently used one that it would have made itself (never an `https://` request on a
+//! cleartext connection, nor the reverse), or opens one through the egress guard ([`connect`]); the body gives it back when it has been read to its end. A
 //! connection whose response was not read to its end, or whose try was abandoned, is closed.
 //!
 //! A resting connection may have been closed by the upstream. One the upstream closed (or
@@ -29,12 +30,13 @@
 mod body;
 pub mod framing;
 pub mod head;
+mod idle;
 mod stream;
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -51,6 +53,8 @@ use tracing::debug;
 pub(crate) use body::decode_all;
 pub use body::Http1Body;
 use head::Parsed;
+pub use idle::IdleConnections;
+use idle::MadeFor;
 use stream::Stream;
 
 use super::connect::{connect, ConnectError, ConnectRules};
@@ -73,86 +77,24 @@ pub struct Connection {
     read: BytesMut,
     /// The request head being written (kept for its capacity).
     write: Vec<u8>,
+    /// What made it: only a try that would make the same connection may reuse it (boxed: a
+    /// response body carries its connection inline).
+    made_for: Box<MadeFor>,
 }
 
 impl Connection {
-    fn new(stream: Stream) -> Self {
+    fn new(stream: Stream, made_for: MadeFor) -> Self {
         Connection {
             stream,
             read: BytesMut::new(),
             write: Vec::new(),
+            made_for: Box::new(made_for),
         }
     }
 
     /// Whether a resting connection can carry a request (see [`Stream::still_open`]).
     fn still_open(&mut self) -> bool {
         self.read.is_empty() && self.stream.still_open()
-    }
-}
-
-/// The idle connections of one destination, oldest first.
-#[derive(Debug, Default)]
-pub struct IdleConnections {
-    idle: Mutex<Vec<Idle>>,
-}
-
-#[derive(Debug)]
-struct Idle {
-    conn: Connection,
-    since: Instant,
-}
-
-impl IdleConnections {
-    /// Locked for a few instructions, never across an await; a panic elsewhere while it was
-    /// held cannot leave the list inconsistent.
-    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The most recently used connection that is still open; those idle for `timeout` as of
-    /// `now` are closed first.
-    fn take(&self, now: Instant, timeout: Duration) -> Option<Connection> {
-        loop {
-            let mut latest = {
-                let mut idle = self.lock();
-                let expired =
-                    idle.partition_point(|e| now.saturating_duration_since(e.since) >= timeout);
-                idle.drain(..expired);
-                idle.pop()?
-            };
-            if latest.conn.still_open() {
-                return Some(latest.conn);
-            }
-        }
-    }
-
-    /// Keeps `conn` for the next request; with `max_idle` connections resting already, the
-    /// oldest is closed.
-    fn give_back(&self, conn: Connection, now: Instant, max_idle: usize) {
-        if max_idle == 0 {
-            return;
-        }
-        let mut idle = self.lock();
-        if idle.len() >= max_idle {
-            idle.remove(0);
-        }
-        idle.push(Idle { conn, since: now });
-    }
-
-    /// Closes the connections idle for `timeout` as of `now`, and those the upstream closed.
-    pub fn close_expired(&self, now: Instant, timeout: Duration) {
-        self.lock().retain_mut(|e| {
-            now.saturating_duration_since(e.since) < timeout && e.conn.still_open()
-        });
-    }
-
-    /// How many connections rest.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -211,7 +153,7 @@ pub async fn send(
     now: Instant,
 ) -> Result<Response<Http1Body>, SendError> {
     loop {
-        let (mut conn, reused) = match pool.idle.take(now, pool.idle_timeout) {
+        let (mut conn, reused) = match pool.idle.take(&pool, now, pool.idle_timeout) {
             Some(conn) => (conn, true),
             None => (Box::pin(open(&pool)).await?, false),
         };
@@ -410,7 +352,7 @@ async fn open(pool: &Pool<'_>) -> Result<Connection, SendError> {
         .await
         .map_err(SendError::Connect)?;
     let Some(tls) = pool.tls else {
-        return Ok(Connection::new(Stream::Plain(tcp)));
+        return Ok(Connection::new(Stream::Plain(tcp), MadeFor::new(pool)));
     };
     let name = ServerName::try_from(tls.server_name.to_owned())
         .map_err(|e| SendError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
@@ -421,7 +363,10 @@ async fn open(pool: &Pool<'_>) -> Result<Connection, SendError> {
     if secured.get_ref().1.alpn_protocol() == Some(b"h2") {
         return Err(SendError::ChoseHttp2);
     }
-    Ok(Connection::new(Stream::Tls(Box::new(secured))))
+    Ok(Connection::new(
+        Stream::Tls(Box::new(secured)),
+        MadeFor::new(pool),
+    ))
 }
 
 #[cfg(test)]
@@ -431,15 +376,57 @@ mod tests {
 
     use super::*;
 
-    /// A connected pair on loopback: fusebox's side and the upstream's.
-    async fn pair() -> (Connection, TcpStream) {
+    fn rules() -> ConnectRules {
+        ConnectRules {
+            guard: crate::guard::GuardRules {
+                allow_private: true,
+                allow_link_local: true,
+            },
+            timeout: Duration::from_secs(1),
+            self_addrs: Arc::default(),
+        }
+    }
+
+    /// A pool of connections to 127.0.0.1:1, cleartext or with `tls`.
+    fn pool<'a>(
+        idle: &'a IdleConnections,
+        rules: &'a ConnectRules,
+        tls: Option<Tls<'a>>,
+    ) -> Pool<'a> {
+        Pool {
+            idle,
+            host: "127.0.0.1",
+            port: 1,
+            tls,
+            rules,
+            idle_timeout: Duration::from_secs(90),
+            max_idle: 8,
+        }
+    }
+
+    fn tls_config() -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    /// A connected pair on loopback: fusebox's side, made for `pool`, and the upstream's.
+    async fn pair_for(pool: &Pool<'_>) -> (Connection, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (
-            Connection::new(Stream::Plain(ours.unwrap())),
-            theirs.unwrap().0,
-        )
+        let conn = Connection::new(Stream::Plain(ours.unwrap()), MadeFor::new(pool));
+        (conn, theirs.unwrap().0)
+    }
+
+    /// A connected pair made for a cleartext pool.
+    async fn pair() -> (Connection, TcpStream) {
+        let (idle, rules) = (IdleConnections::default(), rules());
+        pair_for(&pool(&idle, &rules, None)).await
     }
 
     /// Makes the runtime's IO driver take in what happened on every socket so far: a round
@@ -452,8 +439,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_resting_connection_serves_only_a_try_that_would_make_the_same_one() {
+        let (idle, rules) = (IdleConnections::default(), rules());
+        let (config, other_roots) = (tls_config(), tls_config());
+        let tls = |config, server_name| {
+            Some(Tls {
+                config,
+                server_name,
+            })
+        };
+        let plain = pool(&idle, &rules, None);
+        let secured = pool(&idle, &rules, tls(&config, "a.test"));
+        let now = Instant::now();
+        let (cleartext, _a) = pair_for(&plain).await;
+        idle.give_back(cleartext, now, 8);
+        let timeout = Duration::from_secs(90);
+        assert!(
+            idle.take(&secured, now, timeout).is_none(),
+            "https on cleartext"
+        );
+        let (verified, _b) = pair_for(&secured).await;
+        idle.give_back(verified, now, 8);
+        for other in [
+            pool(&idle, &rules, tls(&other_roots, "a.test")),
+            pool(&idle, &rules, tls(&config, "b.test")),
+            Pool { port: 2, ..secured },
+            Pool {
+                host: "127.0.0.2",
+                ..secured
+            },
+        ] {
+            assert!(idle.take(&other, now, timeout).is_none(), "{other:?}");
+        }
+        let taken = idle.take(&plain, now, timeout).expect("the cleartext one");
+        assert!(taken.made_for.serves(&plain));
+        let taken = idle.take(&secured, now, timeout).expect("the TLS one");
+        assert!(taken.made_for.serves(&secured));
+        assert!(idle.is_empty());
+    }
+
+    #[tokio::test]
     async fn a_resting_connection_the_upstream_closed_or_wrote_to_is_not_taken() {
-        let idle = IdleConnections::default();
+        let (idle, rules) = (IdleConnections::default(), rules());
+        let plain = pool(&idle, &rules, None);
         let now = Instant::now();
         let (open_conn, _kept) = pair().await;
         let (closed, upstream) = pair().await;
@@ -465,7 +493,7 @@ mod tests {
         chatty.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
         let_the_driver_see().await;
         let mut taken = idle
-            .take(now, Duration::from_secs(90))
+            .take(&plain, now, Duration::from_secs(90))
             .expect("the open one");
         assert!(taken.still_open());
         assert!(
@@ -476,7 +504,8 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_expire_and_at_most_max_idle_rest() {
-        let idle = IdleConnections::default();
+        let (idle, rules) = (IdleConnections::default(), rules());
+        let plain = pool(&idle, &rules, None);
         let start = Instant::now();
         let mut upstreams = Vec::new();
         for n in 0..3 {
@@ -488,7 +517,11 @@ mod tests {
         idle.close_expired(start + Duration::from_secs(91), Duration::from_secs(90));
         assert_eq!(idle.len(), 1, "the one given back at 1 s expired");
         assert!(idle
-            .take(start + Duration::from_secs(92), Duration::from_secs(90))
+            .take(
+                &plain,
+                start + Duration::from_secs(92),
+                Duration::from_secs(90)
+            )
             .is_none());
         assert!(idle.is_empty());
     }
