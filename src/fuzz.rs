@@ -9,13 +9,14 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 
+use crate::address::canonical;
 use crate::guard::{self, GuardRules};
 use crate::pipeline::backoff::retry_after_delay;
 use crate::pipeline::retry::{decide, AfterTry, Decision, TryResult};
 use crate::policy::load::{load_sources, Source};
 use crate::policy::Retry;
 use crate::proxy::target::{self, connect_target, http_target};
-use crate::upstream::connect::{canonical, SelfAddrs};
+use crate::upstream::connect::SelfAddrs;
 use crate::upstream::http1::{decode_all, head};
 
 pub mod framing;
@@ -67,7 +68,8 @@ pub fn policy(data: &[u8]) {
 }
 
 /// A request target (first line) and a `Host` header (the rest): what the proxy reads as the
-/// destination is one spelling of a host (lower case, no trailing dot, no brackets) or an error.
+/// destination is one spelling of a host (lower case, no trailing dot, no brackets, an address
+/// in its canonical form) or an error.
 pub fn request_target(data: &[u8]) {
     let (target, host) = match data.iter().position(|&b| b == b'\n') {
         Some(at) => (&data[..at], Some(&data[at + 1..])),
@@ -104,6 +106,17 @@ fn assert_one_spelling(target: &target::Target<'_>) {
         "{host:?} is not lower case"
     );
     assert!(!host.starts_with('['), "{host:?} keeps its brackets");
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        assert_eq!(
+            canonical(ip).to_string(),
+            host,
+            "an address not in its canonical form"
+        );
+    }
+    assert!(
+        crate::address::canonical_host(host).as_deref() == Ok(host),
+        "{host:?} is not its own canonical spelling"
+    );
     assert!(
         target.explicit_port || target.port == 80 || target.port == 443,
         "a default port other than 80/443"

@@ -6,6 +6,7 @@
 //! forwarding, tunnels: the request path) — with [`telemetry`] and [`admin`] observing.
 //! [`agent`] wires them together; [`cli`] is the command line.
 
+pub mod address;
 pub mod admin;
 pub mod agent;
 pub mod ca;

@@ -482,6 +482,51 @@ async fn a_denied_name_is_denied_in_every_spelling() {
     assert_eq!(upstream.connections(), 0, "denied before any connection");
 }
 
+/// Every spelling of an IP address that resolvers accept is one address (#22, item 2): a deny
+/// by IP is not walked around by writing it in decimal, short, hex, octal or IPv6 form, and a
+/// policy that names its address in another spelling (hex here) still matches every one. A
+/// number that is not an address is the app's mistake, not a host name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_address_is_denied_in_every_spelling() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let port = upstream.addr().port();
+    let blocked = format!("hosts = [\"127.0.0.1:{port}\"]\nallow = false\n");
+    let spelled = format!("hosts = [\"0x7F000001:{port}\"]\nallow = false\n");
+    for (name, policy) in [("blocked", blocked), ("spelled", spelled)] {
+        let fusebox = TestFusebox::start(&[("default", ""), (name, &policy)]).await;
+        for host in [
+            "127.0.0.1",
+            "2130706433",
+            "127.1",
+            "127.0.1",
+            "0x7f000001",
+            "0X7F000001",
+            "0x7f.1",
+            "0177.0.0.1",
+            "017700000001",
+            "127.0.0.1.",
+            "[::ffff:127.0.0.1]",
+            "[::FFFF:7f00:1]",
+            "[0:0:0:0:0:ffff:127.0.0.1]",
+            "[::127.0.0.1]",
+        ] {
+            let get = format!("GET http://{host}:{port}/x HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+            let response = raw_exchange(&fusebox, &get).await;
+            assert_eq!(response.status, 403, "{name}: {host}: {response:?}");
+            assert_local_reply(&response, 403, "denied", name);
+            let connect = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+            assert_local_reply(&raw_exchange(&fusebox, &connect).await, 403, "denied", name);
+        }
+        for host in ["127.0.0.256", "1.2.3.4.5", "0x100000000", "[fe80::1%25lo]"] {
+            let get = format!("GET http://{host}:{port}/x HTTP/1.1\r\nHost: x\r\n\r\n");
+            let response = raw_exchange(&fusebox, &get).await;
+            assert_eq!(response.status, 400, "{host}: {response:?}");
+        }
+        fusebox.shutdown().await;
+    }
+    assert_eq!(upstream.connections(), 0, "denied before any connection");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_private_false_denies_loopback_destinations() {
     let upstream = FakeUpstream::with_status(200).await;

@@ -26,6 +26,7 @@ use super::{
     Breaker, BreakerMode, Concurrency, Endpoint, GrpcCode, HostPattern, LimitMode, Matcher, Policy,
     PolicySet, RateLimit, Retry, RetryOn, Timeouts, DEFAULT_POLICY,
 };
+use crate::address::canonical_host;
 
 /// One problem in a policy file. `line` and `col` are 1-based and point at the offending
 /// value (0 when the file could not be read at all).
@@ -908,8 +909,12 @@ fn host_name(host: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err("the host is empty".into());
     }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(ip.to_string());
+    // Any spelling of an IP address (`2130706433`, `[::ffff:10.0.0.1]`) is its canonical form,
+    // the one requests are matched in (see `crate::address`).
+    let lower = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let canonical = canonical_host(&lower)?;
+    if canonical.parse::<IpAddr>().is_ok() {
+        return Ok(canonical.into_owned());
     }
     if host == "*" {
         return Err(
@@ -1833,8 +1838,29 @@ mod tests {
                 port: 8443
             }
         );
-        for bad in ["example..com", "a..", "bad name.example"] {
+        for bad in [
+            "example..com",
+            "a..",
+            "bad name.example",
+            "1.2.3.4.5",
+            "[fe80::1%lo]:80",
+        ] {
             assert!(host_pattern(bad).is_err(), "{bad}");
         }
+        // An address is matched in its canonical form, however the policy spells it.
+        for spelled in ["2130706433", "0x7F000001", "127.1", "127.0.0.1."] {
+            assert_eq!(
+                host_pattern(spelled).unwrap(),
+                host("127.0.0.1"),
+                "{spelled}"
+            );
+        }
+        assert_eq!(
+            host_pattern("[::ffff:10.0.0.1]:80").unwrap(),
+            HostPattern::HostPort {
+                host: "10.0.0.1".into(),
+                port: 80
+            }
+        );
     }
 }

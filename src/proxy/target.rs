@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use http::uri::{Authority, Scheme};
 use http::{header, Request};
 
+use crate::address::canonical_host;
+
 /// A destination as the app asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target<'a> {
@@ -91,8 +93,10 @@ pub fn connect_target<B>(req: &Request<B>) -> Result<Target<'_>, String> {
 }
 
 /// The one spelling of a host that policy matching and the guard see: lower case, without the
-/// trailing dot of a fully qualified name (`API.example.com.` is `api.example.com`), so that a
-/// policy that denies a name cannot be walked around by spelling it differently.
+/// trailing dot of a fully qualified name (`API.example.com.` is `api.example.com`), an IP
+/// address in its canonical form (`2130706433`, `127.1`, `0x7f000001`, `::ffff:127.0.0.1` are
+/// `127.0.0.1`: [`crate::address`]), so that a policy that denies a name or an address cannot
+/// be walked around by spelling it differently.
 fn normalize(host: &str) -> Result<Cow<'_, str>, String> {
     let host = match host.strip_suffix('.') {
         Some(name) if name.is_empty() || name.ends_with('.') => {
@@ -101,11 +105,13 @@ fn normalize(host: &str) -> Result<Cow<'_, str>, String> {
         Some(name) => name,
         None => host,
     };
-    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    })
+    let refused = |e| format!("request target host {e}");
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        let lower = host.to_ascii_lowercase();
+        let canonical = canonical_host(&lower).map_err(refused)?;
+        return Ok(Cow::Owned(canonical.into_owned()));
+    }
+    canonical_host(host).map_err(refused)
 }
 
 #[cfg(test)]

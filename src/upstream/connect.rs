@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,6 +18,7 @@ use http::Uri;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::address::canonical;
 use crate::guard::{self, Denied, GuardRules};
 
 /// Why a connection to an upstream could not be opened.
@@ -72,20 +73,6 @@ impl SelfAddrs {
 /// only asked for a connection to one of fusebox's own ports.
 fn is_this_host(ip: IpAddr) -> bool {
     ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
-}
-
-/// An IPv6 address that embeds an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, or the deprecated
-/// IPv4-compatible `::a.b.c.d`) as that IPv4 address; any other address as it is.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.segments() {
-            [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => {
-                IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)))
-            }
-            _ => ip.to_canonical(),
-        },
-        IpAddr::V4(_) => ip,
-    }
 }
 
 /// What a policy says about opening connections.

@@ -1,0 +1,143 @@
+//! One canonical form for every address, so that no spelling of an address walks around a rule
+//! written for another: policy matching, the deny list, the loop guard, destinations and metric
+//! labels all see the form made here.
+//!
+//! An IPv4 address can be written in many ways that resolvers accept (`inet_aton`, and the URL
+//! standard's host parser): `2130706433`, `127.1`, `0x7f000001`, `0177.0.0.1`, or as the IPv6
+//! forms that embed it (`::ffff:127.0.0.1`, `::127.0.0.1`). Each is the dotted quad here. An
+//! IPv6 address is its RFC 5952 text; a zone id (`fe80::1%eth0`) is refused, since a zone is
+//! not part of an address a policy can name. Numeric IPv4 spellings follow the WHATWG URL
+//! standard's IPv4 parser (the `url` crate's), which accepts what `inet_aton` accepts; a host
+//! that ends in a number but is not a valid IPv4 address is refused rather than passed on as a
+//! name.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An IPv6 address that embeds an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, or the deprecated
+/// IPv4-compatible `::a.b.c.d`) as that IPv4 address; any other address as it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.segments() {
+            [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => {
+                IpAddr::V4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)))
+            }
+            _ => ip.to_canonical(),
+        },
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// The canonical spelling of `host` (lower case, no brackets, no trailing dot): an IP address
+/// in any spelling as its canonical text; a name as it is.
+pub fn canonical_host(host: &str) -> Result<Cow<'_, str>, String> {
+    if host.contains(':') || host.contains('%') {
+        let ip: Ipv6Addr = host.parse().map_err(|_| {
+            if host.contains('%') {
+                format!("{host:?}: IPv6 zone ids are not supported")
+            } else {
+                format!("{host:?} is not an IPv6 address")
+            }
+        })?;
+        return Ok(Cow::Owned(canonical(IpAddr::V6(ip)).to_string()));
+    }
+    if !may_be_ipv4(host) {
+        return Ok(Cow::Borrowed(host));
+    }
+    match url::Host::parse(host) {
+        Ok(url::Host::Ipv4(ip)) => Ok(spelled(host, ip)),
+        Ok(_) => Ok(Cow::Borrowed(host)),
+        Err(_) => Err(format!(
+            "{host:?} ends in a number but is not a valid IPv4 address"
+        )),
+    }
+}
+
+/// Whether `host` could be a numeric IPv4 spelling: only digits, `x`, hex letters and dots, and
+/// a last label that starts with a digit (the URL standard's "ends in a number").
+fn may_be_ipv4(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or_default();
+    last.starts_with(|c: char| c.is_ascii_digit())
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'x' || b == b'.')
+}
+
+/// The dotted quad of `ip`, borrowing `host` when it already is that.
+fn spelled(host: &str, ip: Ipv4Addr) -> Cow<'_, str> {
+    let text = ip.to_string();
+    if text == host {
+        Cow::Borrowed(host)
+    } else {
+        Cow::Owned(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_an_address_is_one() {
+        for spelling in [
+            "127.0.0.1",
+            "2130706433",
+            "127.1",
+            "127.0.1",
+            "0x7f000001",
+            "0x7f.0.0.1",
+            "0x7F.0x0.0x0.0x1",
+            "0177.0.0.1",
+            "017700000001",
+            "0177.1",
+            "::ffff:127.0.0.1",
+            "::ffff:7f00:1",
+            "0:0:0:0:0:ffff:127.0.0.1",
+            "::127.0.0.1",
+        ] {
+            assert_eq!(
+                canonical_host(spelling).as_deref(),
+                Ok("127.0.0.1"),
+                "{spelling}"
+            );
+        }
+        for (spelling, canonical) in [
+            ("0:0:0:0:0:0:0:1", "::1"),
+            ("2001:DB8::1", "2001:db8::1"),
+            ("2001:0db8:0000::0001", "2001:db8::1"),
+        ] {
+            assert_eq!(
+                canonical_host(spelling).as_deref(),
+                Ok(canonical),
+                "{spelling}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_stay_and_bad_numbers_are_refused() {
+        for name in [
+            "example.com",
+            "cafe.be",
+            "1e100.net",
+            "deadbeef",
+            "a1.b2",
+            "x",
+        ] {
+            assert_eq!(canonical_host(name).as_deref(), Ok(name));
+        }
+        for bad in [
+            "256.0.0.1",
+            "1.2.3.4.5",
+            "08.0.0.1",
+            "4294967296",
+            "0x100000000",
+            "1.16777216",
+            "fe80::1%eth0",
+            "fe80::1%25eth0",
+            "::g",
+        ] {
+            assert!(canonical_host(bad).is_err(), "{bad}");
+        }
+    }
+}
