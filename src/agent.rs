@@ -42,6 +42,8 @@ pub struct RunConfig {
     pub watch: bool,
     /// The bearer token that mutating admin endpoints require (`--admin-token`).
     pub admin_token: Option<String>,
+    /// Names the admin serves besides loopback names and IP addresses (`--admin-host`).
+    pub admin_hosts: Vec<String>,
     /// How long an app may take to send a request head, from its first byte.
     pub header_timeout: Duration,
     /// How long an app connection may sit idle between requests.
@@ -67,6 +69,7 @@ impl RunConfig {
             jitter: true,
             watch: true,
             admin_token: None,
+            admin_hosts: Vec::new(),
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             rest_after: REST_AFTER,
@@ -213,6 +216,7 @@ impl Agent {
             ready: false.into(),
             reloader: Arc::clone(&reloader),
             admin_token: config.admin_token.clone(),
+            admin_hosts: config.admin_hosts.clone(),
         });
         let observers = vec![
             tokio::spawn(admin::serve(

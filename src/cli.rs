@@ -72,6 +72,16 @@ pub struct RunArgs {
         value_name = "PATH"
     )]
     pub admin_token_file: Option<PathBuf>,
+    /// A name the admin server answers to besides loopback names and IP addresses (a
+    /// Kubernetes Service name, a port-forward's); repeat it or separate names with commas.
+    /// Any other `Host` gets 421, against DNS rebinding.
+    #[arg(
+        long = "admin-host",
+        env = "FUSEBOX_ADMIN_HOST",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub admin_hosts: Vec<String>,
     /// The local CA (`fusebox ca init`) that policies with `intercept = true` present
     /// certificates from.
     #[arg(long, env = "FUSEBOX_CA_DIR", value_name = "DIR")]
@@ -209,6 +219,12 @@ fn run(args: RunArgs) -> i32 {
         jitter: true,
         watch: true,
         admin_token,
+        admin_hosts: args
+            .admin_hosts
+            .iter()
+            .map(|name| name.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect(),
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
         rest_after: crate::agent::REST_AFTER,

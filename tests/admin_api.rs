@@ -605,3 +605,70 @@ async fn cross_site_browser_posts_are_refused() {
     assert_eq!(call(&fusebox, &upstream.url("/")).await.0, 503);
     fusebox.shutdown().await;
 }
+
+/// DNS rebinding (#22, item 3): a page on a name its attacker controls, re-pointed at the
+/// admin's address, makes the browser send that name as `Host` (and as `Origin`). The admin
+/// serves only loopback names, IP addresses and the names given with `--admin-host`: anything
+/// else is a 421, for every method, before anything is read or done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_host_is_refused_with_421_whatever_the_method() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let dir = policies_dir(&[("default", ""), ("pay", &tripping_policy(&upstream))]);
+    let fusebox = TestFusebox::start_with(dir, |config| {
+        config.jitter = false;
+        config.admin_hosts = vec!["fusebox-admin.test".to_owned()];
+    })
+    .await;
+    let port = fusebox.agent().admin_addr().port();
+    let force_open = format!(
+        "/upstreams/pay/breaker?action=force-open&destination={}",
+        upstream.authority()
+    );
+    let send = |method: Method, path: &str, host: &str| {
+        direct_client()
+            .request(method, format!("{}{path}", fusebox.admin_url()))
+            .header("host", format!("{host}:{port}"))
+            .header("origin", format!("http://{host}:{port}"))
+            .send()
+    };
+    for (method, path) in [
+        (Method::POST, force_open.as_str()),
+        (Method::POST, "/reload"),
+        (Method::GET, "/config"),
+        (Method::GET, "/upstreams"),
+        (Method::GET, "/metrics"),
+    ] {
+        for host in ["evil.test", "localhost.evil.test"] {
+            let response = send(method.clone(), path, host).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::MISDIRECTED_REQUEST,
+                "{method} {path} {host}"
+            );
+        }
+    }
+    assert_eq!(
+        call(&fusebox, &upstream.url("/")).await,
+        (200, None),
+        "nothing was forced"
+    );
+    for host in [
+        "localhost",
+        "127.0.0.1",
+        "fusebox-admin.test",
+        "FUSEBOX-ADMIN.test.",
+    ] {
+        let response = send(Method::GET, "/config", host).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{host}");
+    }
+    let response = send(Method::POST, &force_open, "fusebox-admin.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "its own name, same origin"
+    );
+    assert_eq!(call(&fusebox, &upstream.url("/")).await.0, 503);
+    fusebox.shutdown().await;
+}

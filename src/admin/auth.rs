@@ -76,6 +76,30 @@ pub fn cross_site(headers: &http::HeaderMap) -> Option<String> {
     ))
 }
 
+/// Whether the admin serves a request sent to `host` (its `Host` header), against DNS
+/// rebinding: a web page on a name its attacker controls, re-pointed at the admin's address,
+/// makes the browser send `Host: that name`. Served: no `Host` (not a browser), an IP
+/// literal (a page can only be on that IP if it is the admin's own: nothing to rebind), a
+/// loopback name (`localhost`, `*.localhost`, which browsers resolve locally), or a name in
+/// `names` (`--admin-host`). Port and a trailing dot do not matter; case does not either.
+pub fn serves_host(host: Option<&HeaderValue>, names: &[String]) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let Ok(authority) = http::uri::Authority::try_from(host.as_bytes()) else {
+        return false;
+    };
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<IpAddr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || names.contains(&name)
+}
+
 /// Whether an address only accepts local connections (IPv4-mapped loopback included).
 pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
@@ -197,6 +221,34 @@ mod tests {
         ] {
             assert!(cross_site(&headers(&refused)).is_some(), "{refused:?}");
         }
+    }
+
+    #[test]
+    fn only_the_admins_own_names_are_served() {
+        let names = ["fusebox-admin.svc".to_owned()];
+        let served = |host: &str| serves_host(Some(&header(host)), &names);
+        for own in [
+            "127.0.0.1:9901",
+            "[::1]:9901",
+            "10.1.2.3:9901",
+            "localhost:9901",
+            "LocalHost.:9901",
+            "app.localhost",
+            "fusebox-admin.svc:9901",
+            "FUSEBOX-ADMIN.svc.",
+        ] {
+            assert!(served(own), "{own}");
+        }
+        for foreign in [
+            "evil.test:9901",
+            "localhost.evil.test",
+            "127.0.0.1.evil.test",
+            "a b",
+            "",
+        ] {
+            assert!(!served(foreign), "{foreign}");
+        }
+        assert!(serves_host(None, &[]), "no Host: not a browser");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct AdminState {
     /// `--admin-token` / `FUSEBOX_ADMIN_TOKEN`: the bearer token POST endpoints require. An
     /// empty token counts as none.
     pub admin_token: Option<String>,
+    /// `--admin-host`: names, besides loopback names and IP addresses, that the admin serves
+    /// (lower case, no trailing dot).
+    pub admin_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminState {

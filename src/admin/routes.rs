@@ -111,6 +111,14 @@ impl Route {
 /// Answers one admin request. The body is never read: every parameter is in the query.
 pub(super) async fn handle<B>(state: &AdminState, conn: Conn, req: Request<B>) -> AdminResponse {
     let path = req.uri().path();
+    if !auth::serves_host(req.headers().get(header::HOST), &state.admin_hosts) {
+        warn!(peer = %conn.peer, path, "admin request for a foreign Host refused");
+        return json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this admin serves only loopback names, IP addresses and the names given with \
+             --admin-host; a foreign Host is what DNS rebinding sends",
+        );
+    }
     let Some(route) = Route::parse(path) else {
         return json_error(
             StatusCode::NOT_FOUND,
