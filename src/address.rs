@@ -39,9 +39,19 @@ pub fn canonical_host(host: &str) -> Result<Cow<'_, str>, String> {
                 format!("{host:?} is not an IPv6 address")
             }
         })?;
-        return Ok(Cow::Owned(canonical(IpAddr::V6(ip)).to_string()));
+        let text = canonical(IpAddr::V6(ip)).to_string();
+        return Ok(if text == host {
+            Cow::Borrowed(host)
+        } else {
+            Cow::Owned(text)
+        });
     }
     if !may_be_ipv4(host) {
+        return Ok(Cow::Borrowed(host));
+    }
+    // The common case, without the URL parser (which runs IDNA first): std reads only the
+    // canonical dotted quad (four decimal parts, no leading zeros).
+    if host.parse::<Ipv4Addr>().is_ok() {
         return Ok(Cow::Borrowed(host));
     }
     match url::Host::parse(host) {

@@ -816,3 +816,84 @@ async fn a_resting_connection_loses_nothing_and_keeps_its_limits() {
         started.elapsed()
     );
 }
+
+/// Waits (at most 20 s, a safety net far beyond the limits under test) for fusebox to close
+/// `app`'s connection; how long it took.
+async fn closed_within(app: &mut tokio::net::TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), app.read_to_end(&mut rest))
+        .await
+        .expect("fusebox closes the connection (it held it)")
+        .ok();
+    started.elapsed()
+}
+
+/// An intercepted `CONNECT` (#22, item 4) whose app never starts its TLS handshake is held no
+/// longer than `--header-timeout`, not for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intercepted_connect_without_a_handshake_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FakeUpstream::with_status(200).await;
+    let port = upstream.addr().port();
+    let policy = format!("hosts = [\"localhost:{port}\"]\nintercept = true\n");
+    let dir = policies_dir(&[("default", ""), ("api", &policy)]);
+    let ca_dir = dir.path().join("fusebox-ca");
+    fusebox::ca::LocalCa::init(&ca_dir, false, std::time::SystemTime::now()).unwrap();
+    let idle = Duration::from_secs(60);
+    let fusebox = TestFusebox::start_with(dir, |config| {
+        config.ca_dir = Some(ca_dir);
+        config.header_timeout = Duration::from_millis(300);
+        config.idle_timeout = idle;
+    })
+    .await;
+    let mut app = tokio::net::TcpStream::connect(fusebox.agent().egress_addr())
+        .await
+        .unwrap();
+    let connect = format!("CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+    app.write_all(connect.as_bytes()).await.unwrap();
+    let mut head = [0u8; 256];
+    let n = app.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "intercepted");
+    let took = closed_within(&mut app).await;
+    assert!(took < idle, "{took:?}");
+    let metrics = fusebox.metrics().await;
+    let failed = support::metrics::metric(
+        &metrics,
+        "fusebox_intercepted_connections_total",
+        &[("result", "handshake_failed")],
+    );
+    assert_eq!(failed, 1.0, "{metrics}");
+}
+
+/// A route-listener connection that opens with part of the HTTP/2 preface and stops is held
+/// no longer than `--header-timeout` (#22, item 4), and counted as a header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_h2_preface_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = FakeUpstream::with_status(200).await;
+    let policy = format!(
+        "listen = \"127.0.0.1:0\"\nendpoints = [\"{}\"]\n",
+        upstream.authority()
+    );
+    let idle = Duration::from_secs(60);
+    let fusebox = TestFusebox::start_with(
+        policies_dir(&[("default", ""), ("route", &policy)]),
+        |config| {
+            config.header_timeout = Duration::from_millis(300);
+            config.idle_timeout = idle;
+        },
+    )
+    .await;
+    let route = fusebox
+        .agent()
+        .route_addr("route")
+        .expect("a route listener");
+    let mut app = tokio::net::TcpStream::connect(route).await.unwrap();
+    app.write_all(b"PRI").await.unwrap();
+    let took = closed_within(&mut app).await;
+    assert!(took < idle, "{took:?}");
+    let metrics = fusebox.metrics().await;
+    assert_eq!(stream_timeouts(&metrics, "header"), 1.0, "{metrics}");
+}

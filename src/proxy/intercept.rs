@@ -88,10 +88,20 @@ async fn serve(
     authority: Authority,
     destination: &Destination,
 ) {
-    let Some(tls) = handshake(&ca, app, authority.host(), destination).await else {
-        return;
-    };
     let limits = ctx.limits;
+    // An app that never finishes its handshake is held no longer than a request head may take.
+    let handshake = handshake(&ca, app, authority.host(), destination);
+    let tls = match tokio::time::timeout(limits.header_timeout, handshake).await {
+        Ok(Some(tls)) => tls,
+        Ok(None) => return,
+        Err(_) => {
+            destination
+                .metrics
+                .interception(Interception::HandshakeFailed);
+            info!(destination = %destination.authority, "intercepted TLS handshake not done within --header-timeout: closing");
+            return;
+        }
+    };
     let streams = Streams::new();
     let service_streams = Arc::clone(&streams);
     let service = service_fn(move |req| {

@@ -119,13 +119,12 @@ fn spawn_connection(
     let builder = Arc::clone(builder);
     app.ctx.clone().tasks.spawn(async move {
         let mut counted = Counted::new(app.ctx.registry.telemetry());
-        let idle = app.limits.idle_timeout;
         if app.route.is_some() {
-            match tokio::time::timeout(idle, opens_with_h2_preface(&stream)).await {
+            match which_protocol(&app, &stream).await {
                 // Boxed: the task of every HTTP/1.1 connection stays the size of HTTP/1.1's.
-                Ok(true) => return Box::pin(serve_h2(app, stream, shutdown)).await,
-                Ok(false) => {}
-                Err(_) => return debug!(peer = %app.peer, "app connection closed: idle for --idle-timeout"),
+                Some(Protocol::Http2) => return Box::pin(serve_h2(app, stream, shutdown)).await,
+                Some(Protocol::Http1) => {}
+                None => return,
             }
         }
         serve_h1(&builder, app, stream, shutdown, &mut counted).await;
@@ -174,16 +173,55 @@ impl Drop for Counted {
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What a route listener's connection speaks.
+enum Protocol {
+    Http1,
+    /// It opened with the HTTP/2 preface (prior knowledge).
+    Http2,
+}
+
+/// Tells HTTP/2 from HTTP/1.1 by the app's first bytes, read without consuming them: the
+/// first byte may take `--idle-timeout`, the rest of a preface no longer than a request head
+/// may (`--header-timeout`: an app that sends `PRI` and stops is not held). `None`: the
+/// connection ended or timed out (counted and logged).
+async fn which_protocol(app: &AppConn, stream: &TcpStream) -> Option<Protocol> {
+    let peer = app.peer;
+    match tokio::time::timeout(app.limits.idle_timeout, stream.peek(&mut [0u8; 1])).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return None,
+        Err(_) => {
+            debug!(%peer, "app connection closed: idle for --idle-timeout");
+            return None;
+        }
+    }
+    match tokio::time::timeout(app.limits.header_timeout, opens_with_h2_preface(stream)).await {
+        Ok(true) => Some(Protocol::Http2),
+        Ok(false) => Some(Protocol::Http1),
+        Err(_) => {
+            let snapshot = app.ctx.registry.load();
+            let unrouted = snapshot.default().other_destination();
+            unrouted.metrics.stream_timeout(StreamTimeout::Header);
+            info!(%peer, "app connection closed: the HTTP/2 preface not whole within --header-timeout");
+            None
+        }
+    }
+}
+
 /// Whether the app's first bytes are the HTTP/2 preface, read without consuming them.
 async fn opens_with_h2_preface(stream: &TcpStream) -> bool {
     let mut buf = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
     loop {
         match stream.peek(&mut buf).await {
             Ok(0) | Err(_) => return false,
             Ok(n) if buf[..n] != H2_PREFACE[..n] => return false,
             Ok(n) if n == H2_PREFACE.len() => return true,
-            // A preface split across segments (rare): the rest is on its way.
-            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            // A preface split across segments (rare): the rest is on its way. The socket stays
+            // readable meanwhile, so it is looked at again after a pause that grows.
+            Ok(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
         }
     }
 }
