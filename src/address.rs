@@ -31,46 +31,76 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// The canonical spelling of `host` (lower case, no brackets, no trailing dot): an IP address
 /// in any spelling as its canonical text; a name as it is.
 pub fn canonical_host(host: &str) -> Result<Cow<'_, str>, String> {
-    if host.contains(':') || host.contains('%') {
-        let ip: Ipv6Addr = host.parse().map_err(|_| {
-            if host.contains('%') {
-                format!("{host:?}: IPv6 zone ids are not supported")
-            } else {
-                format!("{host:?} is not an IPv6 address")
-            }
-        })?;
-        let text = canonical(IpAddr::V6(ip)).to_string();
-        return Ok(if text == host {
-            Cow::Borrowed(host)
-        } else {
-            Cow::Owned(text)
-        });
-    }
-    if !may_be_ipv4(host) {
-        return Ok(Cow::Borrowed(host));
-    }
-    // The common case, without the URL parser (which runs IDNA first): std reads only the
-    // canonical dotted quad (four decimal parts, no leading zeros).
-    if host.parse::<Ipv4Addr>().is_ok() {
-        return Ok(Cow::Borrowed(host));
-    }
-    match url::Host::parse(host) {
-        Ok(url::Host::Ipv4(ip)) => Ok(spelled(host, ip)),
-        Ok(_) => Ok(Cow::Borrowed(host)),
-        Err(_) => Err(format!(
-            "{host:?} ends in a number but is not a valid IPv4 address"
-        )),
+    // The common cases first, in one pass and without parsing: a name, or a dotted quad
+    // already (the URL parser, for the other spellings, runs IDNA first).
+    match shape(host.as_bytes()) {
+        Shape::Name | Shape::DottedQuad => Ok(Cow::Borrowed(host)),
+        Shape::MaybeIpv6 => ipv6(host),
+        Shape::MaybeIpv4 => match url::Host::parse(host) {
+            Ok(url::Host::Ipv4(ip)) => Ok(spelled(host, ip)),
+            Ok(_) => Ok(Cow::Borrowed(host)),
+            Err(_) => Err(format!(
+                "{host:?} ends in a number but is not a valid IPv4 address"
+            )),
+        },
     }
 }
 
-/// Whether `host` could be a numeric IPv4 spelling: only digits, `x`, hex letters and dots, and
-/// a last label that starts with a digit (the URL standard's "ends in a number").
-fn may_be_ipv4(host: &str) -> bool {
-    let last = host.rsplit('.').next().unwrap_or_default();
-    last.starts_with(|c: char| c.is_ascii_digit())
+/// What a host looks like, before any parsing.
+enum Shape {
+    /// Not an address in any spelling.
+    Name,
+    /// `a.b.c.d`, four decimal parts of at most 255 without leading zeros: canonical already.
+    DottedQuad,
+    /// Has a `:` or a `%`: an IPv6 address, or nothing valid.
+    MaybeIpv6,
+    /// Only digits, `x`, hex letters and dots, its last label starting with a digit (the URL
+    /// standard's "ends in a number"): an IPv4 address in another spelling, or nothing valid.
+    MaybeIpv4,
+}
+
+fn shape(host: &[u8]) -> Shape {
+    if host.iter().any(|&b| b == b':' || b == b'%') {
+        return Shape::MaybeIpv6;
+    }
+    let last = host.rsplit(|&b| b == b'.').next().unwrap_or_default();
+    let numeric = last.first().is_some_and(u8::is_ascii_digit)
         && host
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'x' || b == b'.')
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || b == b'x' || b == b'.');
+    if !numeric {
+        return Shape::Name;
+    }
+    let mut parts = 0;
+    let quad = host.split(|&b| b == b'.').all(|part| {
+        parts += 1;
+        let decimal = !part.is_empty() && part.len() <= 3 && part.iter().all(u8::is_ascii_digit);
+        decimal
+            && (part[0] != b'0' || part.len() == 1)
+            && part.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0')) <= 255
+    });
+    if quad && parts == 4 {
+        Shape::DottedQuad
+    } else {
+        Shape::MaybeIpv4
+    }
+}
+
+/// An IPv6 address (or one that embeds an IPv4 address) in its canonical text.
+fn ipv6(host: &str) -> Result<Cow<'_, str>, String> {
+    let ip: Ipv6Addr = host.parse().map_err(|_| {
+        if host.contains('%') {
+            format!("{host:?}: IPv6 zone ids are not supported")
+        } else {
+            format!("{host:?} is not an IPv6 address")
+        }
+    })?;
+    let text = canonical(IpAddr::V6(ip)).to_string();
+    Ok(if text == host {
+        Cow::Borrowed(host)
+    } else {
+        Cow::Owned(text)
+    })
 }
 
 /// The dotted quad of `ip`, borrowing `host` when it already is that.
@@ -112,6 +142,10 @@ mod tests {
             );
         }
         for (spelling, canonical) in [
+            ("255.255.255.255", "255.255.255.255"),
+            ("0.0.0.0", "0.0.0.0"),
+            ("01.2.3.4", "1.2.3.4"),
+            ("1.2.3", "1.2.0.3"),
             ("0:0:0:0:0:0:0:1", "::1"),
             ("2001:DB8::1", "2001:db8::1"),
             ("2001:0db8:0000::0001", "2001:db8::1"),

@@ -308,6 +308,20 @@ impl RouteListeners {
     }
 }
 
+/// Whether a change to `path`, in the policies directory, can change the policies: a policy
+/// file (`*.toml`), a CA file a policy may name (`*.pem`, `*.crt`), or the entries of a
+/// Kubernetes ConfigMap volume's atomic swap (`..data`, `..2026_12_07...`). A log or any other
+/// file written there does not reload.
+fn concerns_policies(path: &std::path::Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name.starts_with("..")
+        || [".toml", ".pem", ".crt"]
+            .iter()
+            .any(|ext| name.len() > ext.len() && name.to_ascii_lowercase().ends_with(ext))
+}
+
 /// How long the directory must be quiet before a watched change is loaded: editors and
 /// ConfigMap updates write several files and renames in a burst.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -326,7 +340,9 @@ pub fn spawn_triggers(
         let notify_changed = Arc::clone(&changed);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
+                if event.is_ok_and(|e| {
+                    !e.kind.is_access() && e.paths.iter().any(|p| concerns_policies(p))
+                }) {
                     notify_changed.notify_one();
                 }
             })
@@ -363,4 +379,34 @@ pub fn spawn_triggers(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn only_changes_that_can_change_the_policies_reload() {
+        for path in [
+            "/p/api.toml",
+            "/p/API.TOML",
+            "/p/ca.pem",
+            "/p/corp.crt",
+            "/p/..data",
+            "/p/..2026_12_07_05_00_00.123",
+        ] {
+            assert!(concerns_policies(Path::new(path)), "{path}");
+        }
+        for path in [
+            "/p/fusebox.log",
+            "/p/.api.toml.swp",
+            "/p/notes.txt",
+            "/p/.toml",
+            "/p",
+        ] {
+            assert!(!concerns_policies(Path::new(path)), "{path}");
+        }
+    }
 }

@@ -1377,3 +1377,46 @@ async fn sighup_reloads_the_binary_and_keeps_it_running() {
         .await;
     }
 }
+
+/// A rotated CA is a change (#22, item 7): the policy's `ca_file` is rewritten in place with
+/// another CA's certificate and a reload applies it — it answered "unchanged" and kept the old
+/// roots (502 until a restart), since it compared the path only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_rewritten_in_place_is_reloaded() {
+    use support::TestPki;
+    let (old_ca, new_ca) = (TestPki::new(), TestPki::new());
+    let upstream = FakeUpstream::builder()
+        .tls(new_ca.server_config())
+        .body("verified")
+        .start()
+        .await;
+    let host = format!("localhost:{}", upstream.addr().port());
+    let policy = format!("hosts = [\"{host}\"]\ntls = true\nca_file = \"test-ca.pem\"\n");
+    let dir = policies_dir(&[("default", ""), ("secure", &policy)]);
+    old_ca.write_ca(dir.path());
+    let fusebox = TestFusebox::start_with(dir, |config| {
+        config.jitter = false;
+        config.watch = false;
+    })
+    .await;
+    let app = fusebox.app();
+    let url = format!("http://{host}/");
+    assert_eq!(
+        call(&app, &url).await.0,
+        502,
+        "the upstream's CA is not trusted yet"
+    );
+    new_ca.write_ca(fusebox.dir());
+    let before = reload_metrics(&fusebox.admin_url()).await;
+    reload_ok(&fusebox.admin_url()).await;
+    let after = reload_metrics(&fusebox.admin_url()).await;
+    assert_eq!(
+        after.successes,
+        before.successes + 1,
+        "applied, not unchanged"
+    );
+    assert_eq!(after.generation, before.generation + 1);
+    let (status, _, body) = call(&app, &url).await;
+    assert_eq!((status, body.as_str()), (200, "verified"));
+    fusebox.shutdown().await;
+}

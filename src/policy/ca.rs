@@ -10,10 +10,16 @@ use rustls_pki_types::CertificateDer;
 
 /// The trust anchors of the PEM file at `path`: at least one, each a usable CA certificate.
 pub fn read_ca_file(path: &Path) -> Result<RootCertStore, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
+    parse_ca_pem(path, &pem)
+}
+
+/// The trust anchors in `pem`, the content of the file at `path`: at least one, each a usable
+/// CA certificate.
+pub fn parse_ca_pem(path: &Path, pem: &[u8]) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    for cert in certs {
+    for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| format!("\"{}\" is not valid PEM: {e}", path.display()))?;
         roots
             .add(cert)

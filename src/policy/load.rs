@@ -23,8 +23,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::raw::{List, RawPolicy, S};
 use super::{
-    Breaker, BreakerMode, Concurrency, Endpoint, GrpcCode, HostPattern, LimitMode, Matcher, Policy,
-    PolicySet, RateLimit, Retry, RetryOn, Timeouts, DEFAULT_POLICY,
+    Breaker, BreakerMode, CaFile, Concurrency, Endpoint, GrpcCode, HostPattern, LimitMode, Matcher,
+    Policy, PolicySet, RateLimit, Retry, RetryOn, Timeouts, DEFAULT_POLICY,
 };
 use crate::address::canonical_host;
 
@@ -855,10 +855,18 @@ fn sni(s: &str) -> Result<Option<String>, String> {
 
 /// Relative paths are relative to the policies directory, so that the directory is
 /// self-contained (a ConfigMap can carry the CA next to the policies).
-fn ca_file(dir: &Path, s: &str) -> Result<Option<PathBuf>, String> {
+fn ca_file(dir: &Path, s: &str) -> Result<Option<CaFile>, String> {
     let path = dir.join(s);
     match fs::File::open(&path).and_then(|f| f.metadata()) {
-        Ok(meta) if meta.is_file() => super::ca::read_ca_file(&path).map(|_| Some(path)),
+        Ok(meta) if meta.is_file() => {
+            let pem =
+                fs::read(&path).map_err(|e| format!("cannot read \"{}\": {e}", path.display()))?;
+            super::ca::parse_ca_pem(&path, &pem)?;
+            Ok(Some(CaFile {
+                path,
+                pem: pem.into(),
+            }))
+        }
         Ok(_) => Err(format!("\"{}\" is not a file", path.display())),
         Err(err) => Err(format!(
             "cannot read \"{}\": {err}; expected a readable PEM file",
@@ -1518,10 +1526,17 @@ mod tests {
             ("a.toml", "hosts = [\"a.test\"]\nca_file = \"ca.pem\"\n"),
         ]);
         let set = load_dir(dir.path()).unwrap();
-        assert_eq!(
-            set.get("a").unwrap().ca_file,
-            Some(dir.path().join("ca.pem"))
-        );
+        let loaded = set.get("a").unwrap().ca_file.clone().unwrap();
+        assert_eq!(loaded.path, dir.path().join("ca.pem"));
+        // The same path with other certificates is another `ca_file`: a reload applies it.
+        let other = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), other.pem()).unwrap();
+        let rotated = load_dir(dir.path()).unwrap();
+        let rotated = rotated.get("a").unwrap().ca_file.clone().unwrap();
+        assert_eq!(rotated.path, loaded.path);
+        assert_ne!(rotated, loaded);
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub struct Policy {
     /// TLS server name to send and verify; the upstream host when unset (never inherited).
     pub sni: Option<String>,
     /// Extra trusted roots (PEM), added to the platform roots.
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
     /// `false` refuses these destinations with 403 `denied` (never inherited; default `true`).
     pub allow: bool,
     /// May it reach private and loopback addresses (RFC 1918, 127/8, ::1, fc00::/7, ...).
@@ -313,5 +313,20 @@ mod humantime_serde_compat {
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+/// A policy's `ca_file`: its path and the content it had when the policy was loaded. Two are
+/// equal only with the same content, so a reload sees a rotated CA (same path, new
+/// certificates) as a change; shown as its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub pem: Arc<[u8]>,
+}
+
+impl Serialize for CaFile {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.path.serialize(serializer)
     }
 }

@@ -384,7 +384,7 @@ impl Upstream {
         settings: &Settings,
     ) -> Result<Upstream, String> {
         let rules = connect_rules(&policy, self_addrs);
-        let tls = crate::upstream::tls::client_config(policy.ca_file.as_deref())
+        let tls = crate::upstream::tls::client_config(policy.ca_file.as_ref())
             .map_err(|e| format!("policy {}: {e}", policy.name))?;
         let build = |pinned| {
             client::build(&policy, Arc::clone(&tls), rules.clone(), pinned, false)

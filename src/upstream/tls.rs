@@ -4,13 +4,13 @@
 //! (webpki's bundled roots when the platform has none), plus a policy's `ca_file`.
 //! Certificate verification is never skipped.
 
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::Resumption;
 use rustls::RootCertStore;
 
-use crate::policy::ca::read_ca_file;
+use crate::policy::ca::parse_ca_pem;
+use crate::policy::CaFile;
 
 /// Installs ring as the process-wide rustls provider. Safe to call more than once.
 pub fn install_crypto_provider() {
@@ -41,7 +41,7 @@ const SHARED_SESSIONS: usize = 2048;
 /// The client configuration for a policy; ALPN offers `h2` and `http/1.1`. Policies without a
 /// `ca_file` share one configuration, and with it one TLS session cache, across reloads: a
 /// configuration per policy cost about 14 KiB each, most of it an empty session cache.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn client_config(ca_file: Option<&CaFile>) -> Result<Arc<rustls::ClientConfig>, String> {
     static SHARED: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     match ca_file {
         None => SHARED
@@ -51,9 +51,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
                 Ok(Arc::new(config))
             })
             .clone(),
-        Some(path) => {
+        Some(ca) => {
             let mut roots = RootCertStore::clone(base_roots());
-            roots.roots.extend(read_ca_file(path)?.roots);
+            roots.roots.extend(parse_ca_pem(&ca.path, &ca.pem)?.roots);
             config_with(Arc::new(roots)).map(Arc::new)
         }
     }
