@@ -222,7 +222,10 @@ fn step(decoder: &mut Decoder, buf: &mut BytesMut) -> io::Result<Step> {
                 *chunk = Chunk::Size;
             }
             Chunk::Trailers(fields) => {
-                let Some(line) = take_line(buf, MAX_TRAILERS - fields.len())? else {
+                // The room left counts the CRLF each kept line takes (an unchecked subtraction
+                // here underflowed, found by fuzzing: in a release build, no limit at all).
+                let room = MAX_TRAILERS.saturating_sub(fields.len() + 2);
+                let Some(line) = take_line(buf, room)? else {
                     return Ok(Step::More);
                 };
                 if line.is_empty() {
@@ -420,6 +423,20 @@ mod tests {
             many.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(999)).as_bytes());
         }
         assert!(decode(Framing::Chunked, &many, 4096).is_err());
+        // Trailer lines that each fit but add up past the limit (with their CRLFs).
+        let mut trailers = b"0\r\n".to_vec();
+        while trailers.len() < MAX_TRAILERS * 2 {
+            trailers.extend_from_slice(
+                format!("x-{}: {}\r\n", trailers.len(), "v".repeat(90)).as_bytes(),
+            );
+        }
+        trailers.extend_from_slice(b"\r\n");
+        for split in [7, 100, trailers.len()] {
+            assert!(
+                decode(Framing::Chunked, &trailers, split).is_err(),
+                "split {split}"
+            );
+        }
         let endless = vec![b'1'; MAX_CHUNK_LINE + 10];
         assert!(decode(Framing::Chunked, &endless, 100).is_err());
     }
