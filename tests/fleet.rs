@@ -259,3 +259,117 @@ async fn three_processes_share_one_limit_of_50_rps() {
         wait_for_mode(&admin, dest, "connected", back, &app, &target).await;
     }
 }
+
+/// `POST` a breaker command to `api`'s destination.
+async fn breaker(fusebox: &TestFusebox, destination: &str, action: &str) {
+    let url = format!(
+        "{}/upstreams/api/breaker?action={action}&destination={destination}",
+        fusebox.admin_url()
+    );
+    let response = support::direct_client().post(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{action}");
+}
+
+/// Fleet tokens only for admitted tries (#22, item 6): with the breaker forced open, refused
+/// requests lease nothing from Redis — every one is a `503 breaker-open` (the first leased the
+/// fleet's one token and the rest got `429`), and the token is still there once the breaker
+/// is reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_the_breaker_refuses_leases_no_fleet_token() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::with_status(200).await;
+    let policy = fleet_policy(&upstream, 1, "");
+    let url = redis.url();
+    let fusebox = TestFusebox::start_with(policies_dir(&[("api", &policy)]), |config| {
+        config.redis = Some(url);
+        config.jitter = false;
+    })
+    .await;
+    let (app, target, destination) = (fusebox.app(), upstream.url("/"), upstream.authority());
+    breaker(&fusebox, &destination, "force-open").await;
+    for _ in 0..5 {
+        let response = app.get(&target).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            503,
+            "the breaker answers, not the limiter"
+        );
+    }
+    breaker(&fusebox, &destination, "reset").await;
+    assert_eq!(app.get(&target).send().await.unwrap().status(), 200);
+    assert_eq!(upstream.hits(), 1);
+}
+
+/// A shadow fleet limit spends no token of the enforcing fleet (#22, item 6): its requests are
+/// counted against a key of their own, so an enforcing instance of the same policy still has
+/// its whole limit after a shadow one sent many requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_fleet_limit_spends_no_token_of_the_enforcing_fleet() {
+    let redis = RedisServer::start();
+    let upstream = FakeUpstream::with_status(200).await;
+    let start = |mode: &str| {
+        let policy = fleet_policy(&upstream, 1, &format!("mode = \"{mode}\"\n"));
+        let url = redis.url();
+        TestFusebox::start_with(policies_dir(&[("api", &policy)]), |config| {
+            config.redis = Some(url);
+        })
+    };
+    let (shadow, enforcing) = (start("shadow").await, start("enforce").await);
+    let target = upstream.url("/");
+    for _ in 0..5 {
+        let response = shadow.app().get(&target).send().await.unwrap();
+        assert_eq!(response.status(), 200, "shadow never refuses");
+    }
+    let response = enforcing.app().get(&target).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the enforcing fleet's token is still there"
+    );
+}
+
+/// The fleet gauge says the mode `/upstreams` reports, across reloads (#22, item 6): a reload
+/// that changes only `[timeouts]` while Redis is down keeps the limit (carried over, in
+/// `fallback`), and the gauge too says `fallback` (the new destination's own limit set it to
+/// `connected`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_gauge_keeps_the_mode_across_a_reload() {
+    let mut redis = RedisServer::start();
+    let upstream = FakeUpstream::with_status(200).await;
+    let policy = fleet_policy(&upstream, 5, "fleet_fallback_rps = 2\n");
+    let url = redis.url();
+    let fusebox = TestFusebox::start_with(policies_dir(&[("api", &policy)]), |config| {
+        config.redis = Some(url);
+        config.watch = false;
+    })
+    .await;
+    let (app, target, destination) = (fusebox.app(), upstream.url("/"), upstream.authority());
+    assert_eq!(app.get(&target).send().await.unwrap().status(), 200);
+    redis.kill();
+    let admin = fusebox.admin_url();
+    let within = Duration::from_secs(10);
+    wait_for_mode(&admin, &destination, "fallback", within, &app, &target).await;
+    let reloaded = format!("{policy}[timeouts]\nattempt = \"3s\"\n");
+    std::fs::write(fusebox.dir().join("api.toml"), reloaded).unwrap();
+    let response = support::direct_client()
+        .post(format!("{admin}/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(fleet_mode(&admin, &destination).await, "fallback");
+    let metrics = fusebox.metrics().await;
+    let gauge = |state| {
+        let labels = [
+            ("upstream", "api"),
+            ("destination", destination.as_str()),
+            ("state", state),
+        ];
+        metric(&metrics, "fusebox_fleet_limiter_state", &labels)
+    };
+    assert_eq!(
+        (gauge("fallback"), gauge("connected")),
+        (1.0, 0.0),
+        "{metrics}"
+    );
+}

@@ -897,3 +897,46 @@ async fn a_partial_h2_preface_is_closed_after_the_header_timeout() {
     let metrics = fusebox.metrics().await;
     assert_eq!(stream_timeouts(&metrics, "header"), 1.0, "{metrics}");
 }
+
+/// The breaker is asked before the rate limiter (#22, item 6): requests the breaker refuses
+/// spend no token, so every one is a `503 breaker-open` (not a `429` once the tokens they took
+/// ran out), and the limit is whole when the breaker lets requests through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_the_breaker_refuses_spends_no_rate_limit_token() {
+    let upstream = FakeUpstream::with_status(200).await;
+    let destination = upstream.authority();
+    let policy = format!("hosts = [\"{destination}\"]\n[rate_limit]\nrps = 1\n");
+    let fusebox = TestFusebox::start_with(policies_dir(&[("api", &policy)]), |config| {
+        config.jitter = false;
+    })
+    .await;
+    let command = |action: &str| {
+        let url = format!(
+            "{}/upstreams/api/breaker?action={action}&destination={destination}",
+            fusebox.admin_url()
+        );
+        async move {
+            support::direct_client()
+                .post(url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(command("force-open").await, 200);
+    let app = fusebox.app();
+    for _ in 0..5 {
+        let response = app.get(upstream.url("/")).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            503,
+            "the breaker answers, not the limiter"
+        );
+    }
+    assert_eq!(command("reset").await, 200);
+    assert_eq!(
+        app.get(upstream.url("/")).send().await.unwrap().status(),
+        200
+    );
+}

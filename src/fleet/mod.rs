@@ -192,7 +192,18 @@ impl FleetLimit {
         metrics.fleet_state(FleetMode::Connected);
         Some(FleetLimit {
             redis: Arc::clone(redis),
-            key: format!("fusebox:{{{}/{}}}:gcra", policy.name, authority),
+            // Shadow mode counts against a key of its own (same hash tag, same slot): it never
+            // spends the tokens that enforcing instances share.
+            key: format!(
+                "fusebox:{{{}/{}}}:gcra{}",
+                policy.name,
+                authority,
+                if limit.mode == LimitMode::Shadow {
+                    ":shadow"
+                } else {
+                    ""
+                }
+            ),
             interval_us: (1_000_000 / u64::from(limit.rps)).max(1),
             capacity: u64::from(limit.rps) + u64::from(limit.burst),
             batch: Self::batch(limit.rps),

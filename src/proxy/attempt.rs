@@ -129,14 +129,9 @@ pub async fn run(
         };
         // The fleet-wide limit's Redis call is a large future: boxed, so that it does not
         // enlarge the requests of destinations without one.
-        let fleet_admitted = if destination.fleet.is_some() {
-            Box::pin(destination.fleet_admit()).await
-        } else {
-            Ok(())
-        };
-        let admitted = match fleet_admitted {
-            Ok(()) => destination.begin(),
-            Err(refusal) => Err(refusal),
+        let admitted = match destination.begin() {
+            Ok(permit) if destination.fleet.is_some() => Box::pin(permit.fleet_admit()).await,
+            admitted => admitted,
         };
         let permit = match admitted {
             Ok(permit) => permit,

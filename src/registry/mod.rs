@@ -184,6 +184,11 @@ impl Destination {
         if before.rate_limit == policy.rate_limit {
             next.limiter.clone_from(&self.limiter);
             next.fleet.clone_from(&self.fleet);
+            // The new destination's own fleet limit set the gauge to `connected`: the carried
+            // one's mode is what applies (it may be `fallback` while Redis is down).
+            if let Some(fleet) = &next.fleet {
+                next.metrics.fleet_state(fleet.mode());
+            }
         }
         if same_budget {
             next.budget = Arc::clone(&self.budget);

@@ -1,5 +1,6 @@
-//! One try's admission (docs/ARCHITECTURE.md §1.1): [`Destination::begin`] asks the rate limiter
-//! and the breaker, and answers a [`Permit`] or a [`Refusal`]. The permit is the only way to
+//! One try's admission (docs/ARCHITECTURE.md §1.1): [`Destination::begin`] asks the breaker and
+//! then the rate limiter (a fleet-wide one through [`Permit::fleet_admit`]), and answers a
+//! [`Permit`] or a [`Refusal`]; a try the breaker refuses spends no token. The permit is the only way to
 //! record a try, and it is spent by recording it: [`Permit::answered`] (a response head),
 //! [`Permit::connected`] (a tunnel), [`Permit::failed`] (an [`AttemptError`]). A permit dropped
 //! without one of them (the app went away mid-try) records "abandoned": its half-open probe
@@ -29,34 +30,10 @@ use crate::pipeline::limiter::LimitDecision;
 use crate::telemetry::AttemptResult;
 
 impl Destination {
-    /// Asks the fleet-wide limit (`scope = "fleet"`), when the destination has one, for a token:
-    /// from its lease, or a Redis round trip shared with concurrent requests (§15). Called
-    /// before [`Destination::begin`], which then has no local limiter to ask.
-    pub async fn fleet_admit(&self) -> Result<(), Refusal> {
-        let Some(fleet) = &self.fleet else {
-            return Ok(());
-        };
-        match fleet.acquire().await {
-            LimitDecision::Allowed => Ok(()),
-            LimitDecision::ShadowRejected => {
-                self.metrics.shadow_rate_limit.increment(1);
-                Ok(())
-            }
-            LimitDecision::Rejected { retry_after } => Err(Refusal::RateLimited { retry_after }),
-        }
-    }
-
-    /// Asks the limiter, then the breaker, to let one try through now.
+    /// Asks the breaker, then the local rate limiter, to let one try through now. The breaker
+    /// first: a try it refuses spends no token (a limiter that refuses hands a half-open probe
+    /// slot back). A fleet-wide limit is asked after this, through [`Permit::fleet_admit`].
     pub fn begin(&self) -> Result<Permit<'_>, Refusal> {
-        if let Some(limiter) = &self.limiter {
-            match limiter.check() {
-                LimitDecision::Allowed => {}
-                LimitDecision::ShadowRejected => self.metrics.shadow_rate_limit.increment(1),
-                LimitDecision::Rejected { retry_after } => {
-                    return Err(Refusal::RateLimited { retry_after })
-                }
-            }
-        }
         // One clock read for the breaker's decision and the try's start.
         let now = Instant::now();
         let probe = match self.admit(now) {
@@ -69,6 +46,18 @@ impl Destination {
                 return Err(Refusal::BreakerOpen { retry_after })
             }
         };
+        if let Some(limiter) = &self.limiter {
+            match limiter.check() {
+                LimitDecision::Allowed => {}
+                LimitDecision::ShadowRejected => self.metrics.shadow_rate_limit.increment(1),
+                LimitDecision::Rejected { retry_after } => {
+                    if let Some(episode) = probe {
+                        self.abandon(episode);
+                    }
+                    return Err(Refusal::RateLimited { retry_after });
+                }
+            }
+        }
         Ok(Permit {
             destination: self,
             ticket: Ticket {
@@ -106,6 +95,29 @@ struct Ticket {
 }
 
 impl Permit<'_> {
+    /// Asks the fleet-wide limit (`scope = "fleet"`), when the destination has one, for a token:
+    /// from its lease, or a Redis round trip shared with concurrent requests (§15). Asked once
+    /// the breaker and the local limiter let the try through, so that a refused try leases
+    /// nothing. Refused, the permit is given back unspent (a probe slot returns to the
+    /// breaker, and no try is recorded); admitted, the try starts now.
+    pub async fn fleet_admit(mut self) -> Result<Self, Refusal> {
+        let destination = self.destination;
+        let Some(fleet) = &destination.fleet else {
+            return Ok(self);
+        };
+        match fleet.acquire().await {
+            LimitDecision::Allowed => {}
+            LimitDecision::ShadowRejected => destination.metrics.shadow_rate_limit.increment(1),
+            LimitDecision::Rejected { retry_after } => {
+                self.ticket.hand_back(destination);
+                self.ticket.spent = true;
+                return Err(Refusal::RateLimited { retry_after });
+            }
+        }
+        self.ticket.started = Instant::now();
+        Ok(self)
+    }
+
     /// When the try began.
     pub fn started(&self) -> Instant {
         self.ticket.started
