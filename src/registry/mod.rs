@@ -66,6 +66,8 @@ pub struct Upstream {
     settings: Settings,
     /// Shared by every destination beyond `metrics_max_destinations`.
     other_metrics: std::sync::OnceLock<Arc<DestinationMetrics>>,
+    /// The destination of requests that have none of their own ([`Upstream::other_destination`]).
+    other: std::sync::OnceLock<Arc<Destination>>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -104,6 +106,8 @@ pub struct Destination {
     /// The upstream chose HTTP/2 in a TLS handshake: its requests go on the pooled client,
     /// which speaks it, rather than on fusebox's own HTTP/1.1 connections.
     http2_chosen: AtomicBool,
+    /// A request looked it up since the last eviction pass ([`Upstream::make_room`]).
+    used: AtomicBool,
 }
 
 impl Destination {
@@ -124,7 +128,6 @@ impl Destination {
         } else {
             Jitter::None
         };
-        metrics.breaker_state.set(State::Closed.as_gauge());
         Destination {
             uri_authority: Authority::try_from(&*authority).ok(),
             connect_to: split_authority(&authority).map(|(host, port)| (host.into(), port)),
@@ -146,6 +149,14 @@ impl Destination {
             ))),
             idle: IdleConnections::default(),
             http2_chosen: AtomicBool::new(false),
+            used: AtomicBool::new(true),
+        }
+    }
+
+    /// Marks it used (a load first: most lookups find it marked, and write nothing).
+    fn touch(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
         }
     }
 
@@ -195,15 +206,15 @@ impl Destination {
         }
         if before.breaker == policy.breaker {
             next.breaker = Arc::clone(&self.breaker);
-            next.metrics
-                .breaker_state
-                .set(next.breaker().state().as_gauge());
         } else if let Some(forced) = self.breaker_snapshot().forced {
             next.command(match forced {
                 Forced::Open => BreakerCommand::ForceOpen,
                 Forced::Closed => BreakerCommand::ForceClosed,
             });
         }
+        next.metrics
+            .breaker_state
+            .set(next.breaker().state().as_gauge());
         next
     }
 
@@ -369,8 +380,8 @@ pub enum BreakerCommand {
 /// ±10 % on open periods, so that many fusebox instances do not probe an upstream in lockstep.
 const BREAKER_JITTER: f64 = 0.1;
 
-/// Above this many destinations in one policy, creating another first drops the quiet ones
-/// (no request in flight, breaker closed). Bounds memory for a forward proxy to arbitrary hosts.
+/// Above this many destinations in one policy, creating another first drops the least recently
+/// used ([`Upstream::make_room`]). Bounds memory for a forward proxy to arbitrary hosts.
 const MAX_DESTINATIONS: usize = 10_000;
 
 impl std::fmt::Debug for Upstream {
@@ -419,6 +430,7 @@ impl Upstream {
             destinations: DashMap::new(),
             insert: Mutex::new(()),
             other_metrics: std::sync::OnceLock::new(),
+            other: std::sync::OnceLock::new(),
             telemetry,
         })
     }
@@ -499,6 +511,7 @@ impl Upstream {
         let mut key = AuthorityBuf::default();
         let key = key.format(host, port);
         if let Some(found) = self.destinations.get(key) {
+            found.touch();
             return Arc::clone(found.value());
         }
         // One creator at a time per policy: label slots are counted, and a destination is
@@ -522,29 +535,58 @@ impl Upstream {
             metrics,
             &self.settings,
         ));
-        if self.destinations.len() >= MAX_DESTINATIONS {
-            self.destinations.retain(|_, d| {
-                Arc::strong_count(d) > 1
-                    || d.gate.in_flight() > 0
-                    || d.breaker().state() != State::Closed
-                    || d.breaker().forced().is_some()
-            });
-        }
+        destination
+            .metrics
+            .breaker_state
+            .set(State::Closed.as_gauge());
+        self.make_room(MAX_DESTINATIONS);
         self.destinations
             .insert(key.into(), Arc::clone(&destination));
         destination
     }
 
+    /// Keeps the destinations below `max` whatever their state (an open breaker of a host no
+    /// request asks for any more is dropped too, its series with it), least recently used
+    /// first, in the CLOCK manner: a pass drops the ones no request looked up since the last
+    /// pass and marks the rest unused. Only an operator's forced breaker is kept (his command
+    /// would be lost); if that is not enough, any other goes. In-flight requests keep the
+    /// destination they hold until they end.
+    fn make_room(&self, max: usize) {
+        if self.destinations.len() < max {
+            return;
+        }
+        let forced = |d: &Destination| d.breaker().forced().is_some();
+        self.destinations
+            .retain(|_, d| forced(d) || d.used.swap(false, Ordering::Relaxed));
+        let target = max - max / 10;
+        if self.destinations.len() >= target {
+            let excess = self.destinations.len() + 1 - target;
+            let dropped: Vec<Box<str>> = self
+                .destinations
+                .iter()
+                .filter(|entry| !forced(entry.value()))
+                .take(excess)
+                .map(|entry| entry.key().clone())
+                .collect();
+            for key in dropped {
+                self.destinations.remove(&key);
+            }
+        }
+    }
+
     /// The state shared by requests that have no destination of their own (bad requests),
-    /// exported as `destination="_other"`.
+    /// exported as `destination="_other"`: made once, and without touching the shared
+    /// `_other` gauges (a destination folded into them may have an open breaker).
     pub fn other_destination(&self) -> Arc<Destination> {
-        Arc::new(Destination::new(
-            &self.policy,
-            Arc::clone(&self.name),
-            OTHER_DESTINATION.into(),
-            self.other_metrics(),
-            &Settings::default(),
-        ))
+        Arc::clone(self.other.get_or_init(|| {
+            Arc::new(Destination::new(
+                &self.policy,
+                Arc::clone(&self.name),
+                OTHER_DESTINATION.into(),
+                self.other_metrics(),
+                &Settings::default(),
+            ))
+        }))
     }
 
     fn other_metrics(&self) -> Arc<DestinationMetrics> {
@@ -851,6 +893,95 @@ fn build_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::attempt::{AttemptError, ErrorKind, Sent};
+    use crate::policy::load::{load_sources, Source};
+
+    /// A registry on `text` as the default policy, and that policy's upstream.
+    fn registry(text: &str) -> (Registry, Arc<Upstream>) {
+        let source = Source {
+            name: "default".to_owned(),
+            file: "default.toml".into(),
+            text: text.to_owned(),
+        };
+        let set = load_sources(std::path::Path::new("."), &[source], Vec::new()).unwrap();
+        let registry =
+            Registry::new(set, Telemetry::new(), Arc::default(), Settings::default()).unwrap();
+        let upstream = Arc::clone(registry.load().default());
+        (registry, upstream)
+    }
+
+    /// Opens `destination`'s breaker (one failure trips it under the test policy).
+    fn trip(destination: &Destination) {
+        let permit = destination.begin().unwrap();
+        permit.failed(&AttemptError::new(
+            ErrorKind::Reset,
+            Sent::Nothing,
+            "reset".into(),
+        ));
+        assert_eq!(destination.breaker_snapshot().state, State::Open);
+    }
+
+    #[test]
+    fn the_destination_bound_holds_whatever_the_breakers_say() {
+        let (_registry, upstream) = registry("[breaker]\nconsecutive_failures = 1\n");
+        let host = |n: usize| format!("h{n}.test");
+        for n in 0..100 {
+            trip(&upstream.destination(&host(n), 80));
+        }
+        upstream
+            .destination(&host(0), 80)
+            .command(BreakerCommand::ForceOpen);
+        upstream.make_room(100);
+        let kept: Vec<Box<str>> = upstream
+            .destinations
+            .iter()
+            .map(|e| e.key().clone())
+            .collect();
+        assert!(
+            kept.len() < 90,
+            "open breakers do not hold the bound up: {}",
+            kept.len()
+        );
+        assert!(
+            upstream.destinations.contains_key("h0.test:80"),
+            "a forced breaker stays"
+        );
+        // The least recently used go first: a pass drops what no request looked up since.
+        let looked_up = &kept[..10];
+        for key in looked_up {
+            let (host, port) = split_authority(key).unwrap();
+            upstream.destination(host, port);
+        }
+        upstream.make_room(kept.len());
+        let mut left: Vec<Box<str>> = upstream
+            .destinations
+            .iter()
+            .map(|e| e.key().clone())
+            .collect();
+        left.sort();
+        let mut expected: Vec<Box<str>> = looked_up.to_vec();
+        if !expected.iter().any(|k| &**k == "h0.test:80") {
+            expected.push("h0.test:80".into());
+        }
+        expected.sort();
+        assert_eq!(left, expected);
+    }
+
+    #[test]
+    fn requests_without_a_destination_share_one_and_leave_the_gauge_alone() {
+        let (registry, upstream) = registry("metrics_max_destinations = 1\n");
+        upstream.destination("labelled.test", 80);
+        let folded = upstream.destination("folded.test", 80);
+        folded.command(BreakerCommand::ForceOpen);
+        let open = r#"fusebox_breaker_state{upstream="default",destination="_other"} 2"#;
+        let gauge = || registry.render_metrics().contains(open);
+        assert!(gauge(), "{}", registry.render_metrics());
+        let first = upstream.other_destination();
+        for _ in 0..3 {
+            assert!(Arc::ptr_eq(&first, &upstream.other_destination()));
+        }
+        assert!(gauge(), "a bad request reset the shared gauge");
+    }
 
     #[test]
     fn authority_brackets_ipv6() {
