@@ -22,10 +22,11 @@ pub enum Outcome {
     BadRequest,
     BadResponse,
     Internal,
+    TlsVerifyFailed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Ok,
         Outcome::UpstreamError,
         Outcome::BreakerOpen,
@@ -39,6 +40,7 @@ impl Outcome {
         Outcome::BadRequest,
         Outcome::BadResponse,
         Outcome::Internal,
+        Outcome::TlsVerifyFailed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Outcome {
             Outcome::BadRequest => "bad_request",
             Outcome::BadResponse => "bad_response",
             Outcome::Internal => "internal",
+            Outcome::TlsVerifyFailed => "tls_verify_failed",
         }
     }
 
@@ -102,6 +105,9 @@ pub enum Reason {
     BadResponse,
     /// fusebox itself failed (a bug: a panic while handling the request); 500.
     Internal,
+    /// The upstream's certificate did not verify against the policy's roots (502): a trust
+    /// problem, blamed on the policy, never retried and never a breaker failure.
+    TlsVerifyFailed,
 }
 
 impl Reason {
@@ -118,6 +124,7 @@ impl Reason {
             Reason::BadRequest | Reason::HeadersTooLarge => "bad-request",
             Reason::BadResponse => "bad-response",
             Reason::Internal => "internal",
+            Reason::TlsVerifyFailed => "tls-verify-failed",
         }
     }
 
@@ -127,9 +134,10 @@ impl Reason {
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
-            Reason::ConnectFailed | Reason::UpstreamReset | Reason::BadResponse => {
-                StatusCode::BAD_GATEWAY
-            }
+            Reason::ConnectFailed
+            | Reason::UpstreamReset
+            | Reason::BadResponse
+            | Reason::TlsVerifyFailed => StatusCode::BAD_GATEWAY,
             Reason::Denied => StatusCode::FORBIDDEN,
             Reason::Loop => StatusCode::LOOP_DETECTED,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
@@ -147,7 +155,8 @@ impl Reason {
             | Reason::Overflow
             | Reason::ConnectFailed
             | Reason::UpstreamReset
-            | Reason::BadResponse => GrpcCode::Unavailable,
+            | Reason::BadResponse
+            | Reason::TlsVerifyFailed => GrpcCode::Unavailable,
             Reason::RateLimited => GrpcCode::ResourceExhausted,
             Reason::Timeout | Reason::HeaderTimeout => GrpcCode::DeadlineExceeded,
             Reason::Denied => GrpcCode::PermissionDenied,
@@ -170,6 +179,7 @@ impl Reason {
             Reason::BadRequest | Reason::HeadersTooLarge => Outcome::BadRequest,
             Reason::BadResponse => Outcome::BadResponse,
             Reason::Internal => Outcome::Internal,
+            Reason::TlsVerifyFailed => Outcome::TlsVerifyFailed,
         }
     }
 }
@@ -224,6 +234,12 @@ mod tests {
                 Outcome::BadResponse,
             ),
             (Reason::Internal, 500, "internal", Outcome::Internal),
+            (
+                Reason::TlsVerifyFailed,
+                502,
+                "tls-verify-failed",
+                Outcome::TlsVerifyFailed,
+            ),
         ];
         for (reason, status, text, outcome) in table {
             assert_eq!(reason.status().as_u16(), status, "{reason:?}");

@@ -336,17 +336,58 @@ async fn egress_listener_originates_tls_for_an_ip_policy() {
 
 async fn assert_tls_refused(response: reqwest::Response, upstream: &FakeUpstream) {
     assert_eq!(response.status(), 502, "{response:?}");
-    assert_eq!(header(&response, "x-fusebox-reason"), "connect-failed");
+    assert_eq!(header(&response, "x-fusebox-reason"), "tls-verify-failed");
     let body = response.text().await.unwrap();
-    let lower = body.to_lowercase();
     assert!(
-        lower.contains("tls") || lower.contains("certificate"),
-        "the body should say that TLS/certificate verification failed: {body:?}"
+        body.contains("certificate") && body.contains("ca_file"),
+        "the body says that the certificate did not verify, and what to do: {body:?}"
     );
     eprintln!("local reply: {}", body.trim_end());
-    // fusebox reached the upstream but never sent it a request.
-    assert!(upstream.connections() >= 1);
+    // fusebox reached the upstream once (a trust problem is not retried) and never sent it a
+    // request.
+    assert_eq!(upstream.connections(), 1);
     assert_eq!(upstream.hits(), 0);
+}
+
+/// A certificate that does not verify is the policy's trust problem (#22, item 10), not a sick
+/// upstream: never retried, never a breaker failure — however many requests fail, each gets
+/// its own `tls-verify-failed` reply (not `breaker-open`), after one connection each.
+#[tokio::test]
+async fn a_certificate_that_does_not_verify_is_not_retried_and_never_trips_the_breaker() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.wrong_server_config())
+        .start()
+        .await;
+    let host = localhost_authority(&upstream);
+    let policy = format!(
+        "hosts = [\"{host}\"]\ntls = true\nca_file = \"test-ca.pem\"\n[breaker]\nconsecutive_failures = 2\n"
+    );
+    let dir = policies_dir(&[("secure", &policy)]);
+    pki.write_ca(dir.path());
+    let fusebox = TestFusebox::start_in(dir).await;
+    for n in 1..=5 {
+        let response = fusebox
+            .app()
+            .get(format!("http://{host}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            header(&response, "x-fusebox-reason"),
+            "tls-verify-failed",
+            "request {n}"
+        );
+        assert_eq!(
+            upstream.connections(),
+            n,
+            "one connection per request: no retry"
+        );
+    }
+    let metrics = fusebox.metrics().await;
+    let series = format!("fusebox_breaker_state{{upstream=\"secure\",destination=\"{host}\"}} 0");
+    assert!(metrics.contains(&series), "{metrics}");
+    fusebox.shutdown().await;
 }
 
 #[tokio::test]

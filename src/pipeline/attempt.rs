@@ -74,6 +74,10 @@ impl Sent {
 pub enum ErrorKind {
     /// No connection: refused, unreachable, unresolvable, or a failed TLS handshake.
     Connect,
+    /// The upstream's certificate did not verify against the policy's roots (unknown issuer,
+    /// wrong name, expired): a trust problem, the policy's (`ca_file`, `sni`), not a sick
+    /// upstream. Never retried (it would fail the same way), never a breaker failure.
+    TlsVerify,
     /// No connection within `timeouts.connect`.
     ConnectTimeout,
     /// The connection was closed or reset before a response head.
@@ -100,7 +104,7 @@ impl ErrorKind {
             | ErrorKind::Reset
             | ErrorKind::Timeout
             | ErrorKind::BadResponse => Blame::Upstream,
-            ErrorKind::Denied => Blame::Policy,
+            ErrorKind::Denied | ErrorKind::TlsVerify => Blame::Policy,
             ErrorKind::Loop | ErrorKind::AppBody | ErrorKind::MissingHost => Blame::App,
         }
     }
@@ -148,9 +152,11 @@ impl AttemptError {
             ErrorKind::Reset => Some(TryResult::Reset),
             ErrorKind::Timeout => Some(TryResult::Timeout),
             ErrorKind::BadResponse => Some(TryResult::BadResponse),
-            ErrorKind::Denied | ErrorKind::Loop | ErrorKind::AppBody | ErrorKind::MissingHost => {
-                None
-            }
+            ErrorKind::TlsVerify
+            | ErrorKind::Denied
+            | ErrorKind::Loop
+            | ErrorKind::AppBody
+            | ErrorKind::MissingHost => None,
         }
     }
 
@@ -158,6 +164,7 @@ impl AttemptError {
     pub fn reason(&self) -> Reason {
         match self.kind {
             ErrorKind::Connect => Reason::ConnectFailed,
+            ErrorKind::TlsVerify => Reason::TlsVerifyFailed,
             ErrorKind::ConnectTimeout | ErrorKind::Timeout => Reason::Timeout,
             ErrorKind::Reset => Reason::UpstreamReset,
             ErrorKind::BadResponse => Reason::BadResponse,
@@ -171,7 +178,7 @@ impl AttemptError {
     /// (refused by fusebox, or the app's fault), so none is counted.
     pub fn metric(&self) -> Option<AttemptResult> {
         match self.kind {
-            ErrorKind::Connect => Some(AttemptResult::ConnectFailed),
+            ErrorKind::Connect | ErrorKind::TlsVerify => Some(AttemptResult::ConnectFailed),
             ErrorKind::ConnectTimeout | ErrorKind::Timeout => Some(AttemptResult::Timeout),
             ErrorKind::Reset => Some(AttemptResult::Reset),
             ErrorKind::BadResponse => Some(AttemptResult::Failure),

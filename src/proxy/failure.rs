@@ -30,6 +30,12 @@ pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> Attemp
     match error {
         SendError::Connect(connect) => connect_error(connect),
         SendError::Tls(error) => {
+            let tls = error
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>());
+            if let Some(verify) = tls.and_then(|e| tls_verify_error(e, authority)) {
+                return verify;
+            }
             let cause = match error.get_ref() {
                 Some(tls) => format!("TLS handshake with {authority} failed: {tls}"),
                 None => format!("TLS handshake with {authority} failed: {error}"),
@@ -94,6 +100,9 @@ fn from_chain(
             return connect_error(connect);
         }
         if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            if let Some(verify) = tls_verify_error(tls, authority) {
+                return verify;
+            }
             let cause = format!("TLS handshake with {authority} failed: {tls}");
             return AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause);
         }
@@ -128,6 +137,24 @@ fn app_body_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a hyper::Err
         return None;
     }
     hyper_error.source()?.downcast_ref::<hyper::Error>()
+}
+
+/// The [`AttemptError`] of a certificate that did not verify, if `error` is one: the rustls
+/// cause and what to do about it.
+fn tls_verify_error(error: &rustls::Error, authority: &str) -> Option<AttemptError> {
+    let rustls::Error::InvalidCertificate(why) = error else {
+        return None;
+    };
+    let cause = format!(
+        "the TLS certificate of {authority} did not verify: {why}; if the upstream's CA is a \
+         private or corporate one, name its PEM file in the policy's ca_file (a wrong name: \
+         check the policy's sni)"
+    );
+    Some(AttemptError::new(
+        ErrorKind::TlsVerify,
+        Sent::Nothing,
+        cause,
+    ))
 }
 
 /// The [`AttemptError`] of a connect failure: nothing was sent.
