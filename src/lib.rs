@@ -16,6 +16,7 @@ pub mod cli;
 #[doc(hidden)]
 pub mod fleet;
 pub mod fuzz;
+pub mod grpc_code;
 pub mod guard;
 pub mod logging;
 pub mod outcome;

@@ -4,7 +4,7 @@
 
 use http::StatusCode;
 
-use crate::pipeline::grpc::GrpcCode;
+use crate::grpc_code::GrpcCode;
 
 /// The `outcome` label of `fusebox_requests_total` (docs/ARCHITECTURE.md §4, a contract).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

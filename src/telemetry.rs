@@ -15,9 +15,8 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use crate::fleet::FleetMode;
+use crate::grpc_code::GrpcCode;
 use crate::outcome::{Outcome, CODE_CLASSES};
-use crate::pipeline::grpc::GrpcCode;
 use crate::policy::RetryOn;
 
 const RETRY_REASONS: usize = RetryOn::ALL.len();
@@ -594,6 +593,24 @@ fn describe(recorder: &PrometheusRecorder) {
             Some(Unit::Seconds),
             SharedString::const_str(help),
         );
+    }
+}
+
+/// Which limit a fleet-limited destination applies now (`crate::fleet`), as its gauge shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetMode {
+    /// The fleet's, through Redis.
+    Connected,
+    /// The local fallback: Redis failed.
+    Fallback,
+}
+
+impl FleetMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            FleetMode::Connected => "connected",
+            FleetMode::Fallback => "fallback",
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::pipeline::limiter::{LimitDecision, RateLimiter};
 use crate::policy::{LimitMode, Policy};
 use crate::telemetry::DestinationMetrics;
+pub use crate::telemetry::FleetMode;
 
 /// How long one Redis call may take before the request uses the local fallback.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
@@ -113,24 +114,6 @@ fn shown(url: &str) -> String {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_owned(),
-    }
-}
-
-/// Which limit a fleet-limited destination applies now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FleetMode {
-    /// The fleet's, through Redis.
-    Connected,
-    /// The local fallback: Redis failed.
-    Fallback,
-}
-
-impl FleetMode {
-    pub fn label(self) -> &'static str {
-        match self {
-            FleetMode::Connected => "connected",
-            FleetMode::Fallback => "fallback",
-        }
     }
 }
 

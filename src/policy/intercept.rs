@@ -2,7 +2,7 @@
 //! check`, the start of `fusebox run` and every reload ask the same question, so that `check`
 //! refuses exactly what `run` would (docs/ARCHITECTURE.md §3, §13).
 
-use super::lint::Keys;
+use super::keys::Keys;
 use super::{PolicyError, PolicySet};
 
 /// One error at each `intercept = true` when fusebox has no CA to intercept with.

@@ -13,12 +13,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::de::{DeTable, DeValue};
-
+use super::keys::Keys;
 use super::{BreakerMode, HostPattern, LimitMode, Policy, PolicySet, RetryOn};
 
 /// Every warning code, stable (CI pipelines may filter on them).
@@ -151,90 +149,6 @@ pub fn fleet_without_redis(set: &PolicySet) -> Vec<Warning> {
             }
         })
         .collect()
-}
-
-/// Where the keys of one file are: dotted path (`retry.methods`) → spans.
-pub(super) struct Keys {
-    /// `None` when the text is unknown: every key then counts as set, at `1:1`.
-    found: Option<(String, HashMap<String, Entry>)>,
-}
-
-struct Entry {
-    value: Range<usize>,
-    /// The entries of an array value.
-    items: Vec<Range<usize>>,
-}
-
-impl Keys {
-    pub(super) fn new(text: Option<String>) -> Self {
-        let found = text.and_then(|text| {
-            let mut map = HashMap::new();
-            index(DeTable::parse(&text).ok()?.get_ref(), "", &mut map);
-            Some((text, map))
-        });
-        Keys { found }
-    }
-
-    /// Does the file set `key`?
-    pub(super) fn sets(&self, key: &str) -> bool {
-        self.found
-            .as_ref()
-            .is_none_or(|(_, map)| map.contains_key(key))
-    }
-
-    /// `line:col` of the value of `key`, or of its array entry `item`.
-    pub(super) fn at(&self, key: &str, item: Option<usize>) -> (usize, usize) {
-        let Some((text, map)) = &self.found else {
-            return (1, 1);
-        };
-        match map.get(key) {
-            Some(entry) => {
-                let span = item
-                    .and_then(|i| entry.items.get(i))
-                    .unwrap_or(&entry.value);
-                line_col(text, span.start)
-            }
-            None => (1, 1),
-        }
-    }
-}
-
-fn index(table: &DeTable<'_>, prefix: &str, map: &mut HashMap<String, Entry>) {
-    for (key, value) in table {
-        let path = if prefix.is_empty() {
-            key.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", key.get_ref())
-        };
-        let items = match value.get_ref() {
-            DeValue::Table(inner) => {
-                index(inner, &path, map);
-                continue;
-            }
-            DeValue::Array(items) => items.iter().map(|item| item.span()).collect(),
-            _ => Vec::new(),
-        };
-        map.insert(
-            path,
-            Entry {
-                value: value.span(),
-                items,
-            },
-        );
-    }
-}
-
-/// 1-based line and column (in characters) of byte `offset` of `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.matches('\n').count() + 1;
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
 }
 
 /// Lints of one policy.

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 
-use super::lint::Keys;
+use super::keys::Keys;
 use super::{PolicyError, PolicySet};
 
 /// A listener that does not come from a policy file: the egress listener or the admin server.

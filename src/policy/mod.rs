@@ -10,6 +10,7 @@
 
 pub mod ca;
 pub mod intercept;
+mod keys;
 pub mod lint;
 pub mod listeners;
 pub(crate) mod load;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use crate::pipeline::grpc::GrpcCode;
+pub use crate::grpc_code::GrpcCode;
 
 pub use load::{load_dir, PolicyError, PolicyErrors};
 pub use matcher::Matcher;
