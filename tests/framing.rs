@@ -563,3 +563,102 @@ mod differential {
         }
     }
 }
+
+/// An upstream that answers the first request on its first connection, then closes that
+/// connection as soon as a second request arrives on it (before any answer: the race of a
+/// kept-alive connection closed by its server just as a request goes out). Every later
+/// connection is answered normally. Logs (connection, path) per request.
+async fn closes_after_one_request() -> (SocketAddr, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut number = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            let mut serving = Serving {
+                stream,
+                number,
+                seen: Arc::clone(&log),
+            };
+            number += 1;
+            tokio::spawn(async move {
+                let mut answered = 0;
+                while let Some(path) = serving.read_request().await {
+                    serving.seen.lock().unwrap().push((serving.number, path));
+                    if serving.number == 0 && answered == 1 {
+                        return;
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{MARKER}",
+                        MARKER.len()
+                    );
+                    if serving.stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    answered += 1;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Stale kept-alive connections (#22, item 9): a request that may be sent twice and meets a
+/// kept-alive connection the upstream closed before answering goes again on a new connection,
+/// as the same try (no retry spent, no failure counted); a `POST` is never sent twice, and its
+/// `502` says that a kept-alive connection was closed before an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_kept_alive_connection_is_replaced_for_idempotent_requests_only() {
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let app = fusebox.app();
+    let (addr, seen) = closes_after_one_request().await;
+    assert_eq!(fetch(&app, format!("http://{addr}/a")).await.0, 200);
+    let (status, body, _, _) = fetch(&app, format!("http://{addr}/b")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, MARKER),
+        "the GET went again on a new connection"
+    );
+    let log = seen.lock().unwrap().clone();
+    assert_eq!(log, [(0, "/a".into()), (0, "/b".into()), (1, "/b".into())]);
+    let metrics = fusebox.metrics().await;
+    let authority = addr.to_string();
+    let count = |name: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("upstream", "default"), ("destination", authority.as_str())];
+        labels.extend_from_slice(extra);
+        support::metrics::metric(&metrics, name, &labels)
+    };
+    assert_eq!(
+        count("fusebox_attempts_total", &[("result", "success")]),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count("fusebox_attempts_total", &[("result", "reset")]),
+        0.0,
+        "{metrics}"
+    );
+
+    let (addr, seen) = closes_after_one_request().await;
+    assert_eq!(fetch(&app, format!("http://{addr}/a")).await.0, 200);
+    let response = app
+        .post(format!("http://{addr}/p"))
+        .body("once")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-fusebox-reason"], "upstream-reset");
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("kept-alive connection") && body.contains("not sent again"),
+        "{body}"
+    );
+    let log = seen.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        [(0, "/a".into()), (0, "/p".into())],
+        "the POST went out once"
+    );
+}

@@ -306,6 +306,7 @@ impl Try<'_> {
             rules: self.upstream.rules(),
             idle_timeout: policy.pool_idle_timeout,
             max_idle: policy.pool_max_idle,
+            resendable: may_resend(&policy.retry, &head.method, &head.headers),
         };
         let sent = http1::send(pool, head, body, started).await;
         if matches!(sent, Err(SendError::ChoseHttp2)) {

@@ -58,6 +58,29 @@ pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> Attemp
             );
             AttemptError::new(ErrorKind::Reset, sent, cause)
         }
+        SendError::Unanswered {
+            error,
+            reused: true,
+        } => {
+            let how = error
+                .as_ref()
+                .map_or("closed".to_owned(), |e| format!("reset ({e})"));
+            let cause = format!(
+                "{authority} {how} a kept-alive connection as the request went out, before any \
+                 answer: it may not have seen the request, which was not sent again (a \
+                 request that is not idempotent and has no Idempotency-Key is never sent twice)"
+            );
+            AttemptError::new(ErrorKind::Reset, on_connection, cause)
+        }
+        SendError::Unanswered { error, .. } => {
+            let cause = match error {
+                Some(error) => {
+                    format!("{authority} reset the connection before any answer: {error}")
+                }
+                None => format!("{authority} closed the connection before any answer"),
+            };
+            AttemptError::new(ErrorKind::Reset, on_connection, cause)
+        }
         SendError::Closed => {
             let cause = format!("{authority} closed the connection before a response head");
             AttemptError::new(ErrorKind::Reset, on_connection, cause)

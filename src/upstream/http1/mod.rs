@@ -109,6 +109,9 @@ pub struct Pool<'a> {
     pub rules: &'a ConnectRules,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// The request may be sent twice (an idempotent method, or an `Idempotency-Key`): on a
+    /// kept-alive connection the upstream closed before answering, it goes again on a new one.
+    pub resendable: bool,
 }
 
 /// How connections to an `https://` upstream are secured.
@@ -139,6 +142,14 @@ pub enum SendError {
     /// The upstream closed the connection before a whole response head.
     #[error("the connection was closed")]
     Closed,
+    /// The upstream closed (`error`: or reset) the connection after the request was written,
+    /// before any byte of an answer; `reused`: on a kept-alive connection (which it may have
+    /// closed as the request went out, without acting on it).
+    #[error("the connection was closed before any answer")]
+    Unanswered {
+        error: Option<io::Error>,
+        reused: bool,
+    },
     /// The response head cannot be forwarded.
     #[error("{0}")]
     BadResponse(String),
@@ -152,8 +163,15 @@ pub async fn send(
     body: Option<&Bytes>,
     now: Instant,
 ) -> Result<Response<Http1Body>, SendError> {
+    // Set once a kept-alive connection turned out stale: the request goes on a new one.
+    let mut fresh = false;
     loop {
-        let (mut conn, reused) = match pool.idle.take(&pool, now, pool.idle_timeout) {
+        let resting = if fresh {
+            None
+        } else {
+            pool.idle.take(&pool, now, pool.idle_timeout)
+        };
+        let (mut conn, reused) = match resting {
             Some(conn) => (conn, true),
             None => (Box::pin(open(&pool)).await?, false),
         };
@@ -166,7 +184,19 @@ pub async fn send(
             body_len,
         );
         match write_request(&mut conn, body).await {
-            Ok(rest) => return read_head(conn, rest, &head.method, pool.max_idle).await,
+            Ok(rest) => match read_head(conn, rest, &head.method, pool.max_idle).await {
+                // The upstream closed a kept-alive connection as the request went out (it
+                // could not have acted on it: RFC 9112 §9.3.1): a request that may be sent
+                // twice goes again on a new connection, as the same try.
+                Err(SendError::Unanswered { error, .. }) if reused && pool.resendable => {
+                    debug!(?error, "kept-alive upstream connection closed before answering; sending on a new one");
+                    fresh = true;
+                }
+                Err(SendError::Unanswered { error, .. }) => {
+                    return Err(SendError::Unanswered { error, reused })
+                }
+                read => return read,
+            },
             // Nothing of the request went out: another connection gets it.
             Err((error, 0)) if reused => {
                 debug!(%error, "kept-alive upstream connection closed; sending on another");
@@ -237,6 +267,7 @@ async fn read_head(
 ) -> Result<Response<Http1Body>, SendError> {
     let mut write_failed = None;
     let mut answered: Option<head::Head> = None;
+    let mut received = false;
     let read_ahead_limit = READ_AHEAD.max(rest.len());
     loop {
         if answered.is_none() && !conn.read.is_empty() {
@@ -266,14 +297,31 @@ async fn read_head(
                 // Closed after answering: the body's framing says whether it came whole.
                 (Some(head), _) => return Ok(answer(conn, head, false, max_idle)),
                 (None, Some(error)) => error,
+                (None, None) if !received => {
+                    return Err(SendError::Unanswered {
+                        error: None,
+                        reused: false,
+                    })
+                }
                 (None, None) => return Err(SendError::Closed),
             },
-            Ok(Step::Read(_) | Step::Wrote) => continue,
+            Ok(Step::Read(_)) => {
+                received = true;
+                continue;
+            }
+            Ok(Step::Wrote) => continue,
             Err(Failed::Write(error)) => {
                 // The upstream may have answered before it closed: read what it sent.
                 write_failed = Some(error);
                 rest = &[];
                 continue;
+            }
+            Err(Failed::Read(error)) if !received && write_failed.is_none() => {
+                let error = Some(error);
+                return Err(SendError::Unanswered {
+                    error,
+                    reused: false,
+                });
             }
             Err(Failed::Read(error)) => write_failed.unwrap_or(error),
         };
@@ -401,6 +449,7 @@ mod tests {
             rules,
             idle_timeout: Duration::from_secs(90),
             max_idle: 8,
+            resendable: true,
         }
     }
 
