@@ -566,6 +566,55 @@ async fn an_upstream_answering_as_it_reads_gets_the_whole_body() {
     assert!(echoed[..] == body[..], "the echoed body differs");
 }
 
+/// An upstream that answers early with keep-alive and never reads the upload (#22, item 8):
+/// once its answer outgrows what fusebox reads ahead (here 24 MiB against a 16 MiB upload),
+/// the upload stops and the answer is forwarded whole — it became a 504 when the attempt
+/// timeout ended the blocked write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_keep_alive_answer_that_outgrows_the_read_ahead_is_forwarded_whole() {
+    const ANSWER: usize = 24 * 1024 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_head(&mut stream).await;
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {ANSWER}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let body: Vec<u8> = (0..ANSWER).map(|i| (i % 253) as u8).collect();
+        stream.write_all(&body).await.unwrap();
+        // The upload is never read; the connection stays open until the test ends.
+        let _ = done_rx.await;
+    });
+    let policy =
+        "[retry]\nmax_replay_bytes = 67108864\n[timeouts]\nattempt = \"5s\"\ntotal = \"30s\"\n";
+    let fusebox = TestFusebox::start(&[("default", policy)]).await;
+    let upload = vec![b'u'; 16 * 1024 * 1024];
+    let exchange = async {
+        let response = fusebox
+            .app()
+            .put(format!("http://{addr}/upload"))
+            .body(upload)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.headers());
+        response.bytes().await.unwrap()
+    };
+    let answer = tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .expect("the answer is forwarded without waiting for the upload");
+    assert_eq!(answer.len(), ANSWER);
+    assert!(
+        answer
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 253) as u8),
+        "intact"
+    );
+    done_tx.send(()).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_mebibyte_download_arrives_intact() {
     const LEN: u64 = 10 * 1024 * 1024;

@@ -257,8 +257,10 @@ async fn write_all(stream: &mut Stream, mut bytes: &[u8], written: &mut usize) -
 /// forwarded at once, the rest of the body is not sent. One that keeps the connection open is
 /// forwarded once the body is written, since the upstream may be answering as it reads (an
 /// echo); meanwhile as much of its body is read ahead as the request body's size, or
-/// [`READ_AHEAD`] if that is more. A write that fails once the upstream has answered does not
-/// lose the answer. A connection whose request was not written whole is not reused.
+/// [`READ_AHEAD`] if that is more. An answer that outgrows that while the upstream does not
+/// read the upload is forwarded then, the rest of the upload not sent (it would otherwise wait
+/// for the try's timeout). A write that fails once the upstream has answered does not lose
+/// the answer. A connection whose request was not written whole is not reused.
 async fn read_head(
     mut conn: Connection,
     mut rest: &[u8],
@@ -288,11 +290,13 @@ async fn read_head(
             }
             answered = Some(head);
         }
-        let read_ahead = answered.is_none() || conn.read.len() < read_ahead_limit;
-        if read_ahead {
-            conn.read.reserve(READ_SIZE);
+        if let Some(head) = answered.take_if(|_| conn.read.len() >= read_ahead_limit) {
+            // The answer outgrew the read-ahead while the upstream does not read the upload:
+            // the upload stops (the connection is not reused) and the answer is forwarded.
+            return Ok(answer(conn, head, false, max_idle));
         }
-        let failed = match read_or_write(&mut conn, &mut rest, read_ahead).await {
+        conn.read.reserve(READ_SIZE);
+        let failed = match read_or_write(&mut conn, &mut rest).await {
             Ok(Step::Read(0)) => match (answered.take(), write_failed) {
                 // Closed after answering: the body's framing says whether it came whole.
                 (Some(head), _) => return Ok(answer(conn, head, false, max_idle)),
@@ -357,22 +361,18 @@ enum Failed {
     Write(io::Error),
 }
 
-/// Reads what the upstream sent if there is anything (and `read` is set), else writes some of
-/// `rest`; pending until either can be done. Reading comes first: an answer may end the
-/// writing.
+/// Reads what the upstream sent if there is anything, else writes some of `rest`; pending
+/// until either can be done. Reading comes first: an answer may end the writing.
 fn read_or_write<'a, 'b>(
     conn: &'a mut Connection,
     rest: &'a mut &'b [u8],
-    read: bool,
 ) -> impl Future<Output = Result<Step, Failed>> + use<'a, 'b> {
     std::future::poll_fn(move |cx| {
         let Connection {
             stream, read: buf, ..
         } = &mut *conn;
-        if read {
-            if let Poll::Ready(result) = poll_read_buf(Pin::new(&mut *stream), cx, buf) {
-                return Poll::Ready(result.map(Step::Read).map_err(Failed::Read));
-            }
+        if let Poll::Ready(result) = poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+            return Poll::Ready(result.map(Step::Read).map_err(Failed::Read));
         }
         if rest.is_empty() {
             // Waits for the answer, once what TLS may have held back is out.
