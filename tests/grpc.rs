@@ -275,3 +275,26 @@ async fn the_apps_grpc_timeout_caps_the_deadline_and_the_reply_says_so_in_grpc()
         "{metrics}"
     );
 }
+
+/// A retry tells the upstream what is left of the app's deadline (#22, item 13): the second
+/// try, a second of backoff after the first, arrives with about a second less in its
+/// `grpc-timeout` (it carried the app's original value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_carries_what_is_left_of_the_apps_grpc_timeout() {
+    let server = GrpcServer::start(&["unavailable", "ok"], None);
+    let retry = "[retry]\nattempts = 2\nbackoff_base = \"1s\"\nbackoff_max = \"1s\"\n[timeouts]\ntotal = \"30s\"\n";
+    let (_fusebox, target) = route_to(server.port, retry).await;
+    let lines = grpc_call(&target, &["--timeout", "20"], &[]).await;
+    assert_eq!(lines, ["ok pong:ping"]);
+    assert_eq!(server.hits_at_least(2).await, 2);
+    let left: Vec<f64> = server
+        .hits()
+        .iter()
+        .map(|hit| hit.rsplit(' ').next().unwrap().parse().expect("a deadline"))
+        .collect();
+    assert!(left[0] > 15.0 && left[0] <= 20.0, "{left:?}");
+    assert!(
+        left[1] <= left[0] - 0.8,
+        "the retry's deadline is what is left: {left:?}"
+    );
+}

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, HeaderValue};
 
 pub use crate::grpc_code::GrpcCode;
 
@@ -28,6 +28,18 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// The `grpc-status` in `headers` (a response head, or trailers).
 pub fn status(headers: &HeaderMap) -> Option<GrpcCode> {
     GrpcCode::from_header(headers.get("grpc-status")?)
+}
+
+/// A `grpc-timeout` value for `left`: milliseconds, rounded up (at least 1), or whole seconds
+/// when that needs more than the 8 digits the format allows.
+pub fn timeout_value(left: Duration) -> HeaderValue {
+    let millis = left.as_nanos().div_ceil(1_000_000).max(1);
+    let text = if millis <= 99_999_999 {
+        format!("{millis}m")
+    } else {
+        format!("{}S", left.as_secs().min(99_999_999))
+    };
+    HeaderValue::from_str(&text).expect("digits and a unit are a valid header value")
 }
 
 /// The deadline an app sent with `grpc-timeout` (1 to 8 digits and a unit: `H`, `M`, `S`,
@@ -52,8 +64,6 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
-
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -114,6 +124,20 @@ mod tests {
             assert!(!is_grpc(&h), "{other}");
         }
         assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_timeout_left_is_sent_in_the_grpc_format() {
+        let value = |d| timeout_value(d).to_str().unwrap().to_owned();
+        assert_eq!(value(Duration::from_millis(1500)), "1500m");
+        assert_eq!(value(Duration::from_micros(1)), "1m");
+        assert_eq!(value(Duration::ZERO), "1m");
+        assert_eq!(value(Duration::from_secs(200_000)), "200000S");
+        for left in [Duration::from_millis(7), Duration::from_secs(9_999)] {
+            let mut sent = HeaderMap::new();
+            sent.insert("grpc-timeout", timeout_value(left));
+            assert_eq!(timeout(&sent), Some(left), "{left:?}");
+        }
     }
 
     #[test]

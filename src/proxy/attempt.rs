@@ -119,6 +119,10 @@ pub async fn run(
         let Some(remaining) = time_left(deadline) else {
             return final_answer(previous, || total_timeout(destination, whole));
         };
+        if grpc {
+            // A retry tells the upstream what is left of the app's deadline, not the original.
+            request.set_grpc_timeout(remaining);
+        }
         let last = *tries + 1 >= policy.retry.attempts;
         // Once the request was sent for good it is not replayable, so the planner never asks
         // for another try; should it ever, the last answer stands.
@@ -582,6 +586,17 @@ impl Resend {
             }
         }
         self.body.is_some()
+    }
+
+    /// Replaces an app's `grpc-timeout` with the time `left` of its deadline.
+    fn set_grpc_timeout(&mut self, left: Duration) {
+        if let Some(parts) = self.parts.as_mut() {
+            if parts.headers.contains_key("grpc-timeout") {
+                parts
+                    .headers
+                    .insert("grpc-timeout", grpc::timeout_value(left));
+            }
+        }
     }
 
     /// The next try's request, and whether it has a body; `None` once it was sent for good.

@@ -2,7 +2,8 @@
 """A real gRPC server and client (grpcio) for fusebox's tests: no generated code, raw bytes.
 
 serve [--tls CERT KEY] SCRIPT...
-    Serves on 127.0.0.1 (a free port), prints "port N", then one "hit METHOD" line per call.
+    Serves on 127.0.0.1 (a free port), prints "port N", then one "hit METHOD LEFT" line per
+    call (LEFT: the seconds left of the deadline the call came with, or "none").
     The n-th call gets the n-th SCRIPT entry (the last repeats): a gRPC status name in
     lower case ("ok", "unavailable", ...), answered trailers-only by /fusebox.Test/Unary, or
     after one message, in the trailers, by /fusebox.Test/Stream; or "stall": no answer for
@@ -39,15 +40,18 @@ def serve(args):
     lock = threading.Lock()
     calls = [0]
 
-    def next_code(method):
+    def next_code(method, context):
+        # The deadline the call arrived with (its grpc-timeout), in seconds, or "none".
+        left = context.time_remaining()
+        left = "none" if left is None else f"{left:.3f}"
         with lock:
             n = calls[0]
             calls[0] += 1
-            print(f"hit {method}", flush=True)
+            print(f"hit {method} {left}", flush=True)
         return script[min(n, len(script) - 1)]
 
     def unary(request, context):
-        code = next_code(UNARY)
+        code = next_code(UNARY, context)
         if code == STALL:
             time.sleep(60)
             code = grpc.StatusCode.OK
@@ -56,7 +60,7 @@ def serve(args):
         return b"pong:" + request
 
     def stream(request, context):
-        code = next_code(STREAM)
+        code = next_code(STREAM, context)
         yield b"first"
         if code != grpc.StatusCode.OK:
             context.abort(code, f"scripted {code.name} after a message")

@@ -125,6 +125,12 @@ impl GrpcServer {
         }
     }
 
+    /// The calls received so far, as `METHOD LEFT` (LEFT: seconds left of the call's deadline
+    /// when it arrived, or `none`).
+    pub fn hits(&self) -> Vec<String> {
+        self.hits.lock().unwrap().clone()
+    }
+
     /// Calls the server received, once at least `n` have been read from its output (each is
     /// printed before its answer, so after the client's last answer this waits only for the
     /// pipe, never for the server).
