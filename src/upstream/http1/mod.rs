@@ -12,8 +12,9 @@
 //! The idle connections live on their destination ([`IdleConnections`]), each with what made
 //! it: address, scheme, and for TLS the rustls configuration and server name. A try takes the
 //! most recently used one that it would have made itself (never an `https://` request on a
-//! cleartext connection, nor the reverse), or opens one through the egress guard ([`connect`]); the body gives it back when it has been read to its end. A
-//! connection whose response was not read to its end, or whose try was abandoned, is closed.
+//! cleartext connection, nor the reverse), or opens one through the egress guard
+//! ([`connect`]); the body gives it back when it has been read to its end. A connection whose
+//! response was not read to its end, or whose try was abandoned, is closed.
 //!
 //! A resting connection may have been closed by the upstream. One the upstream closed (or
 //! wrote to) is noticed when it is taken and not used; one whose first write fails is
@@ -282,32 +283,17 @@ async fn read_head(
                 Parsed::Partial => {}
             }
         }
-        if let Some(head) = answered.take() {
-            let sent_whole = rest.is_empty() && write_failed.is_none();
-            if sent_whole || !head.keep_alive || write_failed.is_some() {
-                let keep_alive = head.keep_alive && sent_whole;
-                return Ok(answer(conn, head, keep_alive, max_idle));
-            }
-            answered = Some(head);
-        }
-        if let Some(head) = answered.take_if(|_| conn.read.len() >= read_ahead_limit) {
-            // The answer outgrew the read-ahead while the upstream does not read the upload:
-            // the upload stops (the connection is not reused) and the answer is forwarded.
-            return Ok(answer(conn, head, false, max_idle));
+        let outgrown = conn.read.len() >= read_ahead_limit;
+        let failed = write_failed.is_some();
+        if let Some((head, reuse)) = ready(&mut answered, rest.is_empty(), failed, outgrown) {
+            return Ok(answer(conn, head, reuse, max_idle));
         }
         conn.read.reserve(READ_SIZE);
-        let failed = match read_or_write(&mut conn, &mut rest).await {
-            Ok(Step::Read(0)) => match (answered.take(), write_failed) {
+        let read_error = match read_or_write(&mut conn, &mut rest).await {
+            Ok(Step::Read(0)) => match answered.take() {
                 // Closed after answering: the body's framing says whether it came whole.
-                (Some(head), _) => return Ok(answer(conn, head, false, max_idle)),
-                (None, Some(error)) => error,
-                (None, None) if !received => {
-                    return Err(SendError::Unanswered {
-                        error: None,
-                        reused: false,
-                    })
-                }
-                (None, None) => return Err(SendError::Closed),
+                Some(head) => return Ok(answer(conn, head, false, max_idle)),
+                None => None,
             },
             Ok(Step::Read(_)) => {
                 received = true;
@@ -320,19 +306,53 @@ async fn read_head(
                 rest = &[];
                 continue;
             }
-            Err(Failed::Read(error)) if !received && write_failed.is_none() => {
-                let error = Some(error);
-                return Err(SendError::Unanswered {
-                    error,
-                    reused: false,
-                });
-            }
-            Err(Failed::Read(error)) => write_failed.unwrap_or(error),
+            Err(Failed::Read(error)) => Some(error),
         };
-        return Err(SendError::Io {
-            error: failed,
+        return Err(no_answer(received, write_failed, read_error));
+    }
+}
+
+/// The answer to forward now, and whether its connection may be reused: once the request went
+/// out whole, or never will (the upstream closes the connection, or a write failed), or once
+/// the answer has `outgrown` the read-ahead while the upstream does not read the upload
+/// (which then stops). `None`: keep writing and reading.
+fn ready(
+    answered: &mut Option<head::Head>,
+    sent_all: bool,
+    write_failed: bool,
+    outgrown: bool,
+) -> Option<(head::Head, bool)> {
+    let head = answered.take()?;
+    let sent_whole = sent_all && !write_failed;
+    if sent_whole || !head.keep_alive || write_failed || outgrown {
+        let reuse = head.keep_alive && sent_whole;
+        return Some((head, reuse));
+    }
+    *answered = Some(head);
+    None
+}
+
+/// Why a connection ended without an answer to forward: before any byte of one with the
+/// request written whole ([`SendError::Unanswered`]), after part of one, or after a failed write.
+fn no_answer(
+    received: bool,
+    write_failed: Option<io::Error>,
+    read_error: Option<io::Error>,
+) -> SendError {
+    match (write_failed, read_error) {
+        (Some(error), _) => SendError::Io {
+            error,
             written: true,
-        });
+        },
+        (None, error) if !received => SendError::Unanswered {
+            error,
+            reused: false,
+        },
+        (None, Some(error)) => SendError::Io {
+            error,
+            written: true,
+        },
+        (None, None) => SendError::Closed,
     }
 }
 
