@@ -260,6 +260,17 @@ async fn three_processes_share_one_limit_of_50_rps() {
     }
 }
 
+/// fusebox with `policy` as `api`, its fleet limits in `redis`; no jitter, no watch.
+async fn fleet_fusebox(redis: &RedisServer, policy: &str) -> TestFusebox {
+    let url = redis.url();
+    TestFusebox::start_with(policies_dir(&[("api", policy)]), |config| {
+        config.redis = Some(url);
+        config.jitter = false;
+        config.watch = false;
+    })
+    .await
+}
+
 /// `POST` a breaker command to `api`'s destination.
 async fn breaker(fusebox: &TestFusebox, destination: &str, action: &str) {
     let url = format!(
@@ -278,13 +289,7 @@ async fn breaker(fusebox: &TestFusebox, destination: &str, action: &str) {
 async fn a_try_the_breaker_refuses_leases_no_fleet_token() {
     let redis = RedisServer::start();
     let upstream = FakeUpstream::with_status(200).await;
-    let policy = fleet_policy(&upstream, 1, "");
-    let url = redis.url();
-    let fusebox = TestFusebox::start_with(policies_dir(&[("api", &policy)]), |config| {
-        config.redis = Some(url);
-        config.jitter = false;
-    })
-    .await;
+    let fusebox = fleet_fusebox(&redis, &fleet_policy(&upstream, 1, "")).await;
     let (app, target, destination) = (fusebox.app(), upstream.url("/"), upstream.authority());
     breaker(&fusebox, &destination, "force-open").await;
     for _ in 0..5 {
@@ -337,12 +342,7 @@ async fn the_fleet_gauge_keeps_the_mode_across_a_reload() {
     let mut redis = RedisServer::start();
     let upstream = FakeUpstream::with_status(200).await;
     let policy = fleet_policy(&upstream, 5, "fleet_fallback_rps = 2\n");
-    let url = redis.url();
-    let fusebox = TestFusebox::start_with(policies_dir(&[("api", &policy)]), |config| {
-        config.redis = Some(url);
-        config.watch = false;
-    })
-    .await;
+    let fusebox = fleet_fusebox(&redis, &policy).await;
     let (app, target, destination) = (fusebox.app(), upstream.url("/"), upstream.authority());
     assert_eq!(app.get(&target).send().await.unwrap().status(), 200);
     redis.kill();

@@ -287,7 +287,10 @@ async fn an_upstream_with_an_untrusted_certificate_is_a_502_the_app_reads_inside
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-fusebox-reason"], "tls-verify-failed");
     let text = response.text().await.unwrap();
-    assert!(text.contains("certificate") && text.contains("ca_file"), "says why: {text}");
+    assert!(
+        text.contains("certificate") && text.contains("ca_file"),
+        "says why: {text}"
+    );
     assert_eq!(upstream.hits(), 0, "no request reached the impostor");
     assert_eq!(upstream.connections(), 1, "a trust problem is not retried");
 }

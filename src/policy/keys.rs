@@ -78,7 +78,7 @@ fn index(table: &DeTable<'_>, prefix: &str, map: &mut HashMap<String, Entry>) {
 }
 
 /// 1-based line and column (in characters) of byte `offset` of `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;

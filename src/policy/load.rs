@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
+use super::keys::line_col;
 use super::raw::{List, RawPolicy, S};
 use super::{
     Breaker, BreakerMode, CaFile, Concurrency, Endpoint, GrpcCode, HostPattern, LimitMode, Matcher,
@@ -620,19 +621,6 @@ impl<'a> Cx<'a> {
             *slot = out;
         }
     }
-}
-
-/// 1-based line and column (in characters) of byte `offset` of `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.matches('\n').count() + 1;
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
 }
 
 /// Makes a serde error message name the key it is about (serde only names the type).
