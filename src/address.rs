@@ -60,26 +60,43 @@ enum Shape {
 }
 
 fn shape(host: &[u8]) -> Shape {
-    if host.iter().any(|&b| b == b':' || b == b'%') {
-        return Shape::MaybeIpv6;
+    // One pass: every request's host comes through here.
+    let (mut parts, mut part_len, mut part_value) = (1u32, 0u32, 0u32);
+    let (mut decimal, mut numeric, mut leading_zero) = (true, true, false);
+    let mut last_starts_with_digit = false;
+    for &b in host {
+        match b {
+            b':' | b'%' => return Shape::MaybeIpv6,
+            b'.' => {
+                decimal &= part_len > 0 && !leading_zero && part_value <= 255;
+                (parts, part_len, part_value, leading_zero) = (parts + 1, 0, 0, false);
+            }
+            b'0'..=b'9' => {
+                if part_len == 0 {
+                    last_starts_with_digit = true;
+                    leading_zero = false;
+                } else if part_value == 0 {
+                    leading_zero = true;
+                }
+                part_len += 1;
+                part_value = part_value
+                    .saturating_mul(10)
+                    .saturating_add(u32::from(b - b'0'));
+            }
+            _ => {
+                if part_len == 0 {
+                    last_starts_with_digit = false;
+                }
+                part_len += 1;
+                decimal = false;
+                numeric &= b.is_ascii_hexdigit() || b == b'x';
+            }
+        }
     }
-    let last = host.rsplit(|&b| b == b'.').next().unwrap_or_default();
-    let numeric = last.first().is_some_and(u8::is_ascii_digit)
-        && host
-            .iter()
-            .all(|&b| b.is_ascii_hexdigit() || b == b'x' || b == b'.');
-    if !numeric {
-        return Shape::Name;
-    }
-    let mut parts = 0;
-    let quad = host.split(|&b| b == b'.').all(|part| {
-        parts += 1;
-        let decimal = !part.is_empty() && part.len() <= 3 && part.iter().all(u8::is_ascii_digit);
-        decimal
-            && (part[0] != b'0' || part.len() == 1)
-            && part.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0')) <= 255
-    });
-    if quad && parts == 4 {
+    decimal &= part_len > 0 && !leading_zero && part_value <= 255;
+    if !numeric || !last_starts_with_digit || part_len == 0 {
+        Shape::Name
+    } else if decimal && parts == 4 {
         Shape::DottedQuad
     } else {
         Shape::MaybeIpv4
@@ -155,6 +172,18 @@ mod tests {
                 Ok(canonical),
                 "{spelling}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_shape_agrees_with_the_parsers(host in "[0-9a-fx.:%]{0,20}") {
+            let quad = host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.to_string() == host);
+            proptest::prop_assert_eq!(matches!(shape(host.as_bytes()), Shape::DottedQuad), quad);
+            if let Ok(canonical) = canonical_host(&host) {
+                let again = canonical_host(&canonical);
+                proptest::prop_assert_eq!(again.as_deref(), Ok(&*canonical));
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tracing::debug;
 
 use super::failure::{attempt_error, bad_response, http1_error};
 use crate::outcome::Reason;
@@ -310,9 +311,23 @@ impl Try<'_> {
             rules: self.upstream.rules(),
             idle_timeout: policy.pool_idle_timeout,
             max_idle: policy.pool_max_idle,
-            resendable: may_resend(&policy.retry, &head.method, &head.headers),
+            fresh: false,
         };
-        let sent = http1::send(pool, head, body, started).await;
+        let mut sent = http1::send(pool, head, body, started).await;
+        // The upstream closed a kept-alive connection as the request went out, before any
+        // answer (it cannot have acted on it: RFC 9112 §9.3.1): a request that may be sent
+        // twice goes again on a new connection, as the same try. Any other never does.
+        if matches!(sent, Err(SendError::Unanswered { reused: true, .. }))
+            && may_resend(&policy.retry, &head.method, &head.headers)
+        {
+            let destination = &self.destination.authority;
+            debug!(%destination, "kept-alive upstream connection closed before answering; sending on a new one");
+            let pool = http1::Pool {
+                fresh: true,
+                ..pool
+            };
+            sent = http1::send(pool, head, body, started).await;
+        }
         if matches!(sent, Err(SendError::ChoseHttp2)) {
             self.destination.chose_http2();
         }

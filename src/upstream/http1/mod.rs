@@ -110,9 +110,9 @@ pub struct Pool<'a> {
     pub rules: &'a ConnectRules,
     pub idle_timeout: Duration,
     pub max_idle: usize,
-    /// The request may be sent twice (an idempotent method, or an `Idempotency-Key`): on a
-    /// kept-alive connection the upstream closed before answering, it goes again on a new one.
-    pub resendable: bool,
+    /// Open a new connection, whatever rests: the request goes again after a kept-alive
+    /// connection ended before any answer ([`SendError::Unanswered`]).
+    pub fresh: bool,
 }
 
 /// How connections to an `https://` upstream are secured.
@@ -164,10 +164,8 @@ pub async fn send(
     body: Option<&Bytes>,
     now: Instant,
 ) -> Result<Response<Http1Body>, SendError> {
-    // Set once a kept-alive connection turned out stale: the request goes on a new one.
-    let mut fresh = false;
     loop {
-        let resting = if fresh {
+        let resting = if pool.fresh {
             None
         } else {
             pool.idle.take(&pool, now, pool.idle_timeout)
@@ -185,19 +183,14 @@ pub async fn send(
             body_len,
         );
         match write_request(&mut conn, body).await {
-            Ok(rest) => match read_head(conn, rest, &head.method, pool.max_idle).await {
-                // The upstream closed a kept-alive connection as the request went out (it
-                // could not have acted on it: RFC 9112 §9.3.1): a request that may be sent
-                // twice goes again on a new connection, as the same try.
-                Err(SendError::Unanswered { error, .. }) if reused && pool.resendable => {
-                    debug!(?error, "kept-alive upstream connection closed before answering; sending on a new one");
-                    fresh = true;
+            Ok(rest) => {
+                return match read_head(conn, rest, &head.method, pool.max_idle).await {
+                    Err(SendError::Unanswered { error, .. }) => {
+                        Err(SendError::Unanswered { error, reused })
+                    }
+                    read => read,
                 }
-                Err(SendError::Unanswered { error, .. }) => {
-                    return Err(SendError::Unanswered { error, reused })
-                }
-                read => return read,
-            },
+            }
             // Nothing of the request went out: another connection gets it.
             Err((error, 0)) if reused => {
                 debug!(%error, "kept-alive upstream connection closed; sending on another");
@@ -469,7 +462,7 @@ mod tests {
             rules,
             idle_timeout: Duration::from_secs(90),
             max_idle: 8,
-            resendable: true,
+            fresh: false,
         }
     }
 
