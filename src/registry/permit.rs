@@ -1,7 +1,7 @@
 //! One try's admission (docs/ARCHITECTURE.md §1.1): [`Destination::begin`] asks the breaker and
 //! then the rate limiter (a fleet-wide one through [`Permit::fleet_admit`]), and answers a
-//! [`Permit`] or a [`Refusal`]; a try the breaker refuses spends no token. The permit is the only way to
-//! record a try, and it is spent by recording it: [`Permit::answered`] (a response head),
+//! [`Permit`] or a [`Refusal`]; a try the breaker refuses spends no token. The permit is the
+//! only way to record a try, and it is spent by recording it: [`Permit::answered`] (a response head),
 //! [`Permit::connected`] (a tunnel), [`Permit::failed`] (an [`AttemptError`]). A permit dropped
 //! without one of them (the app went away mid-try) records "abandoned": its half-open probe
 //! slot goes back to the breaker with no verdict on the upstream, so no caller can wedge a
