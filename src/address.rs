@@ -105,13 +105,13 @@ fn shape(host: &[u8]) -> Shape {
 
 /// An IPv6 address (or one that embeds an IPv4 address) in its canonical text.
 fn ipv6(host: &str) -> Result<Cow<'_, str>, String> {
-    let ip: Ipv6Addr = host.parse().map_err(|_| {
-        if host.contains('%') {
-            format!("{host:?}: IPv6 zone ids are not supported")
-        } else {
-            format!("{host:?} is not an IPv6 address")
-        }
-    })?;
+    let ip: Ipv6Addr =
+        host.parse()
+            .map_err(|_| match (host.contains(':'), host.contains('%')) {
+                (true, true) => format!("{host:?}: IPv6 zone ids are not supported"),
+                (true, false) => format!("{host:?} is not an IPv6 address"),
+                _ => format!("{host:?} is not a host name: a `%` is in no name or address"),
+            })?;
     let text = canonical(IpAddr::V6(ip)).to_string();
     Ok(if text == host {
         Cow::Borrowed(host)
@@ -209,6 +209,7 @@ mod tests {
             "fe80::1%eth0",
             "fe80::1%25eth0",
             "::g",
+            "ex%61mple.com",
         ] {
             assert!(canonical_host(bad).is_err(), "{bad}");
         }
