@@ -181,7 +181,7 @@ impl Agent {
             rest_after: config.rest_after,
         };
         let ctx = Arc::new(ProxyContext::new(Arc::clone(&registry), ca, limits));
-        let shutdown = CancellationToken::new();
+        let shutdown = ctx.draining.clone();
         let stop_observers = CancellationToken::new();
 
         let reloader = Reloader::start(
@@ -222,6 +222,7 @@ impl Agent {
             tokio::spawn(admin::serve(
                 admin_listener,
                 Arc::clone(&admin_state),
+                config.header_timeout,
                 stop_observers.clone(),
             )),
             tokio::spawn(upkeep(

@@ -100,6 +100,9 @@ pub enum Reason {
     /// The app did not finish its request head within `--header-timeout` (408, then the
     /// connection is closed); `timeout` like any other.
     HeaderTimeout,
+    /// The app did not send its request body in time: nothing for `timeouts.idle`, or not
+    /// whole within `timeouts.total` or the try's time (408); the app's fault, `timeout`.
+    AppBodyTimeout,
     /// The upstream answered something fusebox cannot forward: a malformed or oversized
     /// response head (502). The upstream's fault.
     BadResponse,
@@ -116,7 +119,7 @@ impl Reason {
             Reason::BreakerOpen => "breaker-open",
             Reason::RateLimited => "rate-limited",
             Reason::Overflow => "overflow",
-            Reason::Timeout | Reason::HeaderTimeout => "timeout",
+            Reason::Timeout | Reason::HeaderTimeout | Reason::AppBodyTimeout => "timeout",
             Reason::ConnectFailed => "connect-failed",
             Reason::UpstreamReset => "upstream-reset",
             Reason::Denied => "denied",
@@ -133,7 +136,7 @@ impl Reason {
             Reason::BreakerOpen | Reason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Reason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reason::HeaderTimeout | Reason::AppBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::ConnectFailed
             | Reason::UpstreamReset
             | Reason::BadResponse
@@ -158,7 +161,9 @@ impl Reason {
             | Reason::BadResponse
             | Reason::TlsVerifyFailed => GrpcCode::Unavailable,
             Reason::RateLimited => GrpcCode::ResourceExhausted,
-            Reason::Timeout | Reason::HeaderTimeout => GrpcCode::DeadlineExceeded,
+            Reason::Timeout | Reason::HeaderTimeout | Reason::AppBodyTimeout => {
+                GrpcCode::DeadlineExceeded
+            }
             Reason::Denied => GrpcCode::PermissionDenied,
             Reason::Loop | Reason::BadRequest | Reason::HeadersTooLarge | Reason::Internal => {
                 GrpcCode::Internal
@@ -171,7 +176,7 @@ impl Reason {
             Reason::BreakerOpen => Outcome::BreakerOpen,
             Reason::RateLimited => Outcome::RateLimited,
             Reason::Overflow => Outcome::Overflow,
-            Reason::Timeout | Reason::HeaderTimeout => Outcome::Timeout,
+            Reason::Timeout | Reason::HeaderTimeout | Reason::AppBodyTimeout => Outcome::Timeout,
             Reason::ConnectFailed => Outcome::ConnectFailed,
             Reason::UpstreamReset => Outcome::Reset,
             Reason::Denied => Outcome::Denied,
@@ -217,6 +222,7 @@ mod tests {
             (Reason::Overflow, 503, "overflow", Outcome::Overflow),
             (Reason::Timeout, 504, "timeout", Outcome::Timeout),
             (Reason::HeaderTimeout, 408, "timeout", Outcome::Timeout),
+            (Reason::AppBodyTimeout, 408, "timeout", Outcome::Timeout),
             (
                 Reason::ConnectFailed,
                 502,

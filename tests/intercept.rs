@@ -294,3 +294,84 @@ async fn an_upstream_with_an_untrusted_certificate_is_a_502_the_app_reads_inside
     assert_eq!(upstream.hits(), 0, "no request reached the impostor");
     assert_eq!(upstream.connections(), 1, "a trust problem is not retried");
 }
+
+/// Opens an intercepted TLS session to `localhost:port` through fusebox, as an app would
+/// (CONNECT, then TLS trusting fusebox's CA, ALPN `http/1.1`).
+async fn intercepted_session(
+    fusebox: &TestFusebox,
+    ca_pem: &str,
+    port: u16,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(fusebox.agent().egress_addr())
+        .await
+        .unwrap();
+    let connect = format!("CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+    tcp.write_all(connect.as_bytes()).await.unwrap();
+    let mut head = [0u8; 256];
+    let n = tcp.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "intercepted");
+    support::tls::install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(Path::new(ca_pem)).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS with fusebox's certificate")
+}
+
+/// On shutdown, an idle intercepted HTTP/1.1 connection is closed gracefully at once (#22, item
+/// 13): the app reads a TLS close_notify (a clean end, not a truncation), and the agent stops
+/// without waiting for the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_an_idle_intercepted_connection_with_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .statuses(&[200])
+        .body("inside")
+        .start()
+        .await;
+    let (fusebox, ca_pem) = start(&pki, &upstream, "").await;
+    let port = upstream.addr().port();
+    let mut session = intercepted_session(&fusebox, &ca_pem, port).await;
+    let request = format!("GET /a HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+    session.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = session.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("inside"),
+        "{answer}"
+    );
+
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(fusebox.shutdown());
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        session.read_to_end(&mut rest),
+    )
+    .await
+    .expect("fusebox closes the intercepted connection");
+    assert!(
+        read.is_ok(),
+        "a clean TLS close (close_notify), not a truncation: {read:?}"
+    );
+    stopping.await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "not held until the drain timeout: {took:?}"
+    );
+}

@@ -13,10 +13,11 @@ mod routes;
 use std::convert::Infallible;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -62,7 +63,14 @@ impl AdminState {
 ///
 /// Whether the listener is bound to a loopback address decides how POST endpoints are
 /// protected (see [`auth::authorize`]).
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+/// A connection gets `header_timeout` (`--header-timeout`) for each request head, counted from
+/// when it starts waiting for one, so an idle keep-alive connection is closed after it too.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let loopback = listener
         .local_addr()
         .is_ok_and(|addr| auth::is_loopback(addr.ip()));
@@ -87,6 +95,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
         });
         tokio::spawn(async move {
             if let Err(error) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

@@ -31,6 +31,8 @@ pub struct AccessLine<'a> {
     pub duration_micros: u64,
     /// Only on local replies.
     pub reason: Option<&'a str>,
+    /// Only on local replies: the reply's line — what failed, whose fault, what was sent.
+    pub cause: Option<&'a str>,
     /// Only on requests that came through HTTPS interception.
     pub intercepted: bool,
 }
@@ -51,6 +53,7 @@ pub fn event(line: &AccessLine<'_>) {
         // An exact conversion for any duration under 285 years.
         duration_ms = line.duration_micros as f64 / 1000.0,
         reason = line.reason,
+        cause = line.cause,
         intercepted = line.intercepted.then_some(true),
     );
 }
@@ -85,6 +88,10 @@ pub fn write_text(out: &mut Vec<u8>, timestamp: &[u8], line: &AccessLine<'_>) {
         out.extend_from_slice(b" reason=");
         debug_str(out, reason);
     }
+    if let Some(cause) = line.cause {
+        out.extend_from_slice(b" cause=");
+        debug_str(out, cause);
+    }
     if line.intercepted {
         out.extend_from_slice(b" intercepted=true");
     }
@@ -118,6 +125,10 @@ pub fn write_json(out: &mut Vec<u8>, timestamp: &[u8], line: &AccessLine<'_>) {
     if let Some(reason) = line.reason {
         out.push(b',');
         json_field(out, "reason", reason);
+    }
+    if let Some(cause) = line.cause {
+        out.push(b',');
+        json_field(out, "cause", cause);
     }
     if line.intercepted {
         out.extend_from_slice(b",\"intercepted\":true");
@@ -264,6 +275,7 @@ mod tests {
             attempts: 1,
             duration_micros: 38_991,
             reason: None,
+            cause: None,
             intercepted: false,
         };
         vec![
@@ -274,6 +286,7 @@ mod tests {
                 attempts: 0,
                 duration_micros: 0,
                 reason: Some("breaker-open"),
+                cause: Some("breaker open for api.example.com:443 \"quoted\" until 12:00:01\u{7}"),
                 ..plain
             },
             AccessLine {

@@ -92,6 +92,9 @@ pub enum ErrorKind {
     Loop,
     /// The app's request body was malformed or broke off.
     AppBody,
+    /// The app's streamed request body delivered nothing for `timeouts.idle`, or had not been
+    /// sent whole when the try's time ran out while the upstream waited for it (`408`).
+    AppStalled,
     /// The request names no host to connect to.
     MissingHost,
 }
@@ -105,7 +108,10 @@ impl ErrorKind {
             | ErrorKind::Timeout
             | ErrorKind::BadResponse => Blame::Upstream,
             ErrorKind::Denied | ErrorKind::TlsVerify => Blame::Policy,
-            ErrorKind::Loop | ErrorKind::AppBody | ErrorKind::MissingHost => Blame::App,
+            ErrorKind::Loop
+            | ErrorKind::AppBody
+            | ErrorKind::AppStalled
+            | ErrorKind::MissingHost => Blame::App,
         }
     }
 }
@@ -156,6 +162,7 @@ impl AttemptError {
             | ErrorKind::Denied
             | ErrorKind::Loop
             | ErrorKind::AppBody
+            | ErrorKind::AppStalled
             | ErrorKind::MissingHost => None,
         }
     }
@@ -171,6 +178,7 @@ impl AttemptError {
             ErrorKind::Denied => Reason::Denied,
             ErrorKind::Loop => Reason::Loop,
             ErrorKind::AppBody | ErrorKind::MissingHost => Reason::BadRequest,
+            ErrorKind::AppStalled => Reason::AppBodyTimeout,
         }
     }
 
@@ -182,9 +190,11 @@ impl AttemptError {
             ErrorKind::ConnectTimeout | ErrorKind::Timeout => Some(AttemptResult::Timeout),
             ErrorKind::Reset => Some(AttemptResult::Reset),
             ErrorKind::BadResponse => Some(AttemptResult::Failure),
-            ErrorKind::Denied | ErrorKind::Loop | ErrorKind::AppBody | ErrorKind::MissingHost => {
-                None
-            }
+            ErrorKind::Denied
+            | ErrorKind::Loop
+            | ErrorKind::AppBody
+            | ErrorKind::AppStalled
+            | ErrorKind::MissingHost => None,
         }
     }
 }

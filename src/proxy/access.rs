@@ -16,12 +16,12 @@ use crate::registry::Destination;
 
 /// How a request ended, for its access-log line.
 #[derive(Debug, Clone, Copy)]
-struct Ending {
+struct Ending<'a> {
     status: StatusCode,
     grpc_status: Option<GrpcCode>,
     outcome: Outcome,
     attempts: u32,
-    reason: Option<Reason>,
+    reason: Option<(Reason, &'a str)>,
 }
 
 /// Marks a request that arrived inside an intercepted `CONNECT` (a request extension).
@@ -58,14 +58,15 @@ impl Seen {
         }
     }
 
-    /// Records the request as answered with `status` (`reason`: answered by fusebox itself).
+    /// Records the request as answered with `status` (`reason`: answered by fusebox itself,
+    /// with the reply's line).
     pub fn finish(
         &self,
         destination: &Destination,
         status: StatusCode,
         outcome: Outcome,
         attempts: u32,
-        reason: Option<Reason>,
+        reason: Option<(Reason, &str)>,
     ) {
         let elapsed = self.started.elapsed();
         destination.metrics.request(outcome, status, elapsed);
@@ -80,14 +81,14 @@ impl Seen {
     }
 
     /// Records a gRPC call answered (`200`) with `code`: by the upstream, or by fusebox itself
-    /// (`reason`).
+    /// (`reason`, with the reply's line).
     pub fn finish_grpc(
         &self,
         destination: &Destination,
         code: GrpcCode,
         outcome: Outcome,
         attempts: u32,
-        reason: Option<Reason>,
+        reason: Option<(Reason, &str)>,
     ) {
         let elapsed = self.started.elapsed();
         destination.metrics.request_grpc(outcome, code, elapsed);
@@ -103,7 +104,7 @@ impl Seen {
 
     /// The access-log line, with the `elapsed` the metrics recorded (one clock read per
     /// request).
-    fn log(&self, destination: &Destination, ending: &Ending, elapsed: std::time::Duration) {
+    fn log(&self, destination: &Destination, ending: &Ending<'_>, elapsed: std::time::Duration) {
         let Ending {
             status,
             grpc_status,
@@ -125,7 +126,8 @@ impl Seen {
             outcome: outcome.label(),
             attempts,
             duration_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            reason: reason.map(Reason::as_str),
+            reason: reason.map(|(reason, _)| reason.as_str()),
+            cause: reason.map(|(_, cause)| cause),
             intercepted: self.intercepted,
         });
     }

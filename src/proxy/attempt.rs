@@ -13,55 +13,24 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::uri::Scheme;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::failure::{attempt_error, bad_response, http1_error};
+use super::resend::{prepare_body, Outgoing, Resend};
 use crate::outcome::Reason;
-use crate::pipeline::attempt::{AttemptError, ErrorKind, Refusal, Sent};
+use crate::pipeline::attempt::{AttemptError, ErrorKind, Sent};
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
 use crate::registry::{Destination, Pending, Permit, Upstream};
+use crate::upstream::app_pace::{AppStalled, Pace, PaceState};
 use crate::upstream::http1::{self, framing, Http1Body, SendError};
-use crate::upstream::recorded::Recording;
 use crate::upstream::{Client, ConnectError, RequestBody, UpstreamBody};
 
-/// What fusebox answers itself when the loop ends without an upstream response to pass on.
-#[derive(Debug)]
-pub struct LocalAnswer {
-    pub reason: Reason,
-    pub detail: String,
-    pub retry_after: Option<Duration>,
-}
-
-impl LocalAnswer {
-    /// An answer of fusebox's own, before or instead of any try.
-    pub fn local(reason: Reason, detail: String) -> LocalAnswer {
-        LocalAnswer {
-            reason,
-            detail,
-            retry_after: None,
-        }
-    }
-
-    /// The answer to a try the limiter or the breaker refused at `authority`.
-    pub fn refused(refusal: Refusal, authority: &str) -> LocalAnswer {
-        LocalAnswer {
-            reason: refusal.reason(),
-            detail: refusal.describe(authority),
-            retry_after: refusal.retry_after(),
-        }
-    }
-
-    /// The answer to a failed try.
-    pub fn failed(error: AttemptError) -> LocalAnswer {
-        LocalAnswer::local(error.reason(), error.cause)
-    }
-}
+pub use super::local_answer::LocalAnswer;
 
 /// An upstream's answer: its response head, and for a gRPC stream whose status is still to
 /// come the try's [`Pending`] verdict (spent when the body ends).
@@ -69,6 +38,8 @@ impl LocalAnswer {
 pub struct Answer {
     pub response: Response<UpstreamBody>,
     pub pending: Option<Pending>,
+    /// How the app keeps up with a request body that still streams (a gRPC stream's).
+    pub pace: Option<Pace>,
 }
 
 /// How tries reach the upstream.
@@ -107,9 +78,10 @@ pub async fn run(
         total,
         from_app: app_deadline.is_some_and(|t| t == total),
     };
-    let body = prepare_body(body, &parts, policy.retry.max_replay_bytes, deadline).await?;
+    let (max_replay, idle) = (policy.retry.max_replay_bytes, policy.timeouts.idle);
+    let body = prepare_body(body, &parts, max_replay, deadline, idle).await?;
     let mut retrying = Retrying::new(&policy.retry, &parts, jitter, grpc);
-    let mut request = Resend::new(parts, body, policy.retry.max_replay_bytes);
+    let mut request = Resend::new(parts, body, max_replay, idle);
     destination.budget.deposit();
     // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
     // all (deadline, limiter, open breaker), the app gets this real answer, not a local one.
@@ -186,6 +158,7 @@ impl Try<'_> {
     /// Sends `request` under `limit`, and records the try through its permit. A try abandoned
     /// here (the app went away) drops the permit unspent, which records it as abandoned.
     async fn run(self, permit: Permit<'_>, request: Outgoing<'_>, limit: TryLimit) -> Ended {
+        let pace = request.pace();
         let sent = tokio::time::timeout(limit.duration(), self.send(request, permit.started()));
         let (destination, grpc) = (self.destination, self.grpc);
         match sent.await {
@@ -201,24 +174,55 @@ impl Try<'_> {
                     }
                     Verdict::AtTrailers => Some(permit.pending(Arc::clone(destination))),
                 };
-                Ok(Answer { response, pending })
+                let pace = pending.as_ref().and(pace);
+                Ok(Answer {
+                    response,
+                    pending,
+                    pace,
+                })
             }
             Ok(Err(error)) => {
+                let error = self.app_paced(error, pace.as_ref(), None);
                 permit.failed(&error);
                 Err(error)
             }
             Err(_) => {
+                let limit = limit.describe();
                 let cause = format!(
-                    "no response head from {} within {}",
-                    destination.authority,
-                    limit.describe()
+                    "no response head from {} within {limit}",
+                    destination.authority
                 );
                 let sent = Sent::on_connection(self.has_body);
                 let error = AttemptError::new(ErrorKind::Timeout, sent, cause);
+                let error = self.app_paced(error, pace.as_ref(), Some(&limit));
                 permit.failed(&error);
                 Err(error)
             }
         }
+    }
+
+    /// A try that failed while its streamed request body waited on the app (`pace`) is the
+    /// app's failure, whatever the upstream side saw: the body stalled for `timeouts.idle`, or
+    /// the try's time limit (`limit`) ended while the upstream was waiting for more of it.
+    fn app_paced(
+        &self,
+        error: AttemptError,
+        pace: Option<&Pace>,
+        limit: Option<&str>,
+    ) -> AttemptError {
+        let authority = &self.destination.authority;
+        let cause = match (pace.map(Pace::state), limit) {
+            (Some(PaceState::Stalled), _) => format!(
+                "{}: the request to {authority} was cut off (the upstream was waiting for it)",
+                AppStalled(self.upstream.policy.timeouts.idle)
+            ),
+            (Some(PaceState::WaitingOnApp), Some(limit)) => format!(
+                "the app had not finished sending its request body to {authority} when {limit} \
+                 ended: the upstream was waiting for the rest of it"
+            ),
+            _ => return error,
+        };
+        AttemptError::new(ErrorKind::AppStalled, error.sent, cause)
     }
 
     /// The response head, on the connection `self.path` gives; `started`: the try's start.
@@ -538,148 +542,4 @@ fn total_timeout(destination: &Destination, whole: Whole) -> LocalAnswer {
             whole.describe()
         ),
     )
-}
-
-/// The request body, kept in memory when it may have to be sent again.
-enum Body {
-    /// Complete and at most `max_replay_bytes`: can be sent on every try.
-    Replayable(Option<Bytes>),
-    /// Larger than `max_replay_bytes`: sent once, as it streams.
-    Streaming(Incoming),
-    /// Of unknown length: streamed, and recorded on the way for a replay (§14).
-    Unsized(Incoming),
-}
-
-/// One try's request: lent (head and a body kept whole) to a try that may be followed by
-/// another, or handed over to the last possible one, and always when its body streams.
-// Moved once, into the try; boxing the owned request would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Outgoing<'r> {
-    Lent(&'r Parts, Option<&'r Bytes>),
-    Owned(Request<RequestBody>),
-}
-
-impl Outgoing<'_> {
-    /// The request as hyper's client takes it (a lent head is copied).
-    fn into_request(self) -> Request<RequestBody> {
-        match self {
-            Outgoing::Lent(head, body) => {
-                Request::from_parts(copy_parts(head), RequestBody::Full(body.cloned()))
-            }
-            Outgoing::Owned(request) => request,
-        }
-    }
-}
-
-/// The request between tries: a body kept whole is lent to every try but the last possible one;
-/// a streamed one goes out once (an unsized one's first try with a copy of the head kept, for a
-/// replay of its recording).
-struct Resend {
-    parts: Option<Parts>,
-    body: Option<Body>,
-    /// An unsized body's recording, while its first try is out.
-    recording: Option<Arc<Recording>>,
-    max_replay: u64,
-}
-
-impl Resend {
-    fn new(parts: Parts, body: Body, max_replay: u64) -> Self {
-        Resend {
-            parts: Some(parts),
-            body: Some(body),
-            recording: None,
-            max_replay,
-        }
-    }
-
-    /// Whether the request can still be sent again: an unsized body once its first try sent
-    /// it whole, within `max_replay_bytes`.
-    fn replayable(&mut self) -> bool {
-        if self.body.is_none() {
-            if let Some(bytes) = self.recording.take().and_then(|r| r.replay()) {
-                self.body = Some(Body::Replayable(bytes));
-            }
-        }
-        self.body.is_some()
-    }
-
-    /// Replaces an app's `grpc-timeout` with the time `left` of its deadline.
-    fn set_grpc_timeout(&mut self, left: Duration) {
-        if let Some(parts) = self.parts.as_mut() {
-            if parts.headers.contains_key("grpc-timeout") {
-                parts
-                    .headers
-                    .insert("grpc-timeout", grpc::timeout_value(left));
-            }
-        }
-    }
-
-    /// The next try's request, and whether it has a body; `None` once it was sent for good.
-    fn next(&mut self, last: bool) -> Option<(Outgoing<'_>, bool)> {
-        if !last && matches!(self.body, Some(Body::Replayable(_))) {
-            let (Some(parts), Some(Body::Replayable(bytes))) = (&self.parts, &self.body) else {
-                return None;
-            };
-            return Some((Outgoing::Lent(parts, bytes.as_ref()), bytes.is_some()));
-        }
-        let (parts, body) = match (last, self.parts.take()?, self.body.take()?) {
-            (_, parts, Body::Streaming(incoming)) | (true, parts, Body::Unsized(incoming)) => {
-                (parts, RequestBody::Streaming(incoming))
-            }
-            (false, parts, Body::Unsized(incoming)) => {
-                let recording = Arc::new(Recording::new(self.max_replay));
-                self.recording = Some(Arc::clone(&recording));
-                self.parts = Some(copy_parts(&parts));
-                (parts, RequestBody::Recorded(incoming, recording))
-            }
-            // The last try (earlier ones borrow it above).
-            (_, parts, Body::Replayable(bytes)) => (parts, RequestBody::Full(bytes)),
-        };
-        let has_body = !matches!(&body, RequestBody::Full(None));
-        Some((Outgoing::Owned(Request::from_parts(parts, body)), has_body))
-    }
-}
-
-async fn prepare_body(
-    body: Incoming,
-    parts: &Parts,
-    max_replay: u64,
-    deadline: Instant,
-) -> Result<Body, LocalAnswer> {
-    if http_body::Body::is_end_stream(&body) {
-        return Ok(Body::Replayable(None));
-    }
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match length {
-        None => Ok(Body::Unsized(body)),
-        Some(length) if length <= max_replay => {
-            let collected = tokio::time::timeout_at(deadline, body.collect()).await;
-            match collected {
-                Ok(Ok(collected)) => Ok(Body::Replayable(Some(collected.to_bytes()))),
-                Ok(Err(error)) => Err(LocalAnswer::local(
-                    Reason::BadRequest,
-                    format!("reading the request body failed: {error}"),
-                )),
-                Err(_) => Err(LocalAnswer::local(
-                    Reason::Timeout,
-                    "the app did not send its request body within the total timeout".to_owned(),
-                )),
-            }
-        }
-        _ => Ok(Body::Streaming(body)),
-    }
-}
-
-/// `http::request::Parts` is not `Clone`; a try needs method, URI, version and headers.
-fn copy_parts(parts: &Parts) -> Parts {
-    let mut request = Request::new(());
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    request.into_parts().0
 }

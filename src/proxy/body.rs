@@ -29,6 +29,7 @@ use crate::pipeline::breaker::FailureKind;
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::registry::{Destination, InFlight, Pending};
 use crate::telemetry::StreamTimeout;
+use crate::upstream::app_pace::{Pace, PaceState};
 use crate::upstream::UpstreamBody;
 
 /// The error the app's connection ends with: the upstream's, or an idle timeout.
@@ -60,6 +61,9 @@ pub struct GrpcEnd {
     pending: Option<Pending>,
     seen: Seen,
     attempts: u32,
+    /// The app's pace on its request stream: a stream cut because the app stalled is not the
+    /// upstream's failure.
+    pace: Option<Pace>,
 }
 
 impl GrpcEnd {
@@ -68,7 +72,14 @@ impl GrpcEnd {
             pending: Some(pending),
             seen,
             attempts,
+            pace: None,
         })
+    }
+
+    /// The same, knowing how the app keeps up with its request stream.
+    pub fn with_pace(mut self: Box<Self>, pace: Option<Pace>) -> Box<GrpcEnd> {
+        self.pace = pace;
+        self
     }
 
     /// The upstream ended the stream with `code`.
@@ -79,10 +90,22 @@ impl GrpcEnd {
             .finish_grpc(destination, code, outcome, self.attempts, None);
     }
 
-    /// The upstream cut the stream (`kind`); the app's gRPC client sees `internal`.
+    /// The upstream cut the stream (`kind`); the app's gRPC client sees `internal`. When the
+    /// app's request stream stalled first, the cut is the app's doing: the try is abandoned,
+    /// not failed, and the request's outcome is `timeout`.
     fn cut(&mut self, destination: &Destination, kind: FailureKind, outcome: Outcome) {
+        let app_stalled = self.pace.as_ref().map(Pace::state) == Some(PaceState::Stalled);
+        let outcome = if app_stalled {
+            Outcome::Timeout
+        } else {
+            outcome
+        };
         if let Some(pending) = self.pending.take() {
-            pending.cut(kind);
+            if app_stalled {
+                drop(pending);
+            } else {
+                pending.cut(kind);
+            }
         }
         self.seen.finish_grpc(
             destination,

@@ -13,6 +13,7 @@ use http::request::Parts;
 use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use super::access::Seen;
@@ -20,6 +21,7 @@ use super::attempt::{self, LocalAnswer, Path};
 use super::body::{GrpcEnd, ResponseBody};
 use super::headers;
 use super::reply::{grpc_local_reply, local_reply_with_retry_after};
+use super::splice::{splice_within, TunnelLimits};
 use super::target::{http_target, Target};
 use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
@@ -78,8 +80,8 @@ pub async fn handle(
         &mut tries,
     )
     .await;
-    let (mut response, pending) = match ran {
-        Ok(answer) => (answer.response, answer.pending),
+    let (mut response, pending, pace) = match ran {
+        Ok(answer) => (answer.response, answer.pending, answer.pace),
         Err(answer) => {
             drop(in_flight);
             return finish_answer(upstream, &destination, &seen, &answer, tries);
@@ -88,14 +90,22 @@ pub async fn handle(
     let status = response.status();
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
     if let Some(app_upgrade) = app_upgrade.filter(|_| switching) {
-        spawn_upgrade(ctx, app_upgrade, &mut response);
+        let limits = TunnelLimits::of(&upstream.policy.timeouts);
+        spawn_upgrade(
+            ctx,
+            app_upgrade,
+            &mut response,
+            Arc::clone(&destination),
+            limits,
+        );
     }
     // An HTTP/1.1 app connection gets HTTP/1.1 whatever the upstream spoke (1.0, h2); an h2
     // app connection (interception, §13) ignores the version.
     *response.version_mut() = http::Version::HTTP_11;
     headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
     headers::add_via(response.headers_mut(), &ctx.via);
-    let grpc_end = finish_upstream(upstream, &destination, seen, &response, pending, tries);
+    let grpc_end = finish_upstream(upstream, &destination, seen, &response, pending, tries)
+        .map(|end| end.with_pace(pace));
     let idle = upstream.policy.timeouts.idle;
     response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle, grpc_end))
 }
@@ -333,14 +343,18 @@ fn spawn_upgrade(
     ctx: &ProxyContext,
     app_upgrade: hyper::upgrade::OnUpgrade,
     response: &mut Response<UpstreamBody>,
+    destination: Arc<Destination>,
+    limits: TunnelLimits,
 ) {
     let upstream_upgrade = hyper::upgrade::on(response);
     let hard_stop = ctx.hard_stop.clone();
     ctx.tasks.spawn(async move {
-        tokio::select! {
-            () = splice_upgrade(app_upgrade, upstream_upgrade) => {}
-            () = hard_stop.cancelled() => {}
-        }
+        let (Ok(app), Ok(upstream)) = tokio::join!(app_upgrade, upstream_upgrade) else {
+            debug!("protocol upgrade was not completed");
+            return;
+        };
+        let (app, upstream) = (TokioIo::new(app), TokioIo::new(upstream));
+        splice_within(app, upstream, &destination, limits, &hard_stop).await;
     });
 }
 
@@ -449,17 +463,13 @@ pub(super) fn finish_answer(
     if seen.grpc {
         let reply = grpc_local_reply(reason, policy, &answer.detail, answer.retry_after);
         let code = reason.grpc_status();
-        seen.finish_grpc(destination, code, reason.outcome(), tries, Some(reason));
+        let cause = Some((reason, answer.detail.as_str()));
+        seen.finish_grpc(destination, code, reason.outcome(), tries, cause);
         return reply;
     }
     let reply = local_reply_with_retry_after(reason, policy, &answer.detail, answer.retry_after);
-    seen.finish(
-        destination,
-        reply.status(),
-        reason.outcome(),
-        tries,
-        Some(reason),
-    );
+    let cause = Some((reason, answer.detail.as_str()));
+    seen.finish(destination, reply.status(), reason.outcome(), tries, cause);
     reply
 }
 
@@ -473,14 +483,4 @@ fn finish_local(
 ) -> Response<ResponseBody> {
     let answer = LocalAnswer::local(reason, detail.to_owned());
     finish_answer(upstream, destination, seen, &answer, 0)
-}
-
-async fn splice_upgrade(app: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (Ok(app), Ok(upstream)) = tokio::join!(app, upstream) else {
-        debug!("protocol upgrade was not completed");
-        return;
-    };
-    let mut app = hyper_util::rt::TokioIo::new(app);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut app, &mut upstream).await;
 }

@@ -89,6 +89,7 @@ async fn serve(
     destination: &Destination,
 ) {
     let limits = ctx.limits;
+    let ctx_draining = ctx.draining.clone();
     // An app that never finishes its handshake is held no longer than a request head may take.
     let handshake = handshake(&ca, app, authority.host(), destination);
     let tls = match tokio::time::timeout(limits.header_timeout, handshake).await {
@@ -126,14 +127,39 @@ async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let connection = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = streams.idle(limits.idle_timeout) => {
-            debug!(destination = %destination.authority, "intercepted connection idle for --idle-timeout: closing");
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
+    let closing = tokio::select! {
+        result = connection.as_mut() => return ended(result),
+        () = streams.idle(limits.idle_timeout) => Closing::Idle,
+        () = ctx_draining.cancelled() => Closing::Drain,
     };
+    debug!(destination = %destination.authority, ?closing, "closing an intercepted connection gracefully");
+    // HTTP/2: GOAWAY; HTTP/1.1: `Connection: close` on the response in progress, if any; then
+    // TLS close_notify as the connection shuts down. An idle connection's app gets
+    // `--header-timeout` to take part (an HTTP/2 app answers GOAWAY's PING); on a drain, the
+    // requests in progress get until the drain timeout ends (the task is cancelled then).
+    connection.as_mut().graceful_shutdown();
+    let result = match closing {
+        Closing::Idle => match tokio::time::timeout(limits.header_timeout, connection).await {
+            Ok(result) => result,
+            Err(_) => {
+                return debug!("intercepted connection not closed by the app in time: dropped")
+            }
+        },
+        Closing::Drain => connection.await,
+    };
+    ended(result);
+}
+
+/// Why an intercepted connection is being closed.
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    /// No request for `--idle-timeout`.
+    Idle,
+    /// The agent is draining.
+    Drain,
+}
+
+fn ended(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     if let Err(error) = result {
         debug!(%error, "intercepted connection ended with an error");
     }

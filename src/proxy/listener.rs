@@ -250,18 +250,30 @@ async fn serve_h2(app: AppConn, stream: TcpStream, shutdown: CancellationToken) 
     tokio::pin!(connection);
     let hard_stop = app.ctx.hard_stop.clone();
     let idle = app.limits.idle_timeout;
-    let closing = tokio::select! {
+    // After GOAWAY, an idle connection's app has `--header-timeout` to answer its PING (one
+    // that never does is not waited for); on shutdown, the requests in progress have until
+    // the drain timeout.
+    let (closing, answer_within) = tokio::select! {
         result = connection.as_mut() => return connection_ended(&app, None, result),
-        () = shutdown.cancelled() => "shutdown",
-        () = streams.idle(idle) => "idle for --idle-timeout",
+        () = shutdown.cancelled() => ("shutdown", Duration::MAX),
+        () = streams.idle(idle) => ("idle for --idle-timeout", app.limits.header_timeout),
     };
     debug!(peer = %app.peer, closing, "closing an HTTP/2 app connection");
     connection.as_mut().graceful_shutdown();
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = hard_stop.cancelled() => Ok(()),
+        () = sleep_for(answer_within) => Ok(()),
     };
     connection_ended(&app, None, result);
+}
+
+/// Sleeps for `limit`; never returns for a limit too large to reach.
+async fn sleep_for(limit: Duration) {
+    match tokio::time::Instant::now().checked_add(limit) {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves an HTTP/1.1 app connection, with its own clock (`app_conn`). Each time the

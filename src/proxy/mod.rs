@@ -11,8 +11,11 @@ pub mod forward;
 pub mod headers;
 pub mod intercept;
 pub mod listener;
+pub mod local_answer;
 pub mod panic;
 pub mod reply;
+pub mod resend;
+pub mod splice;
 pub mod streams;
 pub mod target;
 pub mod tunnel;
@@ -35,6 +38,9 @@ pub struct ProxyContext {
     pub via_token: String,
     /// App connections and tunnels, so that shutdown can wait for them to finish.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when the agent starts to drain: listeners stop accepting, and connections
+    /// that are not a listener's (intercepted `CONNECT`s) close gracefully.
+    pub draining: tokio_util::sync::CancellationToken,
     /// Cancelled when the drain timeout is over: whatever is still open is closed.
     pub hard_stop: tokio_util::sync::CancellationToken,
     /// The local CA that `intercept = true` policies present certificates from (`--ca-dir`).
@@ -57,6 +63,7 @@ impl ProxyContext {
             via,
             via_token,
             tasks: tokio_util::task::TaskTracker::new(),
+            draining: tokio_util::sync::CancellationToken::new(),
             hard_stop: tokio_util::sync::CancellationToken::new(),
             ca,
             limits,

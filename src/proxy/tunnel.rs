@@ -4,30 +4,24 @@
 //! tunnel has been silent for `timeouts.tunnel_idle`, or it has lived for `timeouts.tunnel_max`
 //! (each counted in `fusebox_stream_timeouts_total` and logged).
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::access::Seen;
 use super::attempt::LocalAnswer;
 use super::body::ResponseBody;
 use super::failure::connect_error;
+use super::splice::{splice_within, TunnelLimits};
 use super::target::connect_target;
 use super::{intercept, ProxyContext};
 use crate::outcome::{Outcome, Reason};
 use crate::registry::Destination;
-use crate::telemetry::StreamTimeout;
 use crate::upstream::connect::{self, ConnectRules};
 
 pub async fn handle(ctx: &Arc<ProxyContext>, mut req: Request<Incoming>) -> Response<ResponseBody> {
@@ -69,10 +63,7 @@ pub async fn handle(ctx: &Arc<ProxyContext>, mut req: Request<Incoming>) -> Resp
         Ok(stream) => stream,
         Err((answer, tries)) => return refuse(answer, tries),
     };
-    let limits = TunnelLimits {
-        idle: upstream.policy.timeouts.tunnel_idle,
-        max: upstream.policy.timeouts.tunnel_max,
-    };
+    let limits = TunnelLimits::of(&upstream.policy.timeouts);
     spawn_splice(ctx, &mut req, stream, Arc::clone(&destination), limits);
     let response = Response::new(ResponseBody::empty());
     seen.finish(&destination, response.status(), Outcome::Ok, 1, None);
@@ -140,107 +131,6 @@ async fn splice(
     hard_stop: &CancellationToken,
 ) {
     destination.metrics.tunnels_active.increment(1.0);
-    let last_activity = Arc::new(AtomicU64::new(0));
-    let opened = Instant::now();
-    let mut app = Activity::new(TokioIo::new(app), &last_activity, opened);
-    let mut upstream = Activity::new(upstream, &last_activity, opened);
-    let cut = |kind: StreamTimeout, limit: Duration| {
-        destination.metrics.stream_timeout(kind);
-        info!(
-            upstream = %destination.upstream,
-            destination = %destination.authority,
-            limit = %humantime::format_duration(limit),
-            "tunnel closed by timeouts.{}",
-            kind.label()
-        );
-    };
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut app, &mut upstream) => match copied {
-            Ok((to_upstream, to_app)) => {
-                debug!(destination = %destination.authority, to_upstream, to_app, "tunnel closed");
-            }
-            Err(error) => {
-                debug!(destination = %destination.authority, %error, "tunnel ended with an error");
-            }
-        },
-        () = idle_for(limits.idle, &last_activity, opened) => cut(StreamTimeout::TunnelIdle, limits.idle),
-        () = tokio::time::sleep(limits.max) => cut(StreamTimeout::TunnelMax, limits.max),
-        () = hard_stop.cancelled() => debug!(destination = %destination.authority, "tunnel closed: drain timeout over"),
-    }
+    splice_within(TokioIo::new(app), upstream, destination, limits, hard_stop).await;
     destination.metrics.tunnels_active.decrement(1.0);
-}
-
-/// A tunnel's time limits (`timeouts.tunnel_idle`, `timeouts.tunnel_max`).
-#[derive(Debug, Clone, Copy)]
-struct TunnelLimits {
-    idle: Duration,
-    max: Duration,
-}
-
-/// Returns once nothing has been read on either side for `idle`: sleeps until `idle` after
-/// the last activity, looks again, and so on (one timer per `idle` period, not per read).
-async fn idle_for(idle: Duration, last_activity: &AtomicU64, opened: Instant) {
-    loop {
-        let last = opened + Duration::from_millis(last_activity.load(Ordering::Relaxed));
-        let deadline = last + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A stream that notes when it last read something (milliseconds since `opened`).
-    struct Activity<T> {
-        #[pin]
-        inner: T,
-        last_activity: Arc<AtomicU64>,
-        opened: Instant,
-    }
-}
-
-impl<T> Activity<T> {
-    fn new(inner: T, last_activity: &Arc<AtomicU64>, opened: Instant) -> Self {
-        Activity {
-            inner,
-            last_activity: Arc::clone(last_activity),
-            opened,
-        }
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for Activity<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let read = this.inner.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            let since = u64::try_from(this.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-            this.last_activity.store(since, Ordering::Relaxed);
-        }
-        read
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for Activity<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
 }

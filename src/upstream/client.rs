@@ -18,59 +18,74 @@ use hyper_util::client::legacy;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 
+use super::app_pace::{AppIdle, Pace};
 use super::connect::{ConnectRules, Connector};
 use super::recorded::Recording;
 use crate::policy::{Endpoint, Policy};
 
 /// A request body sent upstream: the app's body streamed through (and recorded for a
-/// replay), or bytes kept in memory.
+/// replay) under the app's idle limit ([`AppIdle`]), or bytes kept in memory.
 #[derive(Debug)]
 pub enum RequestBody {
-    Streaming(Incoming),
-    Recorded(Incoming, Arc<Recording>),
+    Streaming(Incoming, AppIdle),
+    Recorded(Incoming, Arc<Recording>, AppIdle),
     Full(Option<Bytes>),
 }
+
+/// Why a streamed request body failed: the app's connection broke it off, or it stalled.
+pub type RequestBodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl RequestBody {
     pub fn empty() -> RequestBody {
         RequestBody::Full(None)
     }
+
+    /// How the app is keeping up with a streamed body; `None` for one kept in memory.
+    pub fn pace(&self) -> Option<Pace> {
+        match self {
+            RequestBody::Streaming(_, idle) | RequestBody::Recorded(_, _, idle) => {
+                Some(idle.pace())
+            }
+            RequestBody::Full(_) => None,
+        }
+    }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Streaming(body) => Pin::new(body).poll_frame(cx),
-            RequestBody::Recorded(body, recording) => {
-                let polled = Pin::new(&mut *body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
-                        Some(data) => recording.data(data),
-                        None => recording.give_up(),
-                    },
-                    Poll::Ready(None) => recording.complete(),
-                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
-                }
-                // HTTP/2 senders stop polling once `is_end_stream` says so.
-                if body.is_end_stream() {
-                    recording.complete();
-                }
-                polled
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let (body, recording, idle) = match self.get_mut() {
+            RequestBody::Full(bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))));
             }
-            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Streaming(body, idle) => (body, None, idle),
+            RequestBody::Recorded(body, recording, idle) => (body, Some(&**recording), idle),
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if let Some(recording) = recording {
+            record(recording, &polled, body.is_end_stream());
         }
+        let frame = match &polled {
+            Poll::Pending => None,
+            Poll::Ready(Some(Ok(_))) => Some(body.is_end_stream()),
+            Poll::Ready(Some(Err(_))) => Some(false),
+            Poll::Ready(None) => Some(true),
+        };
+        if let Err(stalled) = idle.polled(frame, cx) {
+            return Poll::Ready(Some(Err(Box::new(stalled))));
+        }
+        polled.map(|frame| frame.map(|result| result.map_err(RequestBodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Streaming(body) => body.is_end_stream(),
-            RequestBody::Recorded(body, recording) => {
+            RequestBody::Streaming(body, _) => body.is_end_stream(),
+            RequestBody::Recorded(body, recording, _) => {
                 let end = body.is_end_stream();
                 if end {
                     recording.complete();
@@ -83,10 +98,30 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Streaming(body) | RequestBody::Recorded(body, _) => body.size_hint(),
+            RequestBody::Streaming(body, _) | RequestBody::Recorded(body, _, _) => body.size_hint(),
             RequestBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             RequestBody::Full(None) => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// Keeps what a recorded body's poll gave, for a replay; `end`: the body says it has ended
+/// (HTTP/2 senders stop polling once it does).
+fn record(
+    recording: &Recording,
+    polled: &Poll<Option<Result<Frame<Bytes>, hyper::Error>>>,
+    end: bool,
+) {
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+            Some(data) => recording.data(data),
+            None => recording.give_up(),
+        },
+        Poll::Ready(None) => recording.complete(),
+        Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+    }
+    if end {
+        recording.complete();
     }
 }
 

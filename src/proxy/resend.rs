@@ -1,0 +1,222 @@
+//! The request between tries (docs/ARCHITECTURE.md §1.1): its body read in full when it may
+//! have to be sent again (within `timeouts.total` and, frame to frame, `timeouts.idle`),
+//! lent to every try but the last possible one, or streamed once under the app's idle limit
+//! ([`AppIdle`]), an unsized one recorded for a replay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{header, Request};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::local_answer::LocalAnswer;
+use crate::outcome::Reason;
+use crate::pipeline::grpc;
+use crate::upstream::app_pace::{AppIdle, AppStalled, Pace};
+use crate::upstream::recorded::Recording;
+use crate::upstream::RequestBody;
+
+/// The request body, kept in memory when it may have to be sent again.
+pub(super) enum Body {
+    /// Complete and at most `max_replay_bytes`: can be sent on every try.
+    Replayable(Option<Bytes>),
+    /// Larger than `max_replay_bytes`: sent once, as it streams.
+    Streaming(Incoming),
+    /// Of unknown length: streamed, and recorded on the way for a replay (§14).
+    Unsized(Incoming),
+}
+
+/// One try's request: lent (head and a body kept whole) to a try that may be followed by
+/// another, or handed over to the last possible one, and always when its body streams.
+// Moved once, into the try; boxing the owned request would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Outgoing<'r> {
+    Lent(&'r Parts, Option<&'r Bytes>),
+    Owned(Request<RequestBody>),
+}
+
+impl Outgoing<'_> {
+    /// How the app keeps up with the body, when it streams.
+    pub(super) fn pace(&self) -> Option<Pace> {
+        match self {
+            Outgoing::Lent(..) => None,
+            Outgoing::Owned(request) => request.body().pace(),
+        }
+    }
+
+    /// The request as hyper's client takes it (a lent head is copied).
+    pub(super) fn into_request(self) -> Request<RequestBody> {
+        match self {
+            Outgoing::Lent(head, body) => {
+                Request::from_parts(copy_parts(head), RequestBody::Full(body.cloned()))
+            }
+            Outgoing::Owned(request) => request,
+        }
+    }
+}
+
+/// The request between tries: a body kept whole is lent to every try but the last possible one;
+/// a streamed one goes out once (an unsized one's first try with a copy of the head kept, for a
+/// replay of its recording).
+pub(super) struct Resend {
+    parts: Option<Parts>,
+    body: Option<Body>,
+    /// An unsized body's recording, while its first try is out.
+    recording: Option<Arc<Recording>>,
+    max_replay: u64,
+    /// `timeouts.idle`: how long a streamed body may deliver nothing while it is asked for more.
+    idle: Duration,
+}
+
+impl Resend {
+    pub(super) fn new(parts: Parts, body: Body, max_replay: u64, idle: Duration) -> Self {
+        Resend {
+            parts: Some(parts),
+            body: Some(body),
+            recording: None,
+            max_replay,
+            idle,
+        }
+    }
+
+    /// Whether the request can still be sent again: an unsized body once its first try sent
+    /// it whole, within `max_replay_bytes`.
+    pub(super) fn replayable(&mut self) -> bool {
+        if self.body.is_none() {
+            if let Some(bytes) = self.recording.take().and_then(|r| r.replay()) {
+                self.body = Some(Body::Replayable(bytes));
+            }
+        }
+        self.body.is_some()
+    }
+
+    /// Replaces an app's `grpc-timeout` with the time `left` of its deadline.
+    pub(super) fn set_grpc_timeout(&mut self, left: Duration) {
+        if let Some(parts) = self.parts.as_mut() {
+            if parts.headers.contains_key("grpc-timeout") {
+                parts
+                    .headers
+                    .insert("grpc-timeout", grpc::timeout_value(left));
+            }
+        }
+    }
+
+    /// The next try's request, and whether it has a body; `None` once it was sent for good.
+    pub(super) fn next(&mut self, last: bool) -> Option<(Outgoing<'_>, bool)> {
+        if !last && matches!(self.body, Some(Body::Replayable(_))) {
+            let (Some(parts), Some(Body::Replayable(bytes))) = (&self.parts, &self.body) else {
+                return None;
+            };
+            return Some((Outgoing::Lent(parts, bytes.as_ref()), bytes.is_some()));
+        }
+        let (parts, body) = match (last, self.parts.take()?, self.body.take()?) {
+            (_, parts, Body::Streaming(incoming)) | (true, parts, Body::Unsized(incoming)) => (
+                parts,
+                RequestBody::Streaming(incoming, AppIdle::new(self.idle)),
+            ),
+            (false, parts, Body::Unsized(incoming)) => {
+                let recording = Arc::new(Recording::new(self.max_replay));
+                self.recording = Some(Arc::clone(&recording));
+                self.parts = Some(copy_parts(&parts));
+                let idle = AppIdle::new(self.idle);
+                (parts, RequestBody::Recorded(incoming, recording, idle))
+            }
+            // The last try (earlier ones borrow it above).
+            (_, parts, Body::Replayable(bytes)) => (parts, RequestBody::Full(bytes)),
+        };
+        let has_body = !matches!(&body, RequestBody::Full(None));
+        Some((Outgoing::Owned(Request::from_parts(parts, body)), has_body))
+    }
+}
+
+/// The app's body as the tries will send it: read in full now when it has a length within
+/// `max_replay`, before `deadline` and with no wait longer than `idle` for its next frame.
+/// Reading fails as the app's fault: a body that broke off is a `400`, one that stalled a `408`.
+pub(super) async fn prepare_body(
+    body: Incoming,
+    parts: &Parts,
+    max_replay: u64,
+    deadline: Instant,
+    idle: Duration,
+) -> Result<Body, LocalAnswer> {
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(Body::Replayable(None));
+    }
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        None => Ok(Body::Unsized(body)),
+        Some(length) if length <= max_replay => {
+            let capacity = usize::try_from(length).unwrap_or(0);
+            let bytes = read_whole(body, capacity, deadline, idle).await?;
+            Ok(Body::Replayable((!bytes.is_empty()).then_some(bytes)))
+        }
+        _ => Ok(Body::Streaming(body)),
+    }
+}
+
+/// Reads `body` to its end (trailers dropped), frame by frame, within `deadline` and `idle`.
+/// A body of one frame (the usual case) is kept as it came, without a copy.
+async fn read_whole(
+    mut body: Incoming,
+    capacity: usize,
+    deadline: Instant,
+    idle: Duration,
+) -> Result<Bytes, LocalAnswer> {
+    let mut first: Option<Bytes> = None;
+    let mut more = BytesMut::new();
+    loop {
+        let idle_until = Instant::now().checked_add(idle).unwrap_or(deadline);
+        let frame = match tokio::time::timeout_at(deadline.min(idle_until), body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) if more.is_empty() => return Ok(first.unwrap_or_default()),
+            Ok(None) => return Ok(more.freeze()),
+            Ok(Some(Err(error))) => {
+                let detail = format!("reading the request body failed: {error}");
+                return Err(LocalAnswer::local(Reason::BadRequest, detail));
+            }
+            Err(_) => return Err(stalled(idle_until < deadline, idle)),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        match first.take() {
+            None if more.is_empty() => first = Some(data),
+            None => more.extend_from_slice(&data),
+            Some(earlier) => {
+                more.reserve(capacity);
+                more.extend_from_slice(&earlier);
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+/// The `408` of a body the app did not send in time: `idle` ran out (`by_idle`), or the total.
+fn stalled(by_idle: bool, idle: Duration) -> LocalAnswer {
+    let detail = if by_idle {
+        format!("{} (the request was not sent upstream)", AppStalled(idle))
+    } else {
+        "the app did not send its request body within the total timeout (the request was not \
+         sent upstream)"
+            .to_owned()
+    };
+    LocalAnswer::local(Reason::AppBodyTimeout, detail)
+}
+
+/// `http::request::Parts` is not `Clone`; a try needs method, URI, version and headers.
+fn copy_parts(parts: &Parts) -> Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request.into_parts().0
+}
