@@ -97,6 +97,8 @@ pub enum Reason {
     BadRequest,
     /// The request head was too large (431); counted as `bad_request`.
     HeadersTooLarge,
+    /// The request target was too long to read (414); counted as `bad_request`.
+    UriTooLong,
     /// The app did not finish its request head within `--header-timeout` (408, then the
     /// connection is closed); `timeout` like any other.
     HeaderTimeout,
@@ -124,7 +126,7 @@ impl Reason {
             Reason::UpstreamReset => "upstream-reset",
             Reason::Denied => "denied",
             Reason::Loop => "loop",
-            Reason::BadRequest | Reason::HeadersTooLarge => "bad-request",
+            Reason::BadRequest | Reason::HeadersTooLarge | Reason::UriTooLong => "bad-request",
             Reason::BadResponse => "bad-response",
             Reason::Internal => "internal",
             Reason::TlsVerifyFailed => "tls-verify-failed",
@@ -145,6 +147,7 @@ impl Reason {
             Reason::Loop => StatusCode::LOOP_DETECTED,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::UriTooLong => StatusCode::URI_TOO_LONG,
             Reason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -165,9 +168,11 @@ impl Reason {
                 GrpcCode::DeadlineExceeded
             }
             Reason::Denied => GrpcCode::PermissionDenied,
-            Reason::Loop | Reason::BadRequest | Reason::HeadersTooLarge | Reason::Internal => {
-                GrpcCode::Internal
-            }
+            Reason::Loop
+            | Reason::BadRequest
+            | Reason::HeadersTooLarge
+            | Reason::UriTooLong
+            | Reason::Internal => GrpcCode::Internal,
         }
     }
 
@@ -181,7 +186,9 @@ impl Reason {
             Reason::UpstreamReset => Outcome::Reset,
             Reason::Denied => Outcome::Denied,
             Reason::Loop => Outcome::Loop,
-            Reason::BadRequest | Reason::HeadersTooLarge => Outcome::BadRequest,
+            Reason::BadRequest | Reason::HeadersTooLarge | Reason::UriTooLong => {
+                Outcome::BadRequest
+            }
             Reason::BadResponse => Outcome::BadResponse,
             Reason::Internal => Outcome::Internal,
             Reason::TlsVerifyFailed => Outcome::TlsVerifyFailed,
@@ -233,6 +240,13 @@ mod tests {
             (Reason::Denied, 403, "denied", Outcome::Denied),
             (Reason::Loop, 508, "loop", Outcome::Loop),
             (Reason::BadRequest, 400, "bad-request", Outcome::BadRequest),
+            (Reason::UriTooLong, 414, "bad-request", Outcome::BadRequest),
+            (
+                Reason::HeadersTooLarge,
+                431,
+                "bad-request",
+                Outcome::BadRequest,
+            ),
             (
                 Reason::BadResponse,
                 502,

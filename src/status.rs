@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use crate::admin::json::{DestinationView, ErrorBody};
+use crate::admin::json::{DestinationView, ErrorBody, TLS_VERIFY_FAILED};
 
 /// `fusebox status` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -301,7 +301,26 @@ pub fn render_table(rows: &[DestinationView], now: SystemTime, colour: bool) -> 
             |column: usize| (colour && column == STATE_COLUMN).then(|| state_colour(&row.state));
         push_line(&mut out, line, &widths, paint, None);
     }
+    push_trust_failures(&mut out, rows, now);
     out
+}
+
+/// Below the table, one line per destination whose certificate last failed to verify: a trust
+/// problem of the policy's, which the breaker's columns never show (it is not an upstream
+/// failure), with the cause and the fix.
+fn push_trust_failures(out: &mut String, rows: &[DestinationView], now: SystemTime) {
+    for row in rows {
+        let mut failures = row.recent.iter().filter(|f| f.kind == TLS_VERIFY_FAILED);
+        if let Some(last) = failures.next_back() {
+            out.push_str(&format!(
+                "\n{} {}: tls-verify-failed {}: {}\n",
+                row.upstream,
+                row.destination,
+                since(&last.time, now),
+                last.text
+            ));
+        }
+    }
 }
 
 fn push_line(
@@ -517,6 +536,25 @@ search    search:80                          half-open (shadow)  0s ago     0/0/
 ";
         assert_eq!(table, expected, "\n{table}");
         assert!(!table.contains('\x1b'));
+    }
+
+    #[test]
+    fn a_certificate_failure_is_named_below_the_table_with_its_fix() {
+        let mut rows = sample();
+        let cause =
+            "the certificate of api.example.com:443 did not verify: UnknownIssuer; set ca_file";
+        rows[0].recent.push(FailureView {
+            time: "2025-01-31T11:59:30.000Z".into(),
+            kind: TLS_VERIFY_FAILED.into(),
+            status: None,
+            grpc_status: None,
+            text: cause.into(),
+        });
+        let table = render_table(&rows, now(), false);
+        let expected =
+            format!("\ndefault api.example.com:443: tls-verify-failed 30s ago: {cause}\n");
+        assert!(table.ends_with(&expected), "{table}");
+        assert_eq!(table.matches("tls-verify-failed").count(), 1, "{table}");
     }
 
     #[test]

@@ -299,15 +299,19 @@ pub enum Interception {
     Ok,
     /// The app offered a server name (SNI) other than the `CONNECT` host.
     SniMismatch,
-    /// The handshake failed: typically the app does not trust fusebox's CA.
+    /// The handshake failed (not done within `--header-timeout`, or broken off).
     HandshakeFailed,
+    /// The app refused fusebox's certificate (its TLS alert says so): it does not trust the
+    /// local CA.
+    CaRejected,
 }
 
 impl Interception {
-    pub const ALL: [Interception; 3] = [
+    pub const ALL: [Interception; 4] = [
         Interception::Ok,
         Interception::SniMismatch,
         Interception::HandshakeFailed,
+        Interception::CaRejected,
     ];
 
     pub fn label(self) -> &'static str {
@@ -315,6 +319,7 @@ impl Interception {
             Interception::Ok => "ok",
             Interception::SniMismatch => "sni_mismatch",
             Interception::HandshakeFailed => "handshake_failed",
+            Interception::CaRejected => "ca_rejected",
         }
     }
 }

@@ -159,7 +159,7 @@ async fn curl_through_interception_trips_the_breaker_and_reads_the_local_reply_i
     );
     assert_eq!(upstream.hits(), 2);
 
-    // An app that does not trust fusebox's CA fails its handshake; fusebox counts it.
+    // An app that does not trust fusebox's CA refuses its certificate; fusebox counts it.
     let out = curl(None).await;
     assert!(!out.status.success(), "untrusted CA must fail: {out:?}");
     let metrics = fusebox.metrics().await;
@@ -167,7 +167,7 @@ async fn curl_through_interception_trips_the_breaker_and_reads_the_local_reply_i
         count(
             &metrics,
             "fusebox_intercepted_connections_total",
-            &[("upstream", "api"), ("result", "handshake_failed")]
+            &[("upstream", "api"), ("result", "ca_rejected")]
         ),
         1.0,
         "{metrics}"
@@ -373,5 +373,64 @@ async fn shutdown_closes_an_idle_intercepted_connection_with_close_notify() {
     assert!(
         took < std::time::Duration::from_secs(5),
         "not held until the drain timeout: {took:?}"
+    );
+}
+
+/// An app that does not trust fusebox's CA (curl with only the system's roots) refuses the
+/// intercepted handshake; fusebox counts it as `ca_rejected` and says what to do at WARN, once
+/// a minute per destination however often the app tries (#22, item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_refuses_fusebox_s_ca_gets_one_warning_naming_the_fix() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .start()
+        .await;
+    let port = upstream.addr().port();
+    let policy =
+        format!("hosts = [\"localhost:{port}\"]\nintercept = true\nca_file = \"test-ca.pem\"\n");
+    let dir = policies_dir(&[("api", &policy)]);
+    pki.write_ca(dir.path());
+    let ca_dir = dir.path().join("fusebox-ca");
+    LocalCa::init(&ca_dir, false, std::time::SystemTime::now()).unwrap();
+    let ca_dir = ca_dir.to_str().unwrap();
+    let fusebox = support::FuseboxProcess::spawn(dir.path(), &["--ca-dir", ca_dir], &[]).await;
+    let url = format!("https://localhost:{port}/");
+    for _ in 0..3 {
+        let out = curl_async(&["--proxy", &fusebox.egress_url(), &url]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(60),
+            "curl refuses the certificate: {out:?}"
+        );
+    }
+    let metrics = support::direct_client()
+        .get(format!("{}/metrics", fusebox.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = [("upstream", "api"), ("result", "ca_rejected")];
+    let rejected = count(&metrics, "fusebox_intercepted_connections_total", &labels);
+    assert_eq!(rejected, 3.0, "{metrics}");
+    // Log lines are written within 100 ms; wait for the warning, not for a fixed time.
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = fusebox.logs();
+        if logs.contains("refused fusebox's certificate") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("refused fusebox's certificate"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    assert!(
+        warnings[0].contains("WARN") && warnings[0].contains("fusebox ca show"),
+        "{logs}"
     );
 }

@@ -127,19 +127,63 @@ fn single_try(extra: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // bad-request 400
 
+/// Heads hyper cannot read (a malformed request line or field, a target too long) get
+/// fusebox's own local reply instead of hyper's bare status (#22, item 10): `x-fusebox-reason`,
+/// a line saying what was wrong, `connection: close` (the framing of anything after an
+/// unreadable head is unknowable), and the request is counted and logged as any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_request_line_gets_a_400() {
+async fn unreadable_request_heads_get_fusebox_s_own_reply_and_are_counted() {
     let upstream = FakeUpstream::with_status(200).await;
     let fusebox = TestFusebox::start(&[("default", "")]).await;
-
-    // hyper rejects this before fusebox's handler sees it: its own bare 400, without the
-    // x-fusebox headers, and it closes the connection (the framing of anything after an
-    // unparseable request line is unknowable, so HTTP does not allow reuse here).
-    let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
-    conn.send(b"THIS IS NOT HTTP\r\n\r\n").await;
-    let response = conn.read_response().await;
-    assert_eq!(response.status, 400, "{response:?}");
-    assert!(conn.is_closed().await, "hyper closes after a parse error");
+    let long_target = format!(
+        "GET http://{}/{} HTTP/1.1\r\n\r\n",
+        upstream.authority(),
+        "a".repeat(70_000)
+    );
+    let cases: [(&[u8], u16, &str); 4] = [
+        (b"THIS IS NOT HTTP\r\n\r\n", 400, "could not be parsed"),
+        (
+            b"GET / HTTP/1.1\r\nbad field\r\n\r\n",
+            400,
+            "could not be parsed",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nx: \x01\r\n\r\n",
+            400,
+            "could not be parsed",
+        ),
+        (long_target.as_bytes(), 414, "target is too long"),
+    ];
+    for (n, (head, status, says)) in cases.into_iter().enumerate() {
+        let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
+        conn.send(head).await;
+        let response = conn.read_response().await;
+        assert_eq!(response.status, status, "{response:?}");
+        assert_eq!(
+            response.header("x-fusebox-reason"),
+            Some("bad-request"),
+            "{response:?}"
+        );
+        assert_eq!(response.header("x-fusebox-upstream"), Some("default"));
+        assert_eq!(response.header("connection"), Some("close"));
+        let body = String::from_utf8_lossy(&response.body);
+        assert!(
+            body.starts_with("fusebox: bad-request: ") && body.contains(says),
+            "{body}"
+        );
+        assert!(conn.is_closed().await, "closed after an unreadable head");
+        let metrics = fusebox.metrics().await;
+        let expected = (n + 1) as f64;
+        let counted = metric(
+            &metrics,
+            "fusebox_requests_total",
+            &[("outcome", "bad_request")],
+        );
+        assert_eq!(
+            counted, expected,
+            "counted like every local reply:\n{metrics}"
+        );
+    }
 
     // fusebox itself is unharmed.
     let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;
@@ -248,8 +292,8 @@ async fn a_head_far_beyond_the_limit_gets_431_without_harm() {
     })
     .await;
 
-    // Beyond hyper's read buffer (twice the limit), hyper answers its own bare 431 and closes;
-    // fusebox's handler never sees the request. Write from another task: the server stops
+    // Beyond hyper's read buffer (twice the limit), hyper gives up on the head; the app gets
+    // fusebox's own 431 (not hyper's bare one), and the connection is closed. Write from another task: the server stops
     // reading long before 200 KiB, so the write may fail, and must not block the read.
     let stream = TcpStream::connect(fusebox.agent().egress_addr())
         .await
@@ -280,8 +324,19 @@ async fn a_head_far_beyond_the_limit_gets_431_without_harm() {
     }
     let head = String::from_utf8_lossy(&received);
     assert!(head.starts_with("HTTP/1.1 431 "), "{head:?}");
+    assert!(
+        head.contains("x-fusebox-reason: bad-request\r\n"),
+        "{head:?}"
+    );
     drop(writer.await);
     assert_eq!(upstream.hits(), 0);
+    let metrics = fusebox.metrics().await;
+    let labels = [("outcome", "bad_request"), ("code", "4xx")];
+    assert_eq!(
+        metric(&metrics, "fusebox_requests_total", &labels),
+        1.0,
+        "{metrics}"
+    );
 
     // fusebox is still serving.
     let mut conn = RawConn::connect(fusebox.agent().egress_addr()).await;

@@ -142,3 +142,70 @@ async fn status_reads_the_admin_address_from_the_environment() {
     assert_eq!(text(&output.stdout), "no destinations yet\n");
     fusebox.shutdown().await;
 }
+
+/// A certificate that does not verify is a trust problem, not a breaker failure (#22, item
+/// 10) — and its cause is everywhere an operator looks: the access log line (`cause=`),
+/// `/upstreams` `recent`, and a line below `fusebox status`'s table, each with the rustls
+/// cause and the fix (`ca_file`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_failure_names_its_cause_in_the_log_upstreams_and_status() {
+    let pki = support::TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.wrong_server_config())
+        .start()
+        .await;
+    let host = format!("localhost:{}", upstream.addr().port());
+    let policy = format!("hosts = [\"{host}\"]\ntls = true\nca_file = \"test-ca.pem\"\n");
+    let dir = policies_dir(&[("secure", &policy)]);
+    pki.write_ca(dir.path());
+    let fusebox = support::FuseboxProcess::spawn(dir.path(), &[], &[]).await;
+    let app = support::app_client(&fusebox.egress_url());
+    let response = app.get(format!("http://{host}/")).send().await.unwrap();
+    assert_eq!(response.headers()["x-fusebox-reason"], "tls-verify-failed");
+
+    let upstreams = support::direct_client()
+        .get(format!("{}/upstreams/secure", fusebox.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let upstreams: serde_json::Value = serde_json::from_slice(&upstreams).unwrap();
+    let recent = &upstreams[0]["recent"];
+    assert_eq!(recent.as_array().map(Vec::len), Some(1), "{upstreams}");
+    assert_eq!(recent[0]["kind"], "tls_verify_failed", "{upstreams}");
+    let cause = recent[0]["text"].as_str().unwrap();
+    assert!(
+        cause.contains("UnknownIssuer") && cause.contains("ca_file"),
+        "{cause}"
+    );
+    assert_eq!(upstreams[0]["state"], "closed", "not a breaker failure");
+
+    let output = status(&["--admin", &fusebox.admin_addr().to_string()]).await;
+    let table = text(&output.stdout);
+    let line = format!("secure {host}: tls-verify-failed ");
+    assert!(
+        table.contains(&line) && table.contains("UnknownIssuer"),
+        "{table}"
+    );
+
+    // The access log line is written within 100 ms; wait for it, not for a fixed time.
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = fusebox.logs();
+        if logs.contains("fusebox::access") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let access = logs
+        .lines()
+        .find(|l| l.contains("fusebox::access"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(access.contains("reason=\"tls-verify-failed\""), "{access}");
+    assert!(
+        access.contains("cause=\"") && access.contains("UnknownIssuer"),
+        "{access}"
+    );
+}

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::pipeline::breaker::{BreakerSnapshot, RecentFailure, State};
 use crate::policy::BreakerMode;
-use crate::registry::{Destination, Upstream};
+use crate::registry::{Destination, TrustFailure, Upstream};
 
 /// One destination's breaker: an element of `GET /upstreams`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,13 +72,17 @@ pub struct WindowView {
     pub slow: u32,
 }
 
+/// The `kind` of a certificate failure in `recent`.
+pub const TLS_VERIFY_FAILED: &str = "tls_verify_failed";
+
 /// One recent failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureView {
     /// RFC 3339.
     pub time: String,
     /// `connect_failed`, `reset`, `timeout`, `status`, `bad_response`, `body_idle` or
-    /// `grpc_status`.
+    /// `grpc_status` (breaker failures); or [`TLS_VERIFY_FAILED`], the destination's last
+    /// certificate failure, which is the policy's problem and not a breaker failure.
     pub kind: String,
     /// The upstream's status when `kind` is `status`, `null` otherwise.
     pub status: Option<u16>,
@@ -152,7 +156,7 @@ impl DestinationView {
     pub fn of(upstream: &Upstream, destination: &Destination, clock: Clock) -> DestinationView {
         let snapshot = destination.breaker_snapshot();
         let in_flight = u64::try_from(destination.gate.in_flight()).unwrap_or(u64::MAX);
-        DestinationView {
+        let mut view = DestinationView {
             idle_connections: u64::try_from(destination.idle.len()).unwrap_or(u64::MAX),
             // `run` refuses `intercept = true` without a CA: the policy's word is enough.
             intercept: upstream.policy.intercept,
@@ -168,7 +172,12 @@ impl DestinationView {
                 in_flight,
                 clock,
             )
+        };
+        if let Some(trust) = destination.notes.trust_failure() {
+            let after = snapshot.recent.iter().filter(|f| f.at <= trust.at).count();
+            view.recent.insert(after, FailureView::trust(&trust, clock));
         }
+        view
     }
 
     /// The view of a breaker snapshot (pure: unit-tested with hand-built snapshots).
@@ -211,6 +220,17 @@ impl DestinationView {
 }
 
 impl FailureView {
+    /// The last certificate failure (not a breaker failure: kept beside the breaker's).
+    fn trust(failure: &TrustFailure, clock: Clock) -> FailureView {
+        FailureView {
+            time: clock.rfc3339(failure.at),
+            kind: TLS_VERIFY_FAILED.to_owned(),
+            status: None,
+            grpc_status: None,
+            text: failure.cause.to_string(),
+        }
+    }
+
     fn of(failure: &RecentFailure, clock: Clock) -> FailureView {
         FailureView {
             time: clock.rfc3339(failure.at),

@@ -48,6 +48,12 @@ impl Seen {
         }
     }
 
+    /// A request whose head could not be read: logged as method `-` and path `*`.
+    pub fn unparsed() -> Seen {
+        let method = Method::from_bytes(b"-").unwrap_or_default();
+        Seen::new(method, Uri::from_static("*"))
+    }
+
     pub fn new(method: Method, uri: Uri) -> Seen {
         Seen {
             started: Instant::now(),

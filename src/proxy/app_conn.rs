@@ -25,7 +25,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,7 +34,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::reply::HEADER_TIMEOUT_REPLY;
+use super::reply::{UnreadHead, HEADER_TIMEOUT_REPLY};
 
 /// Between requests (waiting for the first byte of the next head).
 const IDLE: u8 = 0;
@@ -72,6 +72,10 @@ pub struct ConnPhase {
     /// connection last woke): where the idle limit counts from.
     done_at: AtomicU64,
     base: Instant,
+    /// A head hyper could not read: 1 + its [`UnreadHead`] index (0: none), and how much of
+    /// fusebox's reply to it went out ([`Watched`] writes it instead of hyper's).
+    unread_head: AtomicU8,
+    unread_reply_sent: AtomicUsize,
 }
 
 /// `done_at` when no request has ended since the connection became idle otherwise.
@@ -85,6 +89,8 @@ impl ConnPhase {
             expired_header: AtomicU8::new(0),
             done_at: AtomicU64::new(NOT_DONE),
             base: Instant::now(),
+            unread_head: AtomicU8::new(0),
+            unread_reply_sent: AtomicUsize::new(0),
         })
     }
 
@@ -131,6 +137,29 @@ impl ConnPhase {
     pub fn expire_idle(&self) {
         self.expired_header.store(0, Ordering::Release);
         self.enter(EXPIRED);
+    }
+
+    /// The head hyper could not read on this connection, if it answered one.
+    pub fn unread_head(&self) -> Option<UnreadHead> {
+        let index = self.unread_head.load(Ordering::Acquire).checked_sub(1)?;
+        UnreadHead::ALL.get(usize::from(index)).copied()
+    }
+
+    /// Whether `bytes`, written while no request is being handled, are hyper's own answer to a
+    /// head it could not read (or the rest of it): then fusebox's reply goes out instead.
+    fn answering_unread_head(&self, bytes: &[u8]) -> Option<UnreadHead> {
+        if !matches!(self.phase.load(Ordering::Acquire), IDLE | HEAD) {
+            return None;
+        }
+        if let Some(head) = self.unread_head() {
+            return Some(head);
+        }
+        let head = UnreadHead::of_hyper_answer(bytes)?;
+        // Its index is below 3, so 1 + it fits a byte.
+        #[allow(clippy::cast_possible_truncation)]
+        let code = head as u8 + 1;
+        self.unread_head.store(code, Ordering::Release);
+        Some(head)
     }
 
     /// The limit that closed the connection, if one did.
@@ -307,6 +336,29 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
     }
 }
 
+/// Writes fusebox's reply to an unread head instead of hyper's `len` bytes, which are reported
+/// written once the whole reply is (hyper then closes the connection).
+fn write_instead<T: AsyncWrite>(
+    mut inner: Pin<&mut T>,
+    phase: &ConnPhase,
+    head: UnreadHead,
+    len: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let reply = head.reply();
+    loop {
+        let sent = phase.unread_reply_sent.load(Ordering::Acquire);
+        let Some(rest) = reply.get(sent..).filter(|rest| !rest.is_empty()) else {
+            return Poll::Ready(Ok(len));
+        };
+        match std::task::ready!(inner.as_mut().poll_write(cx, rest)) {
+            Ok(0) => return Poll::Ready(Ok(0)),
+            Ok(n) => phase.unread_reply_sent.store(sent + n, Ordering::Release),
+            Err(error) => return Poll::Ready(Err(error)),
+        }
+    }
+}
+
 /// Whether the current phase's limit has run out. The timer is (re-)armed at `deadline` only
 /// when the phase changed (`epoch`) since it was armed, so the clock is read once per phase,
 /// not per pending read; and it is polled (which registers the task's waker) only when armed,
@@ -339,7 +391,11 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        match this.phase.answering_unread_head(buf) {
+            Some(head) => write_instead(this.inner, this.phase, head, buf.len(), cx),
+            None => this.inner.poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -347,7 +403,18 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        match this.phase.answering_unread_head(first) {
+            Some(head) => {
+                let len = bufs.iter().map(|b| b.len()).sum();
+                write_instead(this.inner, this.phase, head, len, cx)
+            }
+            None => this.inner.poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -18,9 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{AlertDescription, ServerConfig};
 use tokio_rustls::LazyConfigAcceptor;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use super::access::{Intercepted, Seen};
 use super::attempt::LocalAnswer;
@@ -208,10 +208,47 @@ async fn handshake(
             Some(tls)
         }
         Err(error) => {
-            // Most often: the app does not trust fusebox's CA (its alert says so).
-            refused(Interception::HandshakeFailed, &error.to_string());
+            match refused_certificate(&error) {
+                Some(alert) => ca_rejected(destination, alert),
+                None => refused(Interception::HandshakeFailed, &error.to_string()),
+            }
             None
         }
+    }
+}
+
+/// The alert of an app that refused fusebox's certificate (it does not trust the local CA),
+/// if that is how the handshake failed.
+fn refused_certificate(error: &std::io::Error) -> Option<AlertDescription> {
+    let tls = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match tls {
+        rustls::Error::AlertReceived(
+            alert @ (AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnsupportedCertificate),
+        ) => Some(*alert),
+        _ => None,
+    }
+}
+
+/// Counts an app's refusal of fusebox's certificate, and says what to do about it at WARN,
+/// once a minute per destination (an app retrying in a loop must not flood the log).
+fn ca_rejected(destination: &Destination, alert: AlertDescription) {
+    destination.metrics.interception(Interception::CaRejected);
+    if destination
+        .notes
+        .warn_ca_rejected(tokio::time::Instant::now())
+    {
+        warn!(
+            upstream = %destination.upstream,
+            destination = %destination.authority,
+            ?alert,
+            "the app refused fusebox's certificate: it does not trust fusebox's local CA. Give \
+             the app the CA (`fusebox ca show --dir DIR`; e.g. REQUESTS_CA_BUNDLE, \
+             NODE_EXTRA_CA_CERTS, CARGO_HTTP_CAINFO), or set intercept = false for this \
+             destination (logged once a minute per destination)"
+        );
     }
 }
 

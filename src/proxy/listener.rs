@@ -450,6 +450,12 @@ async fn handle(app: &AppConn, req: Request<Incoming>) -> Response<ResponseBody>
 /// Says why an app connection ended: a limit of its own clock (counted and logged), or an error.
 fn connection_ended(app: &AppConn, phase: Option<&ConnPhase>, result: hyper::Result<()>) {
     let peer = app.peer;
+    if let Some(head) = phase.and_then(ConnPhase::unread_head) {
+        // The app got fusebox's reply instead of hyper's; count it as every local reply is.
+        let _ = forward::reject_unrouted(&app.ctx, &Seen::unparsed(), head.reason(), head.detail());
+        debug!(%peer, detail = head.detail(), "app connection closed: request head not readable");
+        return;
+    }
     match phase.and_then(ConnPhase::expired) {
         Some(Expired::Header) => {
             let snapshot = app.ctx.registry.load();

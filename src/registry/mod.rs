@@ -19,8 +19,10 @@ use http::uri::Authority;
 use tokio::time::Instant;
 use tracing::warn;
 
+mod notes;
 mod permit;
 
+pub use notes::{Notes, TrustFailure};
 pub use permit::{Pending, Permit};
 
 use crate::fleet::{FleetLimit, FleetRedis};
@@ -108,6 +110,8 @@ pub struct Destination {
     http2_chosen: AtomicBool,
     /// A request looked it up since the last eviction pass ([`Upstream::make_room`]).
     used: AtomicBool,
+    /// The last certificate failure, and when an app's refusal of the local CA was logged.
+    pub notes: Notes,
 }
 
 impl Destination {
@@ -150,6 +154,7 @@ impl Destination {
             idle: IdleConnections::default(),
             http2_chosen: AtomicBool::new(false),
             used: AtomicBool::new(true),
+            notes: Notes::default(),
         }
     }
 

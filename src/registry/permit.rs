@@ -23,7 +23,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use super::Destination;
-use crate::pipeline::attempt::{AttemptError, Refusal};
+use crate::pipeline::attempt::{AttemptError, ErrorKind, Refusal};
 use crate::pipeline::breaker::{Admission, CallResult, Episode, FailureKind};
 use crate::pipeline::grpc::GrpcCode;
 use crate::pipeline::limiter::LimitDecision;
@@ -155,6 +155,11 @@ impl Permit<'_> {
     /// probe's slot is handed back, as for an abandoned try.
     pub fn failed(mut self, error: &AttemptError) {
         let elapsed = self.ticket.spend();
+        if error.kind == ErrorKind::TlsVerify {
+            self.destination
+                .notes
+                .trust_failed(Instant::now(), &error.cause);
+        }
         match error.breaker_failure() {
             Some(kind) => self.ticket.record_failure(self.destination, kind, elapsed),
             None => self.ticket.hand_back(self.destination),
