@@ -920,3 +920,52 @@ async fn response_bodies_arrive_whole_however_the_upstream_frames_them() {
         "a body cut short is not passed on as complete"
     );
 }
+
+/// An upstream that says how long it keeps idle connections (`Keep-Alive: timeout=`) is
+/// believed (#22, item 9): a connection is not taken again near that limit, where a request
+/// would cross the upstream's close. Here `timeout=0`: the upstream closes any connection a
+/// second request arrives on, without answering, so a POST sent on the old connection would be
+/// lost (a `502`, never resent); fusebox opens a new one for it instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_s_keep_alive_timeout_is_honoured() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        let mut requests = Vec::new();
+        for _ in 0..2 {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            requests.push(read_request(&mut conn).await);
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=0\r\nContent-Length: 2\r\n\r\nok",
+            )
+            .await
+            .unwrap();
+            // A second request on this connection is dropped with it, unanswered.
+            tokio::spawn(async move {
+                let mut rest = [0u8; 1024];
+                let _ = conn.read(&mut rest).await;
+            });
+        }
+        requests
+    });
+    let fusebox = TestFusebox::start(&[("default", "")]).await;
+    let app = fusebox.app();
+    for path in ["/a", "/b"] {
+        let response = app
+            .post(format!("http://{addr}{path}"))
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}: {response:?}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    let requests = tokio::time::timeout(PATIENCE, upstream)
+        .await
+        .expect("two connections, one request each")
+        .unwrap();
+    assert!(
+        requests[1].starts_with("POST /b HTTP/1.1\r\n"),
+        "{requests:?}"
+    );
+}

@@ -9,6 +9,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -25,6 +26,17 @@ const MAX_EXTENSIONS: usize = 16 * 1024;
 /// Trailer fields larger than this in all are refused.
 const MAX_TRAILERS: usize = 16 * 1024;
 
+/// Whether and how a response's connection may be reused once its body has been read.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reuse {
+    /// The upstream keeps the connection alive (and the request went out whole).
+    pub keep_alive: bool,
+    /// `pool_max_idle` of the destination's policy.
+    pub max_idle: usize,
+    /// The upstream's `Keep-Alive: timeout=`.
+    pub idle_limit: Option<Duration>,
+}
+
 /// The body of a response on one of fusebox's own HTTP/1.1 connections.
 #[derive(Debug)]
 pub struct Http1Body {
@@ -35,6 +47,8 @@ pub struct Http1Body {
     keep_alive: bool,
     /// `pool_max_idle` of the destination's policy.
     max_idle: usize,
+    /// How long the upstream keeps the connection open while idle, if it said so.
+    idle_limit: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -80,17 +94,13 @@ enum Step {
 }
 
 impl Http1Body {
-    pub(super) fn new(
-        conn: Connection,
-        framing: Framing,
-        keep_alive: bool,
-        max_idle: usize,
-    ) -> Self {
+    pub(super) fn new(conn: Connection, framing: Framing, reuse: Reuse) -> Self {
         Http1Body {
             conn: Some(conn),
             decoder: Decoder::new(framing),
-            keep_alive,
-            max_idle,
+            keep_alive: reuse.keep_alive,
+            max_idle: reuse.max_idle,
+            idle_limit: reuse.idle_limit,
         }
     }
 
@@ -102,7 +112,7 @@ impl Http1Body {
         }
         let conn = self.conn.take();
         if let Some(conn) = conn.filter(|c| self.keep_alive && c.read.is_empty()) {
-            idle.give_back(conn, Instant::now(), self.max_idle);
+            idle.give_back(conn, Instant::now(), self.max_idle, self.idle_limit);
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::mem::MaybeUninit;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -30,6 +31,9 @@ pub struct Head {
     pub framing: Framing,
     /// The connection may carry another request once the body has been read.
     pub keep_alive: bool,
+    /// How long the upstream keeps the connection open while it is idle, if it says so
+    /// (`Keep-Alive: timeout=N`).
+    pub idle_limit: Option<Duration>,
 }
 
 /// What the bytes read so far hold.
@@ -125,6 +129,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
     let (mut headers, fields) = header_fields(&head, &spans[..count])?;
     let (framing, keep_alive) = fields.framing(method, status, version)?;
     fields.settle_content_length(&mut headers);
+    let idle_limit = keep_alive_timeout(&headers);
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -133,7 +138,23 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
         response,
         framing,
         keep_alive,
+        idle_limit,
     }))
+}
+
+/// The `timeout` parameter of a `Keep-Alive` field (`Keep-Alive: timeout=5, max=100`): how
+/// long the upstream keeps an idle connection open. Any other parameter, or a value that is
+/// not a number of seconds, says nothing.
+pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("keep-alive")?.to_str().ok()?;
+    value.split(',').find_map(|param| {
+        let (name, seconds) = param.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("timeout") {
+            return None;
+        }
+        let seconds = seconds.trim().trim_matches('"');
+        seconds.parse::<u64>().ok().map(Duration::from_secs)
+    })
 }
 
 /// The header fields at `spans` (name, value) of `head`, and what those that frame the body
@@ -328,5 +349,27 @@ mod tests {
         let values: Vec<_> = head.response.headers().get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
         assert_eq!(&buf[..], b"abc", "the body's bytes stay");
+    }
+
+    #[test]
+    fn keep_alive_timeout_is_read_from_its_parameter() {
+        let cases = [
+            ("timeout=5, max=100", Some(5)),
+            ("max=100, Timeout = 7", Some(7)),
+            ("timeout=\"3\"", Some(3)),
+            ("max=1", None),
+            ("timeout=-1", None),
+            ("timeout=soon", None),
+        ];
+        for (value, seconds) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert("keep-alive", HeaderValue::from_static(value));
+            assert_eq!(
+                keep_alive_timeout(&headers),
+                seconds.map(Duration::from_secs),
+                "{value}"
+            );
+        }
+        assert_eq!(keep_alive_timeout(&HeaderMap::new()), None);
     }
 }

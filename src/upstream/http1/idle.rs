@@ -55,6 +55,22 @@ pub struct IdleConnections {
 struct Idle {
     conn: Connection,
     since: Instant,
+    /// Not taken from then on: the upstream said it closes idle connections (`Keep-Alive:
+    /// timeout=`), and a request written as it does would be lost in the race.
+    until: Option<Instant>,
+}
+
+impl Idle {
+    fn usable_at(&self, now: Instant) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+}
+
+/// When a connection that the upstream keeps idle for `limit` stops being taken: a second
+/// before the upstream closes it, or halfway for limits under two seconds.
+fn usable_until(since: Instant, limit: Duration) -> Instant {
+    let margin = Duration::from_secs(1).min(limit / 2);
+    since + (limit - margin)
 }
 
 impl IdleConnections {
@@ -79,7 +95,12 @@ impl IdleConnections {
                     idle.partition_point(|e| now.saturating_duration_since(e.since) >= timeout);
                 idle.drain(..expired);
                 let at = idle.iter().rposition(|e| e.conn.made_for.serves(pool))?;
-                idle.remove(at)
+                let latest = idle.remove(at);
+                if !latest.usable_at(now) {
+                    // Past the upstream's own idle limit: closed, and the next one looked at.
+                    continue;
+                }
+                latest
             };
             if latest.conn.still_open() {
                 return Some(latest.conn);
@@ -87,9 +108,15 @@ impl IdleConnections {
         }
     }
 
-    /// Keeps `conn` for the next request; with `max_idle` connections resting already, the
-    /// oldest is closed.
-    pub(super) fn give_back(&self, conn: Connection, now: Instant, max_idle: usize) {
+    /// Keeps `conn` for the next request, until `idle_limit` (the upstream's `Keep-Alive:
+    /// timeout=`) comes near; with `max_idle` connections resting already, the oldest is closed.
+    pub(super) fn give_back(
+        &self,
+        conn: Connection,
+        now: Instant,
+        max_idle: usize,
+        idle_limit: Option<Duration>,
+    ) {
         if max_idle == 0 {
             return;
         }
@@ -97,13 +124,20 @@ impl IdleConnections {
         if idle.len() >= max_idle {
             idle.remove(0);
         }
-        idle.push(Idle { conn, since: now });
+        let until = idle_limit.map(|limit| usable_until(now, limit));
+        idle.push(Idle {
+            conn,
+            since: now,
+            until,
+        });
     }
 
     /// Closes the connections idle for `timeout` as of `now`, and those the upstream closed.
     pub fn close_expired(&self, now: Instant, timeout: Duration) {
         self.lock().retain_mut(|e| {
-            now.saturating_duration_since(e.since) < timeout && e.conn.still_open()
+            now.saturating_duration_since(e.since) < timeout
+                && e.usable_at(now)
+                && e.conn.still_open()
         });
     }
 

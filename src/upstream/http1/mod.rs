@@ -53,6 +53,7 @@ use tracing::debug;
 
 pub(crate) use body::decode_all;
 pub use body::Http1Body;
+use body::Reuse;
 use head::Parsed;
 pub use idle::IdleConnections;
 use idle::MadeFor;
@@ -349,14 +350,20 @@ fn no_answer(
     }
 }
 
-/// The response of `head`, its body read from `conn`.
+/// The response of `head`, its body read from `conn`; its connection is reused afterwards
+/// only when `keep_alive`.
 fn answer(
     conn: Connection,
     head: head::Head,
     keep_alive: bool,
     max_idle: usize,
 ) -> Response<Http1Body> {
-    let body = Http1Body::new(conn, head.framing, keep_alive, max_idle);
+    let reuse = Reuse {
+        keep_alive,
+        max_idle,
+        idle_limit: head.idle_limit,
+    };
+    let body = Http1Body::new(conn, head.framing, reuse);
     head.response.map(|()| body)
 }
 
@@ -514,14 +521,14 @@ mod tests {
         let secured = pool(&idle, &rules, tls(&config, "a.test"));
         let now = Instant::now();
         let (cleartext, _a) = pair_for(&plain).await;
-        idle.give_back(cleartext, now, 8);
+        idle.give_back(cleartext, now, 8, None);
         let timeout = Duration::from_secs(90);
         assert!(
             idle.take(&secured, now, timeout).is_none(),
             "https on cleartext"
         );
         let (verified, _b) = pair_for(&secured).await;
-        idle.give_back(verified, now, 8);
+        idle.give_back(verified, now, 8, None);
         for other in [
             pool(&idle, &rules, tls(&other_roots, "a.test")),
             pool(&idle, &rules, tls(&config, "b.test")),
@@ -548,9 +555,9 @@ mod tests {
         let (open_conn, _kept) = pair().await;
         let (closed, upstream) = pair().await;
         let (written_to, mut chatty) = pair().await;
-        idle.give_back(open_conn, now, 8);
-        idle.give_back(closed, now, 8);
-        idle.give_back(written_to, now, 8);
+        idle.give_back(open_conn, now, 8, None);
+        idle.give_back(closed, now, 8, None);
+        idle.give_back(written_to, now, 8, None);
         drop(upstream);
         chatty.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
         let_the_driver_see().await;
@@ -573,7 +580,7 @@ mod tests {
         for n in 0..3 {
             let (conn, upstream) = pair().await;
             upstreams.push(upstream);
-            idle.give_back(conn, start + Duration::from_secs(n), 2);
+            idle.give_back(conn, start + Duration::from_secs(n), 2, None);
         }
         assert_eq!(idle.len(), 2, "the oldest was closed");
         idle.close_expired(start + Duration::from_secs(91), Duration::from_secs(90));
@@ -585,6 +592,39 @@ mod tests {
                 Duration::from_secs(90)
             )
             .is_none());
+        assert!(idle.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_not_taken_near_the_upstream_s_keep_alive_timeout() {
+        let (idle, rules) = (IdleConnections::default(), rules());
+        let plain = pool(&idle, &rules, None);
+        let (start, timeout) = (Instant::now(), Duration::from_secs(90));
+        let (five, _a) = pair().await;
+        idle.give_back(five, start, 8, Some(Duration::from_secs(5)));
+        let at = |ms| start + Duration::from_millis(ms);
+        assert!(
+            idle.take(&plain, at(3_999), timeout).is_some(),
+            "within 5 s less a second"
+        );
+        let (five, _b) = pair().await;
+        idle.give_back(five, start, 8, Some(Duration::from_secs(5)));
+        assert!(
+            idle.take(&plain, at(4_000), timeout).is_none(),
+            "a second before the upstream closes it"
+        );
+        assert!(idle.is_empty(), "closed, not kept");
+        // A short limit keeps half of it; `timeout=0` is never reused.
+        let (one, _c) = pair().await;
+        idle.give_back(one, start, 8, Some(Duration::from_secs(1)));
+        assert!(idle.take(&plain, at(499), timeout).is_some());
+        let (zero, _d) = pair().await;
+        idle.give_back(zero, start, 8, Some(Duration::ZERO));
+        assert!(idle.take(&plain, start, timeout).is_none());
+        // The upkeep closes them too.
+        let (five, _e) = pair().await;
+        idle.give_back(five, start, 8, Some(Duration::from_secs(5)));
+        idle.close_expired(at(4_000), timeout);
         assert!(idle.is_empty());
     }
 }
