@@ -15,7 +15,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(policy request_target retry_after address response response_framing)
+    targets=(policy request_target retry_after address response response_framing exchange)
 fi
 
 if ! cargo afl --version >/dev/null 2>&1; then

@@ -19,19 +19,21 @@ use crate::proxy::target::{self, connect_target, http_target};
 use crate::upstream::connect::SelfAddrs;
 use crate::upstream::http1::{decode_all, head};
 
+pub mod exchange;
 pub mod framing;
 
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets, by the name of their binary in `fuzz/` and corpus folder.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("policy", policy),
     ("request_target", request_target),
     ("retry_after", retry_after),
     ("address", address),
     ("response", response),
     ("response_framing", framing::check),
+    ("exchange", exchange::exchange),
 ];
 
 /// A policy file's text (as `fuzz.toml`, and as `default.toml`): loading either gives a policy
