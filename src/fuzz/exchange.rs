@@ -14,7 +14,6 @@
 //! stops reading the request it answered early (RFC 9112 §9.3 asks it to read the rest) may
 //! leave a request on that connection unanswered; then only "no panic" is checked.
 
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -140,32 +139,30 @@ async fn run(body_len: usize, script: Script, answer: Bytes) {
 
 /// One request on `pool`, its response read to the end and its connection given back as the
 /// proxy does; the status and body, or `None` if it failed.
-fn exchange_once<'a>(
-    pool: Pool<'a>,
+async fn exchange_once(
+    pool: Pool<'_>,
     method: Method,
-    path: &'a str,
-    body: Option<&'a Bytes>,
-) -> impl Future<Output = Option<(u16, Vec<u8>)>> + 'a {
-    async move {
-        let uri = format!("http://127.0.0.1:{}{path}", pool.port);
-        let (head, ()) = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(())
-            .ok()?
-            .into_parts();
-        let response = http1::send(pool, &head, body, Instant::now()).await.ok()?;
-        let status = response.status().as_u16();
-        let mut body = response.into_body();
-        let mut bytes = Vec::new();
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.ok()?.into_data() {
-                bytes.extend_from_slice(&data);
-            }
+    path: &str,
+    body: Option<&Bytes>,
+) -> Option<(u16, Vec<u8>)> {
+    let uri = format!("http://127.0.0.1:{}{path}", pool.port);
+    let (head, ()) = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(())
+        .ok()?
+        .into_parts();
+    let response = http1::send(pool, &head, body, Instant::now()).await.ok()?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            bytes.extend_from_slice(&data);
         }
-        body.give_back(pool.idle);
-        Some((status, bytes))
     }
+    body.give_back(pool.idle);
+    Some((status, bytes))
 }
 
 /// Lets the runtime's IO driver take in every socket event so far: a round trip on a pair of
