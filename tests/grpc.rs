@@ -300,3 +300,57 @@ async fn a_retry_carries_what_is_left_of_the_apps_grpc_timeout() {
         "the retry's deadline is what is left: {left:?}"
     );
 }
+
+/// A half-open probe that is a long gRPC stream is judged at its head (#22, item 11): a stream
+/// that started is a healthy upstream, so the breaker closes then, not when the stream ends —
+/// other calls get through while it runs, and it is never counted as a lost probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stream_as_a_half_open_probe_closes_the_breaker_at_its_head() {
+    let server = GrpcServer::start(&["unavailable", "unavailable", "long", "ok"], None);
+    let breaker = "[retry]\nattempts = 1\n[breaker]\nconsecutive_failures = 2\nopen_base = \"1ms\"\nopen_max = \"2s\"\n";
+    let (fusebox, target) = route_to(server.port, breaker).await;
+    for _ in 0..2 {
+        let lines = grpc_call(&target, &[], &[]).await;
+        assert!(lines[0].starts_with("unavailable"), "{lines:?}");
+    }
+    // Open, and after 1 ms half-open: the stream is its probe.
+    let stream = {
+        let target = target.clone();
+        tokio::spawn(async move {
+            let method = ["--method", "/fusebox.Test/Stream"];
+            grpc_call(&target, &method, &[]).await
+        })
+    };
+    assert_eq!(server.hits_at_least(3).await, 3);
+    // Waits on state: closed once the stream's head went to the app (the stream runs 3 s).
+    let mut state = String::new();
+    for _ in 0..40 {
+        let view = fusebox.upstreams("svc").await;
+        state = view[0]["state"].as_str().unwrap_or_default().to_owned();
+        if state == "closed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let view = fusebox.upstreams("svc").await;
+    assert_eq!(
+        state, "closed",
+        "closed at the probe's head, while it streams: {view}"
+    );
+    let lines = grpc_call(&target, &[], &[]).await;
+    assert_eq!(lines, ["ok pong:ping"], "a call meanwhile gets through");
+    assert_eq!(stream.await.unwrap(), ["ok 2 message(s)"]);
+    let metrics = fusebox.metrics().await;
+    let closed = labels(server.port, &[("from", "half_open"), ("to", "closed")]);
+    assert_eq!(
+        count(&metrics, "fusebox_breaker_transitions_total", &closed),
+        1.0,
+        "{metrics}"
+    );
+    let reopened = labels(server.port, &[("from", "half_open"), ("to", "open")]);
+    assert_eq!(
+        count(&metrics, "fusebox_breaker_transitions_total", &reopened),
+        0.0,
+        "{metrics}"
+    );
+}

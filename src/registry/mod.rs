@@ -278,6 +278,28 @@ impl Destination {
         })
     }
 
+    /// Records a stream whose success was recorded at its head (a half-open probe) and that
+    /// ended with `code`: only as a failure, if `grpc_failure_codes` count it as one (an
+    /// ordinary call, judged by its time to the head); returns whether it failed.
+    fn record_grpc_failure(&self, code: GrpcCode, to_head: Duration) -> bool {
+        let transition = {
+            let mut breaker = self.breaker();
+            if !breaker.is_failure_grpc(code) {
+                return false;
+            }
+            let call = CallResult {
+                failure: Some(FailureKind::GrpcStatus(code)),
+                duration: to_head,
+                probe: None,
+            };
+            breaker.record(Instant::now(), call)
+        };
+        if let Some(transition) = transition {
+            self.observe(&transition);
+        }
+        true
+    }
+
     /// Records a call that `judge` finds failed or not by the breaker's own configuration, under
     /// the one lock that records it; returns whether it failed.
     fn record_judged(
@@ -986,6 +1008,49 @@ mod tests {
             assert!(Arc::ptr_eq(&first, &upstream.other_destination()));
         }
         assert!(gauge(), "a bad request reset the shared gauge");
+    }
+
+    /// A half-open probe answered with a gRPC stream passes at its head; the status in its
+    /// trailers still counts, as an ordinary call of the closed breaker.
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_probe_passes_at_its_head_and_its_trailers_still_count() {
+        let policy = "[breaker]\nconsecutive_failures = 1\nopen_base = \"1s\"\n";
+        let (_registry, upstream) = registry(policy);
+        let destination = upstream.destination("grpc.test", 80);
+        trip(&destination);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let permit = destination.begin().unwrap();
+        assert!(permit.is_probe());
+        let pending = permit.pending(Arc::clone(&destination));
+        assert_eq!(
+            destination.breaker_snapshot().state,
+            State::Closed,
+            "at the head"
+        );
+        // A long stream: far past open_max, nothing is lost.
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(destination.breaker_snapshot().state, State::Closed);
+        assert!(pending.ended(GrpcCode::Unavailable), "a failure");
+        assert_eq!(
+            destination.breaker_snapshot().state,
+            State::Open,
+            "it trips again"
+        );
+    }
+
+    /// A stream is judged slow or not by its time to the head, not by how long it runs.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_stream_is_not_a_slow_call() {
+        let (_registry, upstream) = registry("[breaker]\nslow_call_duration = \"1s\"\n");
+        let destination = upstream.destination("grpc.test", 80);
+        let pending = destination
+            .begin()
+            .unwrap()
+            .pending(Arc::clone(&destination));
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(!pending.ended(GrpcCode::Ok));
+        let window = destination.breaker_snapshot().window;
+        assert_eq!((window.calls, window.slow), (1, 0), "{window:?}");
     }
 
     #[test]

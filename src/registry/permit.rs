@@ -10,7 +10,8 @@
 //! A gRPC call whose status comes in the response's trailers is judged when its stream ends:
 //! [`Permit::pending`] turns the permit into a [`Pending`] verdict that travels with the response
 //! body (which owns its destination) and is spent by [`Pending::ended`] or [`Pending::cut`];
-//! dropped unspent (the app cancelled the stream), it too records "abandoned".
+//! dropped unspent (the app cancelled the stream), it too records "abandoned". A half-open
+//! probe's verdict is not kept waiting: a stream that started has passed it ([`Permit::pending`]).
 //!
 //! The concurrency gate is not part of the permit: its slot belongs to the request
 //! ([`super::InFlight`]), which outlives a try (it is held across retries and backoff sleeps,
@@ -83,6 +84,11 @@ pub struct Permit<'d> {
 pub struct Pending {
     destination: Arc<Destination>,
     ticket: Ticket,
+    /// The time from the try's start to the response head: the latency the breaker judges.
+    to_head: Duration,
+    /// A half-open probe, already recorded as passed at the head: only a failure is recorded
+    /// at the end.
+    judged_at_head: bool,
 }
 
 /// What recording a try needs, whoever holds it: the breaker's probe episode, the start, and
@@ -170,8 +176,22 @@ impl Permit<'_> {
     }
 
     /// The verdict waits for the end of the response stream; `destination` is this permit's.
+    ///
+    /// Two things are decided at the head already. A half-open probe's verdict: a stream that
+    /// started is an upstream that answers, and a long one must not hold the breaker half-open
+    /// (every other call `breaker-open`) until it ends, nor come back as a lost probe; a
+    /// failing status in its trailers is still recorded, as an ordinary failure. And the
+    /// latency the breaker judges slowness by: the time to the head, not the stream's length.
     pub fn pending(mut self, destination: Arc<Destination>) -> Pending {
         debug_assert!(std::ptr::eq(self.destination, &*destination));
+        let to_head = self.ticket.started.elapsed();
+        let probe_passed = self.ticket.probe.take().inspect(|&episode| {
+            destination.record(CallResult {
+                failure: None,
+                duration: to_head,
+                probe: Some(episode),
+            });
+        });
         let ticket = Ticket {
             spent: false,
             ..self.ticket
@@ -180,6 +200,8 @@ impl Permit<'_> {
         Pending {
             destination,
             ticket,
+            to_head,
+            judged_at_head: probe_passed.is_some(),
         }
     }
 }
@@ -193,13 +215,22 @@ impl Pending {
     /// The stream ended with `code` (its trailers' `grpc-status`); returns whether the policy's
     /// `grpc_failure_codes` count it as a failure.
     pub fn ended(mut self, code: GrpcCode) -> bool {
-        self.ticket.grpc_ended(&self.destination, code)
+        let elapsed = self.ticket.spend();
+        let destination = &self.destination;
+        let failed = if self.judged_at_head {
+            destination.record_grpc_failure(code, self.to_head)
+        } else {
+            destination.record_grpc(code, self.to_head, None)
+        };
+        destination.metrics.attempt(verdict(failed), elapsed);
+        failed
     }
 
     /// The stream was cut by the upstream (`kind`: a reset, or an idle body): a failure.
     pub fn cut(mut self, kind: FailureKind) {
         let elapsed = self.ticket.spend();
-        self.ticket.record_failure(&self.destination, kind, elapsed);
+        self.ticket
+            .record_failure(&self.destination, kind, self.to_head);
         self.destination
             .metrics
             .attempt(AttemptResult::Failure, elapsed);

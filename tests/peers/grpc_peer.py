@@ -7,7 +7,8 @@ serve [--tls CERT KEY] SCRIPT...
     The n-th call gets the n-th SCRIPT entry (the last repeats): a gRPC status name in
     lower case ("ok", "unavailable", ...), answered trailers-only by /fusebox.Test/Unary, or
     after one message, in the trailers, by /fusebox.Test/Stream; or "stall": no answer for
-    60 s (until the client gives up).
+    60 s (until the client gives up); or "long": /fusebox.Test/Stream sends a message, then a
+    second one 3 s later, and ends with "ok" (a long, healthy stream).
 
 call TARGET [--method M] [--ca FILE] [--count N] [--timeout S]
     Makes N calls (one after another) to TARGET (host:port) on a fresh channel; with --ca, over
@@ -27,11 +28,12 @@ STREAM = "/fusebox.Test/Stream"
 
 
 STALL = "stall"
+LONG = "long"
 
 
 def code_named(name):
-    if name == STALL:
-        return STALL
+    if name in (STALL, LONG):
+        return name
     return getattr(grpc.StatusCode, name.upper().replace("-", "_"))
 
 
@@ -62,6 +64,10 @@ def serve(args):
     def stream(request, context):
         code = next_code(STREAM, context)
         yield b"first"
+        if code == LONG:
+            time.sleep(3)
+            yield b"second"
+            return
         if code != grpc.StatusCode.OK:
             context.abort(code, f"scripted {code.name} after a message")
 
