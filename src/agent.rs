@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::ca::{CaError, LocalCa};
+use crate::ca::CaError;
+use crate::ca_dir::CaDir;
 use crate::fleet::FleetRedis;
 use crate::policy::intercept::missing_ca;
 use crate::policy::lint::fleet_without_redis;
@@ -146,7 +147,7 @@ impl Agent {
         let egress = local_addr(&egress_listener);
         let admin = local_addr(&admin_listener);
         let ca = match &config.ca_dir {
-            Some(dir) => Some(Arc::new(LocalCa::load(dir).map_err(StartError::Ca)?)),
+            Some(dir) => Some(Arc::new(CaDir::load(dir).map_err(StartError::Ca)?)),
             None => None,
         };
         let mut conflicts = listener_conflicts(&policies, &fixed_listeners(egress, admin));

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod agent;
 pub mod ca;
 pub mod ca_cli;
+pub mod ca_dir;
 pub mod check;
 pub mod cli;
 #[doc(hidden)]

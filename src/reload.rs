@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::ca::LocalCa;
+use crate::ca_dir::CaDir;
 use crate::policy::intercept::missing_ca;
 use crate::policy::listeners::{listener_conflicts, FixedListener};
 use crate::policy::{load_dir, PolicySet};
@@ -49,8 +51,8 @@ pub struct Reloader {
     routes: tokio::sync::Mutex<RouteListeners>,
     /// The egress and admin listeners, which never move.
     fixed: Vec<FixedListener>,
-    /// Whether fusebox runs with a local CA, which `intercept = true` needs.
-    has_ca: bool,
+    /// The local CA (`--ca-dir`), which `intercept = true` needs; read again on every reload.
+    ca: Option<Arc<CaDir>>,
     /// The route listeners' bound addresses, readable without waiting for a reload.
     route_addrs: std::sync::Mutex<Vec<(String, SocketAddr)>>,
 }
@@ -65,7 +67,7 @@ impl Reloader {
         fixed: Vec<FixedListener>,
     ) -> Result<Reloader, ReloadError> {
         let registry = Arc::clone(&ctx.registry);
-        let has_ca = ctx.ca.is_some();
+        let ca = ctx.ca.clone();
         let mut routes = RouteListeners {
             ctx,
             limits,
@@ -79,7 +81,7 @@ impl Reloader {
             dir,
             registry,
             fixed,
-            has_ca,
+            ca,
             route_addrs: std::sync::Mutex::default(),
             routes: tokio::sync::Mutex::new(routes),
         };
@@ -115,7 +117,8 @@ impl Reloader {
         }
     }
 
-    /// `Ok(None)`: nothing changed.
+    /// `Ok(None)`: nothing changed. The local CA is read with the policies and put in place
+    /// only if the whole reload succeeds.
     async fn reload_locked(&self, routes: &mut RouteListeners) -> Result<Option<u64>, ReloadError> {
         let dir = self.dir.clone();
         let policies = tokio::task::spawn_blocking(move || load_dir(&dir))
@@ -124,11 +127,12 @@ impl Reloader {
             .map_err(|errors| ReloadError {
                 errors: errors.iter().map(ToString::to_string).collect(),
             })?;
+        let ca = self.read_ca()?;
         if same_policies(&self.registry.load().policies, &policies) {
-            return Ok(None);
+            return Ok(self.install_ca(ca).then(|| self.registry.load().generation));
         }
         let mut conflicts = listener_conflicts(&policies, &self.fixed);
-        conflicts.extend(missing_ca(&policies, self.has_ca));
+        conflicts.extend(missing_ca(&policies, self.ca.is_some()));
         if !conflicts.is_empty() {
             return Err(ReloadError {
                 errors: conflicts.iter().map(ToString::to_string).collect(),
@@ -147,7 +151,28 @@ impl Reloader {
         tokio::task::spawn_blocking(move || drop(previous));
         routes.commit(&policies, fresh);
         self.publish_addrs(routes);
+        self.install_ca(ca);
         Ok(Some(generation))
+    }
+
+    /// The local CA of `--ca-dir` when it changed since it was loaded (compared by content).
+    fn read_ca(&self) -> Result<Option<LocalCa>, ReloadError> {
+        let Some(ca_dir) = &self.ca else {
+            return Ok(None);
+        };
+        ca_dir
+            .read_if_changed()
+            .map_err(|e| ReloadError::one(format!("the local CA (--ca-dir): {e}")))
+    }
+
+    /// Puts a changed local CA in place; whether there was one.
+    fn install_ca(&self, ca: Option<LocalCa>) -> bool {
+        let (Some(ca_dir), Some(ca)) = (&self.ca, ca) else {
+            return false;
+        };
+        ca_dir.install(ca);
+        info!(dir = %ca_dir.dir().display(), "local CA reloaded: new intercepted connections present its certificates");
+        true
     }
 
     /// The bound address of each route listener, by policy name.
@@ -337,20 +362,7 @@ pub fn spawn_triggers(
 ) -> std::io::Result<()> {
     let changed = Arc::new(Notify::new());
     let watcher = if watch {
-        let notify_changed = Arc::clone(&changed);
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| {
-                    !e.kind.is_access() && e.paths.iter().any(|p| concerns_policies(p))
-                }) {
-                    notify_changed.notify_one();
-                }
-            })
-            .map_err(std::io::Error::other)?;
-        watcher
-            .watch(&reloader.dir, RecursiveMode::NonRecursive)
-            .map_err(std::io::Error::other)?;
-        Some(watcher)
+        Some(watch_dirs(&reloader, Arc::clone(&changed))?)
     } else {
         None
     };
@@ -379,6 +391,33 @@ pub fn spawn_triggers(
         }
     });
     Ok(())
+}
+
+/// Watches the policies directory and, with `--ca-dir`, the CA directory (its `ca.pem` and
+/// `ca-key.pem` are PEM files as far as [`concerns_policies`] is concerned); `changed` is told of
+/// every change that can change what a reload loads.
+fn watch_dirs(
+    reloader: &Reloader,
+    changed: Arc<Notify>,
+) -> std::io::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(|p| concerns_policies(p)))
+        {
+            changed.notify_one();
+        }
+    })
+    .map_err(std::io::Error::other)?;
+    watcher
+        .watch(&reloader.dir, RecursiveMode::NonRecursive)
+        .map_err(std::io::Error::other)?;
+    if let Some(ca) = &reloader.ca {
+        if ca.dir() != reloader.dir {
+            watcher
+                .watch(ca.dir(), RecursiveMode::NonRecursive)
+                .map_err(std::io::Error::other)?;
+        }
+    }
+    Ok(watcher)
 }
 
 #[cfg(test)]

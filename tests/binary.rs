@@ -457,18 +457,26 @@ fn zero_connection_timeouts_are_usage_errors() {
 /// before serving anything (the same error as `fusebox check`).
 #[test]
 fn run_refuses_a_route_listener_on_its_own_admin_address() {
-    let admin = StdTcpListener::bind("127.0.0.1:0").unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    drop(admin);
-    let route = format!("# route\nlisten = \"{admin_addr}\"\nendpoints = [\"u.test:80\"]\n");
-    let dir = policies_dir(&[("route", &route)]);
-    let mut command = fusebox_command();
-    command
-        .args(["run", "--listen", "127.0.0.1:0", "--admin"])
-        .arg(admin_addr.to_string())
-        .arg("--policies")
-        .arg(dir.path());
-    let done = run_to_exit(command);
+    // The admin port is picked free, then let go for fusebox to bind: another test may take
+    // it in between, so a start that finds it in use is tried again on another.
+    let (dir, done) = (0..5)
+        .map(|_| {
+            let admin = StdTcpListener::bind("127.0.0.1:0").unwrap();
+            let admin_addr = admin.local_addr().unwrap();
+            drop(admin);
+            let route =
+                format!("# route\nlisten = \"{admin_addr}\"\nendpoints = [\"u.test:80\"]\n");
+            let dir = policies_dir(&[("route", &route)]);
+            let mut command = fusebox_command();
+            command
+                .args(["run", "--listen", "127.0.0.1:0", "--admin"])
+                .arg(admin_addr.to_string())
+                .arg("--policies")
+                .arg(dir.path());
+            (dir, run_to_exit(command))
+        })
+        .find(|(_, done)| !done.stderr.contains("Address already in use"))
+        .expect("a free admin port in 5 tries");
     assert_eq!(done.status.code(), Some(1), "{}", done.stderr);
     let at = format!("{}:2:10: ", dir.path().join("route.toml").display());
     assert!(done.stderr.contains(&at), "{}", done.stderr);

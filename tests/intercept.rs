@@ -434,3 +434,63 @@ async fn an_app_that_refuses_fusebox_s_ca_gets_one_warning_naming_the_fix() {
         "{logs}"
     );
 }
+
+/// Whether an app that trusts only the CA in `ca_pem` gets an answer through an intercepted
+/// `CONNECT` to `url` (an error means it refused fusebox's certificate).
+async fn trusted_with(fusebox: &TestFusebox, ca_pem: &str, url: &str) -> bool {
+    app(fusebox, ca_pem).get(url).send().await.is_ok()
+}
+
+/// A rotated local CA (`fusebox ca init --force`) is taken by a reload, compared by content
+/// (#22, item 7): `POST /reload` answers that it reloaded, and new intercepted connections
+/// present the new CA's certificates; with the CA directory watched, the rotation alone does it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_local_ca_is_taken_by_a_reload() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .start()
+        .await;
+    let (fusebox, ca_pem) = start(&pki, &upstream, "").await;
+    let url = format!("https://localhost:{}/", upstream.addr().port());
+    let ca_dir = Path::new(&ca_pem).parent().unwrap().to_path_buf();
+    let old_pem = std::fs::read_to_string(&ca_pem).unwrap();
+    let old_ca = ca_dir.with_file_name("old-ca.pem");
+    std::fs::write(&old_ca, &old_pem).unwrap();
+    let old_ca = old_ca.to_str().unwrap();
+    assert!(trusted_with(&fusebox, old_ca, &url).await);
+
+    LocalCa::init(&ca_dir, true, std::time::SystemTime::now()).unwrap();
+    assert_ne!(
+        std::fs::read_to_string(&ca_pem).unwrap(),
+        old_pem,
+        "a new CA"
+    );
+    // The watcher may already have reloaded; either way, POST /reload leaves the new CA.
+    let reload = support::direct_client()
+        .post(format!("{}/reload", fusebox.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200);
+    assert!(
+        trusted_with(&fusebox, &ca_pem, &url).await,
+        "the new CA's certificates"
+    );
+    assert!(
+        !trusted_with(&fusebox, old_ca, &url).await,
+        "not the old one's"
+    );
+
+    // Watched: a second rotation is taken without asking (waits on the change, bounded).
+    LocalCa::init(&ca_dir, true, std::time::SystemTime::now()).unwrap();
+    let mut taken = false;
+    for _ in 0..100 {
+        if trusted_with(&fusebox, &ca_pem, &url).await {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(taken, "the watcher reloaded the rotated CA");
+}

@@ -35,8 +35,11 @@ use crate::telemetry::Interception;
 
 /// The CA to intercept `upstream`'s `CONNECT`s with, when its policy intercepts; `None`: an
 /// ordinary tunnel.
-pub fn ca_for<'c>(ctx: &'c ProxyContext, upstream: &Upstream) -> Option<&'c Arc<LocalCa>> {
-    ctx.ca.as_ref().filter(|_| upstream.policy.intercept)
+pub fn ca_for(ctx: &ProxyContext, upstream: &Upstream) -> Option<Arc<LocalCa>> {
+    ctx.ca
+        .as_ref()
+        .filter(|_| upstream.policy.intercept)
+        .map(|ca| ca.current())
 }
 
 /// The `200` for an intercepted `CONNECT` to `authority`, with the connection served once
@@ -44,7 +47,7 @@ pub fn ca_for<'c>(ctx: &'c ProxyContext, upstream: &Upstream) -> Option<&'c Arc<
 /// tries.
 pub fn accept(
     ctx: &Arc<ProxyContext>,
-    ca: &Arc<LocalCa>,
+    ca: Arc<LocalCa>,
     authority: &str,
     req: &mut Request<Incoming>,
     destination: &Arc<Destination>,
@@ -52,7 +55,7 @@ pub fn accept(
     let authority = Authority::try_from(authority)
         .map_err(|e| LocalAnswer::local(Reason::BadRequest, format!("CONNECT {authority}: {e}")))?;
     let app = hyper::upgrade::on(req);
-    spawn(ctx, Arc::clone(ca), app, authority, Arc::clone(destination));
+    spawn(ctx, ca, app, authority, Arc::clone(destination));
     Ok(Response::new(ResponseBody::empty()))
 }
 

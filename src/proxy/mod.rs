@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::ca::LocalCa;
+use crate::ca_dir::CaDir;
 use crate::registry::Registry;
 use listener::ServerLimits;
 
@@ -43,8 +43,9 @@ pub struct ProxyContext {
     pub draining: tokio_util::sync::CancellationToken,
     /// Cancelled when the drain timeout is over: whatever is still open is closed.
     pub hard_stop: tokio_util::sync::CancellationToken,
-    /// The local CA that `intercept = true` policies present certificates from (`--ca-dir`).
-    pub ca: Option<Arc<LocalCa>>,
+    /// The local CA that `intercept = true` policies present certificates from (`--ca-dir`),
+    /// read again on reloads.
+    pub ca: Option<Arc<CaDir>>,
     /// The limits of app connections, for those that are not served by a listener
     /// (intercepted `CONNECT`s).
     pub limits: ServerLimits,
@@ -53,7 +54,7 @@ pub struct ProxyContext {
 impl ProxyContext {
     pub fn new(
         registry: Arc<Registry>,
-        ca: Option<Arc<LocalCa>>,
+        ca: Option<Arc<CaDir>>,
         limits: ServerLimits,
     ) -> ProxyContext {
         let via_token = format!("fusebox-{:08x}", instance_id());

@@ -95,10 +95,13 @@ pub fn download_byte(offset: u64) -> u8 {
 
 /// An address on which nothing listens: connecting to it is refused.
 pub async fn refused_addr() -> SocketAddr {
+    // On an address of 127/8 that nothing in the tests binds (they all bind 127.0.0.1), so
+    // that the port, free when picked, cannot be taken meanwhile by another test's listener.
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr")
+    let port = listener.local_addr().expect("local addr").port();
+    SocketAddr::from(([127, 255, 255, 254], port))
 }
 
 /// What the upstream saw of one request.
