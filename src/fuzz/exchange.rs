@@ -90,7 +90,7 @@ async fn run(body_len: usize, script: Script, answer: Bytes) {
     let port = listener.local_addr().expect("its address").port();
     let (answered, first_written) = oneshot::channel();
     let upstream = tokio::spawn(serve(listener, script, answer, body_len, answered));
-    let idle = IdleConnections::default();
+    let idle = Arc::new(IdleConnections::default());
     let rules = ConnectRules {
         guard: GuardRules {
             allow_private: true,
@@ -137,8 +137,8 @@ async fn run(body_len: usize, script: Script, answer: Bytes) {
     upstream.abort();
 }
 
-/// One request on `pool`, its response read to the end and its connection given back as the
-/// proxy does; the status and body, or `None` if it failed.
+/// One request on `pool`, its response read to the end (which gives its connection back, if it
+/// may be reused); the status and body, or `None` if it failed.
 async fn exchange_once(
     pool: Pool<'_>,
     method: Method,
@@ -161,7 +161,6 @@ async fn exchange_once(
             bytes.extend_from_slice(&data);
         }
     }
-    body.give_back(pool.idle);
     Some((status, bytes))
 }
 

@@ -145,8 +145,8 @@ impl ResponseBody {
     }
 
     /// The upstream's `body`, holding `in_flight` until it ends, cut off after `idle` without
-    /// a frame; `grpc` for a gRPC stream whose status is in its trailers. fusebox's own
-    /// HTTP/1.1 connection goes back to the destination when the body ends.
+    /// a frame; `grpc` for a gRPC stream whose status is in its trailers. (fusebox's own
+    /// HTTP/1.1 connection goes back to its destination by itself when the body ends.)
     pub fn upstream(
         body: UpstreamBody,
         in_flight: InFlight,
@@ -154,7 +154,7 @@ impl ResponseBody {
         idle: Duration,
         grpc: Option<Box<GrpcEnd>>,
     ) -> ResponseBody {
-        let mut streamed = Streamed {
+        let streamed = Streamed {
             body,
             in_flight: Some(in_flight),
             destination,
@@ -162,23 +162,11 @@ impl ResponseBody {
             timer: None,
             grpc,
         };
-        // A response without a body (204, 304, HEAD, `Content-Length: 0`) is done already:
-        // hyper will not poll it.
-        if streamed.body.is_end_stream() {
-            streamed.give_back();
-        }
         ResponseBody::Upstream(streamed)
     }
 }
 
 impl Streamed {
-    /// The body was read to its end: its connection may serve another request.
-    fn give_back(&mut self) {
-        if let UpstreamBody::Http1(body) = &mut self.body {
-            body.give_back(&self.destination.idle);
-        }
-    }
-
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
@@ -214,12 +202,6 @@ impl Streamed {
                 if matches!(frame, None | Some(Err(_))) {
                     // Done: free the concurrency slot now, not when hyper drops the body.
                     self.in_flight.take();
-                }
-                // hyper stops polling once the body says it has ended.
-                match &frame {
-                    None => self.give_back(),
-                    Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
-                    Some(_) => {}
                 }
                 if self.grpc.is_some() {
                     self.grpc_frame(&frame);

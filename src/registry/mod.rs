@@ -104,7 +104,7 @@ pub struct Destination {
     breaker: Arc<Mutex<CircuitBreaker>>,
     /// Kept-alive HTTP/1.1 connections at rest ([`crate::upstream::http1`]); a changed
     /// policy's destination starts without any, as its pooled client does.
-    pub idle: IdleConnections,
+    pub idle: Arc<IdleConnections>,
     /// The upstream chose HTTP/2 in a TLS handshake: its requests go on the pooled client,
     /// which speaks it, rather than on fusebox's own HTTP/1.1 connections.
     http2_chosen: AtomicBool,
@@ -151,7 +151,7 @@ impl Destination {
                 jitter,
                 Instant::now(),
             ))),
-            idle: IdleConnections::default(),
+            idle: Arc::default(),
             http2_chosen: AtomicBool::new(false),
             used: AtomicBool::new(true),
             notes: Notes::default(),

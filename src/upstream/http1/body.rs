@@ -1,13 +1,14 @@
 //! A response body read straight from fusebox's own upstream connection, in the task that
 //! forwards it to the app: no connection task, no channel between tasks.
 //!
-//! The body owns its connection while it is read. Read to its end, with the upstream keeping
-//! the connection alive and nothing unasked-for after it, the connection goes back to its
-//! destination ([`Http1Body::give_back`]); a body dropped before its end, or one that broke
-//! off, closes it.
+//! The body owns its connection while it is read, and the handle of its destination's resting
+//! connections ([`Home`]). Read to its end, with the upstream keeping the connection alive and
+//! nothing unasked-for after it, the body gives the connection back there itself, the moment
+//! its last byte is decoded; a body dropped before its end, or one that broke off, closes it.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -26,11 +27,11 @@ const MAX_EXTENSIONS: usize = 16 * 1024;
 /// Trailer fields larger than this in all are refused.
 const MAX_TRAILERS: usize = 16 * 1024;
 
-/// Whether and how a response's connection may be reused once its body has been read.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Reuse {
-    /// The upstream keeps the connection alive (and the request went out whole).
-    pub keep_alive: bool,
+/// Where a response's connection goes back to once its body has been read, if it may be reused.
+#[derive(Debug, Clone)]
+pub(super) struct Home {
+    /// The destination's resting connections.
+    pub idle: Arc<IdleConnections>,
     /// `pool_max_idle` of the destination's policy.
     pub max_idle: usize,
     /// The upstream's `Keep-Alive: timeout=`.
@@ -43,12 +44,8 @@ pub struct Http1Body {
     /// `None` once given back, or after an error.
     conn: Option<Connection>,
     decoder: Decoder,
-    /// The upstream keeps the connection alive after this response.
-    keep_alive: bool,
-    /// `pool_max_idle` of the destination's policy.
-    max_idle: usize,
-    /// How long the upstream keeps the connection open while idle, if it said so.
-    idle_limit: Option<Duration>,
+    /// Where the connection goes once the body has been read (`None`: it is closed then).
+    home: Option<Home>,
 }
 
 #[derive(Debug)]
@@ -94,25 +91,30 @@ enum Step {
 }
 
 impl Http1Body {
-    pub(super) fn new(conn: Connection, framing: Framing, reuse: Reuse) -> Self {
-        Http1Body {
+    pub(super) fn new(conn: Connection, framing: Framing, home: Option<Home>) -> Self {
+        let mut body = Http1Body {
             conn: Some(conn),
             decoder: Decoder::new(framing),
-            keep_alive: reuse.keep_alive,
-            max_idle: reuse.max_idle,
-            idle_limit: reuse.idle_limit,
-        }
+            home,
+        };
+        // A response without a body is done already: hyper will not poll it.
+        body.give_back_if_done();
+        body
     }
 
-    /// Once the body has been read to its end: its connection goes back to `idle`, if the
-    /// upstream keeps it alive and sent nothing past the body. Otherwise it is closed.
-    pub fn give_back(&mut self, idle: &IdleConnections) {
+    /// Once the body has been read to its end: its connection goes back home, if the upstream
+    /// keeps it alive and sent nothing past the body. Otherwise it is closed.
+    fn give_back_if_done(&mut self) {
         if !matches!(self.decoder, Decoder::Done) {
             return;
         }
         let conn = self.conn.take();
-        if let Some(conn) = conn.filter(|c| self.keep_alive && c.read.is_empty()) {
-            idle.give_back(conn, Instant::now(), self.max_idle, self.idle_limit);
+        if let (Some(conn), Some(home)) = (conn, self.home.take()) {
+            if conn.read.is_empty() {
+                let now = Instant::now();
+                home.idle
+                    .give_back(conn, now, home.max_idle, home.idle_limit);
+            }
         }
     }
 
@@ -141,8 +143,14 @@ impl Body for Http1Body {
                 return Poll::Ready(None);
             };
             match step(&mut this.decoder, &mut conn.read) {
-                Ok(Step::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
-                Ok(Step::End) => return Poll::Ready(None),
+                Ok(Step::Frame(frame)) => {
+                    this.give_back_if_done();
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(Step::End) => {
+                    this.give_back_if_done();
+                    return Poll::Ready(None);
+                }
                 Ok(Step::More) => {}
                 Err(error) => return Poll::Ready(Some(Err(this.fail(error)))),
             }

@@ -52,8 +52,8 @@ use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
 pub(crate) use body::decode_all;
+use body::Home;
 pub use body::Http1Body;
-use body::Reuse;
 use head::Parsed;
 pub use idle::IdleConnections;
 use idle::MadeFor;
@@ -103,7 +103,8 @@ impl Connection {
 /// Where and how a destination's connections are opened and kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Pool<'a> {
-    pub idle: &'a IdleConnections,
+    /// The destination's resting connections; a response body gives its connection back there.
+    pub idle: &'a Arc<IdleConnections>,
     pub host: &'a str,
     pub port: u16,
     /// For `https://` upstreams: the TLS settings and the server name to verify.
@@ -185,12 +186,17 @@ pub async fn send(
         );
         match write_request(&mut conn, body).await {
             Ok(rest) => {
-                return match read_head(conn, rest, &head.method, pool.max_idle).await {
+                let home = Home {
+                    idle: Arc::clone(pool.idle),
+                    max_idle: pool.max_idle,
+                    idle_limit: None,
+                };
+                return match read_head(conn, rest, &head.method, home).await {
                     Err(SendError::Unanswered { error, .. }) => {
                         Err(SendError::Unanswered { error, reused })
                     }
                     read => read,
-                }
+                };
             }
             // Nothing of the request went out: another connection gets it.
             Err((error, 0)) if reused => {
@@ -260,7 +266,7 @@ async fn read_head(
     mut conn: Connection,
     mut rest: &[u8],
     method: &Method,
-    max_idle: usize,
+    home: Home,
 ) -> Result<Response<Http1Body>, SendError> {
     let mut write_failed = None;
     let mut answered: Option<head::Head> = None;
@@ -280,13 +286,13 @@ async fn read_head(
         let outgrown = conn.read.len() >= read_ahead_limit;
         let failed = write_failed.is_some();
         if let Some((head, reuse)) = ready(&mut answered, rest.is_empty(), failed, outgrown) {
-            return Ok(answer(conn, head, reuse, max_idle));
+            return Ok(answer(conn, head, reuse, home));
         }
         conn.read.reserve(READ_SIZE);
         let read_error = match read_or_write(&mut conn, &mut rest).await {
             Ok(Step::Read(0)) => match answered.take() {
                 // Closed after answering: the body's framing says whether it came whole.
-                Some(head) => return Ok(answer(conn, head, false, max_idle)),
+                Some(head) => return Ok(answer(conn, head, false, home)),
                 None => None,
             },
             Ok(Step::Read(_)) => {
@@ -350,20 +356,14 @@ fn no_answer(
     }
 }
 
-/// The response of `head`, its body read from `conn`; its connection is reused afterwards
-/// only when `keep_alive`.
-fn answer(
-    conn: Connection,
-    head: head::Head,
-    keep_alive: bool,
-    max_idle: usize,
-) -> Response<Http1Body> {
-    let reuse = Reuse {
-        keep_alive,
-        max_idle,
+/// The response of `head`, its body read from `conn`; its connection goes `home` afterwards
+/// only when `reuse`, before the upstream's `Keep-Alive: timeout=` (if any) runs out.
+fn answer(conn: Connection, head: head::Head, reuse: bool, home: Home) -> Response<Http1Body> {
+    let home = reuse.then(|| Home {
         idle_limit: head.idle_limit,
-    };
-    let body = Http1Body::new(conn, head.framing, reuse);
+        ..home
+    });
+    let body = Http1Body::new(conn, head.framing, home);
     head.response.map(|()| body)
 }
 
@@ -457,7 +457,7 @@ mod tests {
 
     /// A pool of connections to 127.0.0.1:1, cleartext or with `tls`.
     fn pool<'a>(
-        idle: &'a IdleConnections,
+        idle: &'a Arc<IdleConnections>,
         rules: &'a ConnectRules,
         tls: Option<Tls<'a>>,
     ) -> Pool<'a> {
@@ -494,7 +494,7 @@ mod tests {
 
     /// A connected pair made for a cleartext pool.
     async fn pair() -> (Connection, TcpStream) {
-        let (idle, rules) = (IdleConnections::default(), rules());
+        let (idle, rules) = (Arc::new(IdleConnections::default()), rules());
         pair_for(&pool(&idle, &rules, None)).await
     }
 
@@ -509,7 +509,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_resting_connection_serves_only_a_try_that_would_make_the_same_one() {
-        let (idle, rules) = (IdleConnections::default(), rules());
+        let (idle, rules) = (Arc::new(IdleConnections::default()), rules());
         let (config, other_roots) = (tls_config(), tls_config());
         let tls = |config, server_name| {
             Some(Tls {
@@ -549,7 +549,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_resting_connection_the_upstream_closed_or_wrote_to_is_not_taken() {
-        let (idle, rules) = (IdleConnections::default(), rules());
+        let (idle, rules) = (Arc::new(IdleConnections::default()), rules());
         let plain = pool(&idle, &rules, None);
         let now = Instant::now();
         let (open_conn, _kept) = pair().await;
@@ -573,7 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_expire_and_at_most_max_idle_rest() {
-        let (idle, rules) = (IdleConnections::default(), rules());
+        let (idle, rules) = (Arc::new(IdleConnections::default()), rules());
         let plain = pool(&idle, &rules, None);
         let start = Instant::now();
         let mut upstreams = Vec::new();
@@ -597,7 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_not_taken_near_the_upstream_s_keep_alive_timeout() {
-        let (idle, rules) = (IdleConnections::default(), rules());
+        let (idle, rules) = (Arc::new(IdleConnections::default()), rules());
         let plain = pool(&idle, &rules, None);
         let (start, timeout) = (Instant::now(), Duration::from_secs(90));
         let (five, _a) = pair().await;
