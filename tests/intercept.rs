@@ -296,11 +296,12 @@ async fn an_upstream_with_an_untrusted_certificate_is_a_502_the_app_reads_inside
 }
 
 /// Opens an intercepted TLS session to `localhost:port` through fusebox, as an app would
-/// (CONNECT, then TLS trusting fusebox's CA, ALPN `http/1.1`).
+/// (CONNECT, then TLS trusting fusebox's CA, offering `alpn`).
 async fn intercepted_session(
     fusebox: &TestFusebox,
     ca_pem: &str,
     port: u16,
+    alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -320,7 +321,7 @@ async fn intercepted_session(
     let mut tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     connector
@@ -344,7 +345,7 @@ async fn shutdown_closes_an_idle_intercepted_connection_with_close_notify() {
         .await;
     let (fusebox, ca_pem) = start(&pki, &upstream, "").await;
     let port = upstream.addr().port();
-    let mut session = intercepted_session(&fusebox, &ca_pem, port).await;
+    let mut session = intercepted_session(&fusebox, &ca_pem, port, b"http/1.1").await;
     let request = format!("GET /a HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
     session.write_all(request.as_bytes()).await.unwrap();
     let mut answer = vec![0u8; 4096];
@@ -493,4 +494,49 @@ async fn a_rotated_local_ca_is_taken_by_a_reload() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(taken, "the watcher reloaded the rotated CA");
+}
+
+/// On shutdown, an intercepted HTTP/2 connection gets a GOAWAY and is closed gracefully at
+/// once when no request is open (#22, item 13): the app's HTTP/2 connection ends cleanly, long
+/// before the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_goaway_on_an_intercepted_http2_connection() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .statuses(&[200])
+        .start()
+        .await;
+    let (fusebox, ca_pem) = start(&pki, &upstream, "").await;
+    let port = upstream.addr().port();
+    let session = intercepted_session(&fusebox, &ca_pem, port, b"h2").await;
+    assert_eq!(session.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let io = hyper_util::rt::TokioIo::new(session);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("https://localhost:{port}/a"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(fusebox.shutdown());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), connection)
+        .await
+        .expect("fusebox ends the HTTP/2 connection");
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "a graceful end (GOAWAY): {ended:?}"
+    );
+    stopping.await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "not held until the drain timeout: {took:?}"
+    );
 }

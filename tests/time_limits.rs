@@ -21,9 +21,10 @@ use support::{policies_dir, TestFusebox};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// An upstream that reads whatever arrives and never answers; each connection's bytes are
-/// reported when the connection ends.
-async fn swallowing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
+/// An upstream on loopback that, with an `answer`, writes it after the first bytes of each
+/// connection (and then counts only what comes after); without one, never answers. Each
+/// connection's bytes are reported when it ends.
+async fn recording_upstream(answer: &'static [u8]) -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (ended, ends) = mpsc::unbounded_channel();
@@ -31,8 +32,12 @@ async fn swallowing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
         while let Ok((mut stream, _)) = listener.accept().await {
             let ended = ended.clone();
             tokio::spawn(async move {
-                let mut total = 0;
                 let mut buf = [0u8; 16 * 1024];
+                if !answer.is_empty() {
+                    let _ = stream.read(&mut buf).await;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer).await;
+                }
+                let mut total = 0;
                 while let Ok(n @ 1..) = stream.read(&mut buf).await {
                     total += n;
                 }
@@ -41,6 +46,11 @@ async fn swallowing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
         }
     });
     (addr, ends)
+}
+
+/// An upstream that reads whatever arrives and never answers.
+async fn swallowing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
+    recording_upstream(b"").await
 }
 
 /// fusebox with one policy for `addr`: these `[timeouts]`, one request at a time, a breaker
@@ -164,29 +174,12 @@ async fn a_try_that_ends_waiting_for_the_apps_body_is_the_apps_failure() {
     assert_eq!(retries, 0.0, "{metrics}");
 }
 
-/// An upstream that answers every request with `101 Switching Protocols` and then reads
-/// whatever comes, reporting the bytes when its connection ends.
+/// An upstream that answers every request with `101 Switching Protocols`.
 async fn upgrading_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (ended, ends) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let ended = ended.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let answer = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
-                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer).await;
-                let mut total = 0;
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    total += n;
-                }
-                let _ = ended.send(total);
-            });
-        }
-    });
-    (addr, ends)
+    recording_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    )
+    .await
 }
 
 /// A connection both sides upgraded (a WebSocket, say) is held to a tunnel's limits: silent

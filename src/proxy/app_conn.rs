@@ -145,12 +145,16 @@ impl ConnPhase {
         UnreadHead::ALL.get(usize::from(index)).copied()
     }
 
-    /// Whether `bytes`, written while no request is being handled, are hyper's own answer to a
+    /// Whether a request head is being read: hyper answers a head it could not read while
+    /// reading it (the first byte of a head makes the phase `HEAD`). Responses to requests are
+    /// written in `BUSY` or, once their body has ended, `IDLE`.
+    fn reading_head(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == HEAD
+    }
+
+    /// Whether `bytes`, written while a head is being read, are hyper's own answer to a
     /// head it could not read (or the rest of it): then fusebox's reply goes out instead.
     fn answering_unread_head(&self, bytes: &[u8]) -> Option<UnreadHead> {
-        if !matches!(self.phase.load(Ordering::Acquire), IDLE | HEAD) {
-            return None;
-        }
         if let Some(head) = self.unread_head() {
             return Some(head);
         }
@@ -392,6 +396,9 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        if !this.phase.reading_head() {
+            return this.inner.poll_write(cx, buf);
+        }
         match this.phase.answering_unread_head(buf) {
             Some(head) => write_instead(this.inner, this.phase, head, buf.len(), cx),
             None => this.inner.poll_write(cx, buf),
@@ -404,6 +411,9 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
+        if !this.phase.reading_head() {
+            return this.inner.poll_write_vectored(cx, bufs);
+        }
         let first = bufs
             .iter()
             .find(|b| !b.is_empty())

@@ -112,7 +112,13 @@ impl UnreadHead {
     /// neither fusebox's reason (a local reply) nor its `via` (an upstream's response), which
     /// every response fusebox itself sends has.
     pub fn of_hyper_answer(bytes: &[u8]) -> Option<UnreadHead> {
-        let status = bytes.strip_prefix(b"HTTP/1.1 ")?.get(..4)?;
+        // The status first: nearly every response is not one of these, and stops here.
+        let unread = match bytes.strip_prefix(b"HTTP/1.1 ")?.get(..4)? {
+            b"400 " => UnreadHead::Malformed,
+            b"414 " => UnreadHead::TargetTooLong,
+            b"431 " => UnreadHead::TooLarge,
+            _ => return None,
+        };
         let head_end = bytes
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -122,15 +128,7 @@ impl UnreadHead {
             head.windows(field.len())
                 .any(|w| w.eq_ignore_ascii_case(field))
         };
-        if has(b"\r\nvia:") || has(b"\r\nx-fusebox-reason:") {
-            return None;
-        }
-        match status {
-            b"400 " => Some(UnreadHead::Malformed),
-            b"414 " => Some(UnreadHead::TargetTooLong),
-            b"431 " => Some(UnreadHead::TooLarge),
-            _ => None,
-        }
+        (!has(b"\r\nvia:") && !has(b"\r\nx-fusebox-reason:")).then_some(unread)
     }
 
     pub fn reason(self) -> Reason {

@@ -155,7 +155,9 @@ pub(super) async fn prepare_body(
         None => Ok(Body::Unsized(body)),
         Some(length) if length <= max_replay => {
             let capacity = usize::try_from(length).unwrap_or(0);
-            let bytes = read_whole(body, capacity, deadline, idle).await?;
+            // Boxed: a body read in full is rarer than none, and its timer and buffers would
+            // otherwise enlarge every request's future (moved, and copied, as it is polled).
+            let bytes = Box::pin(read_whole(body, capacity, deadline, idle)).await?;
             Ok(Body::Replayable((!bytes.is_empty()).then_some(bytes)))
         }
         _ => Ok(Body::Streaming(body)),

@@ -9,6 +9,8 @@
 //! bytes unlabelled). A connection is reused only after an unambiguous framing: one
 //! `Content-Length` value, or `chunked` alone.
 
+use std::time::Duration;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
@@ -38,6 +40,8 @@ pub struct FramingFields {
     close: bool,
     /// `Connection` named `keep-alive`.
     keep_alive: bool,
+    /// `Keep-Alive: timeout=N`: how long the upstream keeps an idle connection open.
+    idle_limit: Option<Duration>,
 }
 
 impl FramingFields {
@@ -48,6 +52,10 @@ impl FramingFields {
             17 if name == header::TRANSFER_ENCODING => self.read_transfer_encoding(value),
             14 if name == header::CONTENT_LENGTH => self.read_content_length(value),
             10 if name == header::CONNECTION => self.read_connection(value),
+            10 if name.as_str() == "keep-alive" => {
+                self.idle_limit = keep_alive_timeout(value).or(self.idle_limit);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -100,6 +108,11 @@ impl FramingFields {
             self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
         }
         Ok(())
+    }
+
+    /// How long the upstream said it keeps an idle connection open (`Keep-Alive: timeout=`).
+    pub fn idle_limit(&self) -> Option<Duration> {
+        self.idle_limit
     }
 
     /// RFC 9112 §6.3: how the body of this response is delimited, and whether the connection
@@ -216,6 +229,22 @@ fn shown(value: &[u8]) -> String {
     let cut = &value[..value.len().min(64)];
     let more = if cut.len() < value.len() { "…" } else { "" };
     format!("\"{}{more}\"", cut.escape_ascii())
+}
+
+/// The `timeout` parameter of a `Keep-Alive` field's value (`timeout=5, max=100`): how long
+/// the upstream keeps an idle connection open. Any other parameter, or a value that is not a
+/// number of seconds, says nothing.
+pub fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
+    value.split(|&b| b == b',').find_map(|param| {
+        let at = param.iter().position(|&b| b == b'=')?;
+        let (name, seconds) = (trim(&param[..at]), trim(&param[at + 1..]));
+        if !name.eq_ignore_ascii_case(b"timeout") {
+            return None;
+        }
+        let seconds = seconds.strip_prefix(b"\"").unwrap_or(seconds);
+        let seconds = seconds.strip_suffix(b"\"").unwrap_or(seconds);
+        digits(seconds).map(Duration::from_secs)
+    })
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
     let (mut headers, fields) = header_fields(&head, &spans[..count])?;
     let (framing, keep_alive) = fields.framing(method, status, version)?;
     fields.settle_content_length(&mut headers);
-    let idle_limit = keep_alive_timeout(&headers);
+    let idle_limit = fields.idle_limit();
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -140,21 +140,6 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Str
         keep_alive,
         idle_limit,
     }))
-}
-
-/// The `timeout` parameter of a `Keep-Alive` field (`Keep-Alive: timeout=5, max=100`): how
-/// long the upstream keeps an idle connection open. Any other parameter, or a value that is
-/// not a number of seconds, says nothing.
-pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("keep-alive")?.to_str().ok()?;
-    value.split(',').find_map(|param| {
-        let (name, seconds) = param.split_once('=')?;
-        if !name.trim().eq_ignore_ascii_case("timeout") {
-            return None;
-        }
-        let seconds = seconds.trim().trim_matches('"');
-        seconds.parse::<u64>().ok().map(Duration::from_secs)
-    })
 }
 
 /// The header fields at `spans` (name, value) of `head`, and what those that frame the body
@@ -362,14 +347,14 @@ mod tests {
             ("timeout=soon", None),
         ];
         for (value, seconds) in cases {
-            let mut headers = HeaderMap::new();
-            headers.insert("keep-alive", HeaderValue::from_static(value));
-            assert_eq!(
-                keep_alive_timeout(&headers),
-                seconds.map(Duration::from_secs),
-                "{value}"
-            );
+            let text =
+                format!("HTTP/1.1 200 OK\r\nKeep-Alive: {value}\r\ncontent-length: 0\r\n\r\n");
+            let head = final_head(&text);
+            assert_eq!(head.idle_limit, seconds.map(Duration::from_secs), "{value}");
         }
-        assert_eq!(keep_alive_timeout(&HeaderMap::new()), None);
+        assert_eq!(
+            final_head("HTTP/1.1 204 No Content\r\n\r\n").idle_limit,
+            None
+        );
     }
 }
