@@ -53,7 +53,8 @@ pub struct RunArgs {
     /// How long an app may take to send a request head, counted from its first byte.
     #[arg(long, env = "FUSEBOX_HEADER_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub header_timeout: Duration,
-    /// How long an app connection may stay idle between requests before fusebox closes it.
+    /// How long an app connection may stay idle between requests before fusebox closes it, and
+    /// how long an HTTP/1.1 app may take nothing of a response being written to it.
     #[arg(long, env = "FUSEBOX_IDLE_TIMEOUT", default_value = "5m", value_parser = positive_duration)]
     pub idle_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.

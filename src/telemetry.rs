@@ -271,14 +271,18 @@ pub enum StreamTimeout {
     /// `--header-timeout`: an app connection did not complete a request head in time
     /// (counted under `upstream="default", destination="_other"`).
     Header,
+    /// `--idle-timeout`: an app took nothing of its response for that long (counted under
+    /// `upstream="default", destination="_other"`).
+    ResponseUnread,
 }
 
 impl StreamTimeout {
-    pub const ALL: [StreamTimeout; 4] = [
+    pub const ALL: [StreamTimeout; 5] = [
         StreamTimeout::BodyIdle,
         StreamTimeout::TunnelIdle,
         StreamTimeout::TunnelMax,
         StreamTimeout::Header,
+        StreamTimeout::ResponseUnread,
     ];
 
     pub fn label(self) -> &'static str {
@@ -287,6 +291,7 @@ impl StreamTimeout {
             StreamTimeout::TunnelIdle => "tunnel_idle",
             StreamTimeout::TunnelMax => "tunnel_max",
             StreamTimeout::Header => "header",
+            StreamTimeout::ResponseUnread => "response_unread",
         }
     }
 }
@@ -548,7 +553,7 @@ fn describe(recorder: &PrometheusRecorder) {
         ("fusebox_retry_budget_exhausted_total", "Retries refused because the retry budget was spent."),
         ("fusebox_shadow_rejections_total", "Requests that shadow mode would have rejected, by kind (breaker, rate_limit)."),
         ("fusebox_config_reloads_total", "Policy reload attempts, by result (success, failure, unchanged)."),
-        ("fusebox_stream_timeouts_total", "Response bodies and CONNECT tunnels cut off by a time limit, by kind (body_idle, tunnel_idle, tunnel_max, header)."),
+        ("fusebox_stream_timeouts_total", "Response bodies, app connections and CONNECT tunnels cut off by a time limit, by kind (body_idle, tunnel_idle, tunnel_max, header, response_unread)."),
         ("fusebox_intercepted_connections_total", "CONNECTs whose TLS fusebox terminated (intercept = true), by how the handshake with the app ended (ok, sni_mismatch, handshake_failed)."),
     ];
     for (name, help) in counters {

@@ -289,3 +289,60 @@ async fn an_idle_http2_app_connection_is_closed_after_the_idle_timeout() {
         "a GOAWAY: {seen:?}"
     );
 }
+
+/// A response the app takes nothing of (it never reads, so its socket stays full) holds the
+/// connection no longer than `--idle-timeout`: fusebox closes the app connection, which frees
+/// the gate slot and closes the upstream connection, and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_the_app_does_not_read_is_cut_off_after_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ended, mut ends) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await;
+        let endless = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000000\r\n\r\n";
+        let _ = stream.write_all(endless).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        // Writes until fusebox stops reading, then waits in the write until it closes.
+        while stream.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+        let _ = ended.send(sent);
+    });
+    let policy = format!("hosts = [\"{addr}\"]\n[concurrency]\nmax_in_flight = 1\n");
+    let fusebox = TestFusebox::start_with(policies_dir(&[("api", &policy)]), |config| {
+        config.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut app = tokio::net::TcpStream::connect(fusebox.agent().egress_addr())
+        .await
+        .unwrap();
+    let request = format!("GET http://{addr}/big HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    app.write_all(request.as_bytes()).await.unwrap();
+    // The app never reads. The upstream's connection ends once fusebox gives up on the app.
+    let sent = tokio::time::timeout(Duration::from_secs(20), ends.recv())
+        .await
+        .expect("the upstream connection is closed")
+        .unwrap();
+    assert!(
+        sent > 0,
+        "the response went out until the app's socket was full"
+    );
+    let metrics = fusebox.metrics().await;
+    let labels = [("kind", "response_unread")];
+    assert_eq!(
+        metric(&metrics, "fusebox_stream_timeouts_total", &labels),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "fusebox_in_flight", &[("upstream", "api")]),
+        0.0,
+        "{metrics}"
+    );
+    drop(app);
+}

@@ -58,6 +58,8 @@ pub enum Expired {
     Header,
     /// Nothing from the app within `--idle-timeout` of the last response.
     Idle,
+    /// The app took nothing of a response for `--idle-timeout` (its socket stayed full).
+    ResponseUnread,
 }
 
 /// The phase of one app connection, shared by its socket and its request handlers.
@@ -66,8 +68,9 @@ pub struct ConnPhase {
     phase: AtomicU8,
     /// Bumped on every phase change, so the socket knows when to re-arm its timer.
     epoch: AtomicU64,
-    /// Which limit closed the connection (valid once the phase is `EXPIRED`).
-    expired_header: AtomicU8,
+    /// Which limit closed the connection (valid once the phase is `EXPIRED`): 0 idle,
+    /// 1 header, 2 an unread response.
+    expired_by: AtomicU8,
     /// When the last request ended, in nanoseconds after `base` (`NOT_DONE`: not since the
     /// connection last woke): where the idle limit counts from.
     done_at: AtomicU64,
@@ -86,7 +89,7 @@ impl ConnPhase {
         Arc::new(ConnPhase {
             phase: AtomicU8::new(IDLE),
             epoch: AtomicU64::new(0),
-            expired_header: AtomicU8::new(0),
+            expired_by: AtomicU8::new(0),
             done_at: AtomicU64::new(NOT_DONE),
             base: Instant::now(),
             unread_head: AtomicU8::new(0),
@@ -135,7 +138,11 @@ impl ConnPhase {
 
     /// The connection rested for the rest of `--idle-timeout`: it is closed.
     pub fn expire_idle(&self) {
-        self.expired_header.store(0, Ordering::Release);
+        self.expire(0);
+    }
+
+    fn expire(&self, by: u8) {
+        self.expired_by.store(by, Ordering::Release);
         self.enter(EXPIRED);
     }
 
@@ -169,10 +176,10 @@ impl ConnPhase {
     /// The limit that closed the connection, if one did.
     pub fn expired(&self) -> Option<Expired> {
         (self.phase.load(Ordering::Acquire) == EXPIRED).then(|| {
-            if self.expired_header.load(Ordering::Acquire) == 1 {
-                Expired::Header
-            } else {
-                Expired::Idle
+            match self.expired_by.load(Ordering::Acquire) {
+                1 => Expired::Header,
+                2 => Expired::ResponseUnread,
+                _ => Expired::Idle,
             }
         })
     }
@@ -211,6 +218,10 @@ pin_project_lite::pin_project! {
         // was armed for).
         timer: Option<Pin<Box<Sleep>>>,
         armed: u64,
+        // The write side's limit: armed when a write finds the app's socket full, and run
+        // until a write goes through (`write_waiting`).
+        write_timer: Option<Pin<Box<Sleep>>>,
+        write_waiting: bool,
     }
 }
 
@@ -236,6 +247,8 @@ impl<T> Watched<T> {
             replay: Bytes::new(),
             timer: None,
             armed: u64::MAX,
+            write_timer: None,
+            write_waiting: false,
         }
     }
 
@@ -322,10 +335,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
             this.phase.enter(RESTING);
             return Poll::Pending;
         }
-        this.phase
-            .expired_header
-            .store(u8::from(phase == HEAD), Ordering::Release);
-        this.phase.enter(EXPIRED);
+        this.phase.expire(u8::from(phase == HEAD));
         if phase == HEAD {
             // Tell the app before closing; best effort (an empty socket buffer takes it).
             let _ = inner.poll_write(cx, HEADER_TIMEOUT_REPLY);
@@ -338,6 +348,46 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for Watched<T> {
             Poll::Ready(Ok(()))
         }
     }
+}
+
+/// The write side's limit: a response the app takes nothing of (its socket stays full) for
+/// `limit` (`--idle-timeout`) fails the write, and hyper closes the connection, which drops the
+/// response (its gate slot freed, its upstream connection closed). Only the time spent waiting
+/// on the app counts; a tunnel or an upgraded connection keeps its own limits.
+fn write_limit(
+    written: Poll<io::Result<usize>>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    waiting: &mut bool,
+    limit: Duration,
+    phase: &ConnPhase,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if written.is_ready() {
+        *waiting = false;
+        return written;
+    }
+    if phase.phase.load(Ordering::Relaxed) == UPGRADED {
+        return written;
+    }
+    if !*waiting {
+        *waiting = true;
+        let deadline = Instant::now() + limit;
+        match timer.as_mut() {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+    let Some(timer) = timer.as_mut() else {
+        return written;
+    };
+    if timer.as_mut().poll(cx).is_pending() {
+        return written;
+    }
+    phase.expire(2);
+    Poll::Ready(Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the app took nothing of the response for --idle-timeout",
+    )))
 }
 
 /// Writes fusebox's reply to an unread head instead of hyper's `len` bytes, which are reported
@@ -397,7 +447,9 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         if !this.phase.reading_head() {
-            return this.inner.poll_write(cx, buf);
+            let written = this.inner.poll_write(cx, buf);
+            let (timer, waiting) = (this.write_timer, this.write_waiting);
+            return write_limit(written, timer, waiting, *this.idle, this.phase, cx);
         }
         match this.phase.answering_unread_head(buf) {
             Some(head) => write_instead(this.inner, this.phase, head, buf.len(), cx),
@@ -412,7 +464,9 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         if !this.phase.reading_head() {
-            return this.inner.poll_write_vectored(cx, bufs);
+            let written = this.inner.poll_write_vectored(cx, bufs);
+            let (timer, waiting) = (this.write_timer, this.write_waiting);
+            return write_limit(written, timer, waiting, *this.idle, this.phase, cx);
         }
         let first = bufs
             .iter()

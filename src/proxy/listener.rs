@@ -464,6 +464,14 @@ fn connection_ended(app: &AppConn, phase: Option<&ConnPhase>, result: hyper::Res
             info!(%peer, "app connection closed: no complete request head within --header-timeout");
         }
         Some(Expired::Idle) => debug!(%peer, "app connection closed: idle for --idle-timeout"),
+        Some(Expired::ResponseUnread) => {
+            let snapshot = app.ctx.registry.load();
+            let unrouted = snapshot.default().other_destination();
+            unrouted
+                .metrics
+                .stream_timeout(StreamTimeout::ResponseUnread);
+            info!(%peer, "app connection closed: the app took nothing of its response for --idle-timeout");
+        }
         None => {
             if let Err(error) = result {
                 debug!(%peer, %error, "app connection ended with an error");
