@@ -92,7 +92,6 @@ async fn serve(
     destination: &Destination,
 ) {
     let limits = ctx.limits;
-    let ctx_draining = ctx.draining.clone();
     // An app that never finishes its handshake is held no longer than a request head may take.
     let handshake = handshake(&ca, app, authority.host(), destination);
     let tls = match tokio::time::timeout(limits.header_timeout, handshake).await {
@@ -106,6 +105,19 @@ async fn serve(
             return;
         }
     };
+    serve_requests(ctx, tls, authority, destination).await;
+}
+
+/// Serves the requests inside an intercepted connection (HTTP/1.1 or HTTP/2, as ALPN chose)
+/// until the app closes it, it has been idle for `--idle-timeout`, or the agent drains.
+async fn serve_requests(
+    ctx: Arc<ProxyContext>,
+    tls: tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>,
+    authority: Authority,
+    destination: &Destination,
+) {
+    let (limits, draining) = (ctx.limits, ctx.draining.clone());
+    let builder = server_builder(&ctx);
     let streams = Streams::new();
     let service_streams = Arc::clone(&streams);
     let service = service_fn(move |req| {
@@ -117,23 +129,12 @@ async fn serve(
             Ok::<_, Infallible>(response.map(|body| Guarded::new(body, stream)))
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size((limits.max_header_bytes * 2).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)));
     let connection = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(connection);
     let closing = tokio::select! {
         result = connection.as_mut() => return ended(result),
         () = streams.idle(limits.idle_timeout) => Closing::Idle,
-        () = ctx_draining.cancelled() => Closing::Drain,
+        () = draining.cancelled() => Closing::Drain,
     };
     debug!(destination = %destination.authority, ?closing, "closing an intercepted connection gracefully");
     // HTTP/2: GOAWAY; HTTP/1.1: `Connection: close` on the response in progress, if any; then
@@ -151,6 +152,23 @@ async fn serve(
         Closing::Drain => connection.await,
     };
     ended(result);
+}
+
+/// The server for an intercepted connection's requests, under the app connections' limits.
+fn server_builder(ctx: &ProxyContext) -> auto::Builder<TokioExecutor> {
+    let limits = ctx.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size((limits.max_header_bytes * 2).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
 }
 
 /// Why an intercepted connection is being closed.
