@@ -51,17 +51,6 @@ impl CaDir {
     pub fn install(&self, ca: LocalCa) {
         self.current.store(Arc::new(ca));
     }
-
-    /// Both at once: `Ok(true)` when a changed CA took the place of the one in use. On error
-    /// the CA in use stays.
-    pub fn reload(&self) -> Result<bool, CaError> {
-        let changed = self.read_if_changed()?;
-        let swapped = changed.is_some();
-        if let Some(ca) = changed {
-            self.install(ca);
-        }
-        Ok(swapped)
-    }
 }
 
 #[cfg(test)]
@@ -71,19 +60,30 @@ mod tests {
     use super::*;
     use crate::ca::KEY_FILE;
 
+    /// What a reload does with the directory: `Ok(true)` when a changed CA took the place of
+    /// the one in use.
+    fn reload(ca_dir: &CaDir) -> Result<bool, CaError> {
+        let changed = ca_dir.read_if_changed()?;
+        let swapped = changed.is_some();
+        if let Some(ca) = changed {
+            ca_dir.install(ca);
+        }
+        Ok(swapped)
+    }
+
     #[test]
     fn a_rotated_ca_is_swapped_in_and_a_broken_one_refused() {
         let dir = tempfile::tempdir().unwrap();
         LocalCa::init(dir.path(), false, SystemTime::now()).unwrap();
         let ca_dir = CaDir::load(dir.path()).unwrap();
         let first = ca_dir.current().certificate_pem().to_owned();
-        assert!(!ca_dir.reload().unwrap(), "the same content: unchanged");
+        assert!(!reload(&ca_dir).unwrap(), "the same content: unchanged");
         LocalCa::init(dir.path(), true, SystemTime::now()).unwrap();
-        assert!(ca_dir.reload().unwrap(), "a new CA");
+        assert!(reload(&ca_dir).unwrap(), "a new CA");
         let second = ca_dir.current().certificate_pem().to_owned();
         assert_ne!(first, second);
         std::fs::write(dir.path().join(KEY_FILE), "not a key").unwrap();
-        assert!(ca_dir.reload().is_err());
+        assert!(reload(&ca_dir).is_err());
         assert_eq!(
             ca_dir.current().certificate_pem(),
             second,

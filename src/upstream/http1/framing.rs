@@ -234,7 +234,7 @@ fn shown(value: &[u8]) -> String {
 /// The `timeout` parameter of a `Keep-Alive` field's value (`timeout=5, max=100`): how long
 /// the upstream keeps an idle connection open. Any other parameter, or a value that is not a
 /// number of seconds, says nothing.
-pub fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
+fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
     value.split(|&b| b == b',').find_map(|param| {
         let at = param.iter().position(|&b| b == b'=')?;
         let (name, seconds) = (trim(&param[..at]), trim(&param[at + 1..]));
