@@ -16,48 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// `[outlier]` of a policy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutlierConfig {
-    pub consecutive_failures: u32,
-    pub base_ejection: Duration,
-    pub max_ejection: Duration,
-    /// At most this share of a set's endpoints is ejected before the set panics.
-    pub max_ejected_percent: u8,
-    pub panic: PanicMode,
-}
-
-impl Default for OutlierConfig {
-    fn default() -> Self {
-        OutlierConfig {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(10),
-            max_ejection: Duration::from_secs(300),
-            max_ejected_percent: 50,
-            panic: PanicMode::FailFast,
-        }
-    }
-}
-
-/// What a set does when more of its endpoints are ejected than `max_ejected_percent` allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PanicMode {
-    /// Keep the ejections: only ready endpoints are picked, and with none the destination
-    /// answers `503 no-endpoint` at once.
-    FailFast,
-    /// Ignore the ejections: every endpoint is picked again (Envoy's panic routing), said in
-    /// the logs and on `/upstreams`.
-    RouteAll,
-}
-
-impl PanicMode {
-    pub fn label(self) -> &'static str {
-        match self {
-            PanicMode::FailFast => "fail-fast",
-            PanicMode::RouteAll => "route-all",
-        }
-    }
-}
+use crate::policy::Outlier;
 
 /// Where an endpoint is in its ejection cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +96,7 @@ impl Ejection {
     }
 
     /// A try succeeded (or a probe passed).
-    pub fn succeeded(&mut self, now: Instant, config: &OutlierConfig) -> Option<Change> {
+    pub fn succeeded(&mut self, now: Instant, config: &Outlier) -> Option<Change> {
         self.consecutive = 0;
         match self.health {
             Health::Probing => {
@@ -164,7 +123,7 @@ impl Ejection {
     pub fn failed(
         &mut self,
         now: Instant,
-        config: &OutlierConfig,
+        config: &Outlier,
         may_eject: bool,
         jitter: f64,
     ) -> Option<Change> {
@@ -186,7 +145,7 @@ impl Ejection {
         }
     }
 
-    fn eject(&mut self, now: Instant, config: &OutlierConfig, jitter: f64) -> Change {
+    fn eject(&mut self, now: Instant, config: &Outlier, jitter: f64) -> Change {
         self.times = self.times.saturating_add(1);
         self.consecutive = 0;
         let length = config
@@ -211,13 +170,14 @@ pub fn max_ejected(len: usize, percent: u8) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Outlier;
 
-    fn config() -> OutlierConfig {
-        OutlierConfig {
+    fn config() -> Outlier {
+        Outlier {
             consecutive_failures: 3,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(25),
-            ..OutlierConfig::default()
+            ..Outlier::default()
         }
     }
 
@@ -282,7 +242,11 @@ mod tests {
         assert_eq!(e.health(), Health::Ready);
         assert_eq!(e.times_ejected(), 3);
         e.succeeded(t3 + Duration::from_secs(25), &config());
-        assert_eq!(e.times_ejected(), 0, "ready for max_ejection: the count starts afresh");
+        assert_eq!(
+            e.times_ejected(),
+            0,
+            "ready for max_ejection: the count starts afresh"
+        );
     }
 
     #[test]

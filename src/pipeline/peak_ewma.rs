@@ -125,7 +125,10 @@ mod tests {
         let e = Estimate::new(Duration::from_secs(5), 0);
         assert_eq!(e.decayed(0, DECAY), 5_000.0 * MS);
         let later = e.decayed(10_000, DECAY);
-        assert!((later - 5_000.0 * MS * (-1.0f32).exp()).abs() < MS, "{later}");
+        assert!(
+            (later - 5_000.0 * MS * (-1.0f32).exp()).abs() < MS,
+            "{later}"
+        );
         assert!(e.decayed(100_000, DECAY) < 1.0 * MS);
     }
 
@@ -133,7 +136,10 @@ mod tests {
     fn the_clock_may_wrap() {
         let e = Estimate::new(Duration::from_millis(100), u32::MAX - 499);
         let later = e.decayed(500, DECAY);
-        assert!((later - 100.0 * MS * (-0.1f32).exp()).abs() < 1_000.0, "{later}");
+        assert!(
+            (later - 100.0 * MS * (-0.1f32).exp()).abs() < 1_000.0,
+            "{later}"
+        );
     }
 
     #[test]

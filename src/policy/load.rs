@@ -24,8 +24,9 @@ use toml::de::{DeTable, DeValue};
 use super::keys::line_col;
 use super::raw::{List, RawPolicy, S};
 use super::{
-    Breaker, BreakerMode, CaFile, Concurrency, Endpoint, GrpcCode, HostPattern, LimitMode, Matcher,
-    Policy, PolicySet, RateLimit, Retry, RetryOn, Timeouts, DEFAULT_POLICY,
+    Balance, BalanceMode, Breaker, BreakerMode, CaFile, Concurrency, Dns, Endpoint, GrpcCode,
+    HostPattern, LimitMode, Matcher, Outlier, PanicMode, Policy, PolicySet, RateLimit, Retry,
+    RetryOn, Timeouts, DEFAULT_POLICY,
 };
 use crate::address::canonical_host;
 
@@ -348,6 +349,9 @@ impl<'a> Cx<'a> {
         self.breaker(&mut p.breaker, raw);
         self.rate_limit(&mut p.rate_limit, raw);
         self.concurrency(&mut p.concurrency, raw);
+        self.balance(&mut p.balance, raw);
+        self.outlier(&mut p.outlier, raw);
+        self.dns(&mut p.dns, raw);
         p
     }
 
@@ -578,6 +582,90 @@ impl<'a> Cx<'a> {
             &r.max_in_flight,
             |&v| int(v, 0, U32_MAX),
         );
+    }
+
+    fn balance(&mut self, t: &mut Balance, raw: &RawPolicy) {
+        let r = &raw.balance;
+        self.value(&mut t.mode, "balance.mode", &r.mode, |s| match s.as_str() {
+            "p2c-ewma" => Ok(BalanceMode::P2cEwma),
+            "round-robin" => Ok(BalanceMode::RoundRobin),
+            _ => Err(format!(
+                "unknown mode \"{s}\"; valid: \"p2c-ewma\", \"round-robin\""
+            )),
+        });
+        self.value(&mut t.decay, "balance.decay", &r.decay, |s| positive(s));
+        self.value(
+            &mut t.default_rtt,
+            "balance.default_rtt",
+            &r.default_rtt,
+            |s| positive(s),
+        );
+        self.value(
+            &mut t.failure_penalty,
+            "balance.failure_penalty",
+            &r.failure_penalty,
+            |s| positive(s),
+        );
+        self.value(
+            &mut t.max_endpoints,
+            "balance.max_endpoints",
+            &r.max_endpoints,
+            |&v| int(v, 1, 10_000),
+        );
+    }
+
+    fn outlier(&mut self, t: &mut Outlier, raw: &RawPolicy) {
+        let r = &raw.outlier;
+        // 0 would eject an endpoint before it failed.
+        self.value(
+            &mut t.consecutive_failures,
+            "outlier.consecutive_failures",
+            &r.consecutive_failures,
+            |&v| int(v, 1, U32_MAX),
+        );
+        self.value(
+            &mut t.base_ejection,
+            "outlier.base_ejection",
+            &r.base_ejection,
+            |s| positive(s),
+        );
+        self.value(
+            &mut t.max_ejection,
+            "outlier.max_ejection",
+            &r.max_ejection,
+            |s| positive(s),
+        );
+        self.value(
+            &mut t.max_ejected_percent,
+            "outlier.max_ejected_percent",
+            &r.max_ejected_percent,
+            |&v| int(v, 0, 100),
+        );
+        self.value(&mut t.panic, "outlier.panic", &r.panic, |s| {
+            match s.as_str() {
+                "fail-fast" => Ok(PanicMode::FailFast),
+                "route-all" => Ok(PanicMode::RouteAll),
+                _ => Err(format!(
+                    "unknown panic \"{s}\"; valid: \"fail-fast\", \"route-all\""
+                )),
+            }
+        });
+    }
+
+    fn dns(&mut self, t: &mut Dns, raw: &RawPolicy) {
+        let r = &raw.dns;
+        self.value(&mut t.min_ttl, "dns.min_ttl", &r.min_ttl, |s| duration(s));
+        self.value(&mut t.max_ttl, "dns.max_ttl", &r.max_ttl, |s| positive(s));
+        let set = r.max_ttl.as_ref().or(r.min_ttl.as_ref());
+        if let (Some(at), true) = (set, t.min_ttl > t.max_ttl) {
+            self.error(
+                at.span(),
+                format!(
+                    "`dns.min_ttl` ({:?}) is above `dns.max_ttl` ({:?})",
+                    t.min_ttl, t.max_ttl
+                ),
+            );
+        }
     }
 
     /// Sets `slot` from `v` when it is present and valid; reports it at its span otherwise.
@@ -981,6 +1069,9 @@ impl Default for Policy {
             breaker: Breaker::default(),
             rate_limit: RateLimit::default(),
             concurrency: Concurrency { max_in_flight: 0 },
+            balance: Balance::default(),
+            outlier: Outlier::default(),
+            dns: Dns::default(),
         }
     }
 }
@@ -1565,6 +1656,35 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn balance_outlier_and_dns_sections() {
+        let set = load(&[(
+            "a.toml",
+            "hosts = [\"a.test\"]\n[balance]\nmode = \"round-robin\"\ndecay = \"2s\"\n\
+             failure_penalty = \"1s\"\n[outlier]\nconsecutive_failures = 2\n\
+             max_ejected_percent = 100\npanic = \"route-all\"\n[dns]\nmin_ttl = \"0s\"\n",
+        )]);
+        let a = &set.others[0];
+        assert_eq!(a.balance.mode, BalanceMode::RoundRobin);
+        assert_eq!(a.balance.decay, Duration::from_secs(2));
+        assert_eq!(a.balance.default_rtt, Duration::from_millis(30));
+        assert_eq!(a.outlier.consecutive_failures, 2);
+        assert_eq!(a.outlier.panic, PanicMode::RouteAll);
+        assert_eq!(a.outlier.base_ejection, Duration::from_secs(10));
+        assert_eq!(a.dns.min_ttl, Duration::ZERO);
+        assert_eq!(set.default.balance.mode, BalanceMode::P2cEwma);
+        assert_error(
+            &[("a.toml", "[outlier]\npanic = \"all\"\n")],
+            "a.toml:2:9",
+            &["`outlier.panic`", "\"fail-fast\", \"route-all\""],
+        );
+        assert_error(
+            &[("a.toml", "[dns]\nmin_ttl = \"10m\"\n")],
+            "a.toml:2:11",
+            &["`dns.min_ttl` (600s) is above `dns.max_ttl` (300s)"],
+        );
     }
 
     #[test]

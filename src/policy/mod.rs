@@ -74,6 +74,12 @@ pub struct Policy {
     pub breaker: Breaker,
     pub rate_limit: RateLimit,
     pub concurrency: Concurrency,
+    /// How a destination's endpoints share its requests.
+    pub balance: Balance,
+    /// When an endpoint is taken out of its set for a while.
+    pub outlier: Outlier,
+    /// How long resolved names are kept.
+    pub dns: Dns,
 }
 
 /// A `hosts` entry. Names are stored lowercase.
@@ -263,6 +269,116 @@ impl RateLimit {
 pub struct Concurrency {
     /// 0 = no limit.
     pub max_in_flight: u32,
+}
+
+/// `[balance]`: how a destination's endpoints share its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Balance {
+    pub mode: BalanceMode,
+    /// How fast an endpoint's latency estimate forgets.
+    #[serde(with = "humantime_serde_compat")]
+    pub decay: Duration,
+    /// The latency estimate of an endpoint not yet measured.
+    #[serde(with = "humantime_serde_compat")]
+    pub default_rtt: Duration,
+    /// A failed try counts as this latency.
+    #[serde(with = "humantime_serde_compat")]
+    pub failure_penalty: Duration,
+    /// At most this many endpoints of one destination get their own `endpoint` label.
+    pub max_endpoints: usize,
+}
+
+impl Default for Balance {
+    fn default() -> Self {
+        Balance {
+            mode: BalanceMode::P2cEwma,
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+            failure_penalty: Duration::from_secs(5),
+            max_endpoints: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalanceMode {
+    /// Power of two choices over peak-EWMA latency, failures counted as `failure_penalty`.
+    P2cEwma,
+    RoundRobin,
+}
+
+impl BalanceMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            BalanceMode::P2cEwma => "p2c-ewma",
+            BalanceMode::RoundRobin => "round-robin",
+        }
+    }
+}
+
+/// `[outlier]`: per-endpoint ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Outlier {
+    pub consecutive_failures: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub base_ejection: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_ejection: Duration,
+    /// At most this share of a set's endpoints is ejected before the set panics.
+    pub max_ejected_percent: u8,
+    pub panic: PanicMode,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+            panic: PanicMode::FailFast,
+        }
+    }
+}
+
+/// What a set does when more of its endpoints are ejected than `max_ejected_percent` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PanicMode {
+    /// Keep the ejections: only ready endpoints are picked, and with none the destination
+    /// answers `503 no-endpoint` at once.
+    FailFast,
+    /// Ignore the ejections: every endpoint is picked again (Envoy's panic routing), said in
+    /// the logs and on `/upstreams`.
+    RouteAll,
+}
+
+impl PanicMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            PanicMode::FailFast => "fail-fast",
+            PanicMode::RouteAll => "route-all",
+        }
+    }
+}
+
+/// `[dns]`: the bounds put on the TTLs of resolved names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Dns {
+    #[serde(with = "humantime_serde_compat")]
+    pub min_ttl: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_ttl: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(300),
+        }
+    }
 }
 
 /// All policies of one load of `policies/`, ready to match destinations.

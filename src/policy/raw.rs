@@ -40,6 +40,12 @@ pub(crate) struct RawPolicy {
     pub rate_limit: RawRateLimit,
     #[serde(default)]
     pub concurrency: RawConcurrency,
+    #[serde(default)]
+    pub balance: RawBalance,
+    #[serde(default)]
+    pub outlier: RawOutlier,
+    #[serde(default)]
+    pub dns: RawDns,
 }
 
 /// `[timeouts]`
@@ -106,4 +112,34 @@ pub(crate) struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConcurrency {
     pub max_in_flight: S<i64>,
+}
+
+/// `[balance]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBalance {
+    pub mode: S<String>,
+    pub decay: S<String>,
+    pub default_rtt: S<String>,
+    pub failure_penalty: S<String>,
+    pub max_endpoints: S<i64>,
+}
+
+/// `[outlier]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    pub consecutive_failures: S<i64>,
+    pub base_ejection: S<String>,
+    pub max_ejection: S<String>,
+    pub max_ejected_percent: S<i64>,
+    pub panic: S<String>,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    pub min_ttl: S<String>,
+    pub max_ttl: S<String>,
 }
