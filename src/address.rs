@@ -28,6 +28,12 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// `ip:port` of an address in its canonical form, IPv6 in brackets: how an endpoint is named
+/// (its `endpoint` label).
+pub fn authority_text(addr: std::net::SocketAddr) -> String {
+    std::net::SocketAddr::new(canonical(addr.ip()), addr.port()).to_string()
+}
+
 /// The canonical spelling of `host` (lower case, no brackets, no trailing dot): an IP address
 /// in any spelling as its canonical text; a name as it is.
 pub fn canonical_host(host: &str) -> Result<Cow<'_, str>, String> {

@@ -26,6 +26,7 @@ use crate::proxy::ProxyContext;
 use crate::registry::{Registry, Settings};
 use crate::reload::{self, ReloadError, Reloader};
 use crate::telemetry::Telemetry;
+use crate::upstream::resolve::Resolver;
 use crate::upstream::{tls, SelfAddrs};
 
 /// How to run: the `fusebox run` flags.
@@ -56,6 +57,8 @@ pub struct RunConfig {
     pub ca_dir: Option<PathBuf>,
     /// The Redis of fleet-wide rate limits (`--redis`, `redis://` or `rediss://`).
     pub redis: Option<String>,
+    /// The DNS server endpoint sets ask (`--dns-server`); the system's configuration if `None`.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 impl RunConfig {
@@ -76,6 +79,7 @@ impl RunConfig {
             rest_after: REST_AFTER,
             ca_dir: None,
             redis: None,
+            dns_server: None,
         }
     }
 }
@@ -165,9 +169,11 @@ impl Agent {
                 None
             }
         };
+        let resolver = Resolver::new(config.dns_server).map_err(StartError::Upstream)?;
         let settings = Settings {
             jitter: config.jitter,
             fleet,
+            resolver: Some(Arc::new(resolver)),
         };
         let telemetry = Telemetry::new();
         let self_addrs = Arc::new(SelfAddrs::default());

@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// `rediss://` for TLS).
     #[arg(long, env = "FUSEBOX_REDIS", value_name = "URL")]
     pub redis: Option<String>,
+    /// The DNS server that resolves destinations into their endpoints (`IP:port`); the
+    /// system's configuration (`/etc/resolv.conf`, `/etc/hosts`) when unset.
+    #[arg(long, env = "FUSEBOX_DNS_SERVER", value_name = "IP:PORT")]
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 /// A humantime duration greater than zero (`30s`, `5m`).
@@ -231,6 +235,7 @@ fn run(args: RunArgs) -> i32 {
         rest_after: crate::agent::REST_AFTER,
         ca_dir: args.ca_dir,
         redis: args.redis,
+        dns_server: args.dns_server,
     };
     runtime.block_on(async {
         let signals = match StopSignals::install() {

@@ -23,10 +23,11 @@ pub enum Outcome {
     BadResponse,
     Internal,
     TlsVerifyFailed,
+    NoEndpoint,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Ok,
         Outcome::UpstreamError,
         Outcome::BreakerOpen,
@@ -41,6 +42,7 @@ impl Outcome {
         Outcome::BadResponse,
         Outcome::Internal,
         Outcome::TlsVerifyFailed,
+        Outcome::NoEndpoint,
     ];
 
     pub fn label(self) -> &'static str {
@@ -59,6 +61,7 @@ impl Outcome {
             Outcome::BadResponse => "bad_response",
             Outcome::Internal => "internal",
             Outcome::TlsVerifyFailed => "tls_verify_failed",
+            Outcome::NoEndpoint => "no_endpoint",
         }
     }
 
@@ -113,6 +116,9 @@ pub enum Reason {
     /// The upstream's certificate did not verify against the policy's roots (502): a trust
     /// problem, blamed on the policy, never retried and never a breaker failure.
     TlsVerifyFailed,
+    /// Every endpoint of the destination is ejected or resting after a `Retry-After` (503,
+    /// at once); the upstream's failure.
+    NoEndpoint,
 }
 
 impl Reason {
@@ -130,12 +136,15 @@ impl Reason {
             Reason::BadResponse => "bad-response",
             Reason::Internal => "internal",
             Reason::TlsVerifyFailed => "tls-verify-failed",
+            Reason::NoEndpoint => "no-endpoint",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            Reason::BreakerOpen | Reason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::BreakerOpen | Reason::Overflow | Reason::NoEndpoint => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::HeaderTimeout | Reason::AppBodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -159,6 +168,7 @@ impl Reason {
         match self {
             Reason::BreakerOpen
             | Reason::Overflow
+            | Reason::NoEndpoint
             | Reason::ConnectFailed
             | Reason::UpstreamReset
             | Reason::BadResponse
@@ -192,6 +202,7 @@ impl Reason {
             Reason::BadResponse => Outcome::BadResponse,
             Reason::Internal => Outcome::Internal,
             Reason::TlsVerifyFailed => Outcome::TlsVerifyFailed,
+            Reason::NoEndpoint => Outcome::NoEndpoint,
         }
     }
 }
@@ -260,6 +271,7 @@ mod tests {
                 "tls-verify-failed",
                 Outcome::TlsVerifyFailed,
             ),
+            (Reason::NoEndpoint, 503, "no-endpoint", Outcome::NoEndpoint),
         ];
         for (reason, status, text, outcome) in table {
             assert_eq!(reason.status().as_u16(), status, "{reason:?}");

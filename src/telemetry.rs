@@ -541,10 +541,60 @@ impl DestinationMetrics {
         self.attempts[result as usize].increment(1);
         self.attempt_duration.record(elapsed.as_secs_f64());
     }
+
+    /// Registers the handles of one endpoint of this destination (`endpoint`: `ip:port`, or
+    /// `_other` beyond `[balance] max_endpoints`).
+    pub fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
+        let mut labels = self.labels.to_vec();
+        labels.push(Label::new("endpoint", endpoint.to_owned()));
+        let recorder = &self.telemetry.recorder;
+        let key = |name: &'static str, extra: Option<(&'static str, &'static str)>| {
+            let mut all = labels.clone();
+            all.extend(extra.map(|(k, v)| Label::from_static_parts(k, v)));
+            Key::from_parts(name, all)
+        };
+        let requests = |result| {
+            recorder.register_counter(
+                &key("fusebox_endpoint_requests_total", Some(("result", result))),
+                &METADATA,
+            )
+        };
+        let ejections = |reason| {
+            recorder.register_counter(
+                &key("fusebox_endpoint_ejections_total", Some(("reason", reason))),
+                &METADATA,
+            )
+        };
+        EndpointMetrics {
+            state: recorder.register_gauge(&key("fusebox_endpoint_state", None), &METADATA),
+            cost: recorder.register_gauge(&key("fusebox_endpoint_ewma_seconds", None), &METADATA),
+            success: requests("success"),
+            failure: requests("failure"),
+            ejected_failures: ejections("consecutive_failures"),
+            ejected_probe: ejections("probe_failed"),
+        }
+    }
+}
+
+/// Handles for one `upstream` × `destination` × `endpoint`.
+#[derive(Debug, Clone)]
+pub struct EndpointMetrics {
+    /// `fusebox_endpoint_state`: 0 ready, 1 ejected, 2 probing.
+    pub state: Gauge,
+    /// `fusebox_endpoint_ewma_seconds`: the latency estimate the balancer compares.
+    pub cost: Gauge,
+    /// `fusebox_endpoint_requests_total{result}`: tries sent to it.
+    pub success: Counter,
+    pub failure: Counter,
+    /// `fusebox_endpoint_ejections_total{reason}`.
+    pub ejected_failures: Counter,
+    pub ejected_probe: Counter,
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 10] = [
+    let counters: [(&'static str, &'static str); 12] = [
+        ("fusebox_endpoint_requests_total", "Upstream tries sent to one endpoint of a destination, by result (success, failure: the endpoint's fault)."),
+        ("fusebox_endpoint_ejections_total", "Endpoints taken out of their set, by reason (consecutive_failures, probe_failed)."),
         ("fusebox_fleet_limiter_errors_total", "Redis calls of a fleet-wide rate limit that failed or timed out (each one made the destination use its local fallback)."),
         ("fusebox_breaker_transitions_total", "Circuit breaker state changes; a trip is to=\"open\". Shows every trip even when the state gauge was sampled closed."),
         ("fusebox_requests_total", "App requests handled, by outcome and the status class sent to the app."),
@@ -559,7 +609,15 @@ fn describe(recorder: &PrometheusRecorder) {
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));
     }
-    let gauges: [(&'static str, &'static str); 8] = [
+    let gauges: [(&'static str, &'static str); 10] = [
+        (
+            "fusebox_endpoint_state",
+            "State of one endpoint of a destination: 0 ready, 1 ejected, 2 probing.",
+        ),
+        (
+            "fusebox_endpoint_ewma_seconds",
+            "The endpoint's peak-EWMA latency estimate (failures count as balance.failure_penalty), in seconds.",
+        ),
         (
             "fusebox_upstream_idle_connections",
             "Kept-alive cleartext HTTP/1.1 upstream connections resting at the destination, as of the scrape.",

@@ -157,7 +157,7 @@ impl DestinationView {
         let snapshot = destination.breaker_snapshot();
         let in_flight = u64::try_from(destination.gate.in_flight()).unwrap_or(u64::MAX);
         let mut view = DestinationView {
-            idle_connections: u64::try_from(destination.idle.len()).unwrap_or(u64::MAX),
+            idle_connections: u64::try_from(destination.idle_connections()).unwrap_or(u64::MAX),
             // `run` refuses `intercept = true` without a CA: the policy's word is enough.
             intercept: upstream.policy.intercept,
             fleet: destination

@@ -97,6 +97,10 @@ pub enum ErrorKind {
     AppStalled,
     /// The request names no host to connect to.
     MissingHost,
+    /// Every endpoint of the destination is ejected (or resting after a `Retry-After`):
+    /// nothing was sent. The upstream's failure, recorded by the destination's breaker, so
+    /// that a destination with no endpoint left trips it; not retried (none would take it).
+    NoEndpoint,
 }
 
 impl ErrorKind {
@@ -106,7 +110,8 @@ impl ErrorKind {
             | ErrorKind::ConnectTimeout
             | ErrorKind::Reset
             | ErrorKind::Timeout
-            | ErrorKind::BadResponse => Blame::Upstream,
+            | ErrorKind::BadResponse
+            | ErrorKind::NoEndpoint => Blame::Upstream,
             ErrorKind::Denied | ErrorKind::TlsVerify => Blame::Policy,
             ErrorKind::Loop
             | ErrorKind::AppBody
@@ -142,7 +147,7 @@ impl AttemptError {
             return None;
         }
         Some(match self.kind {
-            ErrorKind::Connect => FailureKind::ConnectFailed,
+            ErrorKind::Connect | ErrorKind::NoEndpoint => FailureKind::ConnectFailed,
             ErrorKind::ConnectTimeout | ErrorKind::Timeout => FailureKind::Timeout,
             ErrorKind::Reset => FailureKind::Reset,
             _ => FailureKind::BadResponse,
@@ -163,7 +168,8 @@ impl AttemptError {
             | ErrorKind::Loop
             | ErrorKind::AppBody
             | ErrorKind::AppStalled
-            | ErrorKind::MissingHost => None,
+            | ErrorKind::MissingHost
+            | ErrorKind::NoEndpoint => None,
         }
     }
 
@@ -179,6 +185,7 @@ impl AttemptError {
             ErrorKind::Loop => Reason::Loop,
             ErrorKind::AppBody | ErrorKind::MissingHost => Reason::BadRequest,
             ErrorKind::AppStalled => Reason::AppBodyTimeout,
+            ErrorKind::NoEndpoint => Reason::NoEndpoint,
         }
     }
 
@@ -186,7 +193,9 @@ impl AttemptError {
     /// (refused by fusebox, or the app's fault), so none is counted.
     pub fn metric(&self) -> Option<AttemptResult> {
         match self.kind {
-            ErrorKind::Connect | ErrorKind::TlsVerify => Some(AttemptResult::ConnectFailed),
+            ErrorKind::Connect | ErrorKind::TlsVerify | ErrorKind::NoEndpoint => {
+                Some(AttemptResult::ConnectFailed)
+            }
             ErrorKind::ConnectTimeout | ErrorKind::Timeout => Some(AttemptResult::Timeout),
             ErrorKind::Reset => Some(AttemptResult::Reset),
             ErrorKind::BadResponse => Some(AttemptResult::Failure),

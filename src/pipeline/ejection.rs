@@ -12,8 +12,6 @@
 //! An endpoint that stayed ready for `max_ejection` after its re-admission starts its count
 //! of ejections afresh.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 use crate::policy::Outlier;
@@ -169,6 +167,8 @@ pub fn max_ejected(len: usize, percent: u8) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::policy::Outlier;
 

@@ -91,6 +91,11 @@ impl AtomicEstimate {
         Estimate::unpack(self.0.load(Ordering::Relaxed))
     }
 
+    /// Starts again from `estimate` (a re-admitted endpoint, from what its probe measured).
+    pub fn reset(&self, estimate: Estimate) {
+        self.0.store(estimate.pack(), Ordering::Relaxed);
+    }
+
     /// Records a sample; a racing update is retried on the newer value.
     pub fn sample(&self, rtt: Duration, now_ms: u32, decay: Duration) {
         let _ = self

@@ -25,10 +25,10 @@ use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
-use crate::registry::{Destination, Pending, Permit, Upstream};
+use crate::registry::{Destination, Pending, Permit, PickError, Picked, SetEndpoint, TryEnd, Upstream};
 use crate::upstream::app_pace::{AppStalled, Pace, PaceState};
 use crate::upstream::http1::{self, framing, Http1Body, SendError};
-use crate::upstream::{Client, ConnectError, RequestBody, UpstreamBody};
+use crate::upstream::{RequestBody, UpstreamBody};
 
 pub use super::local_answer::LocalAnswer;
 
@@ -42,16 +42,16 @@ pub struct Answer {
     pub pace: Option<Pace>,
 }
 
-/// How tries reach the upstream.
-#[derive(Debug, Clone, Copy)]
-pub enum Path<'c> {
+/// How tries reach the upstream (the endpoint each try goes to has both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
     /// hyper-util's pooled client: HTTP/2 (gRPC, and upstreams that chose it in the TLS
     /// handshake), protocol upgrades.
-    Pooled(&'c Client),
-    /// fusebox's own kept-alive connections on the destination: HTTP/1.1, cleartext or TLS,
+    Pooled,
+    /// fusebox's own kept-alive connections on the endpoint: HTTP/1.1, cleartext or TLS,
     /// for requests whose body is known in full; one that streams takes the pooled client, and
     /// so does a request whose upstream chooses HTTP/2 in the TLS handshake.
-    Http1(&'c Client),
+    Http1,
 }
 
 /// How one try ended: the upstream's answer, or why there is none.
@@ -61,7 +61,7 @@ type Ended = Result<Answer, AttemptError>;
 /// `tries` counts the upstream tries made (0 when the request was refused before the first).
 pub async fn run(
     upstream: &Upstream,
-    path: Path<'_>,
+    path: Path,
     destination: &Arc<Destination>,
     parts: Parts,
     body: Incoming,
@@ -86,6 +86,8 @@ pub async fn run(
     // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
     // all (deadline, limiter, open breaker), the app gets this real answer, not a local one.
     let mut previous: Option<Ended> = None;
+    // The endpoints this request went to (bit `index % 64`): a retry goes elsewhere.
+    let mut tried = 0u64;
     loop {
         // The deadline first: a try that cannot be made must not take a limiter token or a
         // half-open probe slot.
@@ -97,13 +99,6 @@ pub async fn run(
             request.set_grpc_timeout(remaining);
         }
         let last = *tries + 1 >= policy.retry.attempts;
-        // Once the request was sent for good it is not replayable, so the planner never asks
-        // for another try; should it ever, the last answer stands.
-        let Some((next, has_body)) = request.next(last) else {
-            return final_answer(previous, || {
-                LocalAnswer::local(Reason::Internal, "no request left to send".to_owned())
-            });
-        };
         // The fleet-wide limit's Redis call is a large future: boxed, so that it does not
         // enlarge the requests of destinations without one.
         let admitted = match destination.begin() {
@@ -120,6 +115,27 @@ pub async fn run(
         drop(previous.take());
         retrying.count_sent(destination);
         *tries += 1;
+        let picked = match destination.pick(tried).await {
+            Ok(picked) => picked,
+            Err(error) => {
+                let error = unpicked(error, &destination.authority);
+                permit.failed(&error);
+                return Err(LocalAnswer::failed(error));
+            }
+        };
+        tried |= picked.tried_bit();
+        if let Some(authority) = per_endpoint_authority(upstream, &picked) {
+            request.set_authority(authority);
+        }
+        // Once the request was sent for good it is not replayable, so the planner never asks
+        // for another try; should it ever, the last answer stands.
+        let Some((next, has_body)) = request.next(last) else {
+            picked.neutral(&destination.endpoints, Instant::now());
+            return Err(LocalAnswer::local(
+                Reason::Internal,
+                "no request left to send".to_owned(),
+            ));
+        };
         let limit = if remaining < policy.timeouts.attempt {
             TryLimit::Deadline(remaining, whole)
         } else {
@@ -129,10 +145,15 @@ pub async fn run(
             upstream,
             path,
             destination,
+            endpoint: &picked.endpoint,
             has_body,
             grpc,
         };
         let ended = try_.run(permit, next, limit).await;
+        match endpoint_end(upstream, &ended) {
+            Some(end) => picked.finish(&destination.endpoints, end, Instant::now()),
+            None => picked.neutral(&destination.endpoints, Instant::now()),
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let replayable = request.replayable();
         match retrying.delay(destination, &ended, *tries, replayable, left) {
@@ -148,8 +169,10 @@ pub async fn run(
 /// One try: where it goes and what its request is like.
 struct Try<'a> {
     upstream: &'a Upstream,
-    path: Path<'a>,
+    path: Path,
     destination: &'a Arc<Destination>,
+    /// The endpoint it goes to.
+    endpoint: &'a SetEndpoint,
     has_body: bool,
     grpc: bool,
 }
@@ -232,33 +255,31 @@ impl Try<'_> {
         started: Instant,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
         match (self.path, request) {
-            (Path::Pooled(client), request) => {
-                self.send_pooled(client, request.into_request()).await
-            }
-            (Path::Http1(client), Outgoing::Lent(head, body)) => {
+            (Path::Pooled, request) => self.send_pooled(request.into_request()).await,
+            (Path::Http1, Outgoing::Lent(head, body)) => {
                 match self.send_http1(head, body, started).await {
                     Err(SendError::ChoseHttp2) => {
                         let request = Outgoing::Lent(head, body).into_request();
-                        self.send_pooled(client, request).await
+                        self.send_pooled(request).await
                     }
                     sent => self.http1_answer(sent),
                 }
             }
-            (Path::Http1(client), Outgoing::Owned(request)) => {
+            (Path::Http1, Outgoing::Owned(request)) => {
                 let (head, body) = request.into_parts();
                 match body {
                     RequestBody::Full(body) => {
                         match self.send_http1(&head, body.as_ref(), started).await {
                             Err(SendError::ChoseHttp2) => {
                                 let request = Request::from_parts(head, RequestBody::Full(body));
-                                self.send_pooled(client, request).await
+                                self.send_pooled(request).await
                             }
                             sent => self.http1_answer(sent),
                         }
                     }
                     streamed => {
                         let request = Request::from_parts(head, streamed);
-                        self.send_pooled(client, request).await
+                        self.send_pooled(request).await
                     }
                 }
             }
@@ -267,9 +288,12 @@ impl Try<'_> {
 
     async fn send_pooled(
         &self,
-        client: &Client,
         request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
+        let Some(client) = self.upstream.client(self.endpoint, self.grpc) else {
+            let cause = format!("no client for {}: its TLS settings were refused", self.endpoint.label);
+            return Err(AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause));
+        };
         match client.request(request).await {
             Ok(mut response) => match framing::settle_pooled(response.headers_mut()) {
                 Ok(()) => Ok(response.map(UpstreamBody::Pooled)),
@@ -295,9 +319,7 @@ impl Try<'_> {
         body: Option<&Bytes>,
         started: Instant,
     ) -> Result<Response<Http1Body>, SendError> {
-        let Some((host, port)) = &self.destination.connect_to else {
-            return Err(SendError::Connect(ConnectError::MissingHost));
-        };
+        let endpoint = self.endpoint;
         let policy = &self.upstream.policy;
         let tls = (head.uri.scheme() == Some(&Scheme::HTTPS)).then(|| http1::Tls {
             config: self.upstream.tls_config(),
@@ -308,9 +330,9 @@ impl Try<'_> {
             }),
         });
         let pool = http1::Pool {
-            idle: &self.destination.idle,
-            host,
-            port: *port,
+            idle: &endpoint.idle,
+            host: &endpoint.ip,
+            port: endpoint.addr.port(),
             tls,
             rules: self.upstream.rules(),
             idle_timeout: policy.pool_idle_timeout,
@@ -344,6 +366,57 @@ impl Try<'_> {
     ) -> Result<Response<UpstreamBody>, AttemptError> {
         sent.map(|response| response.map(UpstreamBody::Http1))
             .map_err(|error| http1_error(&error, &self.destination.authority, self.has_body))
+    }
+}
+
+/// A try that found no endpoint: the name did not resolve (`connect-failed`), or every
+/// endpoint is out (`no-endpoint`). Nothing was sent.
+fn unpicked(error: PickError, authority: &str) -> AttemptError {
+    match error {
+        PickError::Resolve(why) => AttemptError::new(
+            ErrorKind::Connect,
+            Sent::Nothing,
+            format!("cannot resolve {authority}: {why}"),
+        ),
+        PickError::NoEndpoint(why) => AttemptError::new(
+            ErrorKind::NoEndpoint,
+            Sent::Nothing,
+            format!("{authority}: {}", why.0),
+        ),
+    }
+}
+
+/// The authority of a try to `picked` when it differs by endpoint: a policy with several
+/// `endpoints` entries and no `host_rewrite`.
+fn per_endpoint_authority<'p>(upstream: &Upstream, picked: &'p Picked) -> Option<&'p http::uri::Authority> {
+    if upstream.rewrite_authority.is_some() || upstream.policy.endpoints.len() < 2 {
+        return None;
+    }
+    picked.endpoint.authority.as_ref()
+}
+
+/// What a try's ending says of its endpoint (§16): a failure when the upstream is to blame
+/// (connect, reset, timeout), when its status is in `breaker.failure_statuses` or is a 429,
+/// and with the `Retry-After` it sent; no verdict when the app or a policy is to blame.
+fn endpoint_end(upstream: &Upstream, ended: &Ended) -> Option<TryEnd> {
+    let breaker = &upstream.policy.breaker;
+    match ended {
+        Ok(answer) => {
+            let response = &answer.response;
+            let status = response.status().as_u16();
+            let grpc_failed = grpc::status(response.headers())
+                .is_some_and(|code| response.status() == StatusCode::OK && breaker.grpc_failure_codes.contains(&code));
+            if status == 429 || breaker.failure_statuses.contains(&status) || grpc_failed {
+                let retry_after = response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|value| retry_after_delay(value, SystemTime::now()));
+                return Some(TryEnd::Failed { retry_after });
+            }
+            Some(TryEnd::Succeeded)
+        }
+        Err(error) if error.breaker_failure().is_some() => Some(TryEnd::Failed { retry_after: None }),
+        Err(_) => None,
     }
 }
 

@@ -27,7 +27,7 @@ use super::ProxyContext;
 use crate::outcome::{Outcome, Reason};
 use crate::pipeline::grpc;
 use crate::registry::{Destination, Pending, Snapshot, Upstream};
-use crate::upstream::{Client, UpstreamBody};
+use crate::upstream::UpstreamBody;
 
 /// Handles one request. `route` is the policy of the route listener it arrived on, if any.
 pub async fn handle(
@@ -38,14 +38,13 @@ pub async fn handle(
     let seen = Seen::of(&req);
     let grpc = seen.grpc;
     let snapshot = ctx.registry.load();
-    let routed = match route_request(ctx, &snapshot, route, &req, grpc) {
+    let routed = match route_request(ctx, &snapshot, route, &req) {
         Ok(routed) => routed,
         Err(early) => return early.reply(&seen),
     };
     let Routed {
         upstream,
         destination,
-        client,
         uri,
     } = routed;
     let upgrading = headers::is_upgrade(req.headers());
@@ -60,9 +59,9 @@ pub async fn handle(
         _ => false,
     };
     let path = if own_http1 && !grpc && !upgrading {
-        Path::Http1(client)
+        Path::Http1
     } else {
-        Path::Pooled(client)
+        Path::Pooled
     };
     let Some(in_flight) = destination.enter() else {
         let detail = overflow_detail(&destination);
@@ -146,7 +145,6 @@ fn finish_upstream(
 struct Routed<'s> {
     upstream: &'s Upstream,
     destination: Arc<Destination>,
-    client: &'s Client,
     uri: Uri,
 }
 
@@ -177,11 +175,10 @@ fn route_request<'s>(
     snapshot: &'s Snapshot,
     route: Option<&str>,
     req: &Request<Incoming>,
-    grpc: bool,
 ) -> Result<Routed<'s>, Early<'s>> {
     let routed = match route {
-        Some(name) => route_listener_request(snapshot, name, req.uri(), grpc)?,
-        None => egress_request(snapshot, req, grpc)?,
+        Some(name) => route_listener_request(snapshot, name, req.uri())?,
+        None => egress_request(snapshot, req)?,
     };
     let early = |reason, detail: &str| Early {
         upstream: routed.upstream,
@@ -201,7 +198,6 @@ fn route_request<'s>(
     Ok(Routed {
         upstream: routed.upstream,
         destination: routed.destination,
-        client: routed.client,
         uri,
     })
 }
@@ -210,16 +206,14 @@ fn route_request<'s>(
 struct Matched<'s> {
     upstream: &'s Upstream,
     destination: Arc<Destination>,
-    client: &'s Client,
     uri: Option<Uri>,
 }
 
-/// A request on policy `name`'s route listener goes to the policy's next endpoint.
+/// A request on policy `name`'s route listener goes to the policy's endpoints.
 fn route_listener_request<'s>(
     snapshot: &'s Snapshot,
     name: &str,
     original: &Uri,
-    grpc: bool,
 ) -> Result<Matched<'s>, Early<'s>> {
     let unroutable = |detail: String| {
         let upstream = snapshot.default();
@@ -236,7 +230,7 @@ fn route_listener_request<'s>(
             "route listener's policy {name} no longer exists"
         )));
     };
-    let Some((n, endpoint)) = upstream.next_endpoint() else {
+    let Some(destination) = upstream.endpoints_destination() else {
         let upstream_unroutable = Early {
             upstream,
             destination: upstream.other_destination(),
@@ -245,7 +239,6 @@ fn route_listener_request<'s>(
         };
         return Err(upstream_unroutable);
     };
-    let destination = upstream.destination(&endpoint.host, endpoint.port);
     let scheme = if upstream.policy.tls {
         Scheme::HTTPS
     } else {
@@ -255,7 +248,6 @@ fn route_listener_request<'s>(
     Ok(Matched {
         upstream,
         destination,
-        client: upstream.client(Some(n), grpc),
         uri,
     })
 }
@@ -264,7 +256,6 @@ fn route_listener_request<'s>(
 fn egress_request<'s>(
     snapshot: &'s Snapshot,
     req: &Request<Incoming>,
-    grpc: bool,
 ) -> Result<Matched<'s>, Early<'s>> {
     let target = http_target(req).map_err(|message| {
         let upstream = snapshot.default();
@@ -276,7 +267,7 @@ fn egress_request<'s>(
         }
     })?;
     let upstream = snapshot.lookup(&target.host, target.port);
-    let (destination, scheme, client, pinned) = egress_destination(upstream, &target, grpc);
+    let (destination, scheme, pinned) = egress_destination(upstream, &target);
     let authority = if pinned {
         pinned_authority(upstream, &destination)
     } else {
@@ -299,7 +290,6 @@ fn egress_request<'s>(
     Ok(Matched {
         upstream,
         destination,
-        client,
         uri,
     })
 }
@@ -358,19 +348,14 @@ fn spawn_upgrade(
     });
 }
 
-/// Where an egress-listener request goes: a policy endpoint (with the client pinned to it:
-/// `true`) or the requested host, over TLS when the policy originates it or the app asked for
-/// `https://`.
-fn egress_destination<'u>(
-    upstream: &'u Upstream,
-    target: &Target<'_>,
-    grpc: bool,
-) -> (Arc<Destination>, Scheme, &'u Client, bool) {
+/// Where an egress-listener request goes: the policy's endpoints (`true`: the URI carries
+/// the endpoint's authority or `host_rewrite`) or the requested host, over TLS when the policy
+/// originates it or the app asked for `https://`.
+fn egress_destination(upstream: &Upstream, target: &Target<'_>) -> (Arc<Destination>, Scheme, bool) {
     let tls = upstream.policy.tls || target.https;
     let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
-    if let Some((n, endpoint)) = upstream.next_endpoint() {
-        let destination = upstream.destination(&endpoint.host, endpoint.port);
-        return (destination, scheme, upstream.client(Some(n), grpc), true);
+    if let Some(destination) = upstream.endpoints_destination() {
+        return (destination, scheme, true);
     }
     // `tls = true` turns `http://host/` into `https://host:443/`; an explicit port is kept.
     let port = if tls && !target.explicit_port {
@@ -378,12 +363,7 @@ fn egress_destination<'u>(
     } else {
         target.port
     };
-    (
-        upstream.destination(&target.host, port),
-        scheme,
-        upstream.client(None, grpc),
-        false,
-    )
+    (upstream.destination(&target.host, port), scheme, false)
 }
 
 /// The URI authority of a request to a pinned endpoint: `host_rewrite` when set, so that the

@@ -94,6 +94,22 @@ impl Resend {
         self.body.is_some()
     }
 
+    /// Sends the next try to `authority` (the URI's, so also HTTP/2's `:authority` and the
+    /// TLS name): a policy's `endpoints` entries may each have their own.
+    pub(super) fn set_authority(&mut self, authority: &http::uri::Authority) {
+        let Some(parts) = self.parts.as_mut() else {
+            return;
+        };
+        if parts.uri.authority() == Some(authority) {
+            return;
+        }
+        let mut uri = parts.uri.clone().into_parts();
+        uri.authority = Some(authority.clone());
+        if let Ok(next) = http::Uri::from_parts(uri) {
+            parts.uri = next;
+        }
+    }
+
     /// Replaces an app's `grpc-timeout` with the time `left` of its deadline.
     pub(super) fn set_grpc_timeout(&mut self, left: Duration) {
         if let Some(parts) = self.parts.as_mut() {

@@ -19,10 +19,14 @@ use http::uri::Authority;
 use tokio::time::Instant;
 use tracing::warn;
 
+mod endpoints;
 mod notes;
 mod permit;
+mod resolution;
 
+pub use endpoints::{Endpoint as SetEndpoint, EndpointSet, EndpointView, NoEndpoint, Picked, SetConfig, TryEnd};
 pub use notes::{Notes, TrustFailure};
+pub use resolution::{Resolution, Source};
 pub use permit::{Pending, Permit};
 
 use crate::fleet::{FleetLimit, FleetRedis};
@@ -38,18 +42,12 @@ use crate::pipeline::limiter::RateLimiter;
 use crate::policy::{Endpoint, Policy, PolicySet};
 use crate::telemetry::{DestinationMetrics, Telemetry, OTHER_DESTINATION};
 use crate::upstream::connect::ConnectRules;
-use crate::upstream::http1::IdleConnections;
+use crate::upstream::resolve::Resolver;
 use crate::upstream::{client, Client, SelfAddrs};
 
 /// Runtime state of one policy.
 pub struct Upstream {
     pub policy: Arc<Policy>,
-    /// The pooled client for requested destinations.
-    client: Client,
-    /// One pooled client per `endpoints` entry, each pinned to its endpoint.
-    endpoint_clients: Vec<Client>,
-    /// The same clients speaking HTTP/2 only, for gRPC calls: built on the first one.
-    grpc_clients: std::sync::OnceLock<GrpcClients>,
     /// The connect rules the clients were built with.
     rules: ConnectRules,
     /// The TLS configuration the clients were built with, for fusebox's own connections.
@@ -73,12 +71,6 @@ pub struct Upstream {
     telemetry: Arc<Telemetry>,
 }
 
-/// [`Upstream::client`]'s HTTP/2-only clients.
-struct GrpcClients {
-    client: Client,
-    endpoint_clients: Vec<Client>,
-}
-
 /// State of one policy × destination `host:port`: its breaker, limiter, retry budget,
 /// concurrency gate and metric handles.
 #[derive(Debug)]
@@ -87,9 +79,9 @@ pub struct Destination {
     pub authority: Box<str>,
     /// The same, parsed once for upstream URIs (`None` for `_other`).
     pub uri_authority: Option<Authority>,
-    /// The host (no brackets) and port that connections go to, split once (`None` for
-    /// `_other`).
-    pub connect_to: Option<(Box<str>, u16)>,
+    /// The addresses its requests are shared between (§16), and where they come from.
+    pub endpoints: Arc<EndpointSet>,
+    resolution: Arc<Resolution>,
     /// The policy's name, for logs.
     pub upstream: Arc<str>,
     pub metrics: Arc<DestinationMetrics>,
@@ -102,9 +94,6 @@ pub struct Destination {
     pub budget: Arc<RetryBudget>,
     /// Locked only for a few instructions, never across an await.
     breaker: Arc<Mutex<CircuitBreaker>>,
-    /// Kept-alive HTTP/1.1 connections at rest ([`crate::upstream::http1`]); a changed
-    /// policy's destination starts without any, as its pooled client does.
-    pub idle: Arc<IdleConnections>,
     /// The upstream chose HTTP/2 in a TLS handshake: its requests go on the pooled client,
     /// which speaks it, rather than on fusebox's own HTTP/1.1 connections.
     http2_chosen: AtomicBool,
@@ -132,9 +121,30 @@ impl Destination {
         } else {
             Jitter::None
         };
+        let now = Instant::now();
+        let set = EndpointSet::new(
+            SetConfig {
+                balance: policy.balance,
+                outlier: policy.outlier,
+                jitter: settings.jitter,
+            },
+            Arc::clone(&metrics),
+            now,
+        );
+        let sources = if policy.endpoints.is_empty() {
+            split_authority(&authority)
+                .map(|(host, port)| vec![Source::new(host, port)])
+                .unwrap_or_default()
+        } else {
+            let each = |e: &Endpoint| Source::new(&e.host, e.port);
+            policy.endpoints.iter().map(each).collect()
+        };
+        let resolver = settings.resolver.clone();
+        let resolution = Resolution::new(sources, policy.dns, resolver, &set, now);
         Destination {
             uri_authority: Authority::try_from(&*authority).ok(),
-            connect_to: split_authority(&authority).map(|(host, port)| (host.into(), port)),
+            endpoints: Arc::new(set),
+            resolution: Arc::new(resolution),
             authority,
             upstream,
             metrics,
@@ -149,9 +159,8 @@ impl Destination {
             breaker: Arc::new(Mutex::new(CircuitBreaker::new(
                 policy.breaker.clone(),
                 jitter,
-                Instant::now(),
+                now,
             ))),
-            idle: Arc::default(),
             http2_chosen: AtomicBool::new(false),
             used: AtomicBool::new(true),
             notes: Notes::default(),
@@ -163,6 +172,12 @@ impl Destination {
         if !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Kept-alive HTTP/1.1 connections resting at its endpoints.
+    pub fn idle_connections(&self) -> usize {
+        let members = self.endpoints.members();
+        members.iter().map(|endpoint| endpoint.idle.len()).sum()
     }
 
     /// Whether the upstream chose HTTP/2 in a TLS handshake.
@@ -209,6 +224,24 @@ impl Destination {
         if same_budget {
             next.budget = Arc::clone(&self.budget);
         }
+        // The endpoints' clients and connections were made under the connection settings:
+        // any change there starts a new set.
+        let same_set = before.endpoints == policy.endpoints
+            && before.balance == policy.balance
+            && before.outlier == policy.outlier
+            && before.dns == policy.dns
+            && before.tls == policy.tls
+            && before.sni == policy.sni
+            && before.ca_file == policy.ca_file
+            && before.allow_private == policy.allow_private
+            && before.allow_link_local == policy.allow_link_local
+            && before.timeouts.connect == policy.timeouts.connect
+            && before.pool_idle_timeout == policy.pool_idle_timeout
+            && before.pool_max_idle == policy.pool_max_idle;
+        if same_set {
+            next.endpoints = Arc::clone(&self.endpoints);
+            next.resolution = Arc::clone(&self.resolution);
+        }
         if before.breaker == policy.breaker {
             next.breaker = Arc::clone(&self.breaker);
         } else if let Some(forced) = self.breaker_snapshot().forced {
@@ -229,6 +262,18 @@ impl Destination {
         self.breaker
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The endpoint for a try (§16): resolves the destination's name the first time, refreshes
+    /// it in the background after its TTL. `tried`: the endpoints this request went to.
+    pub async fn pick(&self, tried: u64) -> Result<Picked, PickError> {
+        self.resolution
+            .ensure(&self.endpoints)
+            .await
+            .map_err(PickError::Resolve)?;
+        self.endpoints
+            .pick(tried, Instant::now())
+            .map_err(PickError::NoEndpoint)
     }
 
     /// Enters the concurrency gate; `None` when it is full (503 `overflow`).
@@ -382,6 +427,15 @@ impl Destination {
     }
 }
 
+/// Why a try has no endpoint to go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PickError {
+    /// The name did not resolve (the first time: later failures keep the last good set).
+    Resolve(String),
+    /// Every endpoint is ejected or resting.
+    NoEndpoint(NoEndpoint),
+}
+
 /// One request in progress at a destination: holds its concurrency slot and its
 /// `fusebox_in_flight` count until dropped.
 #[derive(Debug)]
@@ -429,28 +483,19 @@ impl Upstream {
         let rules = connect_rules(&policy, self_addrs);
         let tls = crate::upstream::tls::client_config(policy.ca_file.as_ref())
             .map_err(|e| format!("policy {}: {e}", policy.name))?;
-        let build = |pinned| {
-            client::build(&policy, Arc::clone(&tls), rules.clone(), pinned, false)
-                .map_err(|e| format!("policy {}: {e}", policy.name))
-        };
-        let client = build(None)?;
-        let endpoint_clients = policy
-            .endpoints
-            .iter()
-            .map(|endpoint| build(Some(endpoint)))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Built once to refuse a policy whose TLS settings cannot make a client; each
+        // endpoint's own clients are built the same way on first use.
+        client::build(&policy, Arc::clone(&tls), rules.clone(), None, false)
+            .map_err(|e| format!("policy {}: {e}", policy.name))?;
         Ok(Upstream {
             rewrite_authority: policy
                 .host_rewrite
                 .as_deref()
                 .and_then(|h| Authority::try_from(h).ok()),
-            endpoint_clients,
             name: Arc::from(policy.name.as_str()),
             labelled: AtomicUsize::new(0),
             settings: settings.clone(),
             policy,
-            client,
-            grpc_clients: std::sync::OnceLock::new(),
             rules,
             tls,
             next_endpoint: AtomicUsize::new(0),
@@ -487,50 +532,34 @@ impl Upstream {
         Some((n, &endpoints[n]))
     }
 
-    /// The pooled client for requested destinations, or the one pinned to endpoint
-    /// `endpoint`; for a gRPC call (`grpc`), its HTTP/2-only twin.
-    pub fn client(&self, endpoint: Option<usize>, grpc: bool) -> &Client {
-        let (client, endpoint_clients) = if grpc {
-            let built = self.grpc_clients.get_or_init(|| self.build_grpc_clients());
-            (&built.client, &built.endpoint_clients)
-        } else {
-            (&self.client, &self.endpoint_clients)
-        };
-        endpoint
-            .and_then(|n| endpoint_clients.get(n))
-            .unwrap_or(client)
+    /// The pooled client pinned to `endpoint` (its connections go there whatever the URI
+    /// says); for a gRPC call (`grpc`), its HTTP/2-only twin. Built on first use; `None` only
+    /// if the policy's TLS settings cannot make one, which [`Upstream::new`] already refused.
+    pub fn client<'e>(&self, endpoint: &'e SetEndpoint, grpc: bool) -> Option<&'e Client> {
+        let slot = &endpoint.clients[usize::from(grpc)];
+        slot.get_or_init(|| {
+            let pinned = Endpoint {
+                host: endpoint.ip.to_string(),
+                port: endpoint.addr.port(),
+            };
+            let built = client::build(
+                &self.policy,
+                Arc::clone(&self.tls),
+                self.rules.clone(),
+                Some(&pinned),
+                grpc,
+            );
+            built
+                .inspect_err(|error| warn!(policy = %self.policy.name, %error, "no client"))
+                .ok()
+        })
+        .as_ref()
     }
 
-    /// The HTTP/2-only clients. The same TLS settings were already built once, so this does
-    /// not fail; should it, gRPC calls keep the ordinary clients (logged).
-    fn build_grpc_clients(&self) -> GrpcClients {
-        let policy = &self.policy;
-        let built = (|| {
-            let build = |pinned| {
-                client::build(
-                    policy,
-                    Arc::clone(&self.tls),
-                    self.rules.clone(),
-                    pinned,
-                    true,
-                )
-            };
-            Ok::<_, String>(GrpcClients {
-                client: build(None)?,
-                endpoint_clients: policy
-                    .endpoints
-                    .iter()
-                    .map(|endpoint| build(Some(endpoint)))
-                    .collect::<Result<_, _>>()?,
-            })
-        })();
-        built.unwrap_or_else(|error| {
-            warn!(policy = %policy.name, %error, "no HTTP/2 client for gRPC calls; using the ordinary one");
-            GrpcClients {
-                client: self.client.clone(),
-                endpoint_clients: self.endpoint_clients.clone(),
-            }
-        })
+    /// The one destination of a policy with `endpoints`, named after its first endpoint.
+    pub fn endpoints_destination(&self) -> Option<Arc<Destination>> {
+        let first = self.policy.endpoints.first()?;
+        Some(self.destination(&first.host, first.port))
     }
 
     /// The state of `host:port`, created on first use. `host` is lowercase, unbracketed.
@@ -770,6 +799,9 @@ pub struct Settings {
     pub jitter: bool,
     /// The Redis of fleet-wide limits (`--redis`).
     pub fleet: Option<Arc<FleetRedis>>,
+    /// The DNS resolver of endpoint sets (`--dns-server`, or the system's configuration);
+    /// `None`: getaddrinfo, without TTLs (unit tests).
+    pub resolver: Option<Arc<Resolver>>,
 }
 
 impl Registry {
@@ -853,7 +885,9 @@ impl Registry {
         for upstream in self.load().upstreams() {
             let timeout = upstream.policy.pool_idle_timeout;
             for entry in &upstream.destinations {
-                entry.value().idle.close_expired(now, timeout);
+                for endpoint in entry.value().endpoints.members().iter() {
+                    endpoint.idle.close_expired(now, timeout);
+                }
             }
         }
     }
@@ -871,7 +905,7 @@ fn set_idle_connections(snapshot: &Snapshot) {
             let count = counts
                 .entry(Arc::as_ptr(metrics))
                 .or_insert_with(|| (Arc::clone(metrics), 0));
-            count.1 += destination.idle.len();
+            count.1 += destination.idle_connections();
         }
     }
     for (metrics, count) in counts.values() {

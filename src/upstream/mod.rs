@@ -10,6 +10,7 @@ pub mod client;
 pub mod connect;
 pub mod http1;
 pub mod recorded;
+pub mod resolve;
 pub mod tls;
 
 pub use body::{BodyError, UpstreamBody};

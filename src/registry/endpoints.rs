@@ -1,0 +1,549 @@
+//! A destination's endpoint set (docs/ARCHITECTURE.md §16): the addresses its requests are
+//! shared between, each with its own latency estimate, requests waiting for a head, ejection
+//! state, idle connections and pooled clients.
+//!
+//! The members are behind an `ArcSwap`: a pick reads them, and each endpoint's state it
+//! compares, without a lock or an allocation ([`EndpointSet::pick`]). A try records its end
+//! on the endpoint it went to through its [`Picked`]; only then is the endpoint's small
+//! ejection lock taken. Resolution ([`super::resolution`]) replaces the members, keeping the
+//! endpoints whose address stays: their state, their connections, their in-flight tries. A
+//! removed endpoint is dropped once its last try and connection are done with it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use tokio::time::Instant;
+
+use crate::pipeline::ejection::{max_ejected, Change, Ejection};
+use crate::pipeline::p2c;
+use crate::pipeline::peak_ewma::{cost, AtomicEstimate, Estimate};
+use crate::policy::{Balance, BalanceMode, Outlier, PanicMode};
+use crate::telemetry::{DestinationMetrics, EndpointMetrics};
+use crate::upstream::http1::IdleConnections;
+use crate::upstream::Client;
+
+/// One address of a destination.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `ip:port` (IPv6 in brackets): its `endpoint` label and its name in explanations.
+    pub label: Box<str>,
+    /// The IP as text, to connect to.
+    pub ip: Box<str>,
+    /// What requests to it carry as their URI authority (and TLS name) when the policy has no
+    /// `host_rewrite`: the name or `endpoints` entry it was resolved from.
+    pub authority: Option<Authority>,
+    /// Its kept-alive HTTP/1.1 connections.
+    pub idle: Arc<IdleConnections>,
+    /// Its pooled hyper clients (ordinary, HTTP/2-only), built on first use.
+    pub clients: [OnceLock<Option<Client>>; 2],
+    estimate: AtomicEstimate,
+    /// Tries sent to it that have no response head yet.
+    pending: AtomicU32,
+    /// Out of picks until this time (milliseconds of the set's clock): its `Retry-After`.
+    not_before_ms: AtomicU64,
+    /// A copy of the ejection state for lock-free picks: [`Health::as_gauge`].
+    health: AtomicU8,
+    /// When an ejection ends (milliseconds of the set's clock).
+    until_ms: AtomicU64,
+    ejection: Mutex<Ejection>,
+    metrics: EndpointMetrics,
+    /// Endpoint tries recorded as failures.
+    failures: AtomicU64,
+    successes: AtomicU64,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/upstreams` shows of an endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointView {
+    pub label: String,
+    pub state: &'static str,
+    pub ewma: Duration,
+    pub pending: u32,
+    pub ejections: u32,
+    /// Time left of its ejection.
+    pub ejected_for: Option<Duration>,
+    /// Time left of its `Retry-After`.
+    pub resting_for: Option<Duration>,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+/// The settings a set was made with.
+#[derive(Debug, Clone, Copy)]
+pub struct SetConfig {
+    pub balance: Balance,
+    pub outlier: Outlier,
+    /// Ejection lengths are spread by up to ±10 % when true.
+    pub jitter: bool,
+}
+
+/// A destination's endpoints; see the module docs.
+pub struct EndpointSet {
+    members: ArcSwap<Vec<Arc<Endpoint>>>,
+    config: SetConfig,
+    /// The zero of the set's millisecond clock.
+    epoch: Instant,
+    next_round_robin: AtomicUsize,
+    /// Members ejected now.
+    ejected: AtomicUsize,
+    /// Labels given out (at most `max_endpoints`; the rest share `_other`).
+    labelled: AtomicUsize,
+    metrics: Arc<DestinationMetrics>,
+    /// Seeded randomness for tests; the thread's generator otherwise.
+    seeded: Option<Mutex<fastrand::Rng>>,
+    /// The set was in panic at its last ejection (logged once per episode).
+    panicking: AtomicBool,
+}
+
+impl std::fmt::Debug for EndpointSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointSet")
+            .field("members", &self.members.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no endpoint could be picked: the text of the `503 no-endpoint` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoEndpoint(pub String);
+
+impl EndpointSet {
+    pub fn new(config: SetConfig, metrics: Arc<DestinationMetrics>, now: Instant) -> Self {
+        EndpointSet {
+            members: ArcSwap::from_pointee(Vec::new()),
+            config,
+            epoch: now,
+            next_round_robin: AtomicUsize::new(0),
+            ejected: AtomicUsize::new(0),
+            labelled: AtomicUsize::new(0),
+            metrics,
+            seeded: None,
+            panicking: AtomicBool::new(false),
+        }
+    }
+
+    /// The same, with randomness from `seed` (tests: a repeatable sequence of picks).
+    pub fn seeded(mut self, seed: u64) -> Self {
+        self.seeded = Some(Mutex::new(fastrand::Rng::with_seed(seed)));
+        self
+    }
+
+    pub fn config(&self) -> &SetConfig {
+        &self.config
+    }
+
+    pub fn members(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.members.load_full()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.load().is_empty()
+    }
+
+    /// Replaces the members by `addrs` (each with the authority its requests carry): an
+    /// address already a member keeps its endpoint.
+    pub fn replace(&self, addrs: &[(SocketAddr, Option<Authority>)], now: Instant) {
+        let before = self.members.load_full();
+        let next: Vec<Arc<Endpoint>> = addrs
+            .iter()
+            .map(|(addr, authority)| {
+                before
+                    .iter()
+                    .find(|e| e.addr == *addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(self.endpoint(*addr, authority.clone(), now)))
+            })
+            .collect();
+        let ejected = next
+            .iter()
+            .filter(|e| e.health.load(Ordering::Relaxed) != 0)
+            .count();
+        self.ejected.store(ejected, Ordering::Relaxed);
+        self.members.store(Arc::new(next));
+    }
+
+    fn endpoint(&self, addr: SocketAddr, authority: Option<Authority>, now: Instant) -> Endpoint {
+        let label = crate::address::authority_text(addr);
+        let n = self.labelled.fetch_add(1, Ordering::Relaxed);
+        let metrics = if n < self.config.balance.max_endpoints {
+            self.metrics.endpoint(&label)
+        } else {
+            self.metrics.endpoint("_other")
+        };
+        let default_rtt = self.config.balance.default_rtt;
+        metrics.cost.set(default_rtt.as_secs_f64());
+        metrics.state.set(0.0);
+        Endpoint {
+            addr,
+            ip: addr.ip().to_string().into(),
+            label: label.into(),
+            authority,
+            idle: Arc::default(),
+            clients: [OnceLock::new(), OnceLock::new()],
+            estimate: AtomicEstimate::new(Estimate::new(default_rtt, self.ms(now))),
+            pending: AtomicU32::new(0),
+            not_before_ms: AtomicU64::new(0),
+            health: AtomicU8::new(0),
+            until_ms: AtomicU64::new(0),
+            ejection: Mutex::new(Ejection::default()),
+            metrics,
+            failures: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+        }
+    }
+
+    /// Milliseconds of the set's clock at `now`.
+    fn ms(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
+    fn ms64(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn random_pair(&self) -> (u64, u64) {
+        match &self.seeded {
+            Some(rng) => {
+                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+                (rng.u64(..), rng.u64(..))
+            }
+            None => (fastrand::u64(..), fastrand::u64(..)),
+        }
+    }
+
+    /// More members are ejected than `max_ejected_percent` allows.
+    fn in_panic(&self, len: usize) -> bool {
+        self.ejected.load(Ordering::Relaxed) > max_ejected(len, self.config.outlier.max_ejected_percent)
+    }
+
+    /// Picks the endpoint for a try at `now`. `tried`: the endpoints this request already went
+    /// to (bit `index % 64`), avoided while another is eligible. An endpoint whose ejection
+    /// ended gets the try as its probe first.
+    pub fn pick(self: &Arc<Self>, tried: u64, now: Instant) -> Result<Picked, NoEndpoint> {
+        let members = self.members.load();
+        let len = members.len();
+        let now_ms = self.ms64(now);
+        if let Some(index) = self.due_probe(&members, now, now_ms) {
+            return Ok(self.picked(&members, index, now, true));
+        }
+        let route_all =
+            self.config.outlier.panic == PanicMode::RouteAll && self.in_panic(len);
+        let open = |i: usize| members[i].takes_tries(now_ms, route_all);
+        let untried = |i: usize| tried & (1u64 << (i % 64)) == 0 && open(i);
+        let index = self
+            .choose(&members, now_ms, untried)
+            .or_else(|| self.choose(&members, now_ms, open))
+            .ok_or_else(|| self.no_endpoint(&members, now))?;
+        Ok(self.picked(&members, index, now, false))
+    }
+
+    fn choose(
+        &self,
+        members: &[Arc<Endpoint>],
+        now_ms: u64,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let len = members.len();
+        match self.config.balance.mode {
+            BalanceMode::P2cEwma => {
+                let decay = self.config.balance.decay;
+                let now32 = now_ms as u32;
+                p2c::pick(len, self.random_pair(), eligible, |i| {
+                    members[i].cost(now32, decay)
+                })
+            }
+            BalanceMode::RoundRobin => {
+                let start = self.next_round_robin.fetch_add(1, Ordering::Relaxed);
+                (0..len).map(|k| (start + k) % len.max(1)).find(|&i| eligible(i))
+            }
+        }
+    }
+
+    /// The first member whose ejection ended and whose probe this caller claimed.
+    fn due_probe(&self, members: &[Arc<Endpoint>], now: Instant, now_ms: u64) -> Option<usize> {
+        members.iter().position(|e| {
+            e.health.load(Ordering::Relaxed) == 1
+                && e.until_ms.load(Ordering::Relaxed) <= now_ms
+                && e.claim_probe(now)
+        })
+    }
+
+    fn picked(&self, members: &[Arc<Endpoint>], index: usize, now: Instant, probe: bool) -> Picked {
+        let endpoint = Arc::clone(&members[index]);
+        endpoint.pending.fetch_add(1, Ordering::Relaxed);
+        Picked {
+            endpoint,
+            index,
+            started: now,
+            probe,
+            done: false,
+        }
+    }
+
+    fn no_endpoint(&self, members: &[Arc<Endpoint>], now: Instant) -> NoEndpoint {
+        if members.is_empty() {
+            return NoEndpoint("the destination has no endpoint".to_owned());
+        }
+        let now_ms = self.ms64(now);
+        let each: Vec<String> = members
+            .iter()
+            .map(|e| e.explain(now_ms, self.config.outlier.panic))
+            .collect();
+        NoEndpoint(format!("no endpoint is ready: {}", each.join("; ")))
+    }
+
+    /// Records the end of a try on its endpoint; see [`Picked::succeeded`] and
+    /// [`Picked::failed`].
+    fn record(&self, picked: &Picked, outcome: TryEnd, now: Instant) {
+        let endpoint = &picked.endpoint;
+        let balance = &self.config.balance;
+        let now_ms = self.ms(now);
+        let change = match outcome {
+            TryEnd::Succeeded => {
+                let rtt = now.saturating_duration_since(picked.started);
+                endpoint.successes.fetch_add(1, Ordering::Relaxed);
+                endpoint.metrics.success.increment(1);
+                let change = endpoint.ejection().succeeded(now, &self.config.outlier);
+                if change == Some(Change::Readmitted) {
+                    // A re-admitted endpoint starts from what its probe measured.
+                    endpoint.estimate.reset(Estimate::new(rtt, now_ms));
+                } else {
+                    endpoint.estimate.sample(rtt, now_ms, balance.decay);
+                }
+                change
+            }
+            TryEnd::Failed { retry_after } => {
+                endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                endpoint.metrics.failure.increment(1);
+                endpoint.estimate.sample(balance.failure_penalty, now_ms, balance.decay);
+                if let Some(after) = retry_after {
+                    let until = self.ms64(now + after);
+                    endpoint.not_before_ms.fetch_max(until, Ordering::Relaxed);
+                }
+                self.failed(endpoint, now)
+            }
+        };
+        let estimate = endpoint.estimate.load().nanos;
+        endpoint.metrics.cost.set(f64::from(estimate) / 1e9);
+        if let Some(change) = change {
+            self.changed(endpoint, change);
+        }
+    }
+
+    fn failed(&self, endpoint: &Endpoint, now: Instant) -> Option<Change> {
+        // One endpoint is the destination: its breaker guards it, not ejection.
+        let may_eject = self.members.load().len() > 1;
+        let jitter = if self.config.jitter {
+            fastrand::f64() * 2.0 - 1.0
+        } else {
+            0.0
+        };
+        let change = endpoint
+            .ejection()
+            .failed(now, &self.config.outlier, may_eject, jitter);
+        if let Some(Change::Ejected { .. }) = change {
+            let counter = if endpoint.health.load(Ordering::Relaxed) == 2 {
+                &endpoint.metrics.ejected_probe
+            } else {
+                &endpoint.metrics.ejected_failures
+            };
+            counter.increment(1);
+        }
+        change
+    }
+
+    /// Mirrors a change of an endpoint's health for picks, metrics and logs.
+    fn changed(&self, endpoint: &Endpoint, change: Change) {
+        let was = endpoint.health.load(Ordering::Relaxed);
+        match change {
+            Change::Ejected { until, times } => {
+                endpoint.until_ms.store(self.ms64(until), Ordering::Relaxed);
+                endpoint.health.store(1, Ordering::Relaxed);
+                // Ejected and probing endpoints are both out: only one from ready counts.
+                if was == 0 {
+                    self.ejected.fetch_add(1, Ordering::Relaxed);
+                }
+                endpoint.metrics.state.set(1.0);
+                let len = self.members.load().len();
+                let panic = self.in_panic(len);
+                let first = panic && !self.panicking.swap(true, Ordering::Relaxed);
+                tracing::warn!(
+                    endpoint = %endpoint.label,
+                    ejected_for_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    times,
+                    "endpoint ejected"
+                );
+                if first {
+                    tracing::warn!(
+                        ejected = self.ejected.load(Ordering::Relaxed),
+                        endpoints = len,
+                        panic = self.config.outlier.panic.label(),
+                        "more endpoints ejected than outlier.max_ejected_percent allows"
+                    );
+                }
+            }
+            Change::Readmitted => {
+                endpoint.health.store(0, Ordering::Relaxed);
+                self.ejected.fetch_sub(1, Ordering::Relaxed);
+                endpoint.metrics.state.set(0.0);
+                self.panicking.store(false, Ordering::Relaxed);
+                tracing::info!(endpoint = %endpoint.label, "endpoint re-admitted after its probe");
+            }
+        }
+    }
+
+    /// A probe ended without a verdict: due again.
+    fn probe_abandoned(&self, endpoint: &Endpoint, now: Instant) {
+        endpoint.ejection().probe_abandoned(now);
+        endpoint.until_ms.store(self.ms64(now), Ordering::Relaxed);
+        endpoint.health.store(1, Ordering::Relaxed);
+        endpoint.metrics.state.set(1.0);
+    }
+
+    /// What `/upstreams` shows of each member.
+    pub fn view(&self, now: Instant) -> Vec<EndpointView> {
+        let now_ms = self.ms64(now);
+        let decay = self.config.balance.decay;
+        let left = |until: u64| (until > now_ms).then(|| Duration::from_millis(until - now_ms));
+        self.members
+            .load()
+            .iter()
+            .map(|e| {
+                let ejection = e.ejection().clone();
+                let health = e.health.load(Ordering::Relaxed);
+                EndpointView {
+                    label: e.label.to_string(),
+                    state: ejection.health().label(),
+                    ewma: Duration::from_nanos(e.estimate.load().decayed(now_ms as u32, decay) as u64),
+                    pending: e.pending.load(Ordering::Relaxed),
+                    ejections: ejection.times_ejected(),
+                    ejected_for: (health == 1).then(|| left(e.until_ms.load(Ordering::Relaxed))).flatten(),
+                    resting_for: left(e.not_before_ms.load(Ordering::Relaxed)),
+                    successes: e.successes.load(Ordering::Relaxed),
+                    failures: e.failures.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Endpoint {
+    fn ejection(&self) -> std::sync::MutexGuard<'_, Ejection> {
+        self.ejection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether picks may choose it now: ready (or any state when the set routes to all), and
+    /// not resting after a `Retry-After`.
+    fn takes_tries(&self, now_ms: u64, route_all: bool) -> bool {
+        (route_all || self.health.load(Ordering::Relaxed) == 0)
+            && self.not_before_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    fn cost(&self, now_ms: u32, decay: Duration) -> f32 {
+        cost(
+            self.estimate.load().decayed(now_ms, decay),
+            self.pending.load(Ordering::Relaxed),
+        )
+    }
+
+    fn claim_probe(&self, now: Instant) -> bool {
+        let claimed = self.ejection().claim_probe(now);
+        if claimed {
+            self.health.store(2, Ordering::Relaxed);
+            self.metrics.state.set(2.0);
+        }
+        claimed
+    }
+
+    /// Why it takes no tries, for the `no-endpoint` answer.
+    fn explain(&self, now_ms: u64, panic: PanicMode) -> String {
+        let until = self.until_ms.load(Ordering::Relaxed);
+        let rest = self.not_before_ms.load(Ordering::Relaxed);
+        match self.health.load(Ordering::Relaxed) {
+            1 => format!(
+                "{} ejected for {} ms more (outlier.panic = {})",
+                self.label,
+                until.saturating_sub(now_ms),
+                panic.label()
+            ),
+            2 => format!("{} is being probed", self.label),
+            _ if rest > now_ms => format!(
+                "{} asked for no requests for {} ms more (Retry-After)",
+                self.label,
+                rest - now_ms
+            ),
+            _ => format!("{} is ready", self.label),
+        }
+    }
+}
+
+/// How a try ended, for its endpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum TryEnd {
+    /// A response head that is not the endpoint's failure.
+    Succeeded,
+    /// The endpoint's failure (connect, reset, timeout, a failure status, 429);
+    /// `retry_after`: it asked for no requests for this long.
+    Failed { retry_after: Option<Duration> },
+}
+
+/// The endpoint a try goes to; counts as pending there until recorded or dropped.
+#[derive(Debug)]
+pub struct Picked {
+    pub endpoint: Arc<Endpoint>,
+    /// Its index in the members when picked: the request's `tried` bit.
+    pub index: usize,
+    started: Instant,
+    /// The try is the endpoint's probe after an ejection.
+    pub probe: bool,
+    done: bool,
+}
+
+impl Picked {
+    /// The bit of `tried` this endpoint takes.
+    pub fn tried_bit(&self) -> u64 {
+        1u64 << (self.index % 64)
+    }
+
+    /// Records how the try ended on `set` (the set it was picked from), at `now`.
+    pub fn finish(mut self, set: &EndpointSet, end: TryEnd, now: Instant) {
+        self.done = true;
+        self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
+        set.record(&self, end, now);
+    }
+
+    /// The try ended with no verdict on the endpoint (the app's fault, or it went away).
+    pub fn neutral(mut self, set: &EndpointSet, now: Instant) {
+        self.done = true;
+        self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            set.probe_abandoned(&self.endpoint, now);
+        }
+    }
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        if !self.done {
+            self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
+            if self.probe {
+                // No set at hand: the probe is due again at once, through the ejection state.
+                self.endpoint.ejection().probe_abandoned(Instant::now());
+                self.endpoint.health.store(1, Ordering::Relaxed);
+                self.endpoint.until_ms.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
