@@ -543,8 +543,14 @@ impl DestinationMetrics {
     }
 
     /// Registers the handles of one endpoint of this destination (`endpoint`: `ip:port`, or
-    /// `_other` beyond `[balance] max_endpoints`).
+    /// `_other` beyond `[balance] max_endpoints`). The endpoints of destinations folded into
+    /// `destination="_other"` are `_other` too: no label names what the cap leaves out.
     pub fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
+        let endpoint = if self.labels[1].value() == OTHER_DESTINATION {
+            OTHER_DESTINATION
+        } else {
+            endpoint
+        };
         let mut labels = self.labels.to_vec();
         labels.push(Label::new("endpoint", endpoint.to_owned()));
         let recorder = &self.telemetry.recorder;

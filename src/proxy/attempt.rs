@@ -18,17 +18,17 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::failure::{attempt_error, bad_response, http1_error};
-use super::resend::{prepare_body, Outgoing, Resend};
+use super::resend::{prepare_body, spare_copy, Outgoing, Resend};
 use crate::outcome::Reason;
 use crate::pipeline::attempt::{AttemptError, ErrorKind, Sent};
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
-use crate::registry::{Destination, Pending, Permit, PickError, Picked, SetEndpoint, TryEnd, Upstream};
+use crate::registry::{Destination, Pending, Permit, PickError, Picked, TryEnd, Upstream};
 use crate::upstream::app_pace::{AppStalled, Pace, PaceState};
 use crate::upstream::http1::{self, framing, Http1Body, SendError};
-use crate::upstream::{RequestBody, UpstreamBody};
+use crate::upstream::{ConnectError, RequestBody, UpstreamBody};
 
 pub use super::local_answer::LocalAnswer;
 
@@ -145,11 +145,13 @@ pub async fn run(
             upstream,
             path,
             destination,
-            endpoint: &picked.endpoint,
+            picked,
+            tried,
             has_body,
             grpc,
         };
-        let ended = try_.run(permit, next, limit).await;
+        let (ended, picked, tried_now) = try_.run(permit, next, limit).await;
+        tried = tried_now;
         match endpoint_end(upstream, &ended) {
             Some(end) => picked.finish(&destination.endpoints, end, Instant::now()),
             None => picked.neutral(&destination.endpoints, Instant::now()),
@@ -171,8 +173,10 @@ struct Try<'a> {
     upstream: &'a Upstream,
     path: Path,
     destination: &'a Arc<Destination>,
-    /// The endpoint it goes to.
-    endpoint: &'a SetEndpoint,
+    /// The endpoint it goes to (another one when a connection to it cannot be opened).
+    picked: Picked,
+    /// The endpoints the request went to, this one included.
+    tried: u64,
     has_body: bool,
     grpc: bool,
 }
@@ -180,11 +184,30 @@ struct Try<'a> {
 impl Try<'_> {
     /// Sends `request` under `limit`, and records the try through its permit. A try abandoned
     /// here (the app went away) drops the permit unspent, which records it as abandoned.
-    async fn run(self, permit: Permit<'_>, request: Outgoing<'_>, limit: TryLimit) -> Ended {
+    /// Answers the endpoint it ended on and the endpoints tried.
+    async fn run(
+        mut self,
+        permit: Permit<'_>,
+        request: Outgoing<'_>,
+        limit: TryLimit,
+    ) -> (Ended, Picked, u64) {
         let pace = request.pace();
-        let sent = tokio::time::timeout(limit.duration(), self.send(request, permit.started()));
+        let started = permit.started();
+        let sent = tokio::time::timeout(limit.duration(), self.send(request, started)).await;
+        let ended = self.judge(sent, permit, pace, limit);
+        (ended, self.picked, self.tried)
+    }
+
+    /// Records the try through its permit.
+    fn judge(
+        &self,
+        sent: Result<Result<Response<UpstreamBody>, AttemptError>, tokio::time::error::Elapsed>,
+        permit: Permit<'_>,
+        pace: Option<Pace>,
+        limit: TryLimit,
+    ) -> Ended {
         let (destination, grpc) = (self.destination, self.grpc);
-        match sent.await {
+        match sent {
             Ok(Ok(response)) => {
                 let pending = match verdict_of(&response, grpc) {
                     Verdict::Status(status) => {
@@ -250,17 +273,17 @@ impl Try<'_> {
 
     /// The response head, on the connection `self.path` gives; `started`: the try's start.
     async fn send(
-        &self,
+        &mut self,
         request: Outgoing<'_>,
         started: Instant,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
         match (self.path, request) {
-            (Path::Pooled, request) => self.send_pooled(request.into_request()).await,
+            (Path::Pooled, request) => self.send_pooled_or_next(request.into_request()).await,
             (Path::Http1, Outgoing::Lent(head, body)) => {
-                match self.send_http1(head, body, started).await {
+                match self.send_http1_or_next(head, body, started).await {
                     Err(SendError::ChoseHttp2) => {
                         let request = Outgoing::Lent(head, body).into_request();
-                        self.send_pooled(request).await
+                        self.send_pooled_or_next(request).await
                     }
                     sent => self.http1_answer(sent),
                 }
@@ -269,17 +292,17 @@ impl Try<'_> {
                 let (head, body) = request.into_parts();
                 match body {
                     RequestBody::Full(body) => {
-                        match self.send_http1(&head, body.as_ref(), started).await {
+                        match self.send_http1_or_next(&head, body.as_ref(), started).await {
                             Err(SendError::ChoseHttp2) => {
                                 let request = Request::from_parts(head, RequestBody::Full(body));
-                                self.send_pooled(request).await
+                                self.send_pooled_or_next(request).await
                             }
                             sent => self.http1_answer(sent),
                         }
                     }
                     streamed => {
                         let request = Request::from_parts(head, streamed);
-                        self.send_pooled(request).await
+                        self.send_pooled_or_next(request).await
                     }
                 }
             }
@@ -290,8 +313,9 @@ impl Try<'_> {
         &self,
         request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
-        let Some(client) = self.upstream.client(self.endpoint, self.grpc) else {
-            let cause = format!("no client for {}: its TLS settings were refused", self.endpoint.label);
+        let endpoint = &self.picked.endpoint;
+        let Some(client) = self.upstream.client(endpoint, self.grpc) else {
+            let cause = format!("no client for {}: its TLS settings were refused", endpoint.label);
             return Err(AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause));
         };
         match client.request(request).await {
@@ -313,13 +337,80 @@ impl Try<'_> {
 
     /// Sends on fusebox's own HTTP/1.1 connections; an upstream that chooses HTTP/2 in the
     /// TLS handshake is noted on the destination, whose requests then take the pooled client.
+    /// [`Try::send_http1`]; when the connection to the endpoint cannot be opened (refused,
+    /// unreachable, timed out: nothing was sent), the same again to an endpoint of the same
+    /// name not yet tried, within this try (RFC 8305's next address, one after the other).
+    async fn send_http1_or_next(
+        &mut self,
+        head: &Parts,
+        body: Option<&Bytes>,
+        started: Instant,
+    ) -> Result<Response<Http1Body>, SendError> {
+        // Every address may be tried once in this try, whatever earlier tries did.
+        let mut this_try = self.picked.tried_bit();
+        loop {
+            let sent = self.send_http1(head, body, started).await;
+            let Err(SendError::Connect(error)) = &sent else {
+                return sent;
+            };
+            let unopened = matches!(error, ConnectError::Io { .. } | ConnectError::Timeout { .. });
+            if !unopened || !self.move_on(&mut this_try, error) {
+                return sent;
+            }
+        }
+    }
+
+    /// The same for hyper's pooled client: a request whose body is known in full goes again
+    /// (a copy kept while several endpoints are there to take it); a streamed one cannot.
+    async fn send_pooled_or_next(
+        &mut self,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, AttemptError> {
+        let mut this_try = self.picked.tried_bit();
+        let several = self.destination.endpoints.members().len() > 1;
+        loop {
+            let spare = several.then(|| spare_copy(&request)).flatten();
+            let sent = self.send_pooled(request).await;
+            let (Err(error), Some(copy)) = (&sent, spare) else {
+                return sent;
+            };
+            let unopened = matches!(error.kind, ErrorKind::Connect | ErrorKind::ConnectTimeout)
+                && error.sent == Sent::Nothing;
+            if !unopened || !self.move_on(&mut this_try, error) {
+                return sent;
+            }
+            request = copy;
+        }
+    }
+
+    /// After a connection to the endpoint could not be opened: moves this try to an endpoint
+    /// of the same name it has not tried (`this_try`), and records the failed one; `false`
+    /// when none is left.
+    fn move_on(&mut self, this_try: &mut u64, error: &dyn std::fmt::Display) -> bool {
+        let set = &self.destination.endpoints;
+        let now = Instant::now();
+        let Some(next) = set.pick_untried(*this_try, now) else {
+            return false;
+        };
+        if next.endpoint.authority != self.picked.endpoint.authority {
+            next.neutral(set, now);
+            return false;
+        }
+        debug!(failed = %self.picked.endpoint.label, %error, next = %next.endpoint.label, "no connection; trying the next endpoint");
+        *this_try |= next.tried_bit();
+        self.tried |= next.tried_bit();
+        let failed = std::mem::replace(&mut self.picked, next);
+        failed.finish(set, TryEnd::Failed { retry_after: None }, now);
+        true
+    }
+
     async fn send_http1(
         &self,
         head: &Parts,
         body: Option<&Bytes>,
         started: Instant,
     ) -> Result<Response<Http1Body>, SendError> {
-        let endpoint = self.endpoint;
+        let endpoint = &self.picked.endpoint;
         let policy = &self.upstream.policy;
         let tls = (head.uri.scheme() == Some(&Scheme::HTTPS)).then(|| http1::Tls {
             config: self.upstream.tls_config(),

@@ -230,6 +230,20 @@ fn stalled(by_idle: bool, idle: Duration) -> LocalAnswer {
 }
 
 /// `http::request::Parts` is not `Clone`; a try needs method, URI, version and headers.
+/// A copy of a request whose body is known in full, to send again when its connection could
+/// not be opened; `None` for a streamed body.
+pub(super) fn spare_copy(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let RequestBody::Full(body) = request.body() else {
+        return None;
+    };
+    let mut copy = Request::new(RequestBody::Full(body.clone()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
 fn copy_parts(parts: &Parts) -> Parts {
     let mut request = Request::new(());
     *request.method_mut() = parts.method.clone();

@@ -240,13 +240,29 @@ impl EndpointSet {
         }
         let route_all =
             self.config.outlier.panic == PanicMode::RouteAll && self.in_panic(len);
-        let open = |i: usize| members[i].takes_tries(now_ms, route_all);
-        let untried = |i: usize| tried & (1u64 << (i % 64)) == 0 && open(i);
+        // Preferred first: not yet tried by this request and not resting after a
+        // `Retry-After`; then resting ones; then any that takes tries at all.
+        let open = |i: usize| members[i].takes_tries(route_all);
+        let awake = |i: usize| open(i) && members[i].awake(now_ms);
+        let untried = |i: usize| tried & (1u64 << (i % 64)) == 0 && awake(i);
         let index = self
             .choose(&members, now_ms, untried)
+            .or_else(|| self.choose(&members, now_ms, awake))
             .or_else(|| self.choose(&members, now_ms, open))
             .ok_or_else(|| self.no_endpoint(&members, now))?;
         Ok(self.picked(&members, index, now, false))
+    }
+
+    /// An endpoint this request has not tried, ready and awake, for the same try after a
+    /// connection to another could not be opened; no probe, no fallback to tried ones.
+    pub fn pick_untried(&self, tried: u64, now: Instant) -> Option<Picked> {
+        let members = self.members.load();
+        let now_ms = self.ms64(now);
+        let untried = |i: usize| {
+            tried & (1u64 << (i % 64)) == 0 && members[i].takes_tries(false) && members[i].awake(now_ms)
+        };
+        let index = self.choose(&members, now_ms, untried)?;
+        Some(self.picked(&members, index, now, false))
     }
 
     fn choose(
@@ -329,6 +345,8 @@ impl EndpointSet {
                 endpoint.metrics.failure.increment(1);
                 endpoint.estimate.sample(balance.failure_penalty, now_ms, balance.decay);
                 if let Some(after) = retry_after {
+                    // An absurd `Retry-After` rests it no longer than an ejection could.
+                    let after = after.min(self.config.outlier.max_ejection);
                     let until = self.ms64(now + after);
                     endpoint.not_before_ms.fetch_max(until, Ordering::Relaxed);
                 }
@@ -444,11 +462,14 @@ impl Endpoint {
         self.ejection.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether picks may choose it now: ready (or any state when the set routes to all), and
-    /// not resting after a `Retry-After`.
-    fn takes_tries(&self, now_ms: u64, route_all: bool) -> bool {
-        (route_all || self.health.load(Ordering::Relaxed) == 0)
-            && self.not_before_ms.load(Ordering::Relaxed) <= now_ms
+    /// Whether picks may choose it: ready, or in any state when the set routes to all.
+    fn takes_tries(&self, route_all: bool) -> bool {
+        route_all || self.health.load(Ordering::Relaxed) == 0
+    }
+
+    /// Not resting after a `Retry-After` at `now_ms`.
+    fn awake(&self, now_ms: u64) -> bool {
+        self.not_before_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     fn cost(&self, now_ms: u32, decay: Duration) -> f32 {
