@@ -27,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "telemetry",
             "fleet",
             "guard",
+            "address",
         ],
     ),
     (
