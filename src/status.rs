@@ -301,8 +301,46 @@ pub fn render_table(rows: &[DestinationView], now: SystemTime, colour: bool) -> 
             |column: usize| (colour && column == STATE_COLUMN).then(|| state_colour(&row.state));
         push_line(&mut out, line, &widths, paint, None);
     }
+    push_endpoints(&mut out, rows);
     push_trust_failures(&mut out, rows, now);
     out
+}
+
+/// Below the table, the endpoints of each destination that has several, or one that is not
+/// ready (§17): state, latency estimate, pending tries, results, time left of an ejection.
+fn push_endpoints(out: &mut String, rows: &[DestinationView]) {
+    for row in rows {
+        let quiet = row.endpoints.len() < 2 && row.endpoints.iter().all(|e| e.state == "ready");
+        if quiet {
+            continue;
+        }
+        out.push_str(&format!(
+            "\n{} {} endpoints:\n",
+            row.upstream, row.destination
+        ));
+        for e in &row.endpoints {
+            let mut line = format!(
+                "  {}  {}  ewma {:.1}ms  pending {}  ok {}  failed {}",
+                e.endpoint,
+                e.state,
+                e.ewma_us as f64 / 1000.0,
+                e.pending,
+                e.successes,
+                e.failures
+            );
+            if let Some(left) = e.ejected_for_ms {
+                line.push_str(&format!(
+                    "  ejected for {left}ms more ({} ejections)",
+                    e.ejections
+                ));
+            }
+            if let Some(left) = e.retry_after_ms {
+                line.push_str(&format!("  Retry-After {left}ms more"));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
 }
 
 /// Below the table, one line per destination whose certificate last failed to verify: a trust
@@ -471,6 +509,7 @@ mod tests {
             idle_connections: 0,
             intercept: false,
             fleet: None,
+            endpoints: Vec::new(),
         }
     }
 
@@ -536,6 +575,38 @@ search    search:80                          half-open (shadow)  0s ago     0/0/
 ";
         assert_eq!(table, expected, "\n{table}");
         assert!(!table.contains('\x1b'));
+    }
+
+    #[test]
+    fn the_endpoints_of_a_set_are_listed_below_the_table() {
+        use crate::admin::json::EndpointJson;
+        let mut rows = sample();
+        let endpoint = |ip: &str, state: &str| EndpointJson {
+            endpoint: format!("{ip}:80"),
+            state: state.into(),
+            ewma_us: 20_500,
+            successes: 7,
+            ..EndpointJson::default()
+        };
+        rows[0].endpoints = vec![
+            endpoint("10.0.0.1", "ready"),
+            endpoint("10.0.0.2", "ejected"),
+        ];
+        rows[0].endpoints[1].ejected_for_ms = Some(9_500);
+        rows[0].endpoints[1].ejections = 2;
+        rows[1].endpoints = vec![endpoint("10.0.0.9", "ready")];
+        let table = render_table(&rows, now(), false);
+        assert!(
+            table.contains(
+                "endpoints:\n  10.0.0.1:80  ready  ewma 20.5ms  pending 0  ok 7  failed 0\n"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("10.0.0.2:80  ejected  ewma 20.5ms  pending 0  ok 7  failed 0  ejected for 9500ms more (2 ejections)\n"), "{table}");
+        assert!(
+            !table.contains("10.0.0.9"),
+            "one ready endpoint is not news: {table}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::pipeline::breaker::{BreakerSnapshot, RecentFailure, State};
 use crate::policy::BreakerMode;
-use crate::registry::{Destination, TrustFailure, Upstream};
+use crate::registry::{Destination, EndpointView, TrustFailure, Upstream};
 
 /// One destination's breaker: an element of `GET /upstreams`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,46 @@ pub struct DestinationView {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<String>,
+    /// Extra: the destination's endpoints (§17), each with its balancing and ejection state.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointJson>,
+}
+
+/// One endpoint of a destination in `/upstreams`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointJson {
+    /// `ip:port`.
+    pub endpoint: String,
+    /// `ready`, `ejected` or `probing`.
+    pub state: String,
+    /// The peak-EWMA latency estimate now, in microseconds.
+    pub ewma_us: u64,
+    /// Tries waiting for their response head.
+    pub pending: u32,
+    /// Ejections since its count last started afresh.
+    pub ejections: u32,
+    /// Time left of its ejection.
+    pub ejected_for_ms: Option<u64>,
+    /// Time left of the rest its `Retry-After` asked for.
+    pub retry_after_ms: Option<u64>,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+impl From<EndpointView> for EndpointJson {
+    fn from(view: EndpointView) -> Self {
+        EndpointJson {
+            endpoint: view.label,
+            state: view.state.to_owned(),
+            ewma_us: u64::try_from(view.ewma.as_micros()).unwrap_or(u64::MAX),
+            pending: view.pending,
+            ejections: view.ejections,
+            ejected_for_ms: view.ejected_for.map(ceil_millis),
+            retry_after_ms: view.resting_for.map(ceil_millis),
+            successes: view.successes,
+            failures: view.failures,
+        }
+    }
 }
 
 /// Calls seen over the breaker's sliding window.
@@ -164,6 +204,12 @@ impl DestinationView {
                 .fleet
                 .as_ref()
                 .map(|fleet| fleet.mode().label().to_owned()),
+            endpoints: destination
+                .endpoints
+                .view(Instant::now())
+                .into_iter()
+                .map(EndpointJson::from)
+                .collect(),
             ..DestinationView::from_snapshot(
                 &upstream.policy.name,
                 &destination.authority,
@@ -213,6 +259,7 @@ impl DestinationView {
             trips: snapshot.trips,
             mode: mode.to_owned(),
             idle_connections: 0,
+            endpoints: Vec::new(),
             intercept: false,
             fleet: None,
         }

@@ -315,7 +315,10 @@ impl Try<'_> {
     ) -> Result<Response<UpstreamBody>, AttemptError> {
         let endpoint = &self.picked.endpoint;
         let Some(client) = self.upstream.client(endpoint, self.grpc) else {
-            let cause = format!("no client for {}: its TLS settings were refused", endpoint.label);
+            let cause = format!(
+                "no client for {}: its TLS settings were refused",
+                endpoint.label
+            );
             return Err(AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause));
         };
         match client.request(request).await {
@@ -353,7 +356,10 @@ impl Try<'_> {
             let Err(SendError::Connect(error)) = &sent else {
                 return sent;
             };
-            let unopened = matches!(error, ConnectError::Io { .. } | ConnectError::Timeout { .. });
+            let unopened = matches!(
+                error,
+                ConnectError::Io { .. } | ConnectError::Timeout { .. }
+            );
             if !unopened || !self.move_on(&mut this_try, error) {
                 return sent;
             }
@@ -479,7 +485,10 @@ fn unpicked(error: PickError, authority: &str) -> AttemptError {
 
 /// The authority of a try to `picked` when it differs by endpoint: a policy with several
 /// `endpoints` entries and no `host_rewrite`.
-fn per_endpoint_authority<'p>(upstream: &Upstream, picked: &'p Picked) -> Option<&'p http::uri::Authority> {
+fn per_endpoint_authority<'p>(
+    upstream: &Upstream,
+    picked: &'p Picked,
+) -> Option<&'p http::uri::Authority> {
     if upstream.rewrite_authority.is_some() || upstream.policy.endpoints.len() < 2 {
         return None;
     }
@@ -495,8 +504,9 @@ fn endpoint_end(upstream: &Upstream, ended: &Ended) -> Option<TryEnd> {
         Ok(answer) => {
             let response = &answer.response;
             let status = response.status().as_u16();
-            let grpc_failed = grpc::status(response.headers())
-                .is_some_and(|code| response.status() == StatusCode::OK && breaker.grpc_failure_codes.contains(&code));
+            let grpc_failed = grpc::status(response.headers()).is_some_and(|code| {
+                response.status() == StatusCode::OK && breaker.grpc_failure_codes.contains(&code)
+            });
             if status == 429 || breaker.failure_statuses.contains(&status) || grpc_failed {
                 let retry_after = response
                     .headers()
@@ -506,7 +516,9 @@ fn endpoint_end(upstream: &Upstream, ended: &Ended) -> Option<TryEnd> {
             }
             Some(TryEnd::Succeeded)
         }
-        Err(error) if error.breaker_failure().is_some() => Some(TryEnd::Failed { retry_after: None }),
+        Err(error) if error.breaker_failure().is_some() => {
+            Some(TryEnd::Failed { retry_after: None })
+        }
         Err(_) => None,
     }
 }

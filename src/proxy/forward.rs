@@ -351,7 +351,10 @@ fn spawn_upgrade(
 /// Where an egress-listener request goes: the policy's endpoints (`true`: the URI carries
 /// the endpoint's authority or `host_rewrite`) or the requested host, over TLS when the policy
 /// originates it or the app asked for `https://`.
-fn egress_destination(upstream: &Upstream, target: &Target<'_>) -> (Arc<Destination>, Scheme, bool) {
+fn egress_destination(
+    upstream: &Upstream,
+    target: &Target<'_>,
+) -> (Arc<Destination>, Scheme, bool) {
     let tls = upstream.policy.tls || target.https;
     let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
     if let Some(destination) = upstream.endpoints_destination() {

@@ -225,7 +225,8 @@ impl EndpointSet {
 
     /// More members are ejected than `max_ejected_percent` allows.
     fn in_panic(&self, len: usize) -> bool {
-        self.ejected.load(Ordering::Relaxed) > max_ejected(len, self.config.outlier.max_ejected_percent)
+        self.ejected.load(Ordering::Relaxed)
+            > max_ejected(len, self.config.outlier.max_ejected_percent)
     }
 
     /// Picks the endpoint for a try at `now`. `tried`: the endpoints this request already went
@@ -238,8 +239,7 @@ impl EndpointSet {
         if let Some(index) = self.due_probe(&members, now, now_ms) {
             return Ok(self.picked(&members, index, now, true));
         }
-        let route_all =
-            self.config.outlier.panic == PanicMode::RouteAll && self.in_panic(len);
+        let route_all = self.config.outlier.panic == PanicMode::RouteAll && self.in_panic(len);
         // Preferred first: not yet tried by this request and not resting after a
         // `Retry-After`; then resting ones; then any that takes tries at all.
         let open = |i: usize| members[i].takes_tries(route_all);
@@ -259,7 +259,9 @@ impl EndpointSet {
         let members = self.members.load();
         let now_ms = self.ms64(now);
         let untried = |i: usize| {
-            tried & (1u64 << (i % 64)) == 0 && members[i].takes_tries(false) && members[i].awake(now_ms)
+            tried & (1u64 << (i % 64)) == 0
+                && members[i].takes_tries(false)
+                && members[i].awake(now_ms)
         };
         let index = self.choose(&members, now_ms, untried)?;
         Some(self.picked(&members, index, now, false))
@@ -282,7 +284,9 @@ impl EndpointSet {
             }
             BalanceMode::RoundRobin => {
                 let start = self.next_round_robin.fetch_add(1, Ordering::Relaxed);
-                (0..len).map(|k| (start + k) % len.max(1)).find(|&i| eligible(i))
+                (0..len)
+                    .map(|k| (start + k) % len.max(1))
+                    .find(|&i| eligible(i))
             }
         }
     }
@@ -343,7 +347,9 @@ impl EndpointSet {
             TryEnd::Failed { retry_after } => {
                 endpoint.failures.fetch_add(1, Ordering::Relaxed);
                 endpoint.metrics.failure.increment(1);
-                endpoint.estimate.sample(balance.failure_penalty, now_ms, balance.decay);
+                endpoint
+                    .estimate
+                    .sample(balance.failure_penalty, now_ms, balance.decay);
                 if let Some(after) = retry_after {
                     // An absurd `Retry-After` rests it no longer than an ejection could.
                     let after = after.min(self.config.outlier.max_ejection);
@@ -444,10 +450,14 @@ impl EndpointSet {
                 EndpointView {
                     label: e.label.to_string(),
                     state: ejection.health().label(),
-                    ewma: Duration::from_nanos(e.estimate.load().decayed(now_ms as u32, decay) as u64),
+                    ewma: Duration::from_nanos(
+                        e.estimate.load().decayed(now_ms as u32, decay) as u64
+                    ),
                     pending: e.pending.load(Ordering::Relaxed),
                     ejections: ejection.times_ejected(),
-                    ejected_for: (health == 1).then(|| left(e.until_ms.load(Ordering::Relaxed))).flatten(),
+                    ejected_for: (health == 1)
+                        .then(|| left(e.until_ms.load(Ordering::Relaxed)))
+                        .flatten(),
                     resting_for: left(e.not_before_ms.load(Ordering::Relaxed)),
                     successes: e.successes.load(Ordering::Relaxed),
                     failures: e.failures.load(Ordering::Relaxed),

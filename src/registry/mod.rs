@@ -24,10 +24,12 @@ mod notes;
 mod permit;
 mod resolution;
 
-pub use endpoints::{Endpoint as SetEndpoint, EndpointSet, EndpointView, NoEndpoint, Picked, SetConfig, TryEnd};
+pub use endpoints::{
+    Endpoint as SetEndpoint, EndpointSet, EndpointView, NoEndpoint, Picked, SetConfig, TryEnd,
+};
 pub use notes::{Notes, TrustFailure};
-pub use resolution::{Resolution, Source};
 pub use permit::{Pending, Permit};
+pub use resolution::{Resolution, Source};
 
 use crate::fleet::{FleetLimit, FleetRedis};
 use crate::guard::GuardRules;

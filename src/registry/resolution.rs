@@ -157,7 +157,11 @@ impl Resolution {
                 }
             }
         }
-        debug!(endpoints = addrs.len(), ttl_ms = ttl.as_millis() as u64, "resolved");
+        debug!(
+            endpoints = addrs.len(),
+            ttl_ms = ttl.as_millis() as u64,
+            "resolved"
+        );
         set.replace(&addrs, Instant::now());
         Ok(ttl.clamp(self.dns.min_ttl, self.dns.max_ttl))
     }

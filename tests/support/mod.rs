@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod app;
 pub mod blackhole;
+pub mod dns;
 pub mod metrics;
 pub mod peers;
 pub mod process;

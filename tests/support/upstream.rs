@@ -124,9 +124,17 @@ pub struct FakeUpstreamBuilder {
     headers: Vec<(HeaderName, HeaderValue)>,
     delay: Duration,
     tls: Option<Arc<rustls::ServerConfig>>,
+    bind: SocketAddr,
 }
 
 impl FakeUpstreamBuilder {
+    /// Listen on `addr` instead of 127.0.0.1:0 (another loopback address: another endpoint
+    /// of one name, on the same port).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
     /// Always answer this status.
     pub fn status(self, status: u16) -> Self {
         self.replies([Reply::Status(status)])
@@ -206,11 +214,11 @@ impl FakeUpstreamBuilder {
         self
     }
 
-    /// Binds 127.0.0.1:0 and starts serving.
+    /// Binds 127.0.0.1:0 (or its `bind` address) and starts serving.
     pub async fn start(self) -> FakeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(self.bind)
             .await
-            .expect("bind 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("bind {}: {e}", self.bind));
         let addr = listener.local_addr().expect("local addr");
         let (hits, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -262,6 +270,7 @@ impl FakeUpstream {
             headers: Vec::new(),
             delay: Duration::ZERO,
             tls: None,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 
