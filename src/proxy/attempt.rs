@@ -360,7 +360,8 @@ impl Try<'_> {
                 error,
                 ConnectError::Io { .. } | ConnectError::Timeout { .. }
             );
-            if !unopened || !self.move_on(&mut this_try, error) {
+            let tls = head.uri.scheme() == Some(&Scheme::HTTPS);
+            if !unopened || !self.move_on(&mut this_try, error, tls) {
                 return sent;
             }
         }
@@ -382,7 +383,8 @@ impl Try<'_> {
             };
             let unopened = matches!(error.kind, ErrorKind::Connect | ErrorKind::ConnectTimeout)
                 && error.sent == Sent::Nothing;
-            if !unopened || !self.move_on(&mut this_try, error) {
+            let tls = copy.uri().scheme() == Some(&Scheme::HTTPS);
+            if !unopened || !self.move_on(&mut this_try, error, tls) {
                 return sent;
             }
             request = copy;
@@ -390,15 +392,18 @@ impl Try<'_> {
     }
 
     /// After a connection to the endpoint could not be opened: moves this try to an endpoint
-    /// of the same name it has not tried (`this_try`), and records the failed one; `false`
-    /// when none is left.
-    fn move_on(&mut self, this_try: &mut u64, error: &dyn std::fmt::Display) -> bool {
+    /// it has not tried (`this_try`), and records the failed one; `false` when none is left.
+    /// Over TLS (`tls`) only to one that the request's name also fits: the same `endpoints`
+    /// entry or name, or any under `host_rewrite`.
+    fn move_on(&mut self, this_try: &mut u64, error: &dyn std::fmt::Display, tls: bool) -> bool {
         let set = &self.destination.endpoints;
         let now = Instant::now();
         let Some(next) = set.pick_untried(*this_try, now) else {
             return false;
         };
-        if next.endpoint.authority != self.picked.endpoint.authority {
+        let same_name = next.endpoint.authority == self.picked.endpoint.authority
+            || self.upstream.rewrite_authority.is_some();
+        if tls && !same_name {
             next.neutral(set, now);
             return false;
         }

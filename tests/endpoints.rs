@@ -1,0 +1,284 @@
+//! A destination is many endpoints (docs/ARCHITECTURE.md §17), end to end on real loopback
+//! sockets with reqwest as the app: retries that go to endpoints not yet tried, a refused
+//! connection moved to the next address within the same try, P2C over peak-EWMA keeping tries
+//! away from a slow endpoint and from one that fails fast, per-endpoint ejection,
+//! `503 no-endpoint` when none is left, and what `/metrics` and `/upstreams` show of it.
+//!
+//! Every balancing claim here is exact, not statistical: with two endpoints P2C always
+//! compares both, and with three an endpoint whose estimate is the failure penalty loses every
+//! comparison it is drawn into; ejection tests use round robin.
+
+mod support;
+
+use support::metrics::metric;
+use support::{direct_client, policies_dir, refused_addr, FakeUpstream, Reply, TestFusebox};
+
+/// A route-listener policy sending to `endpoints`, with `extra` TOML after it.
+fn route(endpoints: &[String], extra: &str) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "listen = \"127.0.0.1:0\"\nendpoints = [{}]\n{extra}",
+        list.join(", ")
+    )
+}
+
+async fn start(policy: &str) -> TestFusebox {
+    TestFusebox::start_with(policies_dir(&[("svc", policy)]), |config| {
+        config.jitter = false;
+    })
+    .await
+}
+
+/// `n` sequential GETs on the route listener; their statuses and `x-fusebox-reason`s.
+async fn get_n(fusebox: &TestFusebox, n: usize) -> Vec<(u16, String)> {
+    let client = direct_client();
+    let mut seen = Vec::new();
+    for i in 0..n {
+        let response = client
+            .get(format!("{}/r{i}", fusebox.route_url("svc")))
+            .send()
+            .await
+            .expect("request");
+        let reason = response
+            .headers()
+            .get("x-fusebox-reason")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        seen.push((response.status().as_u16(), reason));
+    }
+    seen
+}
+
+fn endpoint_metric(text: &str, name: &str, endpoint: &str, extra: &[(&str, &str)]) -> f64 {
+    let mut labels = vec![("upstream", "svc"), ("endpoint", endpoint)];
+    labels.extend_from_slice(extra);
+    metric(text, name, &labels)
+}
+
+/// The `/upstreams` entry of `endpoint` in the one destination of policy `svc`.
+async fn endpoint_view(fusebox: &TestFusebox, endpoint: &str) -> serde_json::Value {
+    let view = fusebox.upstreams("svc").await;
+    let endpoints = view[0]["endpoints"].as_array().expect("endpoints").clone();
+    endpoints
+        .into_iter()
+        .find(|e| e["endpoint"] == endpoint)
+        .unwrap_or_else(|| panic!("{endpoint} not in {view}"))
+}
+
+#[tokio::test]
+async fn every_retry_goes_to_an_endpoint_not_yet_tried() {
+    let upstreams = [
+        FakeUpstream::with_status(503).await,
+        FakeUpstream::with_status(503).await,
+        FakeUpstream::with_status(503).await,
+    ];
+    let endpoints: Vec<String> = upstreams.iter().map(FakeUpstream::authority).collect();
+    let extra = "[retry]\nattempts = 3\nbackoff_base = \"1ms\"\nbackoff_max = \"1ms\"\n\
+                 budget_min_per_second = 1000\n[breaker]\nmode = \"off\"\n\
+                 [outlier]\nconsecutive_failures = 1000\n";
+    let fusebox = start(&route(&endpoints, extra)).await;
+    let seen = get_n(&fusebox, 10).await;
+    assert!(seen.iter().all(|(status, _)| *status == 503), "{seen:?}");
+    for upstream in &upstreams {
+        assert_eq!(
+            upstream.hits(),
+            10,
+            "each request's three tries went to three different endpoints"
+        );
+    }
+    let text = fusebox.metrics().await;
+    for endpoint in &endpoints {
+        let failures = endpoint_metric(
+            &text,
+            "fusebox_endpoint_requests_total",
+            endpoint,
+            &[("result", "failure")],
+        );
+        assert_eq!(failures, 10.0, "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_moves_the_same_try_to_the_next_endpoint() {
+    let good = FakeUpstream::builder().body("good").start().await;
+    let refused = refused_addr().await.to_string();
+    // Round robin: every other request starts at the refused endpoint.
+    let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
+                 [outlier]\nconsecutive_failures = 1000\n";
+    let fusebox = start(&route(&[refused.clone(), good.authority()], extra)).await;
+    let seen = get_n(&fusebox, 10).await;
+    assert!(
+        seen.iter().all(|(status, _)| *status == 200),
+        "one try each, moved on when its connection was refused: {seen:?}"
+    );
+    assert_eq!(good.hits(), 10);
+    let text = fusebox.metrics().await;
+    let tries = |result| {
+        metric(
+            &text,
+            "fusebox_attempts_total",
+            &[("upstream", "svc"), ("result", result)],
+        )
+    };
+    assert_eq!(tries("success"), 10.0, "{text}");
+    assert_eq!(
+        tries("connect_failed"),
+        0.0,
+        "one try each, not a retry: {text}"
+    );
+    let refusals = endpoint_metric(
+        &text,
+        "fusebox_endpoint_requests_total",
+        &refused,
+        &[("result", "failure")],
+    );
+    // Round robin moves on in the fallback too, so the refused endpoint may start every try:
+    // at least every other one did.
+    assert!(refusals >= 5.0, "{text}");
+}
+
+#[tokio::test]
+async fn p2c_keeps_tries_away_from_a_slow_endpoint() {
+    let slow = FakeUpstream::builder()
+        .replies([Reply::Status(200).after(std::time::Duration::from_millis(300))])
+        .start()
+        .await;
+    let fast = FakeUpstream::builder().start().await;
+    let fusebox = start(&route(&[slow.authority(), fast.authority()], "")).await;
+    let seen = get_n(&fusebox, 20).await;
+    assert!(seen.iter().all(|(status, _)| *status == 200), "{seen:?}");
+    // Both start at `default_rtt`: the first pick may be either. After one slow answer its
+    // estimate is 300 ms against the fast one's few, and P2C with two always compares both.
+    assert!(slow.hits() <= 1, "slow endpoint got {} of 20", slow.hits());
+    let view = endpoint_view(&fusebox, &slow.authority()).await;
+    assert_eq!(view["state"], "ready", "slowness is not a failure: {view}");
+}
+
+#[tokio::test]
+async fn p2c_avoids_an_endpoint_that_fails_fast() {
+    let failing = FakeUpstream::with_status(503).await;
+    let a = FakeUpstream::builder().start().await;
+    let b = FakeUpstream::builder().start().await;
+    let endpoints = [failing.authority(), a.authority(), b.authority()];
+    let extra = "[retry]\nattempts = 1\n[outlier]\nconsecutive_failures = 1000\n";
+    let fusebox = start(&route(&endpoints, extra)).await;
+    let seen = get_n(&fusebox, 30).await;
+    // A 503 in a millisecond counts as `failure_penalty` (5 s), not as 1 ms: from its first
+    // failure on, the failing endpoint loses every comparison it is drawn into.
+    assert!(
+        failing.hits() <= 1,
+        "failing endpoint got {}",
+        failing.hits()
+    );
+    let ok = seen.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(ok as u64, 30 - failing.hits(), "{seen:?}");
+    let view = endpoint_view(&fusebox, &failing.authority()).await;
+    if failing.hits() == 1 {
+        let ewma = view["ewma_us"].as_u64().unwrap();
+        assert!(ewma > 4_000_000, "the penalty, decayed a little: {view}");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_and_the_others_serve() {
+    let bad = FakeUpstream::with_status(503).await;
+    let good = [
+        FakeUpstream::builder().start().await,
+        FakeUpstream::builder().start().await,
+    ];
+    let endpoints = [bad.authority(), good[0].authority(), good[1].authority()];
+    let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
+                 [outlier]\nconsecutive_failures = 2\nbase_ejection = \"1h\"\nmax_ejection = \"2h\"\n";
+    let fusebox = start(&route(&endpoints, extra)).await;
+    let seen = get_n(&fusebox, 30).await;
+    assert_eq!(bad.hits(), 2, "ejected after two failures in a row");
+    let failed = seen.iter().filter(|(status, _)| *status == 503).count();
+    assert_eq!(failed, 2, "{seen:?}");
+    assert_eq!(good[0].hits() + good[1].hits(), 28);
+
+    let text = fusebox.metrics().await;
+    let state = endpoint_metric(&text, "fusebox_endpoint_state", &bad.authority(), &[]);
+    assert_eq!(state, 1.0, "{text}");
+    let ejections = endpoint_metric(
+        &text,
+        "fusebox_endpoint_ejections_total",
+        &bad.authority(),
+        &[("reason", "consecutive_failures")],
+    );
+    assert_eq!(ejections, 1.0, "{text}");
+    let healthy = endpoint_metric(&text, "fusebox_endpoint_state", &good[0].authority(), &[]);
+    assert_eq!(healthy, 0.0, "{text}");
+
+    let view = endpoint_view(&fusebox, &bad.authority()).await;
+    assert_eq!(view["state"], "ejected", "{view}");
+    assert_eq!(view["ejections"], 1, "{view}");
+    let left = view["ejected_for_ms"].as_u64().expect("time left");
+    assert!(left > 3_500_000 && left <= 3_600_000, "{view}");
+    let destination = &fusebox.upstreams("svc").await[0];
+    assert_eq!(
+        destination["state"], "closed",
+        "one bad endpoint of three: {destination}"
+    );
+}
+
+#[tokio::test]
+async fn with_every_endpoint_ejected_the_destination_answers_no_endpoint_and_its_breaker_trips() {
+    let bad = [
+        FakeUpstream::with_status(503).await,
+        FakeUpstream::with_status(503).await,
+    ];
+    let endpoints = [bad[0].authority(), bad[1].authority()];
+    let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
+                 [outlier]\nconsecutive_failures = 1\nbase_ejection = \"1h\"\n\
+                 [breaker]\nconsecutive_failures = 3\nopen_base = \"1h\"\n";
+    let fusebox = start(&route(&endpoints, extra)).await;
+    let client = direct_client();
+    let url = format!("{}/x", fusebox.route_url("svc"));
+    for _ in 0..2 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().get("x-fusebox-reason").is_none());
+    }
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["x-fusebox-reason"], "no-endpoint");
+    let body = response.text().await.unwrap();
+    for endpoint in &endpoints {
+        assert!(
+            body.contains(&format!("{endpoint} ejected for ")),
+            "the reply names each endpoint and its time left: {body}"
+        );
+    }
+    assert_eq!(bad[0].hits() + bad[1].hits(), 2, "nothing was sent");
+
+    // Two 503s and a no-endpoint: three failures in a row open the breaker.
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.headers()["x-fusebox-reason"], "breaker-open");
+    let text = fusebox.metrics().await;
+    let no_endpoint = metric(
+        &text,
+        "fusebox_requests_total",
+        &[("upstream", "svc"), ("outcome", "no_endpoint")],
+    );
+    assert_eq!(no_endpoint, 1.0, "{text}");
+}
+
+#[tokio::test]
+async fn route_all_keeps_routing_when_more_would_be_ejected_than_allowed() {
+    let bad = [
+        FakeUpstream::with_status(503).await,
+        FakeUpstream::with_status(503).await,
+    ];
+    let endpoints = [bad[0].authority(), bad[1].authority()];
+    let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
+                 [outlier]\nconsecutive_failures = 1\nbase_ejection = \"1h\"\n\
+                 panic = \"route-all\"\n[breaker]\nmode = \"off\"\n";
+    let fusebox = start(&route(&endpoints, extra)).await;
+    let seen = get_n(&fusebox, 6).await;
+    assert!(
+        seen.iter()
+            .all(|(status, reason)| *status == 503 && reason.is_empty()),
+        "every request reached an upstream: {seen:?}"
+    );
+    assert_eq!(bad[0].hits() + bad[1].hits(), 6);
+}
