@@ -366,6 +366,7 @@ mod tests {
                 "trips": 1,
                 "mode": "enforce",
                 "idle_connections": 0,
+                "endpoints": [],
                 "intercept": false,
             })
         );

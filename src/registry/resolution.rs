@@ -157,6 +157,9 @@ impl Resolution {
                 }
             }
         }
+        // One order whatever order the server answers in (many rotate them): round robin
+        // and a request's tried endpoints keep their meaning across refreshes.
+        addrs.sort_by_key(|(addr, _)| *addr);
         debug!(
             endpoints = addrs.len(),
             ttl_ms = ttl.as_millis() as u64,
