@@ -578,3 +578,254 @@ impl Drop for Picked {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Telemetry;
+
+    fn set(mode: BalanceMode, outlier: Outlier, addrs: &[&str]) -> Arc<EndpointSet> {
+        let telemetry = Telemetry::new();
+        let metrics = Arc::new(telemetry.destination("u", "d"));
+        let balance = Balance {
+            mode,
+            ..Balance::default()
+        };
+        let config = SetConfig {
+            balance,
+            outlier,
+            jitter: false,
+        };
+        let set = EndpointSet::new(config, metrics, Instant::now()).seeded(7);
+        let addrs: Vec<_> = addrs.iter().map(|a| (a.parse().unwrap(), None)).collect();
+        set.replace(&addrs, Instant::now());
+        Arc::new(set)
+    }
+
+    fn ejecting_after(n: u32) -> Outlier {
+        Outlier {
+            consecutive_failures: n,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(60),
+            ..Outlier::default()
+        }
+    }
+
+    const FAILED: TryEnd = TryEnd::Failed { retry_after: None };
+
+    /// Picks, waits `rtt` of paused time, records `end`; answers the endpoint's label.
+    async fn one(set: &Arc<EndpointSet>, rtt: Duration, end: Option<TryEnd>) -> String {
+        let picked = set.pick(0, Instant::now()).expect("an endpoint");
+        let label = picked.endpoint.label.to_string();
+        tokio::time::sleep(rtt).await;
+        match end {
+            Some(end) => picked.finish(set, end, Instant::now()),
+            None => drop(picked),
+        }
+        label
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn p2c_learns_the_slow_endpoint_and_retries_avoid_tried_ones() {
+        let set = set(
+            BalanceMode::P2cEwma,
+            Outlier::default(),
+            &["10.0.0.1:80", "10.0.0.2:80"],
+        );
+        let mut to_slow = 0;
+        for _ in 0..50 {
+            let picked = set.pick(0, Instant::now()).unwrap();
+            let slow = picked.endpoint.label.as_ref() == "10.0.0.1:80";
+            tokio::time::sleep(Duration::from_millis(if slow { 500 } else { 5 })).await;
+            to_slow += usize::from(slow);
+            picked.finish(&set, TryEnd::Succeeded, Instant::now());
+        }
+        assert!(to_slow <= 1, "{to_slow} of 50 went to the slow endpoint");
+        // A retry that tried the fast one goes to the slow one: it is the only other.
+        let fast = set.pick(0, Instant::now()).unwrap();
+        let retry = set.pick(fast.tried_bit(), Instant::now()).unwrap();
+        assert_ne!(fast.endpoint.label, retry.endpoint.label);
+        // With everything tried, a retry may go back.
+        let both = fast.tried_bit() | retry.tried_bit();
+        assert!(set.pick(both, Instant::now()).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_avoided_endpoint_decays_until_it_is_tried_again() {
+        let set = set(
+            BalanceMode::P2cEwma,
+            Outlier::default(),
+            &["10.0.0.1:80", "10.0.0.2:80"],
+        );
+        // Make 10.0.0.1 look slow once (400 ms); 10.0.0.2 answers in 20 ms.
+        loop {
+            let picked = set.pick(0, Instant::now()).unwrap();
+            let first = picked.endpoint.label.as_ref() == "10.0.0.1:80";
+            tokio::time::sleep(Duration::from_millis(if first { 400 } else { 20 })).await;
+            picked.finish(&set, TryEnd::Succeeded, Instant::now());
+            if first {
+                break;
+            }
+        }
+        // One request a second: the fast one keeps its 20 ms, the avoided one's 400 ms decays
+        // (decay 10 s) below that after 10 s × ln(20) ≈ 30 s, and then it gets a try.
+        let mut seconds = 0;
+        while one(&set, Duration::from_millis(20), Some(TryEnd::Succeeded)).await == "10.0.0.2:80" {
+            tokio::time::sleep(Duration::from_millis(980)).await;
+            seconds += 1;
+            assert!(seconds < 40, "never tried again");
+        }
+        assert!(
+            (29..=31).contains(&seconds),
+            "tried again after {seconds} s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_then_one_probe_then_readmission_on_the_paused_clock() {
+        let set = set(
+            BalanceMode::RoundRobin,
+            ejecting_after(2),
+            &["10.0.0.1:80", "10.0.0.2:80"],
+        );
+        // Round robin: 10.0.0.1 fails, 10.0.0.2 succeeds, twice: ejected.
+        for _ in 0..2 {
+            assert_eq!(
+                one(&set, Duration::from_millis(1), Some(FAILED)).await,
+                "10.0.0.1:80"
+            );
+            assert_eq!(
+                one(&set, Duration::from_millis(1), Some(TryEnd::Succeeded)).await,
+                "10.0.0.2:80"
+            );
+        }
+        let view = &set.view(Instant::now())[0];
+        assert_eq!((view.state, view.ejections), ("ejected", 1));
+        assert_eq!(view.ejected_for, Some(Duration::from_millis(9_999)));
+        for _ in 0..5 {
+            assert_eq!(
+                one(&set, Duration::from_millis(1), Some(TryEnd::Succeeded)).await,
+                "10.0.0.2:80"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // The ejection ended: the next pick is its probe, and only one at a time.
+        let probe = set.pick(0, Instant::now()).unwrap();
+        assert!(probe.probe);
+        assert_eq!(probe.endpoint.label.as_ref(), "10.0.0.1:80");
+        let other = set.pick(0, Instant::now()).unwrap();
+        assert_eq!(other.endpoint.label.as_ref(), "10.0.0.2:80");
+        other.finish(&set, TryEnd::Succeeded, Instant::now());
+        // The probe fails: ejected again for twice as long.
+        probe.finish(&set, FAILED, Instant::now());
+        let view = &set.view(Instant::now())[0];
+        assert_eq!((view.state, view.ejections), ("ejected", 2));
+        assert_eq!(view.ejected_for, Some(Duration::from_secs(20)));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        // This probe is abandoned (the app went away): due again at once.
+        drop(set.pick(0, Instant::now()).unwrap());
+        let probe = set.pick(0, Instant::now()).unwrap();
+        assert!(probe.probe, "the abandoned probe is due again");
+        probe.finish(&set, TryEnd::Succeeded, Instant::now());
+        assert_eq!(set.view(Instant::now())[0].state, "ready");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_only_endpoint_is_never_ejected_and_all_ejected_is_no_endpoint() {
+        let single = set(BalanceMode::P2cEwma, ejecting_after(1), &["10.0.0.1:80"]);
+        for _ in 0..5 {
+            one(&single, Duration::from_millis(1), Some(FAILED)).await;
+        }
+        assert_eq!(single.view(Instant::now())[0].state, "ready");
+
+        let pair = set(
+            BalanceMode::RoundRobin,
+            ejecting_after(1),
+            &["10.0.0.1:80", "10.0.0.2:80"],
+        );
+        one(&pair, Duration::from_millis(1), Some(FAILED)).await;
+        one(&pair, Duration::from_millis(1), Some(FAILED)).await;
+        let NoEndpoint(why) = pair.pick(0, Instant::now()).unwrap_err();
+        assert!(
+            why.contains("10.0.0.1:80 ejected for 9999 ms more"),
+            "{why}"
+        );
+        assert!(
+            why.contains("10.0.0.2:80 ejected for 10000 ms more"),
+            "{why}"
+        );
+
+        let panicky = Outlier {
+            panic: PanicMode::RouteAll,
+            ..ejecting_after(1)
+        };
+        let pair = set(
+            BalanceMode::RoundRobin,
+            panicky,
+            &["10.0.0.1:80", "10.0.0.2:80"],
+        );
+        one(&pair, Duration::from_millis(1), Some(FAILED)).await;
+        one(&pair, Duration::from_millis(1), Some(FAILED)).await;
+        assert!(
+            pair.pick(0, Instant::now()).is_ok(),
+            "route-all picks ejected endpoints"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_rests_an_endpoint_while_another_is_there() {
+        let set = set(
+            BalanceMode::RoundRobin,
+            ejecting_after(100),
+            &["10.0.0.1:80", "10.0.0.2:80"],
+        );
+        let rest = TryEnd::Failed {
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(
+            one(&set, Duration::from_millis(1), Some(rest)).await,
+            "10.0.0.1:80"
+        );
+        for _ in 0..4 {
+            assert_eq!(
+                one(&set, Duration::from_millis(1), Some(TryEnd::Succeeded)).await,
+                "10.0.0.2:80"
+            );
+        }
+        assert_eq!(
+            set.view(Instant::now())[0].resting_for,
+            Some(Duration::from_millis(29_996))
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let back: Vec<String> = [
+            one(&set, Duration::ZERO, None).await,
+            one(&set, Duration::ZERO, None).await,
+        ]
+        .into();
+        assert!(back.contains(&"10.0.0.1:80".to_owned()), "{back:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_answer_keeps_the_endpoints_that_stay() {
+        let set = set(
+            BalanceMode::RoundRobin,
+            ejecting_after(1),
+            &["10.0.0.1:80", "10.0.0.2:80"],
+        );
+        one(&set, Duration::from_millis(1), Some(FAILED)).await;
+        let kept: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let new: SocketAddr = "10.0.0.3:80".parse().unwrap();
+        let in_flight = set.pick(0, Instant::now()).unwrap();
+        assert_eq!(in_flight.endpoint.label.as_ref(), "10.0.0.2:80");
+        set.replace(&[(kept, None), (new, None)], Instant::now());
+        let views = set.view(Instant::now());
+        assert_eq!(views.len(), 2);
+        assert_eq!(
+            (views[0].label.as_str(), views[0].state),
+            ("10.0.0.1:80", "ejected")
+        );
+        // The removed endpoint's try still finishes on it.
+        in_flight.finish(&set, TryEnd::Succeeded, Instant::now());
+        assert_eq!(one(&set, Duration::ZERO, None).await, "10.0.0.3:80");
+    }
+}
