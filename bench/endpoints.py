@@ -89,7 +89,7 @@ class Upstreams:
                         await asyncio.sleep(SLOW_LATENCY if sick == "slow" else HEALTHY_LATENCY)
                         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
                 pass
             finally:
                 writer.close()

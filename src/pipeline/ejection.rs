@@ -78,6 +78,12 @@ impl Ejection {
         self.health
     }
 
+    /// Ready, with no failure in a row and no re-admission to settle: a success would change
+    /// nothing.
+    pub fn is_clean(&self) -> bool {
+        self.health == Health::Ready && self.consecutive == 0 && self.readmitted_at.is_none()
+    }
+
     pub fn times_ejected(&self) -> u32 {
         self.times
     }

@@ -12,6 +12,7 @@ pub mod headers;
 pub mod intercept;
 pub mod listener;
 pub mod local_answer;
+pub mod one_try;
 pub mod panic;
 pub mod reply;
 pub mod resend;

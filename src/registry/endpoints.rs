@@ -50,6 +50,9 @@ pub struct Endpoint {
     /// When an ejection ends (milliseconds of the set's clock).
     until_ms: AtomicU64,
     ejection: Mutex<Ejection>,
+    /// Ready, no failure in a row, no re-admission to settle: a success changes nothing in
+    /// `ejection`, whose lock it then skips.
+    clean: AtomicBool,
     metrics: EndpointMetrics,
     /// Endpoint tries recorded as failures.
     failures: AtomicU64,
@@ -198,6 +201,7 @@ impl EndpointSet {
             health: AtomicU8::new(0),
             until_ms: AtomicU64::new(0),
             ejection: Mutex::new(Ejection::default()),
+            clean: AtomicBool::new(true),
             metrics,
             failures: AtomicU64::new(0),
             successes: AtomicU64::new(0),
@@ -235,6 +239,10 @@ impl EndpointSet {
     pub fn pick(self: &Arc<Self>, tried: u64, now: Instant) -> Result<Picked, NoEndpoint> {
         let members = self.members.load();
         let len = members.len();
+        if len == 1 {
+            // The only endpoint: never ejected (its breaker guards it), nothing to choose.
+            return Ok(self.picked(&members, 0, now, false));
+        }
         let now_ms = self.ms64(now);
         if let Some(index) = self.due_probe(&members, now, now_ms) {
             return Ok(self.picked(&members, index, now, true));
@@ -335,7 +343,14 @@ impl EndpointSet {
                 let rtt = now.saturating_duration_since(picked.started);
                 endpoint.successes.fetch_add(1, Ordering::Relaxed);
                 endpoint.metrics.success.increment(1);
-                let change = endpoint.ejection().succeeded(now, &self.config.outlier);
+                let change = if endpoint.clean.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    let mut ejection = endpoint.ejection();
+                    let change = ejection.succeeded(now, &self.config.outlier);
+                    endpoint.clean.store(ejection.is_clean(), Ordering::Relaxed);
+                    change
+                };
                 if change == Some(Change::Readmitted) {
                     // A re-admitted endpoint starts from what its probe measured.
                     endpoint.estimate.reset(Estimate::new(rtt, now_ms));
@@ -374,6 +389,7 @@ impl EndpointSet {
         } else {
             0.0
         };
+        endpoint.clean.store(false, Ordering::Relaxed);
         let change = endpoint
             .ejection()
             .failed(now, &self.config.outlier, may_eject, jitter);

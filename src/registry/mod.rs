@@ -268,13 +268,14 @@ impl Destination {
 
     /// The endpoint for a try (§16): resolves the destination's name the first time, refreshes
     /// it in the background after its TTL. `tried`: the endpoints this request went to.
-    pub async fn pick(&self, tried: u64) -> Result<Picked, PickError> {
+    /// `now`: the try's start.
+    pub async fn pick(&self, tried: u64, now: Instant) -> Result<Picked, PickError> {
         self.resolution
-            .ensure(&self.endpoints)
+            .ensure(&self.endpoints, now)
             .await
             .map_err(PickError::Resolve)?;
         self.endpoints
-            .pick(tried, Instant::now())
+            .pick(tried, now)
             .map_err(PickError::NoEndpoint)
     }
 

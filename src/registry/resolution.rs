@@ -94,7 +94,17 @@ impl Resolution {
 
     /// Makes sure `set` has members (resolving its names the first time) and starts a
     /// background refresh when one is due.
-    pub async fn ensure(self: &Arc<Self>, set: &Arc<EndpointSet>) -> Result<(), String> {
+    /// `now`: the try's start.
+    pub async fn ensure(
+        self: &Arc<Self>,
+        set: &Arc<EndpointSet>,
+        now: Instant,
+    ) -> Result<(), String> {
+        let refresh_at = self.refresh_at_ms.load(Ordering::Relaxed);
+        if refresh_at == u64::MAX {
+            // IP addresses only: filled when made, nothing to refresh.
+            return Ok(());
+        }
         if set.is_empty() {
             if self.sources.is_empty() {
                 return Ok(());
@@ -106,10 +116,7 @@ impl Resolution {
             }
             return Ok(());
         }
-        let now_ms = self.ms(Instant::now());
-        if now_ms >= self.refresh_at_ms.load(Ordering::Relaxed)
-            && !self.refreshing.swap(true, Ordering::AcqRel)
-        {
+        if self.ms(now) >= refresh_at && !self.refreshing.swap(true, Ordering::AcqRel) {
             let (this, set) = (Arc::clone(self), Arc::clone(set));
             tokio::spawn(async move { this.refresh(&set).await });
         }
