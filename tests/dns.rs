@@ -199,3 +199,47 @@ async fn a_refused_address_moves_the_try_to_the_next_address_of_the_name() {
     );
     assert_eq!(retried, 0.0, "the same try moved on: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_is_moved_to_the_next_address_unread() {
+    use http_body_util::{BodyExt, Full};
+    let echo = FakeUpstream::builder()
+        .bind(SocketAddr::from(([127, 0, 0, 2], 0)))
+        .echo()
+        .start()
+        .await;
+    let port = echo.addr().port();
+    let dns = DnsServer::start(&[(NAME, &["127.0.0.9", "127.0.0.2"])], 0);
+    // Round robin over [127.0.0.2, 127.0.0.9]: every other try starts at the refusing one.
+    let fusebox = start(
+        &dns,
+        "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n[outlier]\nconsecutive_failures = 1000\n",
+    )
+    .await;
+    let client = app_client(&fusebox.egress_url());
+    for i in 0..4 {
+        let payload = format!("chunked body {i}").repeat(100);
+        // No length: the body streams through hyper's pooled client on its first try.
+        let body = reqwest::Body::wrap_stream(
+            Full::new(bytes::Bytes::from(payload.clone())).into_data_stream(),
+        );
+        let response = client
+            .post(format!("http://{NAME}:{port}/up"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().await.unwrap(), payload, "request {i}");
+    }
+    let text = fusebox.metrics().await;
+    let refused = metric(
+        &text,
+        "fusebox_endpoint_requests_total",
+        &[
+            ("endpoint", &format!("127.0.0.9:{port}")),
+            ("result", "failure"),
+        ],
+    );
+    assert!(refused >= 2.0, "{text}");
+}

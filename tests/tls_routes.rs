@@ -53,7 +53,9 @@ fn recorded_host(upstream: &FakeUpstream) -> String {
 async fn route_listener_round_robins_between_endpoints() {
     let a = FakeUpstream::builder().body("from a").start().await;
     let b = FakeUpstream::builder().body("from b").start().await;
-    let policy = route_policy(&[a.authority(), b.authority()], "");
+    // p2c-ewma is the default for several endpoints; round robin is asked for.
+    let balance = "[balance]\nmode = \"round-robin\"\n";
+    let policy = route_policy(&[a.authority(), b.authority()], balance);
     let fusebox = TestFusebox::start(&[("svc", &policy)]).await;
     let client = direct_client();
 

@@ -96,13 +96,17 @@ impl AtomicEstimate {
         self.0.store(estimate.pack(), Ordering::Relaxed);
     }
 
-    /// Records a sample; a racing update is retried on the newer value.
-    pub fn sample(&self, rtt: Duration, now_ms: u32, decay: Duration) {
+    /// Records a sample; a racing update is retried on the newer value. Answers the new
+    /// estimate.
+    pub fn sample(&self, rtt: Duration, now_ms: u32, decay: Duration) -> Estimate {
+        let mut next = Estimate::new(rtt, now_ms);
         let _ = self
             .0
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some(Estimate::unpack(bits).updated(rtt, now_ms, decay).pack())
+                next = Estimate::unpack(bits).updated(rtt, now_ms, decay);
+                Some(next.pack())
             });
+        next
     }
 }
 

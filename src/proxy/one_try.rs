@@ -16,13 +16,14 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::failure::{attempt_error, bad_response, http1_error};
-use super::resend::{spare_copy, Outgoing};
+use super::resend::{copy_parts, spare_copy, Outgoing};
 use crate::pipeline::attempt::{AttemptError, ErrorKind, Sent};
 use crate::pipeline::backoff::retry_after_delay;
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::may_resend;
 use crate::registry::{Destination, Pending, Permit, PickError, Picked, TryEnd, Upstream};
 use crate::upstream::app_pace::{AppStalled, Pace, PaceState};
+use crate::upstream::client::{ReturnSlot, Returnable};
 use crate::upstream::http1::{self, framing, Http1Body, SendError};
 use crate::upstream::{ConnectError, RequestBody, UpstreamBody};
 
@@ -250,8 +251,9 @@ impl Try<'_> {
         }
     }
 
-    /// The same for hyper's pooled client: a request whose body is known in full goes again
-    /// (a copy kept while several endpoints are there to take it); a streamed one cannot.
+    /// The same for hyper's pooled client, while there are several endpoints: a body known
+    /// in full goes again from a copy; a streamed one is lent to each send ([`Returnable`]) and
+    /// comes back unread when the connection could not be opened.
     async fn send_pooled_or_next(
         &mut self,
         mut request: Request<RequestBody>,
@@ -259,18 +261,25 @@ impl Try<'_> {
         let mut this_try = self.picked.tried_bit();
         let several = self.destination.endpoints.members().len() > 1;
         loop {
-            let spare = several.then(|| spare_copy(&request)).flatten();
-            let sent = self.send_pooled(request).await;
-            let (Err(error), Some(copy)) = (&sent, spare) else {
+            let (sent_request, again) = if several {
+                keep_for_again(request)
+            } else {
+                (request, Again::Never)
+            };
+            let tls = sent_request.uri().scheme() == Some(&Scheme::HTTPS);
+            let sent = self.send_pooled(sent_request).await;
+            let Err(error) = &sent else {
                 return sent;
             };
             let unopened = matches!(error.kind, ErrorKind::Connect | ErrorKind::ConnectTimeout)
                 && error.sent == Sent::Nothing;
-            let tls = copy.uri().scheme() == Some(&Scheme::HTTPS);
-            if !unopened || !self.move_on(&mut this_try, error, tls) {
+            let Some(next) = again.take().filter(|_| unopened) else {
+                return sent;
+            };
+            if !self.move_on(&mut this_try, error, tls) {
                 return sent;
             }
-            request = copy;
+            request = next;
         }
     }
 
@@ -352,6 +361,43 @@ impl Try<'_> {
         sent.map(|response| response.map(UpstreamBody::Http1))
             .map_err(|error| http1_error(&error, &self.destination.authority, self.has_body))
     }
+}
+
+/// How a request sent on the pooled client can go again to another endpoint.
+enum Again {
+    /// A copy of a request whose body is known in full.
+    Copy(Request<RequestBody>),
+    /// The head, and where a streamed body comes back to if it was never read.
+    Returned(Parts, ReturnSlot),
+    Never,
+}
+
+impl Again {
+    /// The request to send again, if there is one.
+    fn take(self) -> Option<Request<RequestBody>> {
+        match self {
+            Again::Copy(copy) => Some(copy),
+            Again::Returned(head, slot) => {
+                let body = slot.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+                Some(Request::from_parts(head, body))
+            }
+            Again::Never => None,
+        }
+    }
+}
+
+/// The request to send now, and what is kept to send it again.
+fn keep_for_again(request: Request<RequestBody>) -> (Request<RequestBody>, Again) {
+    if let Some(copy) = spare_copy(&request) {
+        return (request, Again::Copy(copy));
+    }
+    let (parts, body) = request.into_parts();
+    let head = copy_parts(&parts);
+    let (lent, slot) = Returnable::lend(body);
+    (
+        Request::from_parts(parts, lent),
+        Again::Returned(head, slot),
+    )
 }
 
 /// A try that found no endpoint: the name did not resolve (`connect-failed`), or every

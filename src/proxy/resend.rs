@@ -244,7 +244,7 @@ pub(super) fn spare_copy(request: &Request<RequestBody>) -> Option<Request<Reque
     Some(copy)
 }
 
-fn copy_parts(parts: &Parts) -> Parts {
+pub(super) fn copy_parts(parts: &Parts) -> Parts {
     let mut request = Request::new(());
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();

@@ -101,6 +101,8 @@ pub struct EndpointSet {
     next_round_robin: AtomicUsize,
     /// Members ejected now.
     ejected: AtomicUsize,
+    /// How many members there are (read without loading them).
+    len: AtomicUsize,
     /// Labels given out (at most `max_endpoints`; the rest share `_other`).
     labelled: AtomicUsize,
     metrics: Arc<DestinationMetrics>,
@@ -130,6 +132,7 @@ impl EndpointSet {
             epoch: now,
             next_round_robin: AtomicUsize::new(0),
             ejected: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
             labelled: AtomicUsize::new(0),
             metrics,
             seeded: None,
@@ -174,6 +177,7 @@ impl EndpointSet {
             .filter(|e| e.health.load(Ordering::Relaxed) != 0)
             .count();
         self.ejected.store(ejected, Ordering::Relaxed);
+        self.len.store(next.len(), Ordering::Relaxed);
         self.members.store(Arc::new(next));
     }
 
@@ -340,17 +344,23 @@ impl EndpointSet {
         let now_ms = self.ms(now);
         let change = match outcome {
             TryEnd::Succeeded => {
-                let rtt = now.saturating_duration_since(picked.started);
                 endpoint.successes.fetch_add(1, Ordering::Relaxed);
                 endpoint.metrics.success.increment(1);
-                let change = if endpoint.clean.load(Ordering::Relaxed) {
-                    None
-                } else {
-                    let mut ejection = endpoint.ejection();
-                    let change = ejection.succeeded(now, &self.config.outlier);
-                    endpoint.clean.store(ejection.is_clean(), Ordering::Relaxed);
-                    change
-                };
+                if endpoint.clean.load(Ordering::Relaxed) {
+                    // The only endpoint of a set has nothing to be compared with: its estimate
+                    // is not kept (a success of a clean endpoint changes nothing else).
+                    if self.len.load(Ordering::Relaxed) > 1 {
+                        let rtt = now.saturating_duration_since(picked.started);
+                        let estimate = endpoint.estimate.sample(rtt, now_ms, balance.decay);
+                        endpoint.metrics.cost.set(f64::from(estimate.nanos) / 1e9);
+                    }
+                    return;
+                }
+                let rtt = now.saturating_duration_since(picked.started);
+                let mut ejection = endpoint.ejection();
+                let change = ejection.succeeded(now, &self.config.outlier);
+                endpoint.clean.store(ejection.is_clean(), Ordering::Relaxed);
+                drop(ejection);
                 if change == Some(Change::Readmitted) {
                     // A re-admitted endpoint starts from what its probe measured.
                     endpoint.estimate.reset(Estimate::new(rtt, now_ms));
@@ -383,7 +393,7 @@ impl EndpointSet {
 
     fn failed(&self, endpoint: &Endpoint, now: Instant) -> Option<Change> {
         // One endpoint is the destination: its breaker guards it, not ejection.
-        let may_eject = self.members.load().len() > 1;
+        let may_eject = self.len.load(Ordering::Relaxed) > 1;
         let jitter = if self.config.jitter {
             fastrand::f64() * 2.0 - 1.0
         } else {
@@ -416,7 +426,7 @@ impl EndpointSet {
                     self.ejected.fetch_add(1, Ordering::Relaxed);
                 }
                 endpoint.metrics.state.set(1.0);
-                let len = self.members.load().len();
+                let len = self.len.load(Ordering::Relaxed);
                 let panic = self.in_panic(len);
                 let first = panic && !self.panicking.swap(true, Ordering::Relaxed);
                 tracing::warn!(

@@ -30,6 +30,46 @@ pub enum RequestBody {
     Streaming(Incoming, AppIdle),
     Recorded(Incoming, Arc<Recording>, AppIdle),
     Full(Option<Bytes>),
+    /// A streamed body lent to one send ([`Returnable`]).
+    Lent(Returnable),
+}
+
+/// A streamed body lent to one send: dropped before it was ever polled (the connection could
+/// not be opened, so not a byte of it was read from the app), it goes back to its slot, to be
+/// sent to another endpoint in the same try.
+#[derive(Debug)]
+pub struct Returnable {
+    body: Option<Box<RequestBody>>,
+    slot: Arc<std::sync::Mutex<Option<RequestBody>>>,
+    polled: bool,
+}
+
+/// Where a [`Returnable`] body comes back to.
+pub type ReturnSlot = Arc<std::sync::Mutex<Option<RequestBody>>>;
+
+impl Returnable {
+    /// Lends `body`: the body to send, and the slot it comes back to if it is never polled.
+    pub fn lend(body: RequestBody) -> (RequestBody, ReturnSlot) {
+        let slot = ReturnSlot::default();
+        let lent = Returnable {
+            body: Some(Box::new(body)),
+            slot: Arc::clone(&slot),
+            polled: false,
+        };
+        (RequestBody::Lent(lent), slot)
+    }
+}
+
+impl Drop for Returnable {
+    fn drop(&mut self) {
+        if self.polled {
+            return;
+        }
+        if let Some(body) = self.body.take() {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(*body);
+        }
+    }
 }
 
 /// Why a streamed request body failed: the app's connection broke it off, or it stalled.
@@ -47,6 +87,7 @@ impl RequestBody {
                 Some(idle.pace())
             }
             RequestBody::Full(_) => None,
+            RequestBody::Lent(lent) => lent.body.as_ref().and_then(|body| body.pace()),
         }
     }
 }
@@ -65,6 +106,13 @@ impl Body for RequestBody {
             }
             RequestBody::Streaming(body, idle) => (body, None, idle),
             RequestBody::Recorded(body, recording, idle) => (body, Some(&**recording), idle),
+            RequestBody::Lent(lent) => {
+                lent.polled = true;
+                return match lent.body.as_mut() {
+                    Some(body) => Pin::new(&mut **body).poll_frame(cx),
+                    None => Poll::Ready(None),
+                };
+            }
         };
         let polled = Pin::new(&mut *body).poll_frame(cx);
         if let Some(recording) = recording {
@@ -93,6 +141,7 @@ impl Body for RequestBody {
                 end
             }
             RequestBody::Full(bytes) => bytes.is_none(),
+            RequestBody::Lent(lent) => lent.body.as_ref().is_none_or(|body| body.is_end_stream()),
         }
     }
 
@@ -101,6 +150,10 @@ impl Body for RequestBody {
             RequestBody::Streaming(body, _) | RequestBody::Recorded(body, _, _) => body.size_hint(),
             RequestBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             RequestBody::Full(None) => SizeHint::with_exact(0),
+            RequestBody::Lent(lent) => lent
+                .body
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |body| body.size_hint()),
         }
     }
 }
