@@ -282,3 +282,57 @@ async fn route_all_keeps_routing_when_more_would_be_ejected_than_allowed() {
     );
     assert_eq!(bad[0].hits() + bad[1].hits(), 6);
 }
+
+/// `POST /reload` on the admin listener, which must succeed.
+async fn reload(fusebox: &TestFusebox) {
+    let response = direct_client()
+        .post(format!("{}/reload", fusebox.admin_url()))
+        .send()
+        .await
+        .expect("POST /reload");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_endpoint_set_unless_its_settings_change() {
+    let bad = FakeUpstream::with_status(503).await;
+    let good = FakeUpstream::builder().start().await;
+    let endpoints = [bad.authority(), good.authority()];
+    let outlier = "[outlier]\nconsecutive_failures = 1\nbase_ejection = \"1h\"\n";
+    let policy = |extra: &str| {
+        route(
+            &endpoints,
+            &format!("[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n{outlier}{extra}"),
+        )
+    };
+    let fusebox = start(&policy("")).await;
+    get_n(&fusebox, 2).await;
+    assert_eq!(
+        endpoint_view(&fusebox, &bad.authority()).await["state"],
+        "ejected"
+    );
+
+    // A change elsewhere in the policy (the breaker) keeps the set: still ejected.
+    let path = fusebox.dir().join("svc.toml");
+    std::fs::write(&path, policy("[breaker]\nconsecutive_failures = 9\n")).unwrap();
+    reload(&fusebox).await;
+    assert_eq!(
+        endpoint_view(&fusebox, &bad.authority()).await["state"],
+        "ejected"
+    );
+    get_n(&fusebox, 4).await;
+    assert_eq!(bad.hits(), 1, "the ejection outlived the reload");
+
+    // A changed [outlier] starts a new set: every endpoint ready again.
+    std::fs::write(
+        &path,
+        policy("").replace("consecutive_failures = 1", "consecutive_failures = 2"),
+    )
+    .unwrap();
+    reload(&fusebox).await;
+    get_n(&fusebox, 1).await;
+    assert_eq!(
+        endpoint_view(&fusebox, &bad.authority()).await["state"],
+        "ready"
+    );
+}
