@@ -2,7 +2,8 @@
 # All of fusebox's own benchmarks in one run (docs/ARCHITECTURE.md §8; figures in README.md,
 # "Performance"): CPU per request against nginx and latency at a fixed rate (proxy.sh), RSS per
 # idle app connection (idle.py), per destination (destinations.py), 1,000 policies and their
-# reload (reload.sh), HTTPS interception (https.sh). About 4 minutes on 2 cores.
+# reload (reload.sh), HTTPS interception (https.sh), the slow-endpoint experiment
+# (endpoints.py, about 5 minutes of it). About 9 minutes on 2 cores.
 #
 # Usage: bash bench/all.sh
 # Needs: nginx, wrk, hey, curl, openssl, python3 (Debian: apt-get install -y nginx-light wrk hey
@@ -19,3 +20,4 @@ echo "== bench/idle.py";         python3 bench/idle.py
 echo "== bench/destinations.py"; python3 bench/destinations.py
 echo "== bench/reload.sh";       bash bench/reload.sh
 echo "== bench/https.sh";        bash bench/https.sh
+echo "== bench/endpoints.py";    python3 bench/endpoints.py

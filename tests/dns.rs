@@ -243,3 +243,30 @@ async fn a_streamed_body_is_moved_to_the_next_address_unread() {
     );
     assert!(refused >= 2.0, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_server_that_never_answers_is_bounded_by_the_try() {
+    // A "server" that takes every query, over UDP and TCP, and answers none.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let _tcp = std::net::TcpListener::bind(addr).unwrap();
+    let policy = "[retry]\nattempts = 1\n[timeouts]\nattempt = \"300ms\"\n";
+    let fusebox = TestFusebox::start_with(policies_dir(&[("default", policy)]), move |config| {
+        config.dns_server = Some(addr);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let response = app_client(&fusebox.egress_url())
+        .get(format!("http://{NAME}:8080/"))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("no DNS answer within 300ms"), "{body}");
+    assert!(
+        took < Duration::from_secs(2),
+        "bounded by the try, not the resolver: {took:?}"
+    );
+}

@@ -137,7 +137,11 @@ impl Sending<'_> {
         last: bool,
     ) -> Result<Ended, LocalAnswer> {
         let destination = self.destination;
-        let picked = match destination.pick(self.tried, permit.started()).await {
+        let started = permit.started();
+        let picked = match destination
+            .pick(self.tried, started, limit.duration())
+            .await
+        {
             Ok(picked) => picked,
             Err(error) => {
                 let error = unpicked(error, &destination.authority);

@@ -505,7 +505,7 @@ pub(super) enum TryLimit {
 }
 
 impl TryLimit {
-    fn duration(self) -> Duration {
+    pub(super) fn duration(self) -> Duration {
         match self {
             TryLimit::Attempt(limit) | TryLimit::Deadline(limit, _) => limit,
         }

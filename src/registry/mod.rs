@@ -1,6 +1,7 @@
-//! The registry: for the active policies, one [`Upstream`] per policy (its pooled client) and,
-//! inside it, one [`Destination`] per `host:port` that traffic actually reached, created on
-//! first use, with its idle HTTP/1.1 connections.
+//! The registry: for the active policies, one [`Upstream`] per policy (its TLS settings and
+//! connect rules) and, inside it, one [`Destination`] per `host:port` that traffic actually
+//! reached, created on first use, with its endpoint set ([`endpoints`], [`resolution`]): the
+//! addresses its tries are shared between, each with its clients and idle connections.
 //!
 //! The policy snapshot is behind an `ArcSwap` (lock-free reads). Each upstream's destinations
 //! are in a sharded map (`dashmap`): a lookup takes one shard's read lock, an insert one shard's
@@ -74,7 +75,7 @@ pub struct Upstream {
 }
 
 /// State of one policy × destination `host:port`: its breaker, limiter, retry budget,
-/// concurrency gate and metric handles.
+/// concurrency gate, metric handles and endpoint set.
 #[derive(Debug)]
 pub struct Destination {
     /// `host:port`, as in the `destination` metric label (IPv6 hosts in brackets).
@@ -124,25 +125,7 @@ impl Destination {
             Jitter::None
         };
         let now = Instant::now();
-        let set = EndpointSet::new(
-            SetConfig {
-                balance: policy.balance,
-                outlier: policy.outlier,
-                jitter: settings.jitter,
-            },
-            Arc::clone(&metrics),
-            now,
-        );
-        let sources = if policy.endpoints.is_empty() {
-            split_authority(&authority)
-                .map(|(host, port)| vec![Source::new(host, port)])
-                .unwrap_or_default()
-        } else {
-            let each = |e: &Endpoint| Source::new(&e.host, e.port);
-            policy.endpoints.iter().map(each).collect()
-        };
-        let resolver = settings.resolver.clone();
-        let resolution = Resolution::new(sources, policy.dns, resolver, &set, now);
+        let (set, resolution) = endpoint_set(policy, &authority, &metrics, settings, now);
         Destination {
             uri_authority: Authority::try_from(&*authority).ok(),
             endpoints: Arc::new(set),
@@ -226,21 +209,7 @@ impl Destination {
         if same_budget {
             next.budget = Arc::clone(&self.budget);
         }
-        // The endpoints' clients and connections were made under the connection settings:
-        // any change there starts a new set.
-        let same_set = before.endpoints == policy.endpoints
-            && before.balance == policy.balance
-            && before.outlier == policy.outlier
-            && before.dns == policy.dns
-            && before.tls == policy.tls
-            && before.sni == policy.sni
-            && before.ca_file == policy.ca_file
-            && before.allow_private == policy.allow_private
-            && before.allow_link_local == policy.allow_link_local
-            && before.timeouts.connect == policy.timeouts.connect
-            && before.pool_idle_timeout == policy.pool_idle_timeout
-            && before.pool_max_idle == policy.pool_max_idle;
-        if same_set {
+        if same_endpoint_set(before, policy) {
             next.endpoints = Arc::clone(&self.endpoints);
             next.resolution = Arc::clone(&self.resolution);
         }
@@ -268,10 +237,15 @@ impl Destination {
 
     /// The endpoint for a try (§16): resolves the destination's name the first time, refreshes
     /// it in the background after its TTL. `tried`: the endpoints this request went to.
-    /// `now`: the try's start.
-    pub async fn pick(&self, tried: u64, now: Instant) -> Result<Picked, PickError> {
+    /// `now`: the try's start; `limit`: the try's time, which a first resolution must fit in.
+    pub async fn pick(
+        &self,
+        tried: u64,
+        now: Instant,
+        limit: Duration,
+    ) -> Result<Picked, PickError> {
         self.resolution
-            .ensure(&self.endpoints, now)
+            .ensure(&self.endpoints, now, limit)
             .await
             .map_err(PickError::Resolve)?;
         self.endpoints
@@ -428,6 +402,52 @@ impl Destination {
             "breaker state changed"
         );
     }
+}
+
+/// A destination's endpoint set under `policy`, and where its endpoints come from: the
+/// policy's `endpoints`, or the destination's own `host:port` (none for `_other`).
+fn endpoint_set(
+    policy: &Policy,
+    authority: &str,
+    metrics: &Arc<DestinationMetrics>,
+    settings: &Settings,
+    now: Instant,
+) -> (EndpointSet, Resolution) {
+    let config = SetConfig {
+        balance: policy.balance,
+        outlier: policy.outlier,
+        jitter: settings.jitter,
+    };
+    let set = EndpointSet::new(config, Arc::clone(metrics), now);
+    let sources = if policy.endpoints.is_empty() {
+        split_authority(authority)
+            .map(|(host, port)| vec![Source::new(host, port)])
+            .unwrap_or_default()
+    } else {
+        let each = |e: &Endpoint| Source::new(&e.host, e.port);
+        policy.endpoints.iter().map(each).collect()
+    };
+    let resolver = settings.resolver.clone();
+    let resolution = Resolution::new(sources, policy.dns, resolver, &set, now);
+    (set, resolution)
+}
+
+/// Whether a destination keeps its endpoint set from `before` to `policy`: the set's own
+/// settings are the same, and so are the connection settings its endpoints' clients and
+/// connections were made under (a change there must not reuse them).
+fn same_endpoint_set(before: &Policy, policy: &Policy) -> bool {
+    before.endpoints == policy.endpoints
+        && before.balance == policy.balance
+        && before.outlier == policy.outlier
+        && before.dns == policy.dns
+        && before.tls == policy.tls
+        && before.sni == policy.sni
+        && before.ca_file == policy.ca_file
+        && before.allow_private == policy.allow_private
+        && before.allow_link_local == policy.allow_link_local
+        && before.timeouts.connect == policy.timeouts.connect
+        && before.pool_idle_timeout == policy.pool_idle_timeout
+        && before.pool_max_idle == policy.pool_max_idle
 }
 
 /// Why a try has no endpoint to go to.

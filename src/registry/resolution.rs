@@ -92,13 +92,14 @@ impl Resolution {
         }
     }
 
-    /// Makes sure `set` has members (resolving its names the first time) and starts a
-    /// background refresh when one is due.
-    /// `now`: the try's start.
+    /// Makes sure `set` has members (resolving its names the first time, within `limit`: what
+    /// is left of the try) and starts a background refresh when one is due. `now`: the try's
+    /// start.
     pub async fn ensure(
         self: &Arc<Self>,
         set: &Arc<EndpointSet>,
         now: Instant,
+        limit: Duration,
     ) -> Result<(), String> {
         let refresh_at = self.refresh_at_ms.load(Ordering::Relaxed);
         if refresh_at == u64::MAX {
@@ -106,19 +107,27 @@ impl Resolution {
             return Ok(());
         }
         if set.is_empty() {
-            if self.sources.is_empty() {
-                return Ok(());
-            }
-            let _one = self.first.lock().await;
-            if set.is_empty() {
-                let ttl = self.resolve_into(set).await?;
-                self.schedule(ttl);
-            }
-            return Ok(());
+            return match tokio::time::timeout(limit, self.first_resolution(set)).await {
+                Ok(resolved) => resolved,
+                Err(_) => Err(format!("no DNS answer within {limit:?}")),
+            };
         }
         if self.ms(now) >= refresh_at && !self.refreshing.swap(true, Ordering::AcqRel) {
             let (this, set) = (Arc::clone(self), Arc::clone(set));
             tokio::spawn(async move { this.refresh(&set).await });
+        }
+        Ok(())
+    }
+
+    /// Resolves the names the first time; concurrent requests wait for the same answer.
+    async fn first_resolution(&self, set: &EndpointSet) -> Result<(), String> {
+        if self.sources.is_empty() {
+            return Ok(());
+        }
+        let _one = self.first.lock().await;
+        if set.is_empty() {
+            let ttl = self.resolve_into(set).await?;
+            self.schedule(ttl);
         }
         Ok(())
     }
