@@ -65,6 +65,16 @@ async fn get(fusebox: &TestFusebox, port: u16) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
+/// `fusebox_endpoint_requests_total` of endpoint `ip:port` with `result`.
+fn endpoint_tries(text: &str, ip: &str, port: u16, result: &str) -> f64 {
+    let endpoint = format!("{ip}:{port}");
+    metric(
+        text,
+        "fusebox_endpoint_requests_total",
+        &[("endpoint", &endpoint), ("result", result)],
+    )
+}
+
 /// Sends requests until `done` holds of the bodies seen (at most 100, a few ms apart: the
 /// background refresh of the previous request must land first).
 async fn get_until(fusebox: &TestFusebox, port: u16, done: impl Fn(&str) -> bool) -> usize {
@@ -111,14 +121,7 @@ async fn every_address_of_a_name_is_an_endpoint_and_a_changed_answer_is_followed
         "removed endpoints get nothing"
     );
     let text = fusebox.metrics().await;
-    let served = metric(
-        &text,
-        "fusebox_endpoint_requests_total",
-        &[
-            ("endpoint", &format!("127.0.0.4:{port}")),
-            ("result", "success"),
-        ],
-    );
+    let served = endpoint_tries(&text, "127.0.0.4", port, "success");
     assert!(served >= 10.0, "{text}");
 }
 
@@ -183,14 +186,7 @@ async fn a_refused_address_moves_the_try_to_the_next_address_of_the_name() {
         assert_eq!((status, body.as_str()), (200, "127.0.0.2"));
     }
     let text = fusebox.metrics().await;
-    let refused = metric(
-        &text,
-        "fusebox_endpoint_requests_total",
-        &[
-            ("endpoint", &format!("127.0.0.9:{port}")),
-            ("result", "failure"),
-        ],
-    );
+    let refused = endpoint_tries(&text, "127.0.0.9", port, "failure");
     assert!(refused >= 3.0, "{text}");
     let retried = metric(
         &text,
@@ -233,14 +229,7 @@ async fn a_streamed_body_is_moved_to_the_next_address_unread() {
         assert_eq!(response.text().await.unwrap(), payload, "request {i}");
     }
     let text = fusebox.metrics().await;
-    let refused = metric(
-        &text,
-        "fusebox_endpoint_requests_total",
-        &[
-            ("endpoint", &format!("127.0.0.9:{port}")),
-            ("result", "failure"),
-        ],
-    );
+    let refused = endpoint_tries(&text, "127.0.0.9", port, "failure");
     assert!(refused >= 2.0, "{text}");
 }
 
