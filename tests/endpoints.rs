@@ -336,3 +336,38 @@ async fn a_reload_keeps_the_endpoint_set_unless_its_settings_change() {
         "ready"
     );
 }
+
+#[tokio::test]
+async fn a_connection_that_hangs_is_raced_by_another_endpoint_after_250_ms() {
+    let blackhole = support::syn_blackhole()
+        .await
+        .expect("a full listen backlog drops SYNs on this kernel");
+    let good = FakeUpstream::builder().body("good").start().await;
+    // Round robin from the hanging endpoint; a connect timeout far above the race's 250 ms.
+    let extra = "[retry]\nattempts = 1\n[timeouts]\nconnect = \"5s\"\n\
+                 [balance]\nmode = \"round-robin\"\n[outlier]\nconsecutive_failures = 1000\n";
+    let endpoints = [blackhole.addr.to_string(), good.authority()];
+    let fusebox = start(&route(&endpoints, extra)).await;
+    let client = direct_client();
+    for i in 0..4 {
+        let started = std::time::Instant::now();
+        let response = client
+            .get(format!("{}/r{i}", fusebox.route_url("svc")))
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "request {i} took {took:?}: the second endpoint raced the hanging one"
+        );
+    }
+    let text = fusebox.metrics().await;
+    let tries = metric(
+        &text,
+        "fusebox_attempts_total",
+        &[("upstream", "svc"), ("result", "success")],
+    );
+    assert_eq!(tries, 4.0, "one try each: {text}");
+}

@@ -109,6 +109,7 @@ async fn run(body_len: usize, script: Script, answer: Bytes) {
         idle_timeout: Duration::from_secs(90),
         max_idle: 8,
         fresh: false,
+        opened: None,
     };
     let body = (body_len > 0).then(|| Bytes::from(vec![b'x'; body_len]));
     let first = exchange_once(pool, Method::POST, "/one", body.as_ref());

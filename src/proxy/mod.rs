@@ -6,6 +6,7 @@ pub mod access;
 pub mod app_conn;
 pub mod attempt;
 pub mod body;
+pub mod eyeballs;
 pub mod failure;
 pub mod forward;
 pub mod headers;

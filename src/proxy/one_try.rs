@@ -12,9 +12,11 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::uri::Scheme;
 use http::{header, Request, Response, StatusCode};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::eyeballs::{self, Race, Winner};
 use super::failure::{attempt_error, bad_response, http1_error};
 use super::resend::{copy_parts, spare_copy, Outgoing};
 use crate::pipeline::attempt::{AttemptError, ErrorKind, Sent};
@@ -226,17 +228,26 @@ impl Try<'_> {
     /// TLS handshake is noted on the destination, whose requests then take the pooled client.
     /// [`Try::send_http1`]; when the connection to the endpoint cannot be opened (refused,
     /// unreachable, timed out: nothing was sent), the same again to an endpoint of the same
-    /// name not yet tried, within this try (RFC 8305's next address, one after the other).
+    /// name not yet tried, within this try. A new connection to one of several endpoints races
+    /// another endpoint's after 250 ms ([`eyeballs`]).
     async fn send_http1_or_next(
         &mut self,
         head: &Parts,
         body: Option<&Bytes>,
         started: Instant,
     ) -> Result<Response<Http1Body>, SendError> {
+        let tls = head.uri.scheme() == Some(&Scheme::HTTPS);
         // Every address may be tried once in this try, whatever earlier tries did.
         let mut this_try = self.picked.tried_bit();
         loop {
-            let sent = self.send_http1(head, body, started).await;
+            let sent = match self.open_raced(&mut this_try, tls).await {
+                Some(Err(error)) => Err(SendError::Connect(error)),
+                Some(Ok(tcp)) => {
+                    let opened = std::sync::Mutex::new(Some(tcp));
+                    self.send_http1(head, body, started, Some(&opened)).await
+                }
+                None => self.send_http1(head, body, started, None).await,
+            };
             let Err(SendError::Connect(error)) = &sent else {
                 return sent;
             };
@@ -244,11 +255,77 @@ impl Try<'_> {
                 error,
                 ConnectError::Io { .. } | ConnectError::Timeout { .. }
             );
-            let tls = head.uri.scheme() == Some(&Scheme::HTTPS);
             if !unopened || !self.move_on(&mut this_try, error, tls) {
                 return sent;
             }
         }
+    }
+
+    /// A new connection for this try, raced against another endpoint's (RFC 8305); the
+    /// winner's endpoint becomes the try's. `None`: the endpoint has resting connections, or
+    /// is the only one, and [`http1::send`] takes or opens one as usual.
+    async fn open_raced(
+        &mut self,
+        this_try: &mut u64,
+        tls: bool,
+    ) -> Option<Result<TcpStream, ConnectError>> {
+        let set = &self.destination.endpoints;
+        if !self.picked.endpoint.idle.is_empty() || set.len() < 2 {
+            return None;
+        }
+        let tried_now = *this_try;
+        let second = || {
+            let next = self.other_endpoint(tried_now, tls)?;
+            Some((next.endpoint.addr, next))
+        };
+        let rules = self.upstream.rules();
+        let raced = eyeballs::race(self.picked.endpoint.addr, second, rules, eyeballs::STAGGER);
+        let (winner, second, first_failed, second_failed) = match raced.await {
+            Race::Alone(opened) => return Some(opened),
+            Race::Both {
+                winner,
+                second,
+                first_failed,
+                second_failed,
+            } => (winner, second, first_failed, second_failed),
+        };
+        *this_try |= second.tried_bit();
+        self.tried |= second.tried_bit();
+        let now = Instant::now();
+        let end = |failed: bool| failed.then_some(TryEnd::Failed { retry_after: None });
+        let record = |picked: Picked, failed: bool| match end(failed) {
+            Some(end) => picked.finish(set, end, now),
+            None => picked.neutral(set, now),
+        };
+        match winner {
+            Winner::First(tcp) => {
+                record(second, second_failed);
+                Some(Ok(tcp))
+            }
+            Winner::Second(tcp) => {
+                record(std::mem::replace(&mut self.picked, second), first_failed);
+                Some(Ok(tcp))
+            }
+            Winner::Neither(error) => {
+                // The second carries on as the try's endpoint: `move_on` records it.
+                record(std::mem::replace(&mut self.picked, second), first_failed);
+                Some(Err(error))
+            }
+        }
+    }
+
+    /// An endpoint not yet tried in this try (`this_try`), of the same name over TLS.
+    fn other_endpoint(&self, this_try: u64, tls: bool) -> Option<Picked> {
+        let set = &self.destination.endpoints;
+        let now = Instant::now();
+        let next = set.pick_untried(this_try, now)?;
+        let same_name = next.endpoint.authority == self.picked.endpoint.authority
+            || self.upstream.rewrite_authority.is_some();
+        if tls && !same_name {
+            next.neutral(set, now);
+            return None;
+        }
+        Some(next)
     }
 
     /// The same for hyper's pooled client, while there are several endpoints: a body known
@@ -259,7 +336,7 @@ impl Try<'_> {
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
         let mut this_try = self.picked.tried_bit();
-        let several = self.destination.endpoints.members().len() > 1;
+        let several = self.destination.endpoints.len() > 1;
         loop {
             let (sent_request, again) = if several {
                 keep_for_again(request)
@@ -288,17 +365,10 @@ impl Try<'_> {
     /// Over TLS (`tls`) only to one that the request's name also fits: the same `endpoints`
     /// entry or name, or any under `host_rewrite`.
     fn move_on(&mut self, this_try: &mut u64, error: &dyn std::fmt::Display, tls: bool) -> bool {
-        let set = &self.destination.endpoints;
-        let now = Instant::now();
-        let Some(next) = set.pick_untried(*this_try, now) else {
+        let Some(next) = self.other_endpoint(*this_try, tls) else {
             return false;
         };
-        let same_name = next.endpoint.authority == self.picked.endpoint.authority
-            || self.upstream.rewrite_authority.is_some();
-        if tls && !same_name {
-            next.neutral(set, now);
-            return false;
-        }
+        let (set, now) = (&self.destination.endpoints, Instant::now());
         debug!(failed = %self.picked.endpoint.label, %error, next = %next.endpoint.label, "no connection; trying the next endpoint");
         *this_try |= next.tried_bit();
         self.tried |= next.tried_bit();
@@ -312,6 +382,7 @@ impl Try<'_> {
         head: &Parts,
         body: Option<&Bytes>,
         started: Instant,
+        opened: Option<&std::sync::Mutex<Option<TcpStream>>>,
     ) -> Result<Response<Http1Body>, SendError> {
         let endpoint = &self.picked.endpoint;
         let policy = &self.upstream.policy;
@@ -332,6 +403,7 @@ impl Try<'_> {
             idle_timeout: policy.pool_idle_timeout,
             max_idle: policy.pool_max_idle,
             fresh: false,
+            opened,
         };
         let mut sent = http1::send(pool, head, body, started).await;
         // The upstream closed a kept-alive connection as the request went out, before any

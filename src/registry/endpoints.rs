@@ -154,6 +154,11 @@ impl EndpointSet {
         self.members.load_full()
     }
 
+    /// How many endpoints the set has now (no load of the members).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.members.load().is_empty()
     }

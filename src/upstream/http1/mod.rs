@@ -46,6 +46,7 @@ use http::request::Parts;
 use http::{Method, Response};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::io::poll_read_buf;
@@ -115,6 +116,9 @@ pub struct Pool<'a> {
     /// Open a new connection, whatever rests: the request goes again after a kept-alive
     /// connection ended before any answer ([`SendError::Unanswered`]).
     pub fresh: bool,
+    /// A TCP connection to this pool's address already opened for the try (RFC 8305's race,
+    /// in the proxy): used before anything else, once.
+    pub opened: Option<&'a std::sync::Mutex<Option<TcpStream>>>,
 }
 
 /// How connections to an `https://` upstream are secured.
@@ -167,14 +171,18 @@ pub async fn send(
     now: Instant,
 ) -> Result<Response<Http1Body>, SendError> {
     loop {
-        let resting = if pool.fresh {
+        let opened = pool
+            .opened
+            .and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let resting = if pool.fresh || opened.is_some() {
             None
         } else {
             pool.idle.take(&pool, now, pool.idle_timeout)
         };
-        let (mut conn, reused) = match resting {
-            Some(conn) => (conn, true),
-            None => (Box::pin(open(&pool)).await?, false),
+        let (mut conn, reused) = match (resting, opened) {
+            (Some(conn), _) => (conn, true),
+            (None, Some(tcp)) => (Box::pin(secure(&pool, tcp)).await?, false),
+            (None, None) => (Box::pin(open(&pool)).await?, false),
         };
         let body_len = body.map(Bytes::len);
         head::write_request_head(
@@ -419,6 +427,11 @@ async fn open(pool: &Pool<'_>) -> Result<Connection, SendError> {
     let tcp = connect(pool.host, pool.port, pool.rules)
         .await
         .map_err(SendError::Connect)?;
+    secure(pool, tcp).await
+}
+
+/// A connection on `tcp`, with the pool's TLS handshake when it has one.
+async fn secure(pool: &Pool<'_>, tcp: TcpStream) -> Result<Connection, SendError> {
     let Some(tls) = pool.tls else {
         return Ok(Connection::new(Stream::Plain(tcp), MadeFor::new(pool)));
     };
@@ -470,6 +483,7 @@ mod tests {
             idle_timeout: Duration::from_secs(90),
             max_idle: 8,
             fresh: false,
+            opened: None,
         }
     }
 
