@@ -270,7 +270,8 @@ impl Try<'_> {
         tls: bool,
     ) -> Option<Result<TcpStream, ConnectError>> {
         let set = &self.destination.endpoints;
-        if !self.picked.endpoint.idle.is_empty() || set.len() < 2 {
+        // The count first: the common single-endpoint case takes no lock.
+        if set.len() < 2 || !self.picked.endpoint.idle.is_empty() {
             return None;
         }
         let tried_now = *this_try;
