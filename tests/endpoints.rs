@@ -371,3 +371,58 @@ async fn a_connection_that_hangs_is_raced_by_another_endpoint_after_250_ms() {
     );
     assert_eq!(tries, 4.0, "one try each: {text}");
 }
+
+/// `CONNECT authority` on the egress listener, then a GET through the tunnel; the GET's body.
+async fn through_tunnel(fusebox: &TestFusebox, authority: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let egress = fusebox.agent().egress_addr();
+    let mut stream = tokio::net::TcpStream::connect(egress).await.unwrap();
+    let connect = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    stream.write_all(connect.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let get = "GET / HTTP/1.1\r\nHost: svc.fusebox.test\r\nConnection: close\r\n\r\n";
+    stream.write_all(get.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+        .rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_connect_tunnel_to_a_policy_with_endpoints_counts_under_its_one_destination() {
+    let a = FakeUpstream::builder().body("a").start().await;
+    let b = FakeUpstream::builder().body("b").start().await;
+    let policy = format!(
+        "hosts = [\"svc.fusebox.test:443\"]\nendpoints = [\"{}\", \"{}\"]\n",
+        a.authority(),
+        b.authority()
+    );
+    let fusebox = TestFusebox::start(&[("svc", &policy)]).await;
+    let mut bodies = vec![
+        through_tunnel(&fusebox, "svc.fusebox.test:443").await,
+        through_tunnel(&fusebox, "svc.fusebox.test:443").await,
+    ];
+    bodies.sort();
+    assert_eq!(bodies, ["a", "b"], "round robin over the entries");
+    let view = fusebox.upstreams("svc").await;
+    let destinations: Vec<&str> = view
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["destination"].as_str().unwrap())
+        .collect();
+    assert_eq!(destinations, [a.authority().as_str()], "{view}");
+}

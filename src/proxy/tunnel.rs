@@ -34,11 +34,15 @@ pub async fn handle(ctx: &Arc<ProxyContext>, mut req: Request<Incoming>) -> Resp
         }
     };
     let upstream = snapshot.lookup(&target.host, target.port);
+    // An opaque tunnel has no endpoint set (§17): it goes to the policy's next `endpoints`
+    // entry, round robin, under the policy's one destination; else to the requested host.
     let (host, port) = match upstream.next_endpoint() {
         Some((_, endpoint)) => (endpoint.host.as_str(), endpoint.port),
         None => (target.host.as_ref(), target.port),
     };
-    let destination = upstream.destination(host, port);
+    let destination = upstream
+        .endpoints_destination()
+        .unwrap_or_else(|| upstream.destination(host, port));
     let refuse = |answer: LocalAnswer, tries| {
         super::forward::finish_answer(upstream, &destination, &seen, &answer, tries)
     };

@@ -545,7 +545,8 @@ impl Upstream {
         connect_rules(&self.policy, self_addrs)
     }
 
-    /// The next endpoint, round robin, and its index, when the policy has `endpoints`.
+    /// The next `endpoints` entry, round robin, and its index, for an opaque CONNECT tunnel
+    /// (which has no endpoint set: it connects to the entry's name as it resolves).
     pub fn next_endpoint(&self) -> Option<(usize, &Endpoint)> {
         let endpoints = &self.policy.endpoints;
         if endpoints.is_empty() {
