@@ -502,7 +502,7 @@ pub(super) fn per_endpoint_authority<'p>(
     picked.endpoint.authority.as_ref()
 }
 
-/// What a try's ending says of its endpoint (§16): a failure when the upstream is to blame
+/// What a try's ending says of its endpoint (§17): a failure when the upstream is to blame
 /// (connect, reset, timeout), when its status is in `breaker.failure_statuses` or is a 429,
 /// and with the `Retry-After` it sent; no verdict when the app or a policy is to blame.
 pub(super) fn endpoint_end(upstream: &Upstream, ended: &Ended, grpc: bool) -> Option<TryEnd> {

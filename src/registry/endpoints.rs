@@ -1,4 +1,4 @@
-//! A destination's endpoint set (docs/ARCHITECTURE.md §16): the addresses its requests are
+//! A destination's endpoint set (docs/ARCHITECTURE.md §17): the addresses its requests are
 //! shared between, each with its own latency estimate, requests waiting for a head, ejection
 //! state, idle connections and pooled clients.
 //!

@@ -82,7 +82,7 @@ pub struct Destination {
     pub authority: Box<str>,
     /// The same, parsed once for upstream URIs (`None` for `_other`).
     pub uri_authority: Option<Authority>,
-    /// The addresses its requests are shared between (§16), and where they come from.
+    /// The addresses its requests are shared between (§17), and where they come from.
     pub endpoints: Arc<EndpointSet>,
     resolution: Arc<Resolution>,
     /// The policy's name, for logs.
@@ -235,7 +235,7 @@ impl Destination {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The endpoint for a try (§16): resolves the destination's name the first time, refreshes
+    /// The endpoint for a try (§17): resolves the destination's name the first time, refreshes
     /// it in the background after its TTL. `tried`: the endpoints this request went to.
     /// `now`: the try's start; `limit`: the try's time, which a first resolution must fit in.
     pub async fn pick(

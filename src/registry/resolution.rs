@@ -1,4 +1,4 @@
-//! Where a destination's endpoints come from (docs/ARCHITECTURE.md §16): its sources (the
+//! Where a destination's endpoints come from (docs/ARCHITECTURE.md §17): its sources (the
 //! requested `host:port`, or the policy's `endpoints` entries), each an IP address or a name
 //! resolved with its TTL.
 //!
