@@ -154,18 +154,22 @@ impl Telemetry {
     }
 
     /// [`Telemetry::render`] without the per-destination series for which `live(upstream,
-    /// destination)` is false. The exporter cannot unregister a series, so the series of a
-    /// policy removed by a reload, or of a destination dropped as quiet, are left out here:
-    /// otherwise a removed policy's `fusebox_breaker_state` would stay at 2 and keep an alert
-    /// firing for something that no longer exists.
-    pub fn render_where(&self, live: impl Fn(&str, &str) -> bool) -> String {
+    /// destination, endpoint)` is false (`endpoint`: the series' `endpoint` label, if any).
+    /// The exporter cannot unregister a series, so the series of a policy removed by a reload,
+    /// of a destination dropped as quiet, or of an endpoint its name no longer resolves to, are
+    /// left out here: otherwise a removed policy's `fusebox_breaker_state` would stay at 2 and
+    /// keep an alert firing for something that no longer exists, and a gone pod would count as
+    /// a ready endpoint.
+    pub fn render_where(&self, live: impl Fn(&str, &str, Option<&str>) -> bool) -> String {
         let text = self.render();
         let mut kept = String::with_capacity(text.len());
         for line in text.lines() {
             let gone = !line.starts_with('#')
                 && label(line, "upstream")
                     .zip(label(line, "destination"))
-                    .is_some_and(|(upstream, destination)| !live(upstream, destination));
+                    .is_some_and(|(upstream, destination)| {
+                        !live(upstream, destination, label(line, "endpoint"))
+                    });
             if !gone {
                 kept.push_str(line);
                 kept.push('\n');
@@ -712,7 +716,7 @@ mod tests {
         let gone = telemetry.destination("gone", "b:1");
         kept.breaker_state.set(2.0);
         gone.breaker_state.set(2.0);
-        let text = telemetry.render_where(|upstream, _| upstream == "kept");
+        let text = telemetry.render_where(|upstream, _, _| upstream == "kept");
         assert!(text.contains(r#"fusebox_breaker_state{upstream="kept",destination="a:1"} 2"#));
         assert!(!text.contains(r#"upstream="gone""#), "{text}");
         assert!(text.contains("fusebox_config_generation"), "{text}");

@@ -123,6 +123,10 @@ async fn every_address_of_a_name_is_an_endpoint_and_a_changed_answer_is_followed
     let text = fusebox.metrics().await;
     let served = endpoint_tries(&text, "127.0.0.4", port, "success");
     assert!(served >= 10.0, "{text}");
+    assert!(
+        !text.contains(&format!("endpoint=\"127.0.0.2:{port}\"")),
+        "a removed endpoint's series leave /metrics (a gone pod is not a ready one): {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

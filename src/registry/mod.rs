@@ -873,16 +873,30 @@ impl Registry {
         (generation, previous)
     }
 
-    /// The Prometheus text of `/metrics`: every metric, less the series of policies and
-    /// destinations that no longer exist ([`Telemetry::render_where`]).
+    /// The Prometheus text of `/metrics`: every metric, less the series of policies,
+    /// destinations and endpoints that no longer exist ([`Telemetry::render_where`]).
     pub fn render_metrics(&self) -> String {
         let snapshot = self.load();
         set_idle_connections(&snapshot);
-        self.telemetry.render_where(|upstream, destination| {
-            snapshot.by_name(upstream).is_some_and(|u| {
-                destination == OTHER_DESTINATION || u.destinations.contains_key(destination)
+        self.telemetry
+            .render_where(|upstream, destination, endpoint| {
+                let Some(upstream) = snapshot.by_name(upstream) else {
+                    return false;
+                };
+                if destination == OTHER_DESTINATION {
+                    return true;
+                }
+                let Some(found) = upstream.destinations.get(destination) else {
+                    return false;
+                };
+                match endpoint {
+                    Some(endpoint) if endpoint != OTHER_DESTINATION => {
+                        let members = found.endpoints.members();
+                        members.iter().any(|member| &*member.label == endpoint)
+                    }
+                    _ => true,
+                }
             })
-        })
     }
 
     /// The active policies and their state; cheap, lock-free.
