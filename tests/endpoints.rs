@@ -221,13 +221,19 @@ async fn a_failing_endpoint_is_ejected_and_the_others_serve() {
     );
 }
 
-#[tokio::test]
-async fn with_every_endpoint_ejected_the_destination_answers_no_endpoint_and_its_breaker_trips() {
+/// Two upstreams that always answer 503, and their authorities.
+async fn two_failing() -> ([FakeUpstream; 2], [String; 2]) {
     let bad = [
         FakeUpstream::with_status(503).await,
         FakeUpstream::with_status(503).await,
     ];
     let endpoints = [bad[0].authority(), bad[1].authority()];
+    (bad, endpoints)
+}
+
+#[tokio::test]
+async fn with_every_endpoint_ejected_the_destination_answers_no_endpoint_and_its_breaker_trips() {
+    let (bad, endpoints) = two_failing().await;
     let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
                  [outlier]\nconsecutive_failures = 1\nbase_ejection = \"1h\"\n\
                  [breaker]\nconsecutive_failures = 3\nopen_base = \"1h\"\n";
@@ -265,11 +271,7 @@ async fn with_every_endpoint_ejected_the_destination_answers_no_endpoint_and_its
 
 #[tokio::test]
 async fn route_all_keeps_routing_when_more_would_be_ejected_than_allowed() {
-    let bad = [
-        FakeUpstream::with_status(503).await,
-        FakeUpstream::with_status(503).await,
-    ];
-    let endpoints = [bad[0].authority(), bad[1].authority()];
+    let (bad, endpoints) = two_failing().await;
     let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
                  [outlier]\nconsecutive_failures = 1\nbase_ejection = \"1h\"\n\
                  panic = \"route-all\"\n[breaker]\nmode = \"off\"\n";

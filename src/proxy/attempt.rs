@@ -156,7 +156,7 @@ impl Sending<'_> {
         // Once the request was sent for good it is not replayable, so the planner never asks
         // for another try; should it ever, the last answer stands.
         let Some((next, has_body)) = self.request.next(last) else {
-            picked.neutral(&destination.endpoints, Instant::now());
+            picked.neutral();
             let detail = "no request left to send".to_owned();
             return Err(LocalAnswer::local(Reason::Internal, detail));
         };
@@ -174,7 +174,7 @@ impl Sending<'_> {
         let now = Instant::now();
         match endpoint_end(self.upstream, &ended, self.grpc) {
             Some(end) => picked.finish(&destination.endpoints, end, now),
-            None => picked.neutral(&destination.endpoints, now),
+            None => picked.neutral(),
         }
         Ok(ended)
     }

@@ -296,7 +296,7 @@ impl Try<'_> {
         let end = |failed: bool| failed.then_some(TryEnd::Failed { retry_after: None });
         let record = |picked: Picked, failed: bool| match end(failed) {
             Some(end) => picked.finish(set, end, now),
-            None => picked.neutral(set, now),
+            None => picked.neutral(),
         };
         match winner {
             Winner::First(tcp) => {
@@ -323,7 +323,7 @@ impl Try<'_> {
         let same_name = next.endpoint.authority == self.picked.endpoint.authority
             || self.upstream.rewrite_authority.is_some();
         if tls && !same_name {
-            next.neutral(set, now);
+            next.neutral();
             return None;
         }
         Some(next)

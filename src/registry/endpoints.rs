@@ -459,14 +459,6 @@ impl EndpointSet {
         }
     }
 
-    /// A probe ended without a verdict: due again.
-    fn probe_abandoned(&self, endpoint: &Endpoint, now: Instant) {
-        endpoint.ejection().probe_abandoned(now);
-        endpoint.until_ms.store(self.ms64(now), Ordering::Relaxed);
-        endpoint.health.store(1, Ordering::Relaxed);
-        endpoint.metrics.state.set(1.0);
-    }
-
     /// What `/upstreams` shows of each member.
     pub fn view(&self, now: Instant) -> Vec<EndpointView> {
         let now_ms = self.ms64(now);
@@ -518,6 +510,15 @@ impl Endpoint {
             self.estimate.load().decayed(now_ms, decay),
             self.pending.load(Ordering::Relaxed),
         )
+    }
+
+    /// A probe ended without a verdict: due again at once (an ejection that ended at the
+    /// set's time zero).
+    fn probe_abandoned(&self) {
+        self.ejection().probe_abandoned(Instant::now());
+        self.until_ms.store(0, Ordering::Relaxed);
+        self.health.store(1, Ordering::Relaxed);
+        self.metrics.state.set(1.0);
     }
 
     fn claim_probe(&self, now: Instant) -> bool {
@@ -581,31 +582,31 @@ impl Picked {
 
     /// Records how the try ended on `set` (the set it was picked from), at `now`.
     pub fn finish(mut self, set: &EndpointSet, end: TryEnd, now: Instant) {
-        self.done = true;
-        self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
+        self.settle();
         set.record(&self, end, now);
     }
 
-    /// The try ended with no verdict on the endpoint (the app's fault, or it went away).
-    pub fn neutral(mut self, set: &EndpointSet, now: Instant) {
+    /// The try ended with no verdict on the endpoint (the app's fault, or it went away): as
+    /// when it is dropped, it only stops counting as pending, and a probe is due again.
+    pub fn neutral(self) {
+        drop(self);
+    }
+
+    /// Stops counting as pending, once; `false` if it already had.
+    fn settle(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
         self.done = true;
         self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
-        if self.probe {
-            set.probe_abandoned(&self.endpoint, now);
-        }
+        true
     }
 }
 
 impl Drop for Picked {
     fn drop(&mut self) {
-        if !self.done {
-            self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
-            if self.probe {
-                // No set at hand: the probe is due again at once, through the ejection state.
-                self.endpoint.ejection().probe_abandoned(Instant::now());
-                self.endpoint.health.store(1, Ordering::Relaxed);
-                self.endpoint.until_ms.store(0, Ordering::Relaxed);
-            }
+        if self.settle() && self.probe {
+            self.endpoint.probe_abandoned();
         }
     }
 }

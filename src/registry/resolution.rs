@@ -36,15 +36,11 @@ pub struct Source {
 impl Source {
     pub fn new(host: &str, port: u16) -> Source {
         let ip = host.parse::<IpAddr>().ok().map(crate::address::canonical);
-        let text = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        let mut text = super::AuthorityBuf::default();
         Source {
             host: host.into(),
             port,
-            authority: Authority::try_from(text.as_str()).ok(),
+            authority: Authority::try_from(text.format(host, port)).ok(),
             ip,
         }
     }
