@@ -414,6 +414,9 @@ fn cells(row: &DestinationView, now: SystemTime) -> [String; 8] {
     if matches!(row.mode.as_str(), "shadow" | "off") {
         state.push_str(&format!(" ({})", row.mode));
     }
+    if let Some(throttle) = &row.throttle {
+        state.push_str(&format!(" (throttle p={:.2})", throttle.probability));
+    }
     let w = row.window;
     let mut destination = row.destination.clone();
     if row.intercept {
@@ -433,8 +436,17 @@ fn cells(row: &DestinationView, now: SystemTime) -> [String; 8] {
         reason_cell(row.reason.as_deref()),
         row.next_probe_in_ms
             .map_or_else(|| "-".to_owned(), next_probe),
-        row.in_flight.to_string(),
+        in_flight_cell(row),
     ]
+}
+
+/// `3`, `3/50` under a fixed limit, `3/42 aimd` under an adaptive one.
+fn in_flight_cell(row: &DestinationView) -> String {
+    match (row.limit, row.limit_mode.as_str()) {
+        (None, _) => row.in_flight.to_string(),
+        (Some(limit), "fixed" | "") => format!("{}/{limit}", row.in_flight),
+        (Some(limit), mode) => format!("{}/{limit} {mode}", row.in_flight),
+    }
 }
 
 /// The last transition's reason; an operator's commands say so, so that `reset` is never

@@ -230,6 +230,9 @@ impl Telemetry {
             tunnels_active: gauge("fusebox_tunnels_active"),
             breaker_state: gauge("fusebox_breaker_state"),
             idle_connections: OnceLock::new(),
+            throttle_ratio: OnceLock::new(),
+            concurrency_limit: OnceLock::new(),
+            hedges: std::array::from_fn(|_| OnceLock::new()),
         };
         // The trip series exist at 0 from the destination's first request on: Prometheus'
         // `increase()` cannot see a counter's first increment if the series is born with it.
@@ -373,6 +376,43 @@ pub struct DestinationMetrics {
     pub breaker_state: Gauge,
     /// `fusebox_upstream_idle_connections`: registered once a destination first has one.
     idle_connections: OnceLock<Gauge>,
+    /// `fusebox_throttle_ratio` (`[breaker] mode = "throttle"`), `fusebox_concurrency_limit`
+    /// (adaptive `[concurrency]`) and `fusebox_hedges_total{result}` (`[hedge]`): registered by
+    /// the destinations that use them only.
+    throttle_ratio: OnceLock<Gauge>,
+    concurrency_limit: OnceLock<Gauge>,
+    hedges: [OnceLock<Counter>; HedgeResult::ALL.len()],
+}
+
+/// The `result` label of `fusebox_hedges_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HedgeResult {
+    /// A hedge was sent.
+    Sent,
+    /// A hedge's answer was the one the app got.
+    Won,
+    /// A hedge was sent and another copy's answer won.
+    Lost,
+    /// A hedge was due but its budget was spent: none was sent.
+    Budget,
+}
+
+impl HedgeResult {
+    pub const ALL: [HedgeResult; 4] = [
+        HedgeResult::Sent,
+        HedgeResult::Won,
+        HedgeResult::Lost,
+        HedgeResult::Budget,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HedgeResult::Sent => "sent",
+            HedgeResult::Won => "won",
+            HedgeResult::Lost => "lost",
+            HedgeResult::Budget => "budget",
+        }
+    }
 }
 
 impl std::fmt::Debug for DestinationMetrics {
@@ -398,6 +438,41 @@ impl DestinationMetrics {
         });
         #[allow(clippy::cast_precision_loss)]
         gauge.set(count as f64);
+    }
+
+    /// Sets `fusebox_throttle_ratio`: the refusal probability of a throttling breaker.
+    pub fn set_throttle_ratio(&self, probability: f64) {
+        self.lazy_gauge(&self.throttle_ratio, "fusebox_throttle_ratio")
+            .set(probability);
+    }
+
+    /// Sets `fusebox_concurrency_limit`: an adaptive gate's limit.
+    pub fn set_concurrency_limit(&self, limit: usize) {
+        #[allow(clippy::cast_precision_loss)]
+        self.lazy_gauge(&self.concurrency_limit, "fusebox_concurrency_limit")
+            .set(limit as f64);
+    }
+
+    /// Counts one hedge event.
+    pub fn hedge(&self, result: HedgeResult) {
+        self.hedges[result as usize]
+            .get_or_init(|| {
+                let mut labels = self.labels.to_vec();
+                labels.push(Label::from_static_parts("result", result.label()));
+                self.telemetry.recorder.register_counter(
+                    &Key::from_parts("fusebox_hedges_total", labels),
+                    &METADATA,
+                )
+            })
+            .increment(1);
+    }
+
+    fn lazy_gauge<'a>(&'a self, cell: &'a OnceLock<Gauge>, name: &'static str) -> &'a Gauge {
+        cell.get_or_init(|| {
+            self.telemetry
+                .recorder
+                .register_gauge(&Key::from_parts(name, self.labels.to_vec()), &METADATA)
+        })
     }
 
     /// Records one finished app request.
@@ -602,7 +677,8 @@ pub struct EndpointMetrics {
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 12] = [
+    let counters: [(&'static str, &'static str); 13] = [
+        ("fusebox_hedges_total", "Hedged requests ([hedge]), by result: sent, won (the hedge's answer went to the app), lost (another copy's did), budget (due, but max_extra_load was spent)."),
         ("fusebox_endpoint_requests_total", "Upstream tries sent to one endpoint of a destination, by result (success, failure: the endpoint's fault)."),
         ("fusebox_endpoint_ejections_total", "Endpoints taken out of their set, by reason (consecutive_failures, probe_failed)."),
         ("fusebox_fleet_limiter_errors_total", "Redis calls of a fleet-wide rate limit that failed or timed out (each one made the destination use its local fallback)."),
@@ -619,7 +695,15 @@ fn describe(recorder: &PrometheusRecorder) {
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));
     }
-    let gauges: [(&'static str, &'static str); 10] = [
+    let gauges: [(&'static str, &'static str); 12] = [
+        (
+            "fusebox_throttle_ratio",
+            "Client-side throttling ([breaker] mode = \"throttle\"): the probability that a try is refused locally now.",
+        ),
+        (
+            "fusebox_concurrency_limit",
+            "The adaptive concurrency limit of a destination ([concurrency] mode = \"aimd\" or \"gradient\").",
+        ),
         (
             "fusebox_endpoint_state",
             "State of one endpoint of a destination: 0 ready, 1 ejected, 2 probing.",

@@ -15,7 +15,7 @@ use crate::policy::BreakerMode;
 use crate::registry::{Destination, EndpointView, TrustFailure, Upstream};
 
 /// One destination's breaker: an element of `GET /upstreams`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DestinationView {
     /// The policy's name (the `upstream` metric label).
     pub upstream: String,
@@ -62,6 +62,16 @@ pub struct DestinationView {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<String>,
+    /// Extra: the concurrency limit in force, `null` when there is none; with `limit_mode`
+    /// `fixed` (`max_in_flight`), `aimd` or `gradient` (adaptive, §18).
+    #[serde(default)]
+    pub limit: Option<u64>,
+    #[serde(default)]
+    pub limit_mode: String,
+    /// Extra: `mode = "throttle"` only: the refusal probability now, and the requests and
+    /// accepts of `throttle_window` it comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<ThrottleView>,
     /// Extra: the destination's endpoints (§17), each with its balancing and ejection state.
     #[serde(default)]
     pub endpoints: Vec<EndpointJson>,
@@ -182,6 +192,7 @@ pub fn mode_label(mode: BreakerMode) -> &'static str {
         BreakerMode::Enforce => "enforce",
         BreakerMode::Shadow => "shadow",
         BreakerMode::Off => "off",
+        BreakerMode::Throttle => "throttle",
     }
 }
 
@@ -200,6 +211,11 @@ impl DestinationView {
             idle_connections: u64::try_from(destination.idle_connections()).unwrap_or(u64::MAX),
             // `run` refuses `intercept = true` without a CA: the policy's word is enough.
             intercept: upstream.policy.intercept,
+            limit: destination
+                .gate
+                .max_in_flight()
+                .map(|limit| u64::try_from(limit).unwrap_or(u64::MAX)),
+            limit_mode: upstream.policy.concurrency.mode.label().to_owned(),
             fleet: destination
                 .fleet
                 .as_ref()
@@ -262,8 +278,23 @@ impl DestinationView {
             endpoints: Vec::new(),
             intercept: false,
             fleet: None,
+            limit: None,
+            limit_mode: String::new(),
+            throttle: snapshot.throttle.map(|(probability, counts)| ThrottleView {
+                probability,
+                requests: counts.requests,
+                accepts: counts.accepts,
+            }),
         }
     }
+}
+
+/// A throttling breaker's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ThrottleView {
+    pub probability: f64,
+    pub requests: u32,
+    pub accepts: u32,
 }
 
 impl FailureView {
@@ -313,6 +344,7 @@ mod tests {
     fn an_open_breaker_serializes_every_contract_field() {
         let clock = clock();
         let snapshot = BreakerSnapshot {
+            throttle: None,
             state: State::Open,
             since: clock.instant - Duration::from_millis(1500),
             last_reason: Some(Reason::ConsecutiveFailures),
@@ -378,6 +410,7 @@ mod tests {
     fn a_fresh_forced_breaker_has_nulls_where_nothing_happened() {
         let clock = clock();
         let snapshot = BreakerSnapshot {
+            throttle: None,
             state: State::HalfOpen,
             since: clock.instant,
             last_reason: None,
@@ -400,6 +433,7 @@ mod tests {
     fn an_operator_reset_is_told_apart_from_a_connection_reset() {
         let clock = clock();
         let snapshot = BreakerSnapshot {
+            throttle: None,
             state: State::Closed,
             since: clock.instant,
             last_reason: Some(Reason::Reset),

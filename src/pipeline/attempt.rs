@@ -222,13 +222,20 @@ pub enum Refusal {
     /// The breaker is open: the next probe may go after `retry_after`, or never on its own
     /// (`None`: forced open by an operator).
     BreakerOpen { retry_after: Option<Duration> },
+    /// The breaker's throttle (`mode = "throttle"`) refused the try, with this probability in
+    /// thousandths, after the upstream accepted `accepts` of the last `requests`.
+    Throttled {
+        per_mille: u16,
+        requests: u32,
+        accepts: u32,
+    },
 }
 
 impl Refusal {
     pub fn reason(self) -> Reason {
         match self {
             Refusal::RateLimited { .. } => Reason::RateLimited,
-            Refusal::BreakerOpen { .. } => Reason::BreakerOpen,
+            Refusal::BreakerOpen { .. } | Refusal::Throttled { .. } => Reason::BreakerOpen,
         }
     }
 
@@ -236,6 +243,8 @@ impl Refusal {
         match self {
             Refusal::RateLimited { retry_after } => Some(retry_after),
             Refusal::BreakerOpen { retry_after } => retry_after,
+            // No promise: the probability falls as the upstream accepts again.
+            Refusal::Throttled { .. } => None,
         }
     }
 
@@ -252,6 +261,16 @@ impl Refusal {
             // A forced breaker never probes: promising a time would be a lie.
             Refusal::BreakerOpen { retry_after: None } => format!(
                 "circuit breaker for {authority} is forced open by an operator until it is reset"
+            ),
+            Refusal::Throttled {
+                per_mille,
+                requests,
+                accepts,
+            } => format!(
+                "requests to {authority} are throttled, p = {}.{:03}: it accepted {accepts} \
+                 of the last {requests} (client-side throttling)",
+                per_mille / 1000,
+                per_mille % 1000
             ),
         }
     }

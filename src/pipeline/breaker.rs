@@ -55,7 +55,10 @@
 //! Modes: `shadow` runs the same state machine (transitions happen and are reported, so an
 //! operator sees what `enforce` would do) but [`CircuitBreaker::admit`] answers
 //! [`Admission::ShadowRejected`] instead of rejecting; `off` admits everything and records
-//! nothing, and ignores the admin's force and reset as well.
+//! nothing, and ignores the admin's force and reset as well. `throttle` never trips: each
+//! call is admitted or refused by the [`Throttle`]'s probability instead
+//! ([`Admission::Throttled`]), results feed its accepts (a failure or a 429 is not one), and
+//! the window and recent failures are kept for explanations; force and reset still apply.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -63,7 +66,21 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::grpc::GrpcCode;
+use super::throttle::{Throttle, ThrottleCounts};
 use crate::policy::{Breaker, BreakerMode};
+
+/// A throttle's decision on one call, with its random `draw` in [0, 1).
+fn throttled(throttle: &mut Throttle, now: Instant, draw: f64) -> Admission {
+    match throttle.request(now, draw) {
+        Ok(_) => Admission::Allowed { probe: None },
+        Err(p) => Admission::Throttled {
+            // In [0, 1000]: the cast cannot truncate.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            per_mille: (p * 1000.0).round() as u16,
+            counts: throttle.counts(now),
+        },
+    }
+}
 
 /// Buckets of the sliding window.
 const BUCKETS: u64 = 10;
@@ -188,6 +205,11 @@ pub enum Admission {
     /// The caller counts `fusebox_shadow_rejections_total{kind="breaker"}` and records the
     /// result with `probe: false`.
     ShadowRejected,
+    /// Throttle mode refused the call, with this probability in thousandths.
+    Throttled {
+        per_mille: u16,
+        counts: ThrottleCounts,
+    },
 }
 
 /// One half-open period of a breaker: the ticket a probe carries, so that its result counts
@@ -306,7 +328,7 @@ pub struct RecentFailure {
 }
 
 /// What `/upstreams` and `fusebox status` show of a breaker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BreakerSnapshot {
     pub state: State,
     /// When the breaker entered `state` (or was created).
@@ -321,6 +343,8 @@ pub struct BreakerSnapshot {
     pub forced: Option<Forced>,
     /// Trips in a row since the breaker last closed (0 when closed).
     pub trips: u32,
+    /// Throttle mode: the refusal probability now and the counts it comes from.
+    pub throttle: Option<(f64, ThrottleCounts)>,
 }
 
 #[derive(Debug, Clone)]
@@ -360,6 +384,8 @@ pub struct CircuitBreaker {
     recent: VecDeque<RecentFailure>,
     /// Half-open episodes so far: the next one is numbered one more.
     episodes: u64,
+    /// `mode = "throttle"`: the refusal probability's counts.
+    throttle: Option<Box<Throttle>>,
 }
 
 impl CircuitBreaker {
@@ -376,7 +402,6 @@ impl CircuitBreaker {
         };
         let window = Box::new(Window::new(config.window, now));
         CircuitBreaker {
-            config,
             jitter,
             rng: fastrand::Rng::with_seed(seed),
             phase: Phase::Closed {
@@ -389,6 +414,10 @@ impl CircuitBreaker {
             last_transition: None,
             recent: VecDeque::with_capacity(RECENT_FAILURES),
             episodes: 0,
+            throttle: (config.mode == BreakerMode::Throttle).then(|| {
+                Box::new(Throttle::new(config.throttle_window, config.throttle_k, now))
+            }),
+            config,
         }
     }
 
@@ -403,6 +432,9 @@ impl CircuitBreaker {
             Some(Forced::Open) => return (self.reject(None), None),
             Some(Forced::Closed) => return (allowed, None),
             None => {}
+        }
+        if let Some(throttle) = &mut self.throttle {
+            return (throttled(throttle, now, self.rng.f64()), None);
         }
         let transition = self.expire(now);
         let probes = self.config.half_open_probes;
@@ -447,6 +479,11 @@ impl CircuitBreaker {
             // The breaker has just left the state this result belonged to.
             return Some(transition);
         }
+        if let Some(throttle) = &mut self.throttle {
+            if call.failure.is_none() {
+                throttle.accepted(now);
+            }
+        }
         let failed = call.failure.is_some();
         let slow = call.duration >= self.config.slow_call_duration;
         match self.phase {
@@ -472,7 +509,7 @@ impl CircuitBreaker {
             0
         };
         let (counts, consecutive) = (window.counts(now), *consecutive);
-        if self.forced.is_some() {
+        if self.forced.is_some() || self.throttle.is_some() {
             return None;
         }
         let reason = self.trip_reason(consecutive, counts)?;
@@ -583,9 +620,16 @@ impl CircuitBreaker {
         self.config.grpc_failure_codes.contains(&code)
     }
 
-    /// Whether a response status counts as a failure (`failure_statuses`).
+    /// Whether a response status counts as a failure (`failure_statuses`; in throttle mode
+    /// also a 429: the upstream did not accept the call).
     pub fn is_failure_status(&self, status: u16) -> bool {
         self.config.failure_statuses.contains(&status)
+            || (status == 429 && self.throttle.is_some())
+    }
+
+    /// Throttle mode: the probability that a call asked for now is refused.
+    pub fn throttle_probability(&self, now: Instant) -> Option<f64> {
+        self.throttle.as_ref().map(|t| t.probability(now))
     }
 
     pub fn state(&self) -> State {
@@ -631,13 +675,19 @@ impl CircuitBreaker {
             recent: self.recent.iter().copied().collect(),
             forced: self.forced,
             trips: self.trips(),
+            throttle: self
+                .throttle
+                .as_ref()
+                .map(|t| (t.probability(now), t.counts(now))),
         }
     }
 
     fn reject(&self, retry_after: Option<Duration>) -> Admission {
         match self.config.mode {
             BreakerMode::Shadow => Admission::ShadowRejected,
-            BreakerMode::Enforce | BreakerMode::Off => Admission::Rejected { retry_after },
+            BreakerMode::Enforce | BreakerMode::Off | BreakerMode::Throttle => {
+                Admission::Rejected { retry_after }
+            }
         }
     }
 
@@ -847,6 +897,8 @@ mod tests {
             open_base: Duration::from_secs(5),
             open_max: Duration::from_secs(60),
             half_open_probes: 1,
+            throttle_window: Duration::from_secs(120),
+            throttle_k: 2.0,
         }
     }
 
@@ -1660,6 +1712,8 @@ mod tests {
                             open_base: Duration::from_millis(base),
                             open_max: Duration::from_millis(max),
                             half_open_probes: probes,
+                            throttle_window: Duration::from_secs(120),
+                            throttle_k: 2.0,
                         }
                     },
                 )
@@ -1718,6 +1772,9 @@ mod tests {
                                 Admission::Rejected { retry_after } => {
                                     prop_assert_eq!(cfg.mode, BreakerMode::Enforce);
                                     prop_assert!(retry_after.is_none_or(|after| after <= cfg.open_max));
+                                }
+                                Admission::Throttled { .. } => {
+                                    prop_assert!(false, "throttled outside throttle mode");
                                 }
                             }
                             transition.into_iter().collect()

@@ -10,20 +10,31 @@
 //! the gate and its permits: entering is a compare-and-swap loop, leaving is one `fetch_sub` in
 //! [`GatePermit`]'s `Drop`. A permit owns its `Arc`, so it can travel with a response body
 //! into the connection's task and is released however the request ends — completion, error, or
-//! the future being dropped. (A CONNECT tunnel holds its permit only while it connects.) With `max_in_flight = 0` the gate still counts (the in-flight gauge and the
-//! admin API want the number) but never refuses; that costs one `fetch_add`.
+//! the future being dropped. (A CONNECT tunnel holds its permit only while it connects.)
+//! With `max_in_flight = 0` the gate still counts (the in-flight gauge and the admin API want
+//! the number) but never refuses; that costs one `fetch_add`.
+//!
+//! An adaptive gate (`mode = "aimd" | "gradient"`, §18) keeps its limit in an atomic that its
+//! [`AdaptiveLimit`] moves: every try's latency is a [`Gate::sample`], and each closed window
+//! may store a new limit. A lowered limit refuses new requests until enough in flight finish.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use super::adaptive::{AdaptiveLimit, Sample};
 use crate::policy::Concurrency;
 
 /// The concurrency gate of one destination.
 #[derive(Debug, Clone)]
 pub struct Gate {
     in_flight: Arc<AtomicUsize>,
-    /// `usize::MAX` when unlimited.
-    max: usize,
+    /// `usize::MAX` when unlimited; moved by `adaptive` when there is one.
+    max: Arc<AtomicUsize>,
+    /// Locked for a few instructions per try, never across an await.
+    adaptive: Option<Arc<Mutex<AdaptiveLimit>>>,
 }
 
 /// One admitted request; dropping it frees the slot.
@@ -34,22 +45,32 @@ pub struct GatePermit {
 }
 
 impl Gate {
-    /// A gate admitting `max_in_flight` requests at once (0 = no limit).
+    /// A gate admitting `max_in_flight` requests at once (0 = no limit), or, in an adaptive
+    /// mode, `initial_limit` to begin with.
     pub fn new(concurrency: &Concurrency) -> Self {
-        let max = match concurrency.max_in_flight {
-            0 => usize::MAX,
-            n => usize::try_from(n).unwrap_or(usize::MAX),
+        let adaptive = concurrency
+            .is_adaptive()
+            .then(|| AdaptiveLimit::new(concurrency, Instant::now()));
+        let max = match (&adaptive, concurrency.max_in_flight) {
+            (Some(adaptive), _) => adaptive.limit(),
+            (None, 0) => usize::MAX,
+            (None, n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
         Self {
             in_flight: Arc::new(AtomicUsize::new(0)),
-            max,
+            max: Arc::new(AtomicUsize::new(max)),
+            adaptive: adaptive.map(|a| Arc::new(Mutex::new(a))),
         }
     }
 
     /// A gate with `concurrency`'s limit that counts together with `previous` (a reload
-    /// changed the limit): the requests `previous` admitted are still in flight and hold
-    /// their slots in the new gate too.
-    pub fn carried(concurrency: &Concurrency, previous: &Gate) -> Self {
+    /// changed the policy): the requests `previous` admitted are still in flight and hold
+    /// their slots in the new gate too. An adaptive limit is kept when `concurrency` is
+    /// `previous`'s (`same`): what it learned still holds.
+    pub fn carried(concurrency: &Concurrency, previous: &Gate, same: bool) -> Self {
+        if same {
+            return previous.clone();
+        }
         Self {
             in_flight: Arc::clone(&previous.in_flight),
             ..Self::new(concurrency)
@@ -58,12 +79,13 @@ impl Gate {
 
     /// Admits one request, or `None` when the gate is full (answer `503 overflow`).
     pub fn try_enter(&self) -> Option<GatePermit> {
-        if self.max == usize::MAX {
+        let max = self.max.load(Ordering::Relaxed);
+        if max == usize::MAX {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
         } else {
             self.in_flight
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < self.max).then_some(n + 1)
+                    (n < max).then_some(n + 1)
                 })
                 .ok()?;
         }
@@ -79,7 +101,30 @@ impl Gate {
 
     /// The limit, `None` when unlimited.
     pub fn max_in_flight(&self) -> Option<usize> {
-        (self.max != usize::MAX).then_some(self.max)
+        let max = self.max.load(Ordering::Relaxed);
+        (max != usize::MAX).then_some(max)
+    }
+
+    /// Whether the limit adapts to the upstream.
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive.is_some()
+    }
+
+    /// One try's latency to its head (`dropped`: a timeout, a 429 or a 503), for an adaptive
+    /// limit; returns the new limit when the sample closed a window.
+    pub fn sample(&self, rtt: Duration, dropped: bool) -> Option<usize> {
+        let adaptive = self.adaptive.as_ref()?;
+        let sample = Sample {
+            rtt,
+            in_flight: self.in_flight(),
+            dropped,
+        };
+        let limit = adaptive
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(Instant::now(), sample)?;
+        self.max.store(limit, Ordering::Relaxed);
+        Some(limit)
     }
 }
 
@@ -94,7 +139,10 @@ mod tests {
     use super::*;
 
     fn gate(max_in_flight: u32) -> Gate {
-        Gate::new(&Concurrency { max_in_flight })
+        Gate::new(&Concurrency {
+            max_in_flight,
+            ..Concurrency::default()
+        })
     }
 
     #[test]

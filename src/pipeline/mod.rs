@@ -4,6 +4,7 @@
 //! Each file owns one idea and is pure where possible: state machines take `now` instead of
 //! reading a clock, so tests step time explicitly and the proxy (the I/O) stays elsewhere.
 
+pub mod adaptive;
 pub mod attempt;
 pub mod backoff;
 pub mod breaker;
@@ -15,3 +16,4 @@ pub mod limiter;
 pub mod p2c;
 pub mod peak_ewma;
 pub mod retry;
+pub mod throttle;

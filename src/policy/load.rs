@@ -30,6 +30,8 @@ use super::{
 };
 use crate::address::canonical_host;
 
+mod overload;
+
 /// One problem in a policy file. `line` and `col` are 1-based and point at the offending
 /// value (0 when the file could not be read at all).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -349,6 +351,7 @@ impl<'a> Cx<'a> {
         self.breaker(&mut p.breaker, raw);
         self.rate_limit(&mut p.rate_limit, raw);
         self.concurrency(&mut p.concurrency, raw);
+        self.hedge(&mut p.hedge, raw);
         self.balance(&mut p.balance, raw);
         self.outlier(&mut p.outlier, raw);
         self.dns(&mut p.dns, raw);
@@ -536,6 +539,7 @@ impl<'a> Cx<'a> {
             &r.half_open_probes,
             |&v| int(v, 1, U32_MAX),
         );
+        self.throttle(t, raw);
     }
 
     fn rate_limit(&mut self, t: &mut RateLimit, raw: &RawPolicy) {
@@ -571,16 +575,6 @@ impl<'a> Cx<'a> {
             "rate_limit.fleet_size_hint",
             &r.fleet_size_hint,
             |&v| int(v, 1, U32_MAX),
-        );
-    }
-
-    fn concurrency(&mut self, t: &mut Concurrency, raw: &RawPolicy) {
-        let r = &raw.concurrency;
-        self.value(
-            &mut t.max_in_flight,
-            "concurrency.max_in_flight",
-            &r.max_in_flight,
-            |&v| int(v, 0, U32_MAX),
         );
     }
 
@@ -848,8 +842,9 @@ fn breaker_mode(s: &str) -> Result<BreakerMode, String> {
         "enforce" => Ok(BreakerMode::Enforce),
         "shadow" => Ok(BreakerMode::Shadow),
         "off" => Ok(BreakerMode::Off),
+        "throttle" => Ok(BreakerMode::Throttle),
         _ => Err(format!(
-            "unknown mode \"{s}\"; valid: \"enforce\", \"shadow\", \"off\""
+            "unknown mode \"{s}\"; valid: \"enforce\", \"shadow\", \"off\", \"throttle\""
         )),
     }
 }
@@ -1068,7 +1063,8 @@ impl Default for Policy {
             retry: Retry::default(),
             breaker: Breaker::default(),
             rate_limit: RateLimit::default(),
-            concurrency: Concurrency { max_in_flight: 0 },
+            concurrency: Concurrency::default(),
+            hedge: super::Hedge::default(),
             balance: Balance::default(),
             outlier: Outlier::default(),
             dns: Dns::default(),
@@ -1135,6 +1131,8 @@ impl Default for Breaker {
             open_base: Duration::from_secs(5),
             open_max: Duration::from_secs(60),
             half_open_probes: 1,
+            throttle_window: Duration::from_secs(120),
+            throttle_k: 2.0,
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Policy {
     pub breaker: Breaker,
     pub rate_limit: RateLimit,
     pub concurrency: Concurrency,
+    /// Hedged requests: a copy of a slow request to another endpoint.
+    pub hedge: Hedge,
     /// How a destination's endpoints share its requests.
     pub balance: Balance,
     /// When an endpoint is taken out of its set for a while.
@@ -195,6 +197,10 @@ pub enum BreakerMode {
     Enforce,
     Shadow,
     Off,
+    /// Client-side throttling (Google SRE book, "Handling Overload"): no open state; each try
+    /// is refused locally with probability max(0, (requests − k·accepts) / (requests + 1))
+    /// over `throttle_window`.
+    Throttle,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -219,6 +225,12 @@ pub struct Breaker {
     #[serde(with = "humantime_serde_compat")]
     pub open_max: Duration,
     pub half_open_probes: u32,
+    /// `mode = "throttle"`: the window requests and accepts are counted over.
+    #[serde(with = "humantime_serde_compat")]
+    pub throttle_window: Duration,
+    /// `mode = "throttle"`: K, the accepts-to-requests multiplier (2.0: refuse locally once
+    /// fewer than half the requests are accepted).
+    pub throttle_k: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -265,10 +277,126 @@ impl RateLimit {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `[concurrency]`: how many requests may be in flight to one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Concurrency {
-    /// 0 = no limit.
+    /// `mode = "fixed"`: the limit; 0 = no limit.
     pub max_in_flight: u32,
+    pub mode: ConcurrencyMode,
+    /// Adaptive modes: the bounds of the limit, and where it starts.
+    pub min_limit: u32,
+    pub max_limit: u32,
+    pub initial_limit: u32,
+    /// Adaptive modes: samples are judged per window of this length (and at least 10 tries).
+    #[serde(with = "humantime_serde_compat")]
+    pub window: Duration,
+    /// `aimd`: the limit is multiplied by this on a drop (timeout, 429, 503, slow window).
+    pub backoff_ratio: f64,
+    /// A window's latency above this × the long-run latency is queueing.
+    pub rtt_tolerance: f64,
+    /// `gradient`: how much of a new estimate each window takes.
+    pub smoothing: f64,
+    /// `gradient`: requests allowed to queue above the estimated limit.
+    pub queue_allowance: u32,
+    /// The span of the long-run latency (its minimum for `aimd`, its average for `gradient`).
+    #[serde(with = "humantime_serde_compat")]
+    pub long_window: Duration,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency {
+            max_in_flight: 0,
+            mode: ConcurrencyMode::Fixed,
+            min_limit: 5,
+            max_limit: 1000,
+            initial_limit: 20,
+            window: Duration::from_millis(100),
+            backoff_ratio: 0.9,
+            rtt_tolerance: 1.5,
+            smoothing: 0.2,
+            queue_allowance: 4,
+            long_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Concurrency {
+    /// Whether the limit follows measurements rather than `max_in_flight`.
+    pub fn is_adaptive(&self) -> bool {
+        self.mode != ConcurrencyMode::Fixed
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConcurrencyMode {
+    /// `max_in_flight`, as set.
+    Fixed,
+    /// Additive increase, multiplicative decrease on a drop or a slow window.
+    Aimd,
+    /// Netflix's Gradient2: the limit follows long-run ÷ recent latency, plus a queue allowance.
+    Gradient,
+}
+
+impl ConcurrencyMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            ConcurrencyMode::Fixed => "fixed",
+            ConcurrencyMode::Aimd => "aimd",
+            ConcurrencyMode::Gradient => "gradient",
+        }
+    }
+}
+
+/// `[hedge]`: a second copy of a slow request, sent to another endpoint (§18).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Hedge {
+    pub enabled: bool,
+    pub delay: HedgeDelay,
+    /// The shortest delay a percentile may give.
+    #[serde(with = "humantime_serde_compat")]
+    pub min_delay: Duration,
+    /// Hedges add at most this fraction of first tries (a budget).
+    pub max_extra_load: f64,
+    /// Copies of one request at most, the first included.
+    pub max_attempts: u32,
+}
+
+impl Default for Hedge {
+    fn default() -> Self {
+        Hedge {
+            enabled: false,
+            delay: HedgeDelay::Percentile(95.0),
+            min_delay: Duration::from_millis(5),
+            max_extra_load: 0.05,
+            max_attempts: 2,
+        }
+    }
+}
+
+/// When a hedge is sent: after a fixed time, or after a percentile of the destination's recent
+/// latency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeDelay {
+    Fixed(Duration),
+    /// In (0, 100), e.g. 95.0 for `"p95"`.
+    Percentile(f64),
+}
+
+impl std::fmt::Display for HedgeDelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HedgeDelay::Fixed(d) => write!(f, "{}", humantime::format_duration(*d)),
+            HedgeDelay::Percentile(p) => write!(f, "p{p}"),
+        }
+    }
+}
+
+impl Serialize for HedgeDelay {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// `[balance]`: how a destination's endpoints share its requests.

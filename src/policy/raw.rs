@@ -41,6 +41,8 @@ pub(crate) struct RawPolicy {
     #[serde(default)]
     pub concurrency: RawConcurrency,
     #[serde(default)]
+    pub hedge: RawHedge,
+    #[serde(default)]
     pub balance: RawBalance,
     #[serde(default)]
     pub outlier: RawOutlier,
@@ -93,6 +95,8 @@ pub(crate) struct RawBreaker {
     pub open_base: S<String>,
     pub open_max: S<String>,
     pub half_open_probes: S<i64>,
+    pub throttle_window: S<String>,
+    pub throttle_k: S<f64>,
 }
 
 /// `[rate_limit]`
@@ -112,6 +116,27 @@ pub(crate) struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConcurrency {
     pub max_in_flight: S<i64>,
+    pub mode: S<String>,
+    pub min_limit: S<i64>,
+    pub max_limit: S<i64>,
+    pub initial_limit: S<i64>,
+    pub window: S<String>,
+    pub backoff_ratio: S<f64>,
+    pub rtt_tolerance: S<f64>,
+    pub smoothing: S<f64>,
+    pub queue_allowance: S<i64>,
+    pub long_window: S<String>,
+}
+
+/// `[hedge]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHedge {
+    pub enabled: S<bool>,
+    pub delay: S<String>,
+    pub min_delay: S<String>,
+    pub max_extra_load: S<f64>,
+    pub max_attempts: S<i64>,
 }
 
 /// `[balance]`

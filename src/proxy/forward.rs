@@ -398,10 +398,17 @@ fn upstream_uri(scheme: Scheme, authority: Option<&Authority>, original: &Uri) -
 
 /// Why a request found the destination's gate full.
 pub(super) fn overflow_detail(destination: &Destination) -> String {
+    let gate = &destination.gate;
+    let limit = gate.max_in_flight().unwrap_or(usize::MAX);
+    let source = if gate.is_adaptive() {
+        "the adaptive concurrency limit, now"
+    } else {
+        "concurrency.max_in_flight"
+    };
     format!(
-        "{} already has {} requests in flight (concurrency.max_in_flight)",
+        "{} already has {} requests in flight ({source} {limit})",
         destination.authority,
-        destination.gate.in_flight()
+        gate.in_flight()
     )
 }
 

@@ -126,6 +126,10 @@ impl Destination {
         };
         let now = Instant::now();
         let (set, resolution) = endpoint_set(policy, &authority, &metrics, settings, now);
+        let gate = Gate::new(&policy.concurrency);
+        if let Some(limit) = gate.max_in_flight().filter(|_| gate.is_adaptive()) {
+            metrics.set_concurrency_limit(limit);
+        }
         Destination {
             uri_authority: Authority::try_from(&*authority).ok(),
             endpoints: Arc::new(set),
@@ -133,7 +137,7 @@ impl Destination {
             authority,
             upstream,
             metrics,
-            gate: Gate::new(&policy.concurrency),
+            gate,
             // A fleet limit replaces the local one.
             limiter: fleet
                 .is_none()
@@ -196,7 +200,8 @@ impl Destination {
             Arc::clone(&self.metrics),
             settings,
         );
-        next.gate = Gate::carried(&policy.concurrency, &self.gate);
+        let same_gate = before.concurrency == policy.concurrency;
+        next.gate = Gate::carried(&policy.concurrency, &self.gate, same_gate);
         if before.rate_limit == policy.rate_limit {
             next.limiter.clone_from(&self.limiter);
             next.fleet.clone_from(&self.fleet);
@@ -253,6 +258,14 @@ impl Destination {
             .map_err(PickError::NoEndpoint)
     }
 
+    /// One try's latency for an adaptive concurrency limit (`dropped`: a timeout, a 429 or a
+    /// 503); a new limit goes to `fusebox_concurrency_limit`.
+    fn concurrency_sample(&self, rtt: Duration, dropped: bool) {
+        if let Some(limit) = self.gate.sample(rtt, dropped) {
+            self.metrics.set_concurrency_limit(limit);
+        }
+    }
+
     /// Enters the concurrency gate; `None` when it is full (503 `overflow`).
     pub fn enter(&self) -> Option<InFlight> {
         let permit = self.gate.try_enter()?;
@@ -265,7 +278,14 @@ impl Destination {
 
     /// Asks the breaker to let one attempt through (through [`Destination::begin`]).
     fn admit(&self, now: Instant) -> Admission {
-        let (admission, transition) = self.breaker().admit(now);
+        let (admission, transition, throttle) = {
+            let mut breaker = self.breaker();
+            let (admission, transition) = breaker.admit(now);
+            (admission, transition, breaker.throttle_probability(now))
+        };
+        if let Some(probability) = throttle {
+            self.metrics.set_throttle_ratio(probability);
+        }
         if let Some(transition) = transition {
             self.observe(&transition);
         }

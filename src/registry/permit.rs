@@ -46,6 +46,13 @@ impl Destination {
             Admission::Rejected { retry_after } => {
                 return Err(Refusal::BreakerOpen { retry_after })
             }
+            Admission::Throttled { per_mille, counts } => {
+                return Err(Refusal::Throttled {
+                    per_mille,
+                    requests: counts.requests,
+                    accepts: counts.accepts,
+                })
+            }
         };
         if let Some(limiter) = &self.limiter {
             match limiter.check() {
@@ -170,6 +177,11 @@ impl Permit<'_> {
             Some(kind) => self.ticket.record_failure(self.destination, kind, elapsed),
             None => self.ticket.hand_back(self.destination),
         }
+        // A timeout is the upstream saying "too much"; a refused or reset connection says
+        // nothing about its latency.
+        if matches!(error.kind, ErrorKind::Timeout | ErrorKind::ConnectTimeout) {
+            self.destination.concurrency_sample(elapsed, true);
+        }
         if let Some(result) = error.metric() {
             self.destination.metrics.attempt(result, elapsed);
         }
@@ -185,6 +197,7 @@ impl Permit<'_> {
     pub fn pending(mut self, destination: Arc<Destination>) -> Pending {
         debug_assert!(std::ptr::eq(self.destination, &*destination));
         let to_head = self.ticket.started.elapsed();
+        destination.concurrency_sample(to_head, false);
         let probe_passed = self.ticket.probe.take().inspect(|&episode| {
             destination.record(CallResult {
                 failure: None,
@@ -245,12 +258,19 @@ impl Ticket {
 
     fn answered(&mut self, destination: &Destination, status: StatusCode) {
         let elapsed = self.spend();
+        let dropped = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        destination.concurrency_sample(elapsed, dropped);
         let failed = destination.record_status(status.as_u16(), elapsed, self.probe);
         destination.metrics.attempt(verdict(failed), elapsed);
     }
 
     fn grpc_ended(&mut self, destination: &Destination, code: GrpcCode) -> bool {
         let elapsed = self.spend();
+        let dropped = matches!(code, GrpcCode::ResourceExhausted | GrpcCode::Unavailable);
+        destination.concurrency_sample(elapsed, dropped);
         let failed = destination.record_grpc(code, elapsed, self.probe);
         destination.metrics.attempt(verdict(failed), elapsed);
         failed
