@@ -522,6 +522,9 @@ mod tests {
             intercept: false,
             fleet: None,
             endpoints: Vec::new(),
+            limit: None,
+            limit_mode: "fixed".into(),
+            throttle: None,
         }
     }
 

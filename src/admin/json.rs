@@ -279,7 +279,7 @@ impl DestinationView {
             intercept: false,
             fleet: None,
             limit: None,
-            limit_mode: String::new(),
+            limit_mode: "fixed".to_owned(),
             throttle: snapshot.throttle.map(|(probability, counts)| ThrottleView {
                 probability,
                 requests: counts.requests,
@@ -394,6 +394,8 @@ mod tests {
                      "text": "the connection could not be established"},
                 ],
                 "in_flight": 4,
+                "limit": null,
+                "limit_mode": "fixed",
                 "forced": null,
                 "trips": 1,
                 "mode": "enforce",

@@ -35,6 +35,8 @@ pub struct AccessLine<'a> {
     pub cause: Option<&'a str>,
     /// Only on requests that came through HTTPS interception.
     pub intercepted: bool,
+    /// Only when hedges were sent (§18): which copy of the request answered, 1 the first.
+    pub copy: Option<u32>,
 }
 
 /// The line as a `tracing` event (target `fusebox::access`), for whatever subscriber is
@@ -55,6 +57,7 @@ pub fn event(line: &AccessLine<'_>) {
         reason = line.reason,
         cause = line.cause,
         intercepted = line.intercepted.then_some(true),
+        copy = line.copy,
     );
 }
 
@@ -95,6 +98,10 @@ pub fn write_text(out: &mut Vec<u8>, timestamp: &[u8], line: &AccessLine<'_>) {
     if line.intercepted {
         out.extend_from_slice(b" intercepted=true");
     }
+    if let Some(copy) = line.copy {
+        out.extend_from_slice(b" copy=");
+        decimal(out, u64::from(copy));
+    }
     out.push(b'\n');
 }
 
@@ -132,6 +139,10 @@ pub fn write_json(out: &mut Vec<u8>, timestamp: &[u8], line: &AccessLine<'_>) {
     }
     if line.intercepted {
         out.extend_from_slice(b",\"intercepted\":true");
+    }
+    if let Some(copy) = line.copy {
+        out.extend_from_slice(b",\"copy\":");
+        decimal(out, u64::from(copy));
     }
     out.extend_from_slice(b"},\"target\":\"fusebox::access\"}\n");
 }
@@ -277,6 +288,7 @@ mod tests {
             reason: None,
             cause: None,
             intercepted: false,
+            copy: None,
         };
         vec![
             plain,
@@ -293,6 +305,7 @@ mod tests {
                 path: "/quote\"back\\slash\u{7}/é",
                 duration_micros: 1_000,
                 intercepted: true,
+                copy: None,
                 ..plain
             },
             AccessLine {

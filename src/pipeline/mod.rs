@@ -12,6 +12,7 @@ pub mod budget;
 pub mod ejection;
 pub mod gate;
 pub mod grpc;
+pub mod hedge;
 pub mod limiter;
 pub mod p2c;
 pub mod peak_ewma;

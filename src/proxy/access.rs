@@ -1,8 +1,9 @@
 //! The end of every app request, in one place: its metrics (`fusebox_requests_total`,
 //! `fusebox_request_duration_seconds`) and its access-log line (target `fusebox::access`, one
 //! structured event per request: upstream, destination, method, path without the query,
-//! status (and `grpc_status` for gRPC calls), outcome, attempts, duration, the local-reply reason if any, and `intercepted` for
-//! requests that came through HTTPS interception).
+//! status (and `grpc_status` for gRPC calls), outcome, attempts, duration, the local-reply
+//! reason if any, `intercepted` for requests that came through HTTPS interception, and `copy`
+//! for hedged requests: which copy answered).
 
 use std::time::Instant;
 
@@ -37,6 +38,8 @@ pub struct Seen {
     method: Method,
     uri: Uri,
     intercepted: bool,
+    /// When hedges were sent (§18): which copy answered, 1 the first.
+    pub copy: Option<u32>,
 }
 
 impl Seen {
@@ -61,6 +64,7 @@ impl Seen {
             method,
             uri,
             intercepted: false,
+            copy: None,
         }
     }
 
@@ -135,6 +139,7 @@ impl Seen {
             reason: reason.map(|(reason, _)| reason.as_str()),
             cause: reason.map(|(_, cause)| cause),
             intercepted: self.intercepted,
+            copy: self.copy,
         });
     }
 }

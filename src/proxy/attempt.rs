@@ -14,21 +14,20 @@ use http::{header, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::hedge::{race, Raced, TryCount};
 use super::resend::{prepare_body, Resend};
+use super::sending::{admit, Sending};
 use crate::outcome::Reason;
-use crate::pipeline::attempt::{Refusal, Sent};
+use crate::pipeline::attempt::Sent;
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
 use crate::policy::{Retry, RetryOn};
-use crate::registry::{Destination, Permit, Upstream};
+use crate::registry::{Destination, Upstream};
 use crate::upstream::UpstreamBody;
 
 pub use super::local_answer::LocalAnswer;
-use super::one_try::{
-    endpoint_end, per_endpoint_authority, unpicked, verdict_of, Ended, Try, TryLimit, Verdict,
-    Whole,
-};
+use super::one_try::{verdict_of, Ended, TryLimit, Verdict, Whole};
 pub use super::one_try::{Answer, Path};
 
 /// Sends the request, retrying as the policy allows, until an answer is final.
@@ -55,6 +54,7 @@ pub async fn run(
     let (max_replay, idle) = (policy.retry.max_replay_bytes, policy.timeouts.idle);
     let body = prepare_body(body, &parts, max_replay, deadline, idle).await?;
     let mut retrying = Retrying::new(&policy.retry, &parts, jitter, grpc);
+    let upgrading = parts.headers.contains_key(header::UPGRADE);
     let mut sending = Sending {
         upstream,
         path,
@@ -64,6 +64,8 @@ pub async fn run(
         tried: 0,
     };
     destination.budget.deposit();
+    let hedging = hedging(destination, &retrying, &sending.request, upgrading);
+    let bounds = Bounds { deadline, whole };
     // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
     // all (deadline, limiter, open breaker), the app gets this real answer, not a local one.
     let mut previous: Option<Ended> = None;
@@ -88,12 +90,31 @@ pub async fn run(
         drop(previous.take());
         retrying.count_sent(destination);
         *tries += 1;
-        let limit = if remaining < policy.timeouts.attempt {
-            TryLimit::Deadline(remaining, whole)
-        } else {
-            TryLimit::Attempt(policy.timeouts.attempt)
+        let limit = bounds.limit(remaining, policy.timeouts.attempt);
+        let ended = match hedging {
+            Some(hedging) => {
+                let count = TryCount {
+                    made: &mut *tries,
+                    max: policy.retry.attempts,
+                };
+                let limit_now = || bounds.limit_now(policy.timeouts.attempt);
+                let Raced { mut ended, copy } = race(
+                    &mut sending,
+                    hedging,
+                    &policy.retry,
+                    permit,
+                    limit,
+                    count,
+                    limit_now,
+                )
+                .await?;
+                if let Ok(answer) = &mut ended {
+                    answer.copy = copy;
+                }
+                ended
+            }
+            None => sending.one(permit, limit, last).await?,
         };
-        let ended = sending.one(permit, limit, last).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         let replayable = sending.request.replayable();
         match retrying.delay(destination, &ended, *tries, replayable, left) {
@@ -106,77 +127,41 @@ pub async fn run(
     }
 }
 
-/// Asks the destination to let one try through: breaker and local limiter, then a fleet-wide
-/// limit. Its Redis call is a large future: boxed, so that it does not enlarge the requests of
-/// destinations without one.
-async fn admit(destination: &Destination) -> Result<Permit<'_>, Refusal> {
-    match destination.begin() {
-        Ok(permit) if destination.fleet.is_some() => Box::pin(permit.fleet_admit()).await,
-        admitted => admitted,
+/// The destination's hedging (§18) when this request may be hedged: sent more than once (an
+/// idempotent method or an `Idempotency-Key`), its body kept whole, no protocol upgrade. Every
+/// request earns the hedge budget its share.
+fn hedging<'d>(
+    destination: &'d Destination,
+    retrying: &Retrying<'_>,
+    request: &Resend,
+    upgrading: bool,
+) -> Option<&'d crate::pipeline::hedge::Hedging> {
+    let hedging = destination.hedging.as_deref()?;
+    hedging.deposit(Instant::now());
+    (retrying.resendable && request.kept_whole() && !upgrading).then_some(hedging)
+}
+
+/// The request's time: its deadline, and what set it.
+#[derive(Clone, Copy)]
+struct Bounds {
+    deadline: Instant,
+    whole: Whole,
+}
+
+impl Bounds {
+    /// A try's limit with `remaining` of the request's time: the attempt timeout, or what is
+    /// left of the whole when that is less.
+    fn limit(self, remaining: Duration, attempt: Duration) -> TryLimit {
+        if remaining < attempt {
+            TryLimit::Deadline(remaining, self.whole)
+        } else {
+            TryLimit::Attempt(attempt)
+        }
     }
-}
 
-/// What stays the same from one try to the next: where the request goes, the request, and
-/// the endpoints it went to (bit `index % 64`: a retry goes elsewhere).
-struct Sending<'a> {
-    upstream: &'a Upstream,
-    path: Path,
-    destination: &'a Arc<Destination>,
-    grpc: bool,
-    request: Resend,
-    tried: u64,
-}
-
-impl Sending<'_> {
-    /// One try under `permit` and `limit` (`last`: no other may follow), to an endpoint picked
-    /// for it, recorded there. A try that finds no endpoint is the final answer (`Err`).
-    async fn one(
-        &mut self,
-        permit: Permit<'_>,
-        limit: TryLimit,
-        last: bool,
-    ) -> Result<Ended, LocalAnswer> {
-        let destination = self.destination;
-        let started = permit.started();
-        let picked = match destination
-            .pick(self.tried, started, limit.duration())
-            .await
-        {
-            Ok(picked) => picked,
-            Err(error) => {
-                let error = unpicked(error, &destination.authority);
-                permit.failed(&error);
-                return Err(LocalAnswer::failed(error));
-            }
-        };
-        self.tried |= picked.tried_bit();
-        if let Some(authority) = per_endpoint_authority(self.upstream, &picked) {
-            self.request.set_authority(authority);
-        }
-        // Once the request was sent for good it is not replayable, so the planner never asks
-        // for another try; should it ever, the last answer stands.
-        let Some((next, has_body)) = self.request.next(last) else {
-            picked.neutral();
-            let detail = "no request left to send".to_owned();
-            return Err(LocalAnswer::local(Reason::Internal, detail));
-        };
-        let try_ = Try {
-            upstream: self.upstream,
-            path: self.path,
-            destination,
-            picked,
-            tried: self.tried,
-            has_body,
-            grpc: self.grpc,
-        };
-        let (ended, picked, tried) = try_.run(permit, next, limit).await;
-        self.tried = tried;
-        let now = Instant::now();
-        match endpoint_end(self.upstream, &ended, self.grpc) {
-            Some(end) => picked.finish(&destination.endpoints, end, now),
-            None => picked.neutral(),
-        }
-        Ok(ended)
+    /// The limit of a try starting now; `None` once the deadline passed.
+    fn limit_now(self, attempt: Duration) -> Option<TryLimit> {
+        time_left(self.deadline).map(|remaining| self.limit(remaining, attempt))
     }
 }
 

@@ -35,7 +35,7 @@ pub async fn handle(
     route: Option<&str>,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let seen = Seen::of(&req);
+    let mut seen = Seen::of(&req);
     let grpc = seen.grpc;
     let snapshot = ctx.registry.load();
     let routed = match route_request(ctx, &snapshot, route, &req) {
@@ -80,7 +80,10 @@ pub async fn handle(
     )
     .await;
     let (mut response, pending, pace) = match ran {
-        Ok(answer) => (answer.response, answer.pending, answer.pace),
+        Ok(answer) => {
+            seen.copy = answer.copy;
+            (answer.response, answer.pending, answer.pace)
+        }
         Err(answer) => {
             drop(in_flight);
             return finish_answer(upstream, &destination, &seen, &answer, tries);

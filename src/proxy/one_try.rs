@@ -37,6 +37,8 @@ pub struct Answer {
     pub pending: Option<Pending>,
     /// How the app keeps up with a request body that still streams (a gRPC stream's).
     pub pace: Option<Pace>,
+    /// When hedges were sent (§18): which copy answered, 1 being the first.
+    pub copy: Option<u32>,
 }
 
 /// How tries reach the upstream (the endpoint each try goes to has both).
@@ -111,6 +113,7 @@ impl Try<'_> {
                     response,
                     pending,
                     pace,
+                    copy: None,
                 })
             }
             Ok(Err(error)) => {

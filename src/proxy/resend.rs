@@ -121,6 +121,21 @@ impl Resend {
         }
     }
 
+    /// Whether the body is kept whole (so that copies of the request can run side by side).
+    pub(super) fn kept_whole(&self) -> bool {
+        matches!(self.body, Some(Body::Replayable(_)))
+    }
+
+    /// A copy of the request for a try beside others (a hedge), and whether it has a body;
+    /// `None` unless its body is kept whole.
+    pub(super) fn copy(&self) -> Option<(Request<RequestBody>, bool)> {
+        let (Some(parts), Some(Body::Replayable(bytes))) = (&self.parts, &self.body) else {
+            return None;
+        };
+        let body = RequestBody::Full(bytes.clone());
+        Some((Request::from_parts(copy_parts(parts), body), bytes.is_some()))
+    }
+
     /// The next try's request, and whether it has a body; `None` once it was sent for good.
     pub(super) fn next(&mut self, last: bool) -> Option<(Outgoing<'_>, bool)> {
         if !last && matches!(self.body, Some(Body::Replayable(_))) {

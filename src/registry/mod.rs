@@ -41,6 +41,7 @@ use crate::pipeline::breaker::{
 use crate::pipeline::budget::RetryBudget;
 use crate::pipeline::gate::{Gate, GatePermit};
 use crate::pipeline::grpc::GrpcCode;
+use crate::pipeline::hedge::Hedging;
 use crate::pipeline::limiter::RateLimiter;
 use crate::policy::{Endpoint, Policy, PolicySet};
 use crate::telemetry::{DestinationMetrics, Telemetry, OTHER_DESTINATION};
@@ -95,6 +96,8 @@ pub struct Destination {
     /// The fleet-wide limit (`scope = "fleet"` with `--redis`), instead of `limiter`.
     pub fleet: Option<Arc<FleetLimit>>,
     pub budget: Arc<RetryBudget>,
+    /// `[hedge] enabled`: the hedge delay's latencies and the hedge budget (§18).
+    pub hedging: Option<Arc<Hedging>>,
     /// Locked only for a few instructions, never across an await.
     breaker: Arc<Mutex<CircuitBreaker>>,
     /// The upstream chose HTTP/2 in a TLS handshake: its requests go on the pooled client,
@@ -145,6 +148,10 @@ impl Destination {
                 .flatten(),
             fleet,
             budget: Arc::new(RetryBudget::new(&policy.retry)),
+            hedging: policy
+                .hedge
+                .enabled
+                .then(|| Arc::new(Hedging::new(&policy.hedge, &policy.retry, now))),
             breaker: Arc::new(Mutex::new(CircuitBreaker::new(
                 policy.breaker.clone(),
                 jitter,
@@ -214,6 +221,9 @@ impl Destination {
         if same_budget {
             next.budget = Arc::clone(&self.budget);
         }
+        if before.hedge == policy.hedge {
+            next.hedging.clone_from(&self.hedging);
+        }
         if same_endpoint_set(before, policy) {
             next.endpoints = Arc::clone(&self.endpoints);
             next.resolution = Arc::clone(&self.resolution);
@@ -258,11 +268,15 @@ impl Destination {
             .map_err(PickError::NoEndpoint)
     }
 
-    /// One try's latency for an adaptive concurrency limit (`dropped`: a timeout, a 429 or a
-    /// 503); a new limit goes to `fusebox_concurrency_limit`.
-    fn concurrency_sample(&self, rtt: Duration, dropped: bool) {
+    /// One try's latency to its head (`dropped`: a timeout, a 429 or a 503), for an adaptive
+    /// concurrency limit (a new limit goes to `fusebox_concurrency_limit`) and a percentile
+    /// hedge delay.
+    fn observe_latency(&self, rtt: Duration, dropped: bool) {
         if let Some(limit) = self.gate.sample(rtt, dropped) {
             self.metrics.set_concurrency_limit(limit);
+        }
+        if let Some(hedging) = self.hedging.as_ref().filter(|_| !dropped) {
+            hedging.record(Instant::now(), rtt);
         }
     }
 

@@ -180,7 +180,7 @@ impl Permit<'_> {
         // A timeout is the upstream saying "too much"; a refused or reset connection says
         // nothing about its latency.
         if matches!(error.kind, ErrorKind::Timeout | ErrorKind::ConnectTimeout) {
-            self.destination.concurrency_sample(elapsed, true);
+            self.destination.observe_latency(elapsed, true);
         }
         if let Some(result) = error.metric() {
             self.destination.metrics.attempt(result, elapsed);
@@ -197,7 +197,7 @@ impl Permit<'_> {
     pub fn pending(mut self, destination: Arc<Destination>) -> Pending {
         debug_assert!(std::ptr::eq(self.destination, &*destination));
         let to_head = self.ticket.started.elapsed();
-        destination.concurrency_sample(to_head, false);
+        destination.observe_latency(to_head, false);
         let probe_passed = self.ticket.probe.take().inspect(|&episode| {
             destination.record(CallResult {
                 failure: None,
@@ -262,7 +262,7 @@ impl Ticket {
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         );
-        destination.concurrency_sample(elapsed, dropped);
+        destination.observe_latency(elapsed, dropped);
         let failed = destination.record_status(status.as_u16(), elapsed, self.probe);
         destination.metrics.attempt(verdict(failed), elapsed);
     }
@@ -270,7 +270,7 @@ impl Ticket {
     fn grpc_ended(&mut self, destination: &Destination, code: GrpcCode) -> bool {
         let elapsed = self.spend();
         let dropped = matches!(code, GrpcCode::ResourceExhausted | GrpcCode::Unavailable);
-        destination.concurrency_sample(elapsed, dropped);
+        destination.observe_latency(elapsed, dropped);
         let failed = destination.record_grpc(code, elapsed, self.probe);
         destination.metrics.attempt(verdict(failed), elapsed);
         failed
