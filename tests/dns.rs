@@ -240,9 +240,15 @@ async fn a_streamed_body_is_moved_to_the_next_address_unread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dns_server_that_never_answers_is_bounded_by_the_try() {
     // A "server" that takes every query, over UDP and TCP, and answers none.
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = udp.local_addr().unwrap();
-    let _tcp = std::net::TcpListener::bind(addr).unwrap();
+    // The same port for both: a UDP port whose TCP twin is taken is tried again.
+    let (_udp, _tcp, addr) = (0..100)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            let addr = udp.local_addr().ok()?;
+            let tcp = std::net::TcpListener::bind(addr).ok()?;
+            Some((udp, tcp, addr))
+        })
+        .expect("a port free for both UDP and TCP");
     let policy = "[retry]\nattempts = 1\n[timeouts]\nattempt = \"300ms\"\n";
     let fusebox = TestFusebox::start_with(policies_dir(&[("default", policy)]), move |config| {
         config.dns_server = Some(addr);
