@@ -459,10 +459,9 @@ impl DestinationMetrics {
             .get_or_init(|| {
                 let mut labels = self.labels.to_vec();
                 labels.push(Label::from_static_parts("result", result.label()));
-                self.telemetry.recorder.register_counter(
-                    &Key::from_parts("fusebox_hedges_total", labels),
-                    &METADATA,
-                )
+                self.telemetry
+                    .recorder
+                    .register_counter(&Key::from_parts("fusebox_hedges_total", labels), &METADATA)
             })
             .increment(1);
     }

@@ -354,3 +354,67 @@ async fn a_long_stream_as_a_half_open_probe_closes_the_breaker_at_its_head() {
         "{metrics}"
     );
 }
+
+/// Hedging for an idempotent gRPC service (`POST` listed in `retry.methods`), §18.
+const HEDGE_GRPC: &str = "[retry]\nattempts = 2\nmethods = [\"POST\"]\n\
+                          [hedge]\nenabled = true\nmax_extra_load = 1.0\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_grpc_call_is_hedged_with_its_recorded_body() {
+    // The first call never answers; the hedge, a copy of the recorded body, answers at once.
+    let server = GrpcServer::start(&["stall", "ok"], None);
+    let extra = format!("{HEDGE_GRPC}delay = \"100ms\"\n");
+    let (fusebox, target) = route_to(server.port, &extra).await;
+    let lines = grpc_call(&target, &[], &[]).await;
+    assert_eq!(
+        lines,
+        ["ok pong:ping"],
+        "the hedge carried the same request body"
+    );
+    assert_eq!(server.hits_at_least(2).await, 2);
+    let metrics = fusebox.metrics().await;
+    let port = server.port;
+    let hedges = |result| {
+        count(
+            &metrics,
+            "fusebox_hedges_total",
+            &labels(port, &[("result", result)]),
+        )
+    };
+    assert_eq!((hedges("sent"), hedges("won")), (1.0, 1.0), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_grpc_status_sends_the_next_hedge_at_once() {
+    // gRFC A6: UNAVAILABLE from one copy sends the next at once, long before the hedge delay
+    // and with no retry backoff.
+    let server = GrpcServer::start(&["unavailable", "ok"], None);
+    let extra = "[retry]\nattempts = 2\nmethods = [\"POST\"]\n\
+                 backoff_base = \"30s\"\nbackoff_max = \"30s\"\n\
+                 [timeouts]\ntotal = \"20s\"\n\
+                 [hedge]\nenabled = true\nmax_extra_load = 1.0\ndelay = \"30s\"\n";
+    let (fusebox, target) = route_to(server.port, extra).await;
+    let started = std::time::Instant::now();
+    let lines = grpc_call(&target, &[], &[]).await;
+    assert_eq!(lines, ["ok pong:ping"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "neither the 30 s delay nor a 30 s backoff was waited for"
+    );
+    let metrics = fusebox.metrics().await;
+    let port = server.port;
+    let hedges = |result| {
+        count(
+            &metrics,
+            "fusebox_hedges_total",
+            &labels(port, &[("result", result)]),
+        )
+    };
+    assert_eq!((hedges("sent"), hedges("won")), (1.0, 1.0), "{metrics}");
+    let retries = count(
+        &metrics,
+        "fusebox_retries_total",
+        &labels(port, &[("reason", "grpc-status")]),
+    );
+    assert_eq!(retries, 0.0, "a hedge, not a retry: {metrics}");
+}

@@ -156,7 +156,10 @@ async fn a_request_that_may_not_be_sent_twice_is_never_hedged() {
             .expect("request");
         assert_eq!(response.status(), 200);
     }
-    assert!(stalled.hits() > before.0, "one started at the stalled endpoint");
+    assert!(
+        stalled.hits() > before.0,
+        "one started at the stalled endpoint"
+    );
     assert_eq!(fast.hits() - before.1, 2, "and was hedged to the other one");
     let text = fusebox.metrics().await;
     let sent = hedges(&text, "sent");
@@ -168,7 +171,8 @@ async fn hedges_and_retries_together_stay_within_retry_attempts() {
     let a = FakeUpstream::builder().stall().start().await;
     let b = FakeUpstream::builder().stall().start().await;
     let c = FakeUpstream::builder().stall().start().await;
-    let extra = "[hedge]\nenabled = true\ndelay = \"20ms\"\nmax_attempts = 3\nmax_extra_load = 1.0\n\
+    let extra =
+        "[hedge]\nenabled = true\ndelay = \"20ms\"\nmax_attempts = 3\nmax_extra_load = 1.0\n\
                  [retry]\nattempts = 2\non = [\"timeout\"]\n\
                  [timeouts]\nattempt = \"200ms\"\ntotal = \"1s\"\n";
     let endpoints = [a.authority(), b.authority(), c.authority()];
@@ -179,7 +183,11 @@ async fn hedges_and_retries_together_stay_within_retry_attempts() {
         .await
         .expect("request");
     assert_eq!(response.status(), 504);
-    assert_eq!(a.hits() + b.hits() + c.hits(), 2, "one first try and one hedge");
+    assert_eq!(
+        a.hits() + b.hits() + c.hits(),
+        2,
+        "one first try and one hedge"
+    );
     let text = fusebox.metrics().await;
     assert_eq!(hedges(&text, "sent"), 1.0, "{text}");
     assert_eq!(hedges(&text, "lost"), 1.0, "{text}");

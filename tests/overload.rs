@@ -58,7 +58,10 @@ async fn an_aimd_limit_backs_off_on_429_and_refuses_beyond_it() {
     let first = get_n(&fusebox, 1).await;
     assert_eq!(first[0].0, 429);
     let view = fusebox.upstreams("svc").await;
-    assert_eq!(view[0]["limit"], 8, "the initial limit, before any window closed: {view}");
+    assert_eq!(
+        view[0]["limit"], 8,
+        "the initial limit, before any window closed: {view}"
+    );
     // Every window of 10 tries holds a drop (a 429): 8 → 4 → 2, then the floor.
     let seen = get_n(&fusebox, 29).await;
     assert!(seen.iter().all(|(status, ..)| *status == 429), "{seen:?}");
@@ -102,9 +105,15 @@ async fn a_fixed_limit_is_shown_and_named_in_its_refusal() {
     let body = refused.text().await.unwrap();
     assert!(body.contains("(concurrency.max_in_flight 1)"), "{body}");
     let view = fusebox.upstreams("svc").await;
-    assert_eq!((&view[0]["limit"], &view[0]["limit_mode"]), (&1.into(), &"fixed".into()));
+    assert_eq!(
+        (&view[0]["limit"], &view[0]["limit_mode"]),
+        (&1.into(), &"fixed".into())
+    );
     let text = fusebox.metrics().await;
-    assert!(!text.contains("fusebox_concurrency_limit"), "fixed limits have no gauge");
+    assert!(
+        !text.contains("fusebox_concurrency_limit"),
+        "fixed limits have no gauge"
+    );
     held.abort();
 }
 

@@ -106,7 +106,9 @@ impl AdaptiveLimit {
                 half_start: now,
             },
         };
-        let initial = config.initial_limit.clamp(config.min_limit, config.max_limit);
+        let initial = config
+            .initial_limit
+            .clamp(config.min_limit, config.max_limit);
         AdaptiveLimit {
             config: *config,
             limit: f64::from(initial),
@@ -297,7 +299,7 @@ mod tests {
         // A drop (a timeout, a 429 or a 503): × 0.9.
         let (l, end) = window(&mut limit, now, 10 * MS, 30, true);
         assert_eq!(l, 23); // 25 × 0.9 = 22.5
-        // An app that uses less than half the limit proves nothing: no growth.
+                           // An app that uses less than half the limit proves nothing: no growth.
         let (l, _) = window(&mut limit, end, 10 * MS, 5, false);
         assert_eq!(l, 23);
     }
@@ -356,7 +358,7 @@ mod tests {
             (l, now) = window(&mut limit, now, 10 * MS, 1000, false);
         }
         assert_eq!(l, 28); // 20 + 10 × 0.8
-        // Latency triples: gradient clamps at 0.5; limit × (0.8 + 0.1) + 0.8 per window.
+                           // Latency triples: gradient clamps at 0.5; limit × (0.8 + 0.1) + 0.8 per window.
         let before = limit.limit;
         (l, now) = window(&mut limit, now, 30 * MS, 1000, false);
         let expected = before * 0.8 + (before * 0.5 + 4.0) * 0.2;

@@ -415,7 +415,11 @@ impl CircuitBreaker {
             recent: VecDeque::with_capacity(RECENT_FAILURES),
             episodes: 0,
             throttle: (config.mode == BreakerMode::Throttle).then(|| {
-                Box::new(Throttle::new(config.throttle_window, config.throttle_k, now))
+                Box::new(Throttle::new(
+                    config.throttle_window,
+                    config.throttle_k,
+                    now,
+                ))
             }),
             config,
         }
@@ -623,8 +627,7 @@ impl CircuitBreaker {
     /// Whether a response status counts as a failure (`failure_statuses`; in throttle mode
     /// also a 429: the upstream did not accept the call).
     pub fn is_failure_status(&self, status: u16) -> bool {
-        self.config.failure_statuses.contains(&status)
-            || (status == 429 && self.throttle.is_some())
+        self.config.failure_statuses.contains(&status) || (status == 429 && self.throttle.is_some())
     }
 
     /// Throttle mode: the probability that a call asked for now is refused.

@@ -164,7 +164,9 @@ fn bucket(us: u64) -> usize {
     let exponent = 63 - us.leading_zeros(); // at least 3
     let mantissa = (us >> (exponent - 3)) & u64::from(SUB - 1);
     let index = (exponent - 2) * SUB + u32::try_from(mantissa).unwrap_or(0);
-    usize::try_from(index).unwrap_or(BUCKETS - 1).min(BUCKETS - 1)
+    usize::try_from(index)
+        .unwrap_or(BUCKETS - 1)
+        .min(BUCKETS - 1)
 }
 
 /// The largest value of bucket `index`, in microseconds (a percentile errs on the late side).
@@ -186,7 +188,11 @@ fn percentile_of(counts: &[u32], p: f64) -> Option<u64> {
         return None;
     }
     // The rank of the percentile, 1-based, at least 1.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let rank = ((p / 100.0 * total as f64).ceil() as u64).clamp(1, total);
     let mut seen = 0;
     for (index, &count) in counts.iter().enumerate() {
@@ -216,7 +222,20 @@ mod tests {
 
     #[test]
     fn buckets_are_within_an_eighth() {
-        for us in [0, 1, 7, 8, 9, 15, 16, 100, 10_000, 10_999, 1_000_000, u64::MAX / 2] {
+        for us in [
+            0,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            100,
+            10_000,
+            10_999,
+            1_000_000,
+            u64::MAX / 2,
+        ] {
             let index = bucket(us);
             let upper = upper_edge(index);
             assert!(upper >= us.min(upper_edge(BUCKETS - 1)), "{us}: {upper}");

@@ -128,7 +128,8 @@ pub async fn run(
 }
 
 /// The destination's hedging (§18) when this request may be hedged: sent more than once (an
-/// idempotent method or an `Idempotency-Key`), its body kept whole, no protocol upgrade. Every
+/// idempotent method or an `Idempotency-Key`), its body kept whole or recorded (not one that
+/// streams once), no protocol upgrade. Every
 /// request earns the hedge budget its share.
 fn hedging<'d>(
     destination: &'d Destination,
@@ -138,7 +139,7 @@ fn hedging<'d>(
 ) -> Option<&'d crate::pipeline::hedge::Hedging> {
     let hedging = destination.hedging.as_deref()?;
     hedging.deposit(Instant::now());
-    (retrying.resendable && request.kept_whole() && !upgrading).then_some(hedging)
+    (retrying.resendable && request.may_race() && !upgrading).then_some(hedging)
 }
 
 /// The request's time: its deadline, and what set it.
@@ -159,9 +160,10 @@ impl Bounds {
         }
     }
 
-    /// The limit of a try starting now; `None` once the deadline passed.
-    fn limit_now(self, attempt: Duration) -> Option<TryLimit> {
-        time_left(self.deadline).map(|remaining| self.limit(remaining, attempt))
+    /// The limit of a try starting now and what is left of the request's time; `None` once
+    /// the deadline passed.
+    fn limit_now(self, attempt: Duration) -> Option<(TryLimit, Duration)> {
+        time_left(self.deadline).map(|remaining| (self.limit(remaining, attempt), remaining))
     }
 }
 

@@ -5,6 +5,9 @@
 //! their connections (never reused) and records their permits as `abandoned`: never a breaker
 //! failure, never an endpoint's failure.
 //!
+//! A body of unknown length (every gRPC call's) is recorded by the first copy; a hedge waits
+//! until it went through whole, within `max_replay_bytes`.
+//!
 //! A copy that failed (no answer, or a 5xx) while another still runs does not end the race: the
 //! other may still answer. A gRPC status in `[retry] grpc_codes` sends the next copy at once
 //! (gRFC A6). A hedge the budget refuses is asked for again after each further delay while
@@ -14,6 +17,7 @@
 
 use std::future::{poll_fn, Future};
 use std::task::Poll;
+use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
 
@@ -48,7 +52,8 @@ enum Meaning {
 }
 
 /// Races copies of the request, the first under `permit` and `limit`; `limit_now` gives the
-/// limit of a copy starting now (`None` once the request's deadline passed).
+/// limit of a copy starting now and what is left of the request's time (`None` once its
+/// deadline passed).
 pub(super) async fn race<'a>(
     sending: &mut Sending<'a>,
     hedging: &Hedging,
@@ -56,9 +61,9 @@ pub(super) async fn race<'a>(
     permit: crate::registry::Permit<'a>,
     limit: TryLimit,
     tries: TryCount<'_>,
-    limit_now: impl Fn() -> Option<TryLimit>,
+    limit_now: impl Fn() -> Option<(TryLimit, Duration)>,
 ) -> Result<Raced, LocalAnswer> {
-    let first = sending.copy(permit, limit).await?;
+    let first = sending.copy(permit, limit, true).await?;
     let Some(delay) = hedging.delay() else {
         let (ended, tried) = first.await;
         sending.tried |= tried;
@@ -76,6 +81,7 @@ pub(super) async fn race<'a>(
     loop {
         match race.next(due).await {
             Event::Ended(index, ended, tried) => {
+                let ended = *ended;
                 sending.tried |= tried;
                 let meaning = meaning(&ended, retry, sending.grpc);
                 if meaning == Meaning::Final {
@@ -114,7 +120,8 @@ struct Race<'a, 't> {
 }
 
 enum Event {
-    Ended(u32, Ended, u64),
+    /// Boxed: an ending is large, and a race is rare.
+    Ended(u32, Box<Ended>, u64),
     Due,
 }
 
@@ -126,7 +133,7 @@ impl<'a> Race<'a, '_> {
             for i in 0..self.running.len() {
                 if let Poll::Ready((ended, tried)) = self.running[i].1.as_mut().poll(cx) {
                     let (index, _) = self.running.swap_remove(i);
-                    return Poll::Ready(Event::Ended(index, ended, tried));
+                    return Poll::Ready(Event::Ended(index, Box::new(ended), tried));
                 }
             }
             match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
@@ -147,13 +154,17 @@ impl<'a> Race<'a, '_> {
         &mut self,
         sending: &mut Sending<'a>,
         hedging: &Hedging,
-        limit_now: &impl Fn() -> Option<TryLimit>,
+        limit_now: &impl Fn() -> Option<(TryLimit, Duration)>,
     ) -> Option<()> {
         if !self.may_hedge() {
             return None;
         }
-        let limit = limit_now()?;
+        let (limit, remaining) = limit_now()?;
         let destination = sending.destination;
+        if !sending.request.copyable() {
+            // A body of unknown length still going through its first copy: not yet.
+            return Some(());
+        }
         if !hedging.try_pay(Instant::now()) {
             if !self.refused {
                 self.refused = true;
@@ -163,7 +174,11 @@ impl<'a> Race<'a, '_> {
         }
         // A hedge is a try like any: the breaker and the limiter have their say.
         let permit = admit(destination).await.ok()?;
-        let copy = sending.copy(permit, limit).await.ok()?;
+        if sending.grpc {
+            // A copy tells the upstream what is left of the app's deadline.
+            sending.request.set_grpc_timeout(remaining);
+        }
+        let copy = sending.copy(permit, limit, false).await.ok()?;
         *self.tries.made += 1;
         destination.metrics.hedge(HedgeResult::Sent);
         self.running.push((self.launched, copy));

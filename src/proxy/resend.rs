@@ -121,9 +121,35 @@ impl Resend {
         }
     }
 
-    /// Whether the body is kept whole (so that copies of the request can run side by side).
-    pub(super) fn kept_whole(&self) -> bool {
+    /// Whether copies of the request can run side by side (a hedged race, §18): its body is
+    /// kept whole, or of unknown length (recorded by the first copy; later ones wait until it
+    /// went through whole, [`Resend::copyable`]).
+    pub(super) fn may_race(&self) -> bool {
+        matches!(self.body, Some(Body::Replayable(_) | Body::Unsized(_)))
+    }
+
+    /// Whether a copy can be made now: a recorded body that went through whole (within
+    /// `max_replay_bytes`) is kept from then on.
+    pub(super) fn copyable(&mut self) -> bool {
+        if self.body.is_none() {
+            if let Some(bytes) = self.recording.as_ref().and_then(|r| r.replay()) {
+                self.recording = None;
+                self.body = Some(Body::Replayable(bytes));
+            }
+        }
         matches!(self.body, Some(Body::Replayable(_)))
+    }
+
+    /// The first copy of a race: a copy when the body is kept whole, else the body itself,
+    /// recorded as it goes (see [`Resend::may_race`]).
+    pub(super) fn first_copy(&mut self) -> Option<(Request<RequestBody>, bool)> {
+        if self.copyable() {
+            return self.copy();
+        }
+        match self.next(false)? {
+            (Outgoing::Owned(request), has_body) => Some((request, has_body)),
+            (Outgoing::Lent(..), _) => None,
+        }
     }
 
     /// A copy of the request for a try beside others (a hedge), and whether it has a body;
@@ -133,7 +159,10 @@ impl Resend {
             return None;
         };
         let body = RequestBody::Full(bytes.clone());
-        Some((Request::from_parts(copy_parts(parts), body), bytes.is_some()))
+        Some((
+            Request::from_parts(copy_parts(parts), body),
+            bytes.is_some(),
+        ))
     }
 
     /// The next try's request, and whether it has a body; `None` once it was sent for good.

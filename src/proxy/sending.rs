@@ -63,15 +63,22 @@ impl<'a> Sending<'a> {
         Ok(ended)
     }
 
-    /// A try on a copy of the request (whose body is kept whole), started beside the others:
-    /// awaited by the caller, it borrows nothing of `self`.
+    /// A try on a copy of the request, started beside the others (`first`: the race's first,
+    /// which may carry a body of unknown length, recorded): awaited by the caller, it borrows
+    /// nothing of `self`.
     pub(super) async fn copy(
         &mut self,
         permit: Permit<'a>,
         limit: TryLimit,
+        first: bool,
     ) -> Result<Copy<'a>, LocalAnswer> {
         let (try_, permit) = self.pick(permit, limit).await?;
-        let Some((request, has_body)) = self.request.copy() else {
+        let request = if first {
+            self.request.first_copy()
+        } else {
+            self.request.copy()
+        };
+        let Some((request, has_body)) = request else {
             try_.picked.neutral();
             let detail = "no request left to copy".to_owned();
             return Err(LocalAnswer::local(Reason::Internal, detail));

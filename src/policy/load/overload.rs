@@ -17,8 +17,18 @@ impl Cx<'_> {
             concurrency_mode(s)
         });
         let limit = |&v: &i64| int(v, 1, 1_000_000);
-        self.value(&mut t.min_limit, "concurrency.min_limit", &r.min_limit, limit);
-        self.value(&mut t.max_limit, "concurrency.max_limit", &r.max_limit, limit);
+        self.value(
+            &mut t.min_limit,
+            "concurrency.min_limit",
+            &r.min_limit,
+            limit,
+        );
+        self.value(
+            &mut t.max_limit,
+            "concurrency.max_limit",
+            &r.max_limit,
+            limit,
+        );
         self.value(
             &mut t.initial_limit,
             "concurrency.initial_limit",
