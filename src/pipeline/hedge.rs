@@ -6,10 +6,11 @@
 //!
 //! - **The delay**: fixed, or a percentile of the destination's recent latency to a response
 //!   head. Every answered try is one sample in a log-linear histogram ([`Latencies`]: 8
-//!   buckets per power of two, so within 12.5 %); every [`REFRESH`] (once it holds at least
-//!   [`MIN_SAMPLES`]) the percentile is taken from it and the histogram starts afresh, so the
-//!   delay follows the last few seconds. Never below `min_delay`; unknown until the first
-//!   refresh, when no hedge is sent.
+//!   buckets per power of two, so within 12.5 %); the percentile is taken from it at its
+//!   [`MIN_SAMPLES`]th sample, then every [`REFRESH`] (once it holds that many again), and the
+//!   histogram starts afresh each time, so the delay follows the last few seconds. Never below
+//!   `min_delay`; unknown until the first percentile, when no hedge is sent (a destination's
+//!   first 20 answers).
 //! - **The budget**: a [`RetryBudget`] with `max_extra_load` as its ratio and no per-second
 //!   allowance: every first try deposits `max_extra_load` of a hedge, every hedge withdraws
 //!   one, over the budget's 10 s window, so hedges never add more than that fraction of
@@ -113,7 +114,8 @@ impl Latencies {
             origin: now,
             counts: Box::new(std::array::from_fn(|_| AtomicU32::new(0))),
             samples: AtomicU32::new(0),
-            refresh_at: AtomicU64::new(millis(REFRESH)),
+            // The first percentile as soon as there are enough samples.
+            refresh_at: AtomicU64::new(0),
             percentile_us: AtomicU64::new(0),
             refreshing: Mutex::new(()),
         }
@@ -251,22 +253,29 @@ mod tests {
     #[test]
     fn the_percentile_delay_is_known_after_a_refresh_and_follows_the_latency() {
         let (h, start) = hedging(HedgeDelay::Percentile(95.0));
-        // 95 samples at 10 ms, 5 at 1 s: nothing is known before the first refresh.
-        for i in 0..100 {
-            let latency = if i % 20 == 0 { 1000 * MS } else { 10 * MS };
-            h.record(start + i * MS, latency);
+        // Nothing is known before the 20th sample; its percentile is the first one.
+        for i in 0..(MIN_SAMPLES - 1) {
+            h.record(start + i * MS, 10 * MS);
         }
         assert_eq!(h.delay(), None);
-        // The first sample after REFRESH takes the percentile: p95 is in the 10 ms bucket.
-        h.record(start + REFRESH, 10 * MS);
+        let first = start + 19 * MS;
+        h.record(first, 10 * MS);
+        assert!(h.delay().is_some());
+        // Then 95 samples at 10 ms and 5 at 1 s: the refresh REFRESH later takes p95 from
+        // them, in the 10 ms bucket.
+        for i in 0..100 {
+            let latency = if i % 20 == 0 { 1000 * MS } else { 10 * MS };
+            h.record(first + (i + 1) * MS, latency);
+        }
+        h.record(first + REFRESH, 10 * MS);
         let delay = h.delay().expect("known");
         assert!(delay >= 10 * MS && delay <= 11 * MS + MS / 4, "{delay:?}");
-        // The upstream turns slow: the next refresh follows it.
+        // The upstream turns slow: the next refresh follows it, not before.
         for i in 0..50 {
-            h.record(start + REFRESH + i * MS, 100 * MS);
+            h.record(first + REFRESH + (i + 1) * MS, 100 * MS);
         }
         assert_eq!(h.delay(), Some(delay), "not before the next refresh");
-        h.record(start + 2 * REFRESH, 100 * MS);
+        h.record(first + 2 * REFRESH, 100 * MS);
         let slow = h.delay().expect("known");
         assert!(slow >= 100 * MS && slow <= 113 * MS, "{slow:?}");
     }
@@ -274,12 +283,21 @@ mod tests {
     #[test]
     fn too_few_samples_keep_accumulating() {
         let (h, start) = hedging(HedgeDelay::Percentile(50.0));
-        for i in 0..(MIN_SAMPLES - 1) {
-            h.record(start + REFRESH + i * MS, 10 * MS);
+        let within = |d: Option<Duration>, low: Duration| {
+            d.is_some_and(|d| d >= low && d <= low + low / 8)
+        };
+        for i in 0..MIN_SAMPLES {
+            h.record(start + i * MS, 10 * MS);
         }
-        assert_eq!(h.delay(), None);
-        h.record(start + 2 * REFRESH, 10 * MS);
-        assert!(h.delay().is_some());
+        assert!(within(h.delay(), 10 * MS), "{:?}", h.delay());
+        let first = start + 19 * MS;
+        // After REFRESH, too few samples keep the last percentile and keep counting.
+        for i in 0..(MIN_SAMPLES - 1) {
+            h.record(first + REFRESH + i * MS, 30 * MS);
+        }
+        assert!(within(h.delay(), 10 * MS), "{:?}", h.delay());
+        h.record(first + 2 * REFRESH, 30 * MS);
+        assert!(within(h.delay(), 30 * MS), "{:?}", h.delay());
     }
 
     #[test]

@@ -54,7 +54,6 @@ pub async fn run(
     let (max_replay, idle) = (policy.retry.max_replay_bytes, policy.timeouts.idle);
     let body = prepare_body(body, &parts, max_replay, deadline, idle).await?;
     let mut retrying = Retrying::new(&policy.retry, &parts, jitter, grpc);
-    let upgrading = parts.headers.contains_key(header::UPGRADE);
     let mut sending = Sending {
         upstream,
         path,
@@ -64,7 +63,7 @@ pub async fn run(
         tried: 0,
     };
     destination.budget.deposit();
-    let hedging = hedging(destination, &retrying, &sending.request, upgrading);
+    let hedging = hedging(destination, &retrying, &sending.request);
     let bounds = Bounds { deadline, whole };
     // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
     // all (deadline, limiter, open breaker), the app gets this real answer, not a local one.
@@ -98,7 +97,8 @@ pub async fn run(
                     max: policy.retry.attempts,
                 };
                 let limit_now = || bounds.limit_now(policy.timeouts.attempt);
-                let Raced { mut ended, copy } = race(
+                // Boxed: a race's state would otherwise enlarge every request's future.
+                let Raced { mut ended, copy } = Box::pin(race(
                     &mut sending,
                     hedging,
                     &policy.retry,
@@ -106,7 +106,7 @@ pub async fn run(
                     limit,
                     count,
                     limit_now,
-                )
+                ))
                 .await?;
                 if let Ok(answer) = &mut ended {
                     answer.copy = copy;
@@ -135,10 +135,10 @@ fn hedging<'d>(
     destination: &'d Destination,
     retrying: &Retrying<'_>,
     request: &Resend,
-    upgrading: bool,
 ) -> Option<&'d crate::pipeline::hedge::Hedging> {
     let hedging = destination.hedging.as_deref()?;
     hedging.deposit(Instant::now());
+    let upgrading = request.head().is_some_and(|h| h.headers.contains_key(header::UPGRADE));
     (retrying.resendable && request.may_race() && !upgrading).then_some(hedging)
 }
 

@@ -121,6 +121,11 @@ impl Resend {
         }
     }
 
+    /// The request head, while it is kept.
+    pub(super) fn head(&self) -> Option<&Parts> {
+        self.parts.as_ref()
+    }
+
     /// Whether copies of the request can run side by side (a hedged race, §18): its body is
     /// kept whole, or of unknown length (recorded by the first copy; later ones wait until it
     /// went through whole, [`Resend::copyable`]).

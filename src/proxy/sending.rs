@@ -14,7 +14,7 @@ use super::one_try::{endpoint_end, per_endpoint_authority, unpicked, Ended, Path
 use super::resend::{Outgoing, Resend};
 use crate::outcome::Reason;
 use crate::pipeline::attempt::Refusal;
-use crate::registry::{Destination, Permit, Upstream};
+use crate::registry::{Destination, Permit, Picked, Upstream};
 
 /// A try running beside others: its ending and the endpoints it went to.
 pub(super) type Copy<'a> = Pin<Box<dyn Future<Output = (Ended, u64)> + Send + 'a>>;
@@ -58,7 +58,9 @@ impl<'a> Sending<'a> {
             return Err(LocalAnswer::local(Reason::Internal, detail));
         };
         let try_ = Try { has_body, ..try_ };
-        let (ended, tried) = run(try_, permit, next, limit).await;
+        let (upstream, destination, grpc) = (try_.upstream, try_.destination, try_.grpc);
+        let (ended, picked, tried) = try_.run(permit, next, limit).await;
+        endpoint_ended(upstream, destination, grpc, &ended, picked);
         self.tried |= tried;
         Ok(ended)
     }
@@ -84,7 +86,13 @@ impl<'a> Sending<'a> {
             return Err(LocalAnswer::local(Reason::Internal, detail));
         };
         let try_ = Try { has_body, ..try_ };
-        Ok(Box::pin(run(try_, permit, Outgoing::Owned(request), limit)))
+        let (upstream, destination, grpc) = (try_.upstream, try_.destination, try_.grpc);
+        Ok(Box::pin(async move {
+            let request = Outgoing::Owned(request);
+            let (ended, picked, tried) = try_.run(permit, request, limit).await;
+            endpoint_ended(upstream, destination, grpc, &ended, picked);
+            (ended, tried)
+        }))
     }
 
     /// The endpoint for a try, and the try to it (its request still to come); a try that finds
@@ -124,18 +132,16 @@ impl<'a> Sending<'a> {
     }
 }
 
-/// Runs `try_` and records at its endpoint how it ended.
-async fn run(
-    try_: Try<'_>,
-    permit: Permit<'_>,
-    request: Outgoing<'_>,
-    limit: TryLimit,
-) -> (Ended, u64) {
-    let (upstream, destination, grpc) = (try_.upstream, try_.destination, try_.grpc);
-    let (ended, picked, tried) = try_.run(permit, request, limit).await;
-    match endpoint_end(upstream, &ended, grpc) {
+/// Records at its endpoint how a try ended.
+fn endpoint_ended(
+    upstream: &Upstream,
+    destination: &Destination,
+    grpc: bool,
+    ended: &Ended,
+    picked: Picked,
+) {
+    match endpoint_end(upstream, ended, grpc) {
         Some(end) => picked.finish(&destination.endpoints, end, Instant::now()),
         None => picked.neutral(),
     }
-    (ended, tried)
 }
