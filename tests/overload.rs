@@ -153,3 +153,38 @@ async fn throttling_refuses_with_a_rising_probability_and_never_opens() {
     );
     assert_eq!(transitions, 0.0, "{text}");
 }
+
+#[tokio::test]
+async fn a_reload_keeps_a_learned_limit_unless_concurrency_changed() {
+    let upstream = FakeUpstream::with_status(429).await;
+    let concurrency = "[concurrency]\nmode = \"aimd\"\ninitial_limit = 8\nmin_limit = 2\n\
+                       max_limit = 8\nbackoff_ratio = 0.5\nwindow = \"1ms\"\n";
+    let policy = |extra: &str| route(&upstream, &format!("{concurrency}{extra}"));
+    let fusebox = start(&policy("[breaker]\nmode = \"off\"\n")).await;
+    get_n(&fusebox, 30).await;
+    let limit = |view: serde_json::Value| view[0]["limit"].clone();
+    assert_eq!(limit(fusebox.upstreams("svc").await), 2);
+    let reload = |text: String| {
+        let path = fusebox.dir().join("svc.toml");
+        let admin = fusebox.admin_url();
+        async move {
+            std::fs::write(path, text).unwrap();
+            let response = direct_client()
+                .post(format!("{admin}/reload"))
+                .send()
+                .await
+                .expect("POST /reload");
+            assert_eq!(response.status(), 200);
+        }
+    };
+    // Another section changed: the limit learned is kept.
+    reload(policy(
+        "[breaker]\nmode = \"off\"\n[timeouts]\nattempt = \"1s\"\n",
+    ))
+    .await;
+    assert_eq!(limit(fusebox.upstreams("svc").await), 2);
+    // `[concurrency]` changed: it starts again from its initial limit.
+    let changed = policy("[breaker]\nmode = \"off\"\n").replace("max_limit = 8", "max_limit = 9");
+    reload(changed).await;
+    assert_eq!(limit(fusebox.upstreams("svc").await), 8);
+}

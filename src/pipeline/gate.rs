@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::adaptive::{AdaptiveLimit, Sample};
+use super::adaptive::{AdaptiveLimit, Sample, Signal};
 use crate::policy::Concurrency;
 
 /// The concurrency gate of one destination.
@@ -110,14 +110,14 @@ impl Gate {
         self.adaptive.is_some()
     }
 
-    /// One try's latency to its head (`dropped`: a timeout, a 429 or a 503), for an adaptive
+    /// One try's latency to its head and what it says of the upstream's load, for an adaptive
     /// limit; returns the new limit when the sample closed a window.
-    pub fn sample(&self, rtt: Duration, dropped: bool) -> Option<usize> {
+    pub fn sample(&self, rtt: Duration, signal: Signal) -> Option<usize> {
         let adaptive = self.adaptive.as_ref()?;
         let sample = Sample {
             rtt,
             in_flight: self.in_flight(),
-            dropped,
+            signal,
         };
         let limit = adaptive
             .lock()

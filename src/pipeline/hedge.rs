@@ -283,9 +283,8 @@ mod tests {
     #[test]
     fn too_few_samples_keep_accumulating() {
         let (h, start) = hedging(HedgeDelay::Percentile(50.0));
-        let within = |d: Option<Duration>, low: Duration| {
-            d.is_some_and(|d| d >= low && d <= low + low / 8)
-        };
+        let within =
+            |d: Option<Duration>, low: Duration| d.is_some_and(|d| d >= low && d <= low + low / 8);
         for i in 0..MIN_SAMPLES {
             h.record(start + i * MS, 10 * MS);
         }

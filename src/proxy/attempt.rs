@@ -21,9 +21,10 @@ use crate::outcome::Reason;
 use crate::pipeline::attempt::Sent;
 use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::grpc::{self, GrpcCode};
+use crate::pipeline::hedge::Hedging;
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
-use crate::policy::{Retry, RetryOn};
-use crate::registry::{Destination, Upstream};
+use crate::policy::{Policy, Retry, RetryOn};
+use crate::registry::{Destination, Permit, Upstream};
 use crate::upstream::UpstreamBody;
 
 pub use super::local_answer::LocalAnswer;
@@ -92,26 +93,13 @@ pub async fn run(
         let limit = bounds.limit(remaining, policy.timeouts.attempt);
         let ended = match hedging {
             Some(hedging) => {
-                let count = TryCount {
-                    made: &mut *tries,
-                    max: policy.retry.attempts,
-                };
-                let limit_now = || bounds.limit_now(policy.timeouts.attempt);
-                // Boxed: a race's state would otherwise enlarge every request's future.
-                let Raced { mut ended, copy } = Box::pin(race(
-                    &mut sending,
+                let race = Race {
                     hedging,
-                    &policy.retry,
-                    permit,
-                    limit,
-                    count,
-                    limit_now,
-                ))
-                .await?;
-                if let Ok(answer) = &mut ended {
-                    answer.copy = copy;
-                }
-                ended
+                    policy,
+                    bounds,
+                };
+                // Boxed: a race's state would otherwise enlarge every request's future.
+                Box::pin(race.run(&mut sending, permit, limit, tries)).await?
             }
             None => sending.one(permit, limit, last).await?,
         };
@@ -129,17 +117,60 @@ pub async fn run(
 
 /// The destination's hedging (§18) when this request may be hedged: sent more than once (an
 /// idempotent method or an `Idempotency-Key`), its body kept whole or recorded (not one that
-/// streams once), no protocol upgrade. Every
-/// request earns the hedge budget its share.
+/// streams once), no protocol upgrade. Every request earns the hedge budget its share.
 fn hedging<'d>(
     destination: &'d Destination,
     retrying: &Retrying<'_>,
     request: &Resend,
-) -> Option<&'d crate::pipeline::hedge::Hedging> {
+) -> Option<&'d Hedging> {
     let hedging = destination.hedging.as_deref()?;
     hedging.deposit(Instant::now());
-    let upgrading = request.head().is_some_and(|h| h.headers.contains_key(header::UPGRADE));
+    let upgrading = request
+        .head()
+        .is_some_and(|h| h.headers.contains_key(header::UPGRADE));
     (retrying.resendable && request.may_race() && !upgrading).then_some(hedging)
+}
+
+/// A hedged request's tries: copies raced under the policy (§18).
+struct Race<'r> {
+    hedging: &'r Hedging,
+    policy: &'r Policy,
+    bounds: Bounds,
+}
+
+impl Race<'_> {
+    /// Races copies of the request from a first one under `permit` and `limit`; the copies
+    /// count in `tries`. The answer says which copy it came from.
+    async fn run<'a>(
+        self,
+        sending: &mut Sending<'a>,
+        permit: Permit<'a>,
+        limit: TryLimit,
+        tries: &mut u32,
+    ) -> Result<Ended, LocalAnswer> {
+        let (policy, bounds) = (self.policy, self.bounds);
+        let count = TryCount {
+            made: tries,
+            max: policy.retry.attempts,
+        };
+        let limit_now = || bounds.limit_now(policy.timeouts.attempt);
+        let retry = &policy.retry;
+        let raced = race(
+            sending,
+            self.hedging,
+            retry,
+            permit,
+            limit,
+            count,
+            limit_now,
+        )
+        .await?;
+        let Raced { mut ended, copy } = raced;
+        if let Ok(answer) = &mut ended {
+            answer.copy = copy;
+        }
+        Ok(ended)
+    }
 }
 
 /// The request's time: its deadline, and what set it.

@@ -34,6 +34,7 @@ pub use resolution::{Resolution, Source};
 
 use crate::fleet::{FleetLimit, FleetRedis};
 use crate::guard::GuardRules;
+use crate::pipeline::adaptive::Signal;
 use crate::pipeline::breaker::{
     Admission, BreakerSnapshot, CallResult, CircuitBreaker, Episode, FailureKind, Forced, Jitter,
     State, Transition,
@@ -268,14 +269,14 @@ impl Destination {
             .map_err(PickError::NoEndpoint)
     }
 
-    /// One try's latency to its head (`dropped`: a timeout, a 429 or a 503), for an adaptive
+    /// One try's latency to its head and what it says of the upstream's load, for an adaptive
     /// concurrency limit (a new limit goes to `fusebox_concurrency_limit`) and a percentile
-    /// hedge delay.
-    fn observe_latency(&self, rtt: Duration, dropped: bool) {
-        if let Some(limit) = self.gate.sample(rtt, dropped) {
+    /// hedge delay (served tries only).
+    fn observe_latency(&self, rtt: Duration, signal: Signal) {
+        if let Some(limit) = self.gate.sample(rtt, signal) {
             self.metrics.set_concurrency_limit(limit);
         }
-        if let Some(hedging) = self.hedging.as_ref().filter(|_| !dropped) {
+        if let Some(hedging) = self.hedging.as_ref().filter(|_| signal == Signal::Served) {
             hedging.record(Instant::now(), rtt);
         }
     }

@@ -24,6 +24,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use super::Destination;
+use crate::pipeline::adaptive::Signal;
 use crate::pipeline::attempt::{AttemptError, ErrorKind, Refusal};
 use crate::pipeline::breaker::{Admission, CallResult, Episode, FailureKind};
 use crate::pipeline::grpc::GrpcCode;
@@ -180,7 +181,7 @@ impl Permit<'_> {
         // A timeout is the upstream saying "too much"; a refused or reset connection says
         // nothing about its latency.
         if matches!(error.kind, ErrorKind::Timeout | ErrorKind::ConnectTimeout) {
-            self.destination.observe_latency(elapsed, true);
+            self.destination.observe_latency(elapsed, Signal::TimedOut);
         }
         if let Some(result) = error.metric() {
             self.destination.metrics.attempt(result, elapsed);
@@ -197,7 +198,7 @@ impl Permit<'_> {
     pub fn pending(mut self, destination: Arc<Destination>) -> Pending {
         debug_assert!(std::ptr::eq(self.destination, &*destination));
         let to_head = self.ticket.started.elapsed();
-        destination.observe_latency(to_head, false);
+        destination.observe_latency(to_head, Signal::Served);
         let probe_passed = self.ticket.probe.take().inspect(|&episode| {
             destination.record(CallResult {
                 failure: None,
@@ -258,19 +259,19 @@ impl Ticket {
 
     fn answered(&mut self, destination: &Destination, status: StatusCode) {
         let elapsed = self.spend();
-        let dropped = matches!(
+        let refused = matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         );
-        destination.observe_latency(elapsed, dropped);
+        destination.observe_latency(elapsed, Signal::refused_if(refused));
         let failed = destination.record_status(status.as_u16(), elapsed, self.probe);
         destination.metrics.attempt(verdict(failed), elapsed);
     }
 
     fn grpc_ended(&mut self, destination: &Destination, code: GrpcCode) -> bool {
         let elapsed = self.spend();
-        let dropped = matches!(code, GrpcCode::ResourceExhausted | GrpcCode::Unavailable);
-        destination.observe_latency(elapsed, dropped);
+        let refused = matches!(code, GrpcCode::ResourceExhausted | GrpcCode::Unavailable);
+        destination.observe_latency(elapsed, Signal::refused_if(refused));
         let failed = destination.record_grpc(code, elapsed, self.probe);
         destination.metrics.attempt(verdict(failed), elapsed);
         failed
