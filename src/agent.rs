@@ -121,13 +121,11 @@ pub struct Agent {
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: what.to_owned(),
-            addr,
-            source,
-        })
+    crate::proxy::listener::bind(addr).map_err(|source| StartError::Bind {
+        what: what.to_owned(),
+        addr,
+        source,
+    })
 }
 
 /// The listeners that never move, as bound: route listeners must not collide with them.

@@ -264,7 +264,7 @@ impl RouteListeners {
             if self.running.contains_key(&key) {
                 continue;
             }
-            match TcpListener::bind(listen).await {
+            match crate::proxy::listener::bind(listen) {
                 Ok(listener) => fresh.push((key, policy.name.clone(), listener)),
                 Err(e) => errors.push(format!(
                     "{}: cannot listen on {listen} (route listener of policy {}): {e}",

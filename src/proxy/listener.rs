@@ -5,6 +5,11 @@
 //! cleartext to an app that opens with the HTTP/2 preface (prior knowledge, as gRPC clients
 //! do; docs/ARCHITECTURE.md §14). Both stop accepting on shutdown and let in-flight requests
 //! finish within the grace period.
+//!
+//! Every listening socket is made by [`bind`], with an accept queue of [`BACKLOG`]: the
+//! standard library's 128 drops the SYNs of an app that opens a few hundred connections at
+//! once (a pool filling up under a burst), and each dropped SYN costs that request a
+//! retransmission a second later.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -52,6 +57,21 @@ pub struct ServerLimits {
 /// Serves `listener` until `shutdown` is cancelled. Connections are spawned on
 /// `ctx.tasks`; on shutdown each finishes its in-flight request and closes (the agent waits
 /// for them, up to the drain timeout).
+/// The accept queue of every listener (capped by the kernel's `net.core.somaxconn`).
+pub const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` (`SO_REUSEADDR`, as the standard library's, and an accept
+/// queue of [`BACKLOG`]).
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
@@ -527,4 +547,47 @@ fn head_size<B>(req: &Request<B>) -> usize {
     req.headers().iter().fold(line, |sum, (name, value)| {
         sum + name.as_str().len() + value.len() + 4
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 600 apps connect at once to a listener that accepts none of them yet: with the
+    /// standard library's backlog of 128 most would wait for a SYN retransmission.
+    #[tokio::test]
+    async fn a_burst_of_connections_fits_the_accept_queue() {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if somaxconn.is_some_and(|max| max < 600) {
+            return; // The kernel caps every backlog below the burst: nothing to show here.
+        }
+        let listener = bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..600).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let results = join_all(connects).await;
+        let connected = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(connected, 600);
+        drop(listener);
+    }
+
+    /// Awaits every future, concurrently (the crate has no `futures` dependency).
+    async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+    where
+        F: Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = futures.map(tokio::spawn).collect();
+        let mut out = Vec::with_capacity(handles.len());
+        for handle in handles {
+            out.push(handle.await.expect("task"));
+        }
+        out
+    }
 }
