@@ -578,9 +578,9 @@ mod tests {
     }
 
     /// Awaits every future, concurrently (the crate has no `futures` dependency).
-    async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+    async fn join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
     where
-        F: Send + 'static,
+        F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let handles: Vec<_> = futures.map(tokio::spawn).collect();
