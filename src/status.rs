@@ -707,4 +707,23 @@ search    search:80                          half-open (shadow)  0s ago     0/0/
             "http://fusebox.local:9901/upstreams"
         );
     }
+
+    #[test]
+    fn the_in_flight_column_names_the_limit_and_a_throttle_its_probability() {
+        let mut row = row("svc", "a:80", "closed", "2025-01-31T11:59:00Z");
+        row.in_flight = 3;
+        assert_eq!(cells(&row, now())[7], "3");
+        row.limit = Some(50);
+        assert_eq!(cells(&row, now())[7], "3/50");
+        row.limit_mode = "aimd".into();
+        row.limit = Some(42);
+        assert_eq!(cells(&row, now())[7], "3/42 aimd");
+        row.mode = "throttle".into();
+        row.throttle = Some(crate::admin::json::ThrottleView {
+            probability: 0.421,
+            requests: 120,
+            accepts: 10,
+        });
+        assert_eq!(cells(&row, now())[2], "closed (throttle p=0.42)");
+    }
 }

@@ -20,7 +20,7 @@ use super::keys::Keys;
 use super::{BreakerMode, HostPattern, LimitMode, Policy, PolicySet, RetryOn};
 
 /// Every warning code, stable (CI pipelines may filter on them).
-pub const CODES: [&str; 10] = [
+pub const CODES: [&str; 12] = [
     ATTEMPT_GE_TOTAL,
     CONNECT_GE_TOTAL,
     NON_IDEMPOTENT_RETRY,
@@ -31,6 +31,8 @@ pub const CODES: [&str; 10] = [
     LISTEN_PORT_REUSED,
     FLEET_WITHOUT_REDIS,
     FLEET_FALLBACK_WHOLE,
+    HEDGE_WITHOUT_ATTEMPTS,
+    MAX_IN_FLIGHT_IGNORED,
 ];
 
 /// `timeouts.attempt >= timeouts.total` with retries on: a retry can never happen.
@@ -56,6 +58,12 @@ pub const FLEET_WITHOUT_REDIS: &str = "fleet-without-redis";
 /// `scope = "fleet"` with neither `fleet_fallback_rps` nor `fleet_size_hint`: while Redis fails,
 /// every instance allows the whole fleet's `rps`.
 pub const FLEET_FALLBACK_WHOLE: &str = "fleet-fallback-whole";
+
+/// `hedge.enabled` with `retry.attempts = 1`: hedges count against the attempts, so none is
+/// ever sent.
+pub const HEDGE_WITHOUT_ATTEMPTS: &str = "hedge-without-attempts";
+/// `concurrency.max_in_flight` set with an adaptive `concurrency.mode`, which ignores it.
+pub const MAX_IN_FLIGHT_IGNORED: &str = "max-in-flight-ignored";
 
 /// Methods that must not be retried without an `Idempotency-Key` (RFC 9110 §9.2.2).
 const NON_IDEMPOTENT: [&str; 3] = ["POST", "PATCH", "CONNECT"];
@@ -117,6 +125,7 @@ pub fn lint_with(set: &PolicySet, read: impl Fn(&Path) -> Option<String>) -> Vec
         cx.retry();
         cx.breaker();
         cx.fleet();
+        cx.overload();
     }
     // `set.all()` is default first, then by name: the order in which the matcher and the
     // listeners see them, so "earlier" below is "wins".
@@ -269,6 +278,41 @@ impl Cx<'_> {
             self.warn(
                 NON_IDEMPOTENT_RETRY,
                 &["retry.attempts", "retry.on"],
+                message,
+            );
+        }
+    }
+
+    /// The §18 mechanisms set so that they cannot act.
+    fn overload(&mut self) {
+        let (hedge, attempts) = (&self.policy.hedge, self.policy.retry.attempts);
+        if hedge.enabled && attempts < 2 {
+            let message = format!(
+                "{} while {}: a hedge is a try, and copies and retries together never exceed \
+                 `retry.attempts`, so no hedge is ever sent; set `retry.attempts` to at least \
+                 `hedge.max_attempts` ({})",
+                self.show("hedge.enabled", true),
+                self.show("retry.attempts", attempts),
+                hedge.max_attempts,
+            );
+            self.warn(
+                HEDGE_WITHOUT_ATTEMPTS,
+                &["hedge.enabled", "retry.attempts"],
+                message,
+            );
+        }
+        let c = &self.policy.concurrency;
+        if c.is_adaptive() && c.max_in_flight > 0 {
+            let message = format!(
+                "{} is ignored while {}: the limit adapts between `concurrency.min_limit` and \
+                 `concurrency.max_limit` ({}); bound it with `max_limit`",
+                self.show("concurrency.max_in_flight", c.max_in_flight),
+                self.show("concurrency.mode", format_args!("\"{}\"", c.mode.label())),
+                c.max_limit,
+            );
+            self.warn(
+                MAX_IN_FLIGHT_IGNORED,
+                &["concurrency.max_in_flight", "concurrency.mode"],
                 message,
             );
         }
@@ -762,6 +806,25 @@ mod tests {
             "{full:?}"
         );
         assert!(full[0].contains("in a.toml:1:10 (policy `a`)"), "{full:?}");
+    }
+
+    #[test]
+    fn overload_settings_that_cannot_act() {
+        let warnings = assert_lints(
+            &[(
+                "a.toml",
+                "hosts = [\"a.test\"]\n[retry]\nattempts = 1\n[hedge]\nenabled = true\n\
+                 [concurrency]\nmode = \"aimd\"\nmax_in_flight = 50\n",
+            )],
+            &[
+                "a.toml:5:11: hedge-without-attempts",
+                "a.toml:8:17: max-in-flight-ignored",
+            ],
+        );
+        assert!(
+            warnings[0].contains("no hedge is ever sent"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
