@@ -11,23 +11,9 @@
 mod support;
 
 use support::metrics::metric;
-use support::{direct_client, policies_dir, refused_addr, FakeUpstream, Reply, TestFusebox};
-
-/// A route-listener policy sending to `endpoints`, with `extra` TOML after it.
-fn route(endpoints: &[String], extra: &str) -> String {
-    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    format!(
-        "listen = \"127.0.0.1:0\"\nendpoints = [{}]\n{extra}",
-        list.join(", ")
-    )
-}
-
-async fn start(policy: &str) -> TestFusebox {
-    TestFusebox::start_with(policies_dir(&[("svc", policy)]), |config| {
-        config.jitter = false;
-    })
-    .await
-}
+use support::{
+    direct_client, refused_addr, route_policy, start_svc, FakeUpstream, Reply, TestFusebox,
+};
 
 /// `n` sequential GETs on the route listener; their statuses and `x-fusebox-reason`s.
 async fn get_n(fusebox: &TestFusebox, n: usize) -> Vec<(u16, String)> {
@@ -76,7 +62,7 @@ async fn every_retry_goes_to_an_endpoint_not_yet_tried() {
     let extra = "[retry]\nattempts = 3\nbackoff_base = \"1ms\"\nbackoff_max = \"1ms\"\n\
                  budget_min_per_second = 1000\n[breaker]\nmode = \"off\"\n\
                  [outlier]\nconsecutive_failures = 1000\n";
-    let fusebox = start(&route(&endpoints, extra)).await;
+    let fusebox = start_svc(&route_policy(&endpoints, extra)).await;
     let seen = get_n(&fusebox, 10).await;
     assert!(seen.iter().all(|(status, _)| *status == 503), "{seen:?}");
     for upstream in &upstreams {
@@ -105,7 +91,7 @@ async fn a_refused_connection_moves_the_same_try_to_the_next_endpoint() {
     // Round robin: every other request starts at the refused endpoint.
     let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
                  [outlier]\nconsecutive_failures = 1000\n";
-    let fusebox = start(&route(&[refused.clone(), good.authority()], extra)).await;
+    let fusebox = start_svc(&route_policy(&[refused.clone(), good.authority()], extra)).await;
     let seen = get_n(&fusebox, 10).await;
     assert!(
         seen.iter().all(|(status, _)| *status == 200),
@@ -144,7 +130,7 @@ async fn p2c_keeps_tries_away_from_a_slow_endpoint() {
         .start()
         .await;
     let fast = FakeUpstream::builder().start().await;
-    let fusebox = start(&route(&[slow.authority(), fast.authority()], "")).await;
+    let fusebox = start_svc(&route_policy(&[slow.authority(), fast.authority()], "")).await;
     let seen = get_n(&fusebox, 20).await;
     assert!(seen.iter().all(|(status, _)| *status == 200), "{seen:?}");
     // Both start at `default_rtt`: the first pick may be either. After one slow answer its
@@ -161,7 +147,7 @@ async fn p2c_avoids_an_endpoint_that_fails_fast() {
     let b = FakeUpstream::builder().start().await;
     let endpoints = [failing.authority(), a.authority(), b.authority()];
     let extra = "[retry]\nattempts = 1\n[outlier]\nconsecutive_failures = 1000\n";
-    let fusebox = start(&route(&endpoints, extra)).await;
+    let fusebox = start_svc(&route_policy(&endpoints, extra)).await;
     let seen = get_n(&fusebox, 30).await;
     // A 503 in a millisecond counts as `failure_penalty` (5 s), not as 1 ms: from its first
     // failure on, the failing endpoint loses every comparison it is drawn into.
@@ -189,7 +175,7 @@ async fn a_failing_endpoint_is_ejected_and_the_others_serve() {
     let endpoints = [bad.authority(), good[0].authority(), good[1].authority()];
     let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
                  [outlier]\nconsecutive_failures = 2\nbase_ejection = \"1h\"\nmax_ejection = \"2h\"\n";
-    let fusebox = start(&route(&endpoints, extra)).await;
+    let fusebox = start_svc(&route_policy(&endpoints, extra)).await;
     let seen = get_n(&fusebox, 30).await;
     assert_eq!(bad.hits(), 2, "ejected after two failures in a row");
     let failed = seen.iter().filter(|(status, _)| *status == 503).count();
@@ -237,7 +223,7 @@ async fn with_every_endpoint_ejected_the_destination_answers_no_endpoint_and_its
     let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
                  [outlier]\nconsecutive_failures = 1\nbase_ejection = \"1h\"\n\
                  [breaker]\nconsecutive_failures = 3\nopen_base = \"1h\"\n";
-    let fusebox = start(&route(&endpoints, extra)).await;
+    let fusebox = start_svc(&route_policy(&endpoints, extra)).await;
     let client = direct_client();
     let url = format!("{}/x", fusebox.route_url("svc"));
     for _ in 0..2 {
@@ -275,7 +261,7 @@ async fn route_all_keeps_routing_when_more_would_be_ejected_than_allowed() {
     let extra = "[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n\
                  [outlier]\nconsecutive_failures = 1\nbase_ejection = \"1h\"\n\
                  panic = \"route-all\"\n[breaker]\nmode = \"off\"\n";
-    let fusebox = start(&route(&endpoints, extra)).await;
+    let fusebox = start_svc(&route_policy(&endpoints, extra)).await;
     let seen = get_n(&fusebox, 6).await;
     assert!(
         seen.iter()
@@ -302,12 +288,12 @@ async fn a_reload_keeps_the_endpoint_set_unless_its_settings_change() {
     let endpoints = [bad.authority(), good.authority()];
     let outlier = "[outlier]\nconsecutive_failures = 1\nbase_ejection = \"1h\"\n";
     let policy = |extra: &str| {
-        route(
+        route_policy(
             &endpoints,
             &format!("[retry]\nattempts = 1\n[balance]\nmode = \"round-robin\"\n{outlier}{extra}"),
         )
     };
-    let fusebox = start(&policy("")).await;
+    let fusebox = start_svc(&policy("")).await;
     get_n(&fusebox, 2).await;
     assert_eq!(
         endpoint_view(&fusebox, &bad.authority()).await["state"],
@@ -349,7 +335,7 @@ async fn a_connection_that_hangs_is_raced_by_another_endpoint_after_250_ms() {
     let extra = "[retry]\nattempts = 1\n[timeouts]\nconnect = \"5s\"\n\
                  [balance]\nmode = \"round-robin\"\n[outlier]\nconsecutive_failures = 1000\n";
     let endpoints = [blackhole.addr.to_string(), good.authority()];
-    let fusebox = start(&route(&endpoints, extra)).await;
+    let fusebox = start_svc(&route_policy(&endpoints, extra)).await;
     let client = direct_client();
     for i in 0..4 {
         let started = std::time::Instant::now();

@@ -15,23 +15,7 @@ use std::time::Duration;
 
 use support::metrics::metric;
 use support::process::FuseboxProcess;
-use support::{app_client, direct_client, policies_dir, FakeUpstream, TestFusebox};
-
-/// A route-listener policy sending to `endpoints`, with `extra` TOML after it.
-fn route(endpoints: &[String], extra: &str) -> String {
-    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    format!(
-        "listen = \"127.0.0.1:0\"\nendpoints = [{}]\n{extra}",
-        list.join(", ")
-    )
-}
-
-async fn start(policy: &str) -> TestFusebox {
-    TestFusebox::start_with(policies_dir(&[("svc", policy)]), |config| {
-        config.jitter = false;
-    })
-    .await
-}
+use support::{app_client, direct_client, policies_dir, route_policy, start_svc, FakeUpstream};
 
 fn hedges(text: &str, result: &str) -> f64 {
     metric(
@@ -52,7 +36,7 @@ async fn a_try_with_no_head_is_hedged_to_another_endpoint_and_the_first_head_win
     let stalled = FakeUpstream::builder().stall().start().await;
     let fast = FakeUpstream::builder().body("fast").start().await;
     let endpoints = [stalled.authority(), fast.authority()];
-    let fusebox = start(&route(&endpoints, HEDGE)).await;
+    let fusebox = start_svc(&route_policy(&endpoints, HEDGE)).await;
     // Round robin: one of the two requests starts at the endpoint that never answers.
     let client = direct_client();
     for i in 0..2 {
@@ -99,7 +83,7 @@ async fn the_budget_caps_hedges_at_max_extra_load() {
         .start()
         .await;
     let extra = "[hedge]\nenabled = true\ndelay = \"5ms\"\nmax_extra_load = 0.1\n";
-    let fusebox = start(&route(&[slow.authority()], extra)).await;
+    let fusebox = start_svc(&route_policy(&[slow.authority()], extra)).await;
     let client = direct_client();
     for i in 0..40 {
         let response = client
@@ -127,7 +111,11 @@ async fn a_request_that_may_not_be_sent_twice_is_never_hedged() {
     let extra = "[hedge]\nenabled = true\ndelay = \"50ms\"\nmax_extra_load = 1.0\n\
                  [balance]\nmode = \"round-robin\"\n[breaker]\nmode = \"off\"\n\
                  [outlier]\nconsecutive_failures = 100\n[timeouts]\nattempt = \"300ms\"\n";
-    let fusebox = start(&route(&[stalled.authority(), fast.authority()], extra)).await;
+    let fusebox = start_svc(&route_policy(
+        &[stalled.authority(), fast.authority()],
+        extra,
+    ))
+    .await;
     let client = direct_client();
     let mut statuses = Vec::new();
     for i in 0..2 {
@@ -176,7 +164,7 @@ async fn hedges_and_retries_together_stay_within_retry_attempts() {
                  [retry]\nattempts = 2\non = [\"timeout\"]\n\
                  [timeouts]\nattempt = \"200ms\"\ntotal = \"1s\"\n";
     let endpoints = [a.authority(), b.authority(), c.authority()];
-    let fusebox = start(&route(&endpoints, extra)).await;
+    let fusebox = start_svc(&route_policy(&endpoints, extra)).await;
     let response = direct_client()
         .get(format!("{}/x", fusebox.route_url("svc")))
         .send()

@@ -11,14 +11,7 @@
 mod support;
 
 use support::metrics::metric;
-use support::{direct_client, policies_dir, FakeUpstream, Reply, TestFusebox};
-
-async fn start(policy: &str) -> TestFusebox {
-    TestFusebox::start_with(policies_dir(&[("svc", policy)]), |config| {
-        config.jitter = false;
-    })
-    .await
-}
+use support::{direct_client, start_svc, FakeUpstream, Reply, TestFusebox};
 
 fn route(upstream: &FakeUpstream, extra: &str) -> String {
     format!(
@@ -54,7 +47,7 @@ async fn an_aimd_limit_backs_off_on_429_and_refuses_beyond_it() {
     let extra = "[breaker]\nmode = \"off\"\n[concurrency]\nmode = \"aimd\"\n\
                  initial_limit = 8\nmin_limit = 2\nmax_limit = 8\nbackoff_ratio = 0.5\n\
                  window = \"1ms\"\n";
-    let fusebox = start(&route(&upstream, extra)).await;
+    let fusebox = start_svc(&route(&upstream, extra)).await;
     let first = get_n(&fusebox, 1).await;
     assert_eq!(first[0].0, 429);
     let view = fusebox.upstreams("svc").await;
@@ -96,7 +89,7 @@ async fn an_aimd_limit_backs_off_on_429_and_refuses_beyond_it() {
 async fn a_fixed_limit_is_shown_and_named_in_its_refusal() {
     let upstream = FakeUpstream::builder().stall().start().await;
     let extra = "[concurrency]\nmax_in_flight = 1\n";
-    let fusebox = start(&route(&upstream, extra)).await;
+    let fusebox = start_svc(&route(&upstream, extra)).await;
     let url = format!("{}/held", fusebox.route_url("svc"));
     let held = tokio::spawn(direct_client().get(url.clone()).send());
     upstream.wait_hits(1).await;
@@ -121,7 +114,7 @@ async fn a_fixed_limit_is_shown_and_named_in_its_refusal() {
 async fn throttling_refuses_with_a_rising_probability_and_never_opens() {
     let upstream = FakeUpstream::with_status(503).await;
     let extra = "[breaker]\nmode = \"throttle\"\nconsecutive_failures = 1\n";
-    let fusebox = start(&route(&upstream, extra)).await;
+    let fusebox = start_svc(&route(&upstream, extra)).await;
     let seen = get_n(&fusebox, 60).await;
     let throttled: Vec<_> = seen
         .iter()
@@ -160,7 +153,7 @@ async fn a_reload_keeps_a_learned_limit_unless_concurrency_changed() {
     let concurrency = "[concurrency]\nmode = \"aimd\"\ninitial_limit = 8\nmin_limit = 2\n\
                        max_limit = 8\nbackoff_ratio = 0.5\nwindow = \"1ms\"\n";
     let policy = |extra: &str| route(&upstream, &format!("{concurrency}{extra}"));
-    let fusebox = start(&policy("[breaker]\nmode = \"off\"\n")).await;
+    let fusebox = start_svc(&policy("[breaker]\nmode = \"off\"\n")).await;
     get_n(&fusebox, 30).await;
     let limit = |view: serde_json::Value| view[0]["limit"].clone();
     assert_eq!(limit(fusebox.upstreams("svc").await), 2);

@@ -33,6 +33,24 @@ pub use process::FuseboxProcess;
 pub use tls::{install_crypto, TestPki};
 pub use upstream::{download_byte, refused_addr, FakeUpstream, RecordedRequest, Reply};
 
+/// A route-listener policy (`listen` on any free port) sending to `endpoints`, with `extra`
+/// TOML after it.
+pub fn route_policy(endpoints: &[String], extra: &str) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "listen = \"127.0.0.1:0\"\nendpoints = [{}]\n{extra}",
+        list.join(", ")
+    )
+}
+
+/// fusebox in-process with the one policy `svc`, and no jitter.
+pub async fn start_svc(policy: &str) -> TestFusebox {
+    TestFusebox::start_with(policies_dir(&[("svc", policy)]), |config| {
+        config.jitter = false;
+    })
+    .await
+}
+
 /// A temporary policies directory holding `name.toml` for each `(name, contents)`.
 pub fn policies_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("create policies dir");
