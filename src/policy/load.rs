@@ -1657,6 +1657,40 @@ mod tests {
     }
 
     #[test]
+    fn hedge_concurrency_and_throttle_keys() {
+        let set = load(&[(
+            "a.toml",
+            "hosts = [\"a.test\"]\n[hedge]\nenabled = true\ndelay = \"p99\"\n\
+             [concurrency]\nmode = \"gradient\"\nmax_limit = 200\n\
+             [breaker]\nmode = \"throttle\"\nthrottle_k = 1.5\n",
+        )]);
+        let a = &set.others[0];
+        assert!(a.hedge.enabled);
+        assert_eq!(a.hedge.delay, super::super::HedgeDelay::Percentile(99.0));
+        assert_eq!(a.hedge.max_extra_load, 0.05);
+        assert_eq!(a.concurrency.mode, super::super::ConcurrencyMode::Gradient);
+        assert_eq!((a.concurrency.min_limit, a.concurrency.max_limit), (5, 200));
+        assert_eq!(a.breaker.mode, BreakerMode::Throttle);
+        assert_eq!(a.breaker.throttle_k, 1.5);
+        assert_eq!(a.breaker.throttle_window, Duration::from_secs(120));
+        assert_error(
+            &[("a.toml", "[concurrency]\nmin_limit = 10\nmax_limit = 5\n")],
+            "a.toml:2:13",
+            &["`concurrency.min_limit` (10) is above `concurrency.max_limit` (5)"],
+        );
+        assert_error(
+            &[("a.toml", "[hedge]\nmax_attempts = 1\n")],
+            "a.toml:2:16",
+            &["`hedge.max_attempts`", "at least 2"],
+        );
+        assert_error(
+            &[("a.toml", "[concurrency]\nbackoff_ratio = 1.0\n")],
+            "a.toml:2:17",
+            &["`concurrency.backoff_ratio`", "less than 1"],
+        );
+    }
+
+    #[test]
     fn balance_outlier_and_dns_sections() {
         let set = load(&[(
             "a.toml",

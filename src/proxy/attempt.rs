@@ -44,14 +44,8 @@ pub async fn run(
 ) -> Result<Answer, LocalAnswer> {
     let policy = &upstream.policy;
     let grpc = grpc::is_grpc(&parts.headers);
-    // A gRPC app's own deadline caps the total (and so every attempt).
-    let app_deadline = grpc.then(|| grpc::timeout(&parts.headers)).flatten();
-    let total = app_deadline.map_or(policy.timeouts.total, |t| t.min(policy.timeouts.total));
-    let deadline = deadline_after(total);
-    let whole = Whole {
-        total,
-        from_app: app_deadline.is_some_and(|t| t == total),
-    };
+    let bounds = Bounds::of(policy, &parts, grpc);
+    let (deadline, whole) = (bounds.deadline, bounds.whole);
     let (max_replay, idle) = (policy.retry.max_replay_bytes, policy.timeouts.idle);
     let body = prepare_body(body, &parts, max_replay, deadline, idle).await?;
     let mut retrying = Retrying::new(&policy.retry, &parts, jitter, grpc);
@@ -64,8 +58,11 @@ pub async fn run(
         tried: 0,
     };
     destination.budget.deposit();
-    let hedging = hedging(destination, &retrying, &sending.request);
-    let bounds = Bounds { deadline, whole };
+    let race = hedging(destination, &retrying, &sending.request).map(|hedging| Race {
+        hedging,
+        policy,
+        bounds,
+    });
     // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
     // all (deadline, limiter, open breaker), the app gets this real answer, not a local one.
     let mut previous: Option<Ended> = None;
@@ -91,16 +88,9 @@ pub async fn run(
         retrying.count_sent(destination);
         *tries += 1;
         let limit = bounds.limit(remaining, policy.timeouts.attempt);
-        let ended = match hedging {
-            Some(hedging) => {
-                let race = Race {
-                    hedging,
-                    policy,
-                    bounds,
-                };
-                // Boxed: a race's state would otherwise enlarge every request's future.
-                Box::pin(race.run(&mut sending, permit, limit, tries)).await?
-            }
+        let ended = match &race {
+            // Boxed: a race's state would otherwise enlarge every request's future.
+            Some(race) => Box::pin(race.run(&mut sending, permit, limit, tries)).await?,
             None => sending.one(permit, limit, last).await?,
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -142,7 +132,7 @@ impl Race<'_> {
     /// Races copies of the request from a first one under `permit` and `limit`; the copies
     /// count in `tries`. The answer says which copy it came from.
     async fn run<'a>(
-        self,
+        &self,
         sending: &mut Sending<'a>,
         permit: Permit<'a>,
         limit: TryLimit,
@@ -181,6 +171,21 @@ struct Bounds {
 }
 
 impl Bounds {
+    /// The request's deadline: `timeouts.total`, or a gRPC app's own deadline when shorter
+    /// (it then caps every attempt too).
+    fn of(policy: &Policy, parts: &Parts, grpc: bool) -> Bounds {
+        let app_deadline = grpc.then(|| grpc::timeout(&parts.headers)).flatten();
+        let configured = policy.timeouts.total;
+        let total = app_deadline.map_or(configured, |t| t.min(configured));
+        Bounds {
+            deadline: deadline_after(total),
+            whole: Whole {
+                total,
+                from_app: app_deadline.is_some_and(|t| t == total),
+            },
+        }
+    }
+
     /// A try's limit with `remaining` of the request's time: the attempt timeout, or what is
     /// left of the whole when that is less.
     fn limit(self, remaining: Duration, attempt: Duration) -> TryLimit {

@@ -35,6 +35,29 @@ impl Cx<'_> {
             &r.initial_limit,
             limit,
         );
+        self.limit_bounds(t, raw);
+        self.adaptive(t, raw);
+    }
+
+    /// `min_limit` ≤ `max_limit`, reported at whichever of the three limits the file sets.
+    fn limit_bounds(&mut self, t: &Concurrency, raw: &RawPolicy) {
+        let r = &raw.concurrency;
+        let set = [&r.min_limit, &r.max_limit, &r.initial_limit];
+        let at = set.into_iter().flatten().next().map(toml::Spanned::span);
+        if let Some(at) = at {
+            if t.min_limit > t.max_limit {
+                let why = format!(
+                    "`concurrency.min_limit` ({}) is above `concurrency.max_limit` ({})",
+                    t.min_limit, t.max_limit
+                );
+                self.error(at, why);
+            }
+        }
+    }
+
+    /// How an adaptive limit moves: its window and its ratios.
+    fn adaptive(&mut self, t: &mut Concurrency, raw: &RawPolicy) {
+        let r = &raw.concurrency;
         self.value(&mut t.window, "concurrency.window", &r.window, |s| {
             positive(s)
         });
@@ -68,17 +91,6 @@ impl Cx<'_> {
             &r.long_window,
             |s| positive(s),
         );
-        let set = [&r.min_limit, &r.max_limit, &r.initial_limit];
-        let at = set.into_iter().flatten().next().map(toml::Spanned::span);
-        if let Some(at) = at {
-            if t.min_limit > t.max_limit {
-                let why = format!(
-                    "`concurrency.min_limit` ({}) is above `concurrency.max_limit` ({})",
-                    t.min_limit, t.max_limit
-                );
-                self.error(at, why);
-            }
-        }
     }
 
     pub(super) fn hedge(&mut self, t: &mut Hedge, raw: &RawPolicy) {
