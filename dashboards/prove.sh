@@ -11,7 +11,7 @@
 #   3. writes a policies directory: `flaky` (breaker enforced, consecutive_failures = 3, open
 #      2s..4s; 2 attempts on gateway-error), `limited` (rps = 2, burst = 0), `shadow` (breaker
 #      and rate limit in shadow mode, retry budget 0 so every retry is refused), `retrying`
-#      (3 attempts, breaker off), `intercepted` (intercept = true, with a CA from `fusebox ca
+#      (3 attempts, throttling breaker, hedges after 20 ms, aimd limit), `intercepted` (intercept = true, with a CA from `fusebox ca
 #      init`) and default.toml (allow_private, short timeouts);
 #   4. starts fusebox (`--workers 1`, `--ca-dir`) and a second one with healthy traffic only, waits for /readyz, then makes one failed reload (a broken
 #      file: POST /reload answers 400) and one successful reload (a new policy file);
@@ -19,7 +19,8 @@
 #      dashboards/alerts.yml loaded, waits until the target is up, then drives traffic with curl
 #      loops for the rest of the run: the flaky destination down (its breaker trips and keeps
 #      rejecting: a call every 100 ms), rate-limited bursts, a failing shadow-mode destination,
-#      503-then-200 calls that a retry rescues, slow calls and attempt timeouts, CONNECT tunnels
+#      503-then-200 calls that a retry rescues, hedged slow calls, slow calls and attempt
+#      timeouts, CONNECT tunnels
 #      (curl -p); at 20 s the flaky destination comes up until its breaker closes (checked on
 #      /metrics: a transition to closed, state 0), then goes down again and stays down;
 #   6. at 40 s runs every query of dashboards/fusebox.json with dashboards/queries.py against
@@ -180,13 +181,22 @@ attempts = 1
 [breaker]
 mode = "off"
 EOF
+# The retry destination also hedges its slow calls, adapts its concurrency limit and
+# throttles instead of opening (the "Tail and overload" row, §18): every other try is a 503, so
+# half are accepted and the throttle refuses none (its probability, 0, is still a series).
 cat >"$POL/retrying.toml" <<EOF
 hosts = ["127.0.0.1:$P_RETRY"]
 [retry]
 attempts = 3
 on = ["gateway-error"]
 [breaker]
-mode = "off"
+mode = "throttle"
+[hedge]
+enabled = true
+delay = "20ms"
+max_extra_load = 1.0
+[concurrency]
+mode = "aimd"
 EOF
 "$FUSEBOX_BIN" check --policies "$POL" --ca-dir "$WORK/ca" >"$WORK/check.log" 2>&1 || die "fusebox check --policies $POL"
 
@@ -272,6 +282,7 @@ loop 0.1 via "$UP:$P_FLAKY/flaky"                  # breaker: trips, rejects, re
 loop 1 burst                                        # rate limited: 2 rps, bursts of 5
 loop 0.25 via "$UP:$P_SHADOW/fail"                  # shadow breaker, refused retries (budget 0)
 loop 0.5 via "$UP:$P_RETRY/alternate"              # 503 then 200: retried, succeeds
+loop 0.5 via "$UP:$P_RETRY/slow?ms=100"             # hedged after 20 ms
 loop 0.5 via "$UP:$P_PLAIN/slow?ms=200"             # latency
 loop 3 via "$UP:$P_PLAIN/slow?ms=1500"              # attempt timeout (1s): outcome timeout
 loop 0.2 via -p "$UP:$P_PLAIN/slow?ms=2000"         # CONNECT tunnels, ~2 s each
