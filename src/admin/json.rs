@@ -384,7 +384,7 @@ mod tests {
                 "state": "open",
                 "since": "2025-01-31T11:59:58.500Z",
                 "reason": "consecutive_failures",
-                "reason_text": "tripped: consecutive_failures failures in a row",
+                "reason_text": "tripped: too many failures in a row (breaker.consecutive_failures)",
                 "window": {"calls": 3, "failures": 2, "slow": 1},
                 "next_probe_in_ms": 2501,
                 "recent": [

@@ -149,9 +149,15 @@ impl Reason {
     /// `forced` are an operator's commands, never something the upstream did.
     pub fn describe(self) -> &'static str {
         match self {
-            Reason::ConsecutiveFailures => "tripped: consecutive_failures failures in a row",
-            Reason::FailureRate => "tripped: failure_rate reached over the window",
-            Reason::SlowCallRate => "tripped: slow_call_rate reached over the window",
+            Reason::ConsecutiveFailures => {
+                "tripped: too many failures in a row (breaker.consecutive_failures)"
+            }
+            Reason::FailureRate => {
+                "tripped: too many failures over the window (breaker.failure_rate)"
+            }
+            Reason::SlowCallRate => {
+                "tripped: too many slow calls over the window (breaker.slow_call_rate)"
+            }
             Reason::ProbeFailed => "a half-open probe failed",
             Reason::ProbeSucceeded => "every half-open probe succeeded",
             Reason::OpenElapsed => "the open period elapsed: probing",

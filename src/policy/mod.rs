@@ -553,11 +553,55 @@ impl PolicySet {
 }
 
 /// Serialize durations as humantime strings (`"250ms"`) in `/config`.
+/// Durations as policy files write them (`/config`): a number and the largest unit that
+/// divides the duration exactly, `24h`, `90s`, `250ms`, never `1day` or `1m 30s`; each
+/// reads back as the same duration.
 mod humantime_serde_compat {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
+        s.collect_str(&compact(*d))
+    }
+
+    pub(super) fn compact(d: Duration) -> String {
+        const UNITS: [(u128, &str); 6] = [
+            (3_600_000_000_000, "h"),
+            (60_000_000_000, "m"),
+            (1_000_000_000, "s"),
+            (1_000_000, "ms"),
+            (1_000, "us"),
+            (1, "ns"),
+        ];
+        let nanos = d.as_nanos();
+        if nanos == 0 {
+            return "0s".to_owned();
+        }
+        let (size, unit) = UNITS
+            .into_iter()
+            .find(|(size, _)| nanos % size == 0)
+            .unwrap_or((1, "ns"));
+        format!("{}{unit}", nanos / size)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn durations_read_as_files_write_them_and_back() {
+            let cases = [
+                (Duration::from_secs(86_400), "24h"),
+                (Duration::from_secs(90), "90s"),
+                (Duration::from_secs(300), "5m"),
+                (Duration::from_millis(250), "250ms"),
+                (Duration::from_millis(1_500), "1500ms"),
+                (Duration::ZERO, "0s"),
+            ];
+            for (duration, text) in cases {
+                assert_eq!(compact(duration), text);
+                assert_eq!(humantime::parse_duration(text).unwrap(), duration);
+            }
+        }
     }
 }
 
