@@ -430,14 +430,10 @@ impl DestinationMetrics {
         if count == 0 && self.idle_connections.get().is_none() {
             return;
         }
-        let gauge = self.idle_connections.get_or_init(|| {
-            self.telemetry.recorder.register_gauge(
-                &Key::from_parts("fusebox_upstream_idle_connections", self.labels.to_vec()),
-                &METADATA,
-            )
-        });
+        let name = "fusebox_upstream_idle_connections";
         #[allow(clippy::cast_precision_loss)]
-        gauge.set(count as f64);
+        self.lazy_gauge(&self.idle_connections, name)
+            .set(count as f64);
     }
 
     /// Sets `fusebox_throttle_ratio`: the refusal probability of a throttling breaker.

@@ -355,6 +355,18 @@ async fn a_long_stream_as_a_half_open_probe_closes_the_breaker_at_its_head() {
     );
 }
 
+/// `fusebox_hedges_total` of the destination on `port`: hedges sent, and won.
+fn sent_and_won(metrics: &str, port: u16) -> (f64, f64) {
+    let hedges = |result| {
+        count(
+            metrics,
+            "fusebox_hedges_total",
+            &labels(port, &[("result", result)]),
+        )
+    };
+    (hedges("sent"), hedges("won"))
+}
+
 /// Hedging for an idempotent gRPC service (`POST` listed in `retry.methods`), §18.
 const HEDGE_GRPC: &str = "[retry]\nattempts = 2\nmethods = [\"POST\"]\n\
                           [hedge]\nenabled = true\nmax_extra_load = 1.0\n";
@@ -374,14 +386,7 @@ async fn a_stalled_grpc_call_is_hedged_with_its_recorded_body() {
     assert_eq!(server.hits_at_least(2).await, 2);
     let metrics = fusebox.metrics().await;
     let port = server.port;
-    let hedges = |result| {
-        count(
-            &metrics,
-            "fusebox_hedges_total",
-            &labels(port, &[("result", result)]),
-        )
-    };
-    assert_eq!((hedges("sent"), hedges("won")), (1.0, 1.0), "{metrics}");
+    assert_eq!(sent_and_won(&metrics, port), (1.0, 1.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,14 +408,7 @@ async fn a_retryable_grpc_status_sends_the_next_hedge_at_once() {
     );
     let metrics = fusebox.metrics().await;
     let port = server.port;
-    let hedges = |result| {
-        count(
-            &metrics,
-            "fusebox_hedges_total",
-            &labels(port, &[("result", result)]),
-        )
-    };
-    assert_eq!((hedges("sent"), hedges("won")), (1.0, 1.0), "{metrics}");
+    assert_eq!(sent_and_won(&metrics, port), (1.0, 1.0), "{metrics}");
     let retries = count(
         &metrics,
         "fusebox_retries_total",

@@ -636,9 +636,9 @@ impl CircuitBreaker {
         self.config.failure_statuses.contains(&status) || (status == 429 && self.throttle.is_some())
     }
 
-    /// Throttle mode: the probability that a call asked for now is refused.
-    pub fn throttle_probability(&self, now: Instant) -> Option<f64> {
-        self.throttle.as_ref().map(|t| t.probability(now))
+    /// Throttle mode: the probability the last call was decided with.
+    pub fn throttle_probability(&self) -> Option<f64> {
+        self.throttle.as_ref().map(|t| t.last_probability())
     }
 
     pub fn state(&self) -> State {

@@ -46,6 +46,8 @@ pub struct Throttle {
     origin: Instant,
     bucket: Duration,
     buckets: [Bucket; BUCKETS],
+    /// The probability the last request was decided with.
+    last: f64,
 }
 
 impl Throttle {
@@ -56,6 +58,7 @@ impl Throttle {
             origin: now,
             bucket: (window / buckets).max(Duration::from_millis(1)),
             buckets: [Bucket::default(); BUCKETS],
+            last: 0.0,
         }
     }
 
@@ -71,12 +74,19 @@ impl Throttle {
     /// it is refused with probability `p`, else `Ok(p)`.
     pub fn request(&mut self, now: Instant, draw: f64) -> Result<f64, f64> {
         let p = self.probability(now);
+        self.last = p;
         self.current(now).requests += 1;
         if draw < p {
             Err(p)
         } else {
             Ok(p)
         }
+    }
+
+    /// The probability the last request was decided with (0 before any), without counting
+    /// the window again.
+    pub fn last_probability(&self) -> f64 {
+        self.last
     }
 
     /// The upstream accepted a try.
@@ -154,6 +164,7 @@ mod tests {
         let after = t.probability(now);
         assert!(after > p);
         assert_eq!(t.request(now, after + 0.01), Ok(after));
+        assert_eq!(t.last_probability(), after);
         assert_eq!(t.counts(now).requests, 102);
     }
 

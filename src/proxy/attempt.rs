@@ -58,7 +58,7 @@ pub async fn run(
         tried: 0,
     };
     destination.budget.deposit();
-    let race = hedging(destination, &retrying, &sending.request).map(|hedging| Race {
+    let hedged = hedging(destination, &retrying, &sending.request).map(|hedging| Hedged {
         hedging,
         policy,
         bounds,
@@ -88,9 +88,9 @@ pub async fn run(
         retrying.count_sent(destination);
         *tries += 1;
         let limit = bounds.limit(remaining, policy.timeouts.attempt);
-        let ended = match &race {
+        let ended = match &hedged {
             // Boxed: a race's state would otherwise enlarge every request's future.
-            Some(race) => Box::pin(race.run(&mut sending, permit, limit, tries)).await?,
+            Some(hedged) => Box::pin(hedged.run(&mut sending, permit, limit, tries)).await?,
             None => sending.one(permit, limit, last).await?,
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -122,13 +122,13 @@ fn hedging<'d>(
 }
 
 /// A hedged request's tries: copies raced under the policy (§18).
-struct Race<'r> {
+struct Hedged<'r> {
     hedging: &'r Hedging,
     policy: &'r Policy,
     bounds: Bounds,
 }
 
-impl Race<'_> {
+impl Hedged<'_> {
     /// Races copies of the request from a first one under `permit` and `limit`; the copies
     /// count in `tries`. The answer says which copy it came from.
     async fn run<'a>(

@@ -296,7 +296,7 @@ impl Destination {
         let (admission, transition, throttle) = {
             let mut breaker = self.breaker();
             let (admission, transition) = breaker.admit(now);
-            (admission, transition, breaker.throttle_probability(now))
+            (admission, transition, breaker.throttle_probability())
         };
         if let Some(probability) = throttle {
             self.metrics.set_throttle_ratio(probability);
