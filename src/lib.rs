@@ -19,6 +19,8 @@ pub mod fleet;
 pub mod fuzz;
 pub mod grpc_code;
 pub mod guard;
+pub mod histogram;
+pub mod live_stats;
 pub mod logging;
 pub mod outcome;
 pub mod pipeline;

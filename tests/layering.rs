@@ -10,13 +10,21 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("grpc_code", &[]),
     ("address", &[]),
     ("guard", &[]),
+    ("histogram", &[]),
+    ("live_stats", &["histogram", "outcome"]),
     ("logging", &[]),
     ("ca", &[]),
     ("outcome", &["grpc_code"]),
     ("policy", &["grpc_code", "address"]),
-    ("telemetry", &["policy", "outcome", "grpc_code"]),
+    (
+        "telemetry",
+        &["policy", "outcome", "grpc_code", "live_stats"],
+    ),
     ("upstream", &["policy", "guard", "address"]),
-    ("pipeline", &["policy", "outcome", "telemetry", "grpc_code"]),
+    (
+        "pipeline",
+        &["policy", "outcome", "telemetry", "grpc_code", "histogram"],
+    ),
     ("fleet", &["pipeline", "policy", "telemetry"]),
     (
         "registry",

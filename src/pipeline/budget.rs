@@ -123,6 +123,21 @@ impl RetryBudget {
         false
     }
 
+    /// Retries it would grant at `now`: the balance in tokens plus what is left of this
+    /// second's allowance (for the live view; a retry needs one whole token).
+    pub fn available_at(&self, now: Instant) -> f64 {
+        let second = self.second(now);
+        #[allow(clippy::cast_precision_loss)]
+        let balance = self.balance(second).max(0) as f64 / f64::from(TOKEN);
+        let (at, used) = unpack(self.allowance.load(Ordering::Acquire));
+        let allowance = if at < second {
+            self.min_per_second
+        } else {
+            self.min_per_second.saturating_sub(used)
+        };
+        balance + f64::from(allowance)
+    }
+
     /// Whole seconds since `origin` (0 before it; saturates after ~136 years).
     fn second(&self, now: Instant) -> u32 {
         let secs = now.saturating_duration_since(self.origin).as_secs();
@@ -220,6 +235,25 @@ mod tests {
         }
         assert_eq!(withdrawals(&budget, t0, 1000), 20);
         assert!(!budget.try_withdraw_at(t0 + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn available_is_the_balance_plus_the_allowance_left() {
+        let t0 = Instant::now();
+        let budget = RetryBudget::new_at(&retry(0.2, 3), t0);
+        assert_eq!(budget.available_at(t0), 3.0);
+        for _ in 0..10 {
+            budget.deposit_at(t0);
+        }
+        assert!((budget.available_at(t0) - 5.0).abs() < 1e-9);
+        assert_eq!(withdrawals(&budget, t0, 4), 4);
+        assert!(
+            (budget.available_at(t0) - 1.0).abs() < 1e-9,
+            "3 allowance, 1 token"
+        );
+        // The next second's allowance is whole again.
+        let t1 = t0 + Duration::from_secs(1);
+        assert!((budget.available_at(t1) - 4.0).abs() < 1e-9);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::budget::RetryBudget;
+use crate::histogram::{bucket, percentile_of, BUCKETS};
 use crate::policy::{Hedge, HedgeDelay, Retry};
 
 /// How often the percentile is taken afresh.
@@ -33,12 +34,6 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 
 /// A percentile needs at least this many samples.
 pub const MIN_SAMPLES: u32 = 20;
-
-/// Sub-buckets per power of two (3 bits of mantissa).
-const SUB: u32 = 8;
-
-/// Buckets: microseconds up to 2^40 (12 days), far beyond any time limit.
-const BUCKETS: usize = (40 - 2) * SUB as usize;
 
 /// A destination's hedging state. See the module docs.
 #[derive(Debug)]
@@ -142,10 +137,13 @@ impl Latencies {
         self.refresh_at
             .store(at + millis(REFRESH), Ordering::Relaxed);
         // Take the counts and start afresh: a sample added meanwhile lands in either window.
-        let counts: Vec<u32> = self
+        let counts: Vec<(usize, u64)> = self
             .counts
             .iter()
             .map(|c| c.swap(0, Ordering::Relaxed))
+            .enumerate()
+            .filter(|&(_, c)| c > 0)
+            .map(|(index, c)| (index, u64::from(c)))
             .collect();
         self.samples.store(0, Ordering::Relaxed);
         if let Some(us) = percentile_of(&counts, p) {
@@ -156,54 +154,6 @@ impl Latencies {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The bucket of `us` microseconds: exact below 8, then 8 per power of two.
-fn bucket(us: u64) -> usize {
-    if us < u64::from(SUB) {
-        return usize::try_from(us).unwrap_or(0);
-    }
-    let exponent = 63 - us.leading_zeros(); // at least 3
-    let mantissa = (us >> (exponent - 3)) & u64::from(SUB - 1);
-    let index = (exponent - 2) * SUB + u32::try_from(mantissa).unwrap_or(0);
-    usize::try_from(index)
-        .unwrap_or(BUCKETS - 1)
-        .min(BUCKETS - 1)
-}
-
-/// The largest value of bucket `index`, in microseconds (a percentile errs on the late side).
-fn upper_edge(index: usize) -> u64 {
-    let index = u32::try_from(index).unwrap_or(u32::MAX);
-    if index < SUB {
-        return u64::from(index);
-    }
-    let exponent = index / SUB + 2;
-    let mantissa = u64::from(index % SUB);
-    let step = 1u64 << (exponent - 3);
-    ((u64::from(SUB) + mantissa) << (exponent - 3)) + step - 1
-}
-
-/// The `p`-th percentile (0–100) of `counts`, in microseconds; `None` when empty.
-fn percentile_of(counts: &[u32], p: f64) -> Option<u64> {
-    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
-    if total == 0 {
-        return None;
-    }
-    // The rank of the percentile, 1-based, at least 1.
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p / 100.0 * total as f64).ceil() as u64).clamp(1, total);
-    let mut seen = 0;
-    for (index, &count) in counts.iter().enumerate() {
-        seen += u64::from(count);
-        if seen >= rank {
-            return Some(upper_edge(index));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -220,34 +170,6 @@ mod tests {
             ..Hedge::default()
         };
         (Hedging::new(&config, &Retry::default(), now), now)
-    }
-
-    #[test]
-    fn buckets_are_within_an_eighth() {
-        for us in [
-            0,
-            1,
-            7,
-            8,
-            9,
-            15,
-            16,
-            100,
-            10_000,
-            10_999,
-            1_000_000,
-            u64::MAX / 2,
-        ] {
-            let index = bucket(us);
-            let upper = upper_edge(index);
-            assert!(upper >= us.min(upper_edge(BUCKETS - 1)), "{us}: {upper}");
-            if us >= 8 && index < BUCKETS - 1 {
-                assert!(upper - us <= us / 8, "{us} → {upper}");
-                assert!(index == 0 || upper_edge(index - 1) < us, "{us}");
-            }
-        }
-        assert_eq!(bucket(10_000), bucket(10_200));
-        assert_ne!(bucket(10_000), bucket(12_000));
     }
 
     #[test]

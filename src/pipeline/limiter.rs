@@ -26,6 +26,12 @@
 //! can step governor's [`FakeRelativeClock`](governor::clock::FakeRelativeClock) by hand; the
 //! default type parameter is [`TokioClock`].
 //!
+//! # Tokens left
+//!
+//! The live view shows how many tokens are left. governor cannot be asked without taking one,
+//! so every check records what its [`StateInformationMiddleware`] snapshot left (two relaxed
+//! atomic stores), and [`RateLimiter::tokens_left`] adds what was replenished since.
+//!
 //! # Shadow mode
 //!
 //! governor leaves its state untouched when it rejects a cell, so a request let through in shadow
@@ -36,7 +42,9 @@ use std::ops::Add;
 use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
-use governor::middleware::NoOpMiddleware;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::Quota;
@@ -57,8 +65,13 @@ pub enum LimitDecision {
 
 /// A rate limiter for one destination. `Send + Sync`; share it behind the destination's `Arc`.
 pub struct RateLimiter<C: Clock = TokioClock> {
-    inner: governor::RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+    inner: governor::RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>,
     mode: LimitMode,
+    quota: Quota,
+    origin: C::Instant,
+    /// Tokens the last check left, and when (nanoseconds after `origin`).
+    left: AtomicU32,
+    left_at: AtomicU64,
 }
 
 impl RateLimiter {
@@ -72,20 +85,63 @@ impl<C: Clock> RateLimiter<C> {
     /// Like [`RateLimiter::new`], on the given clock.
     pub fn with_clock(limit: &RateLimit, clock: C) -> Option<Self> {
         let quota = quota(limit)?;
+        let origin = clock.now();
         Some(Self {
-            inner: governor::RateLimiter::direct_with_clock(quota, clock),
+            inner: governor::RateLimiter::direct_with_clock(quota, clock)
+                .with_middleware::<StateInformationMiddleware>(),
             mode: limit.mode,
+            quota,
+            origin,
+            left: AtomicU32::new(quota.burst_size().get()),
+            left_at: AtomicU64::new(0),
         })
+    }
+
+    /// Tokens left now: what the last check left plus what was replenished since, at most
+    /// the bucket's size.
+    pub fn tokens_left(&self) -> f64 {
+        let now = self
+            .inner
+            .clock()
+            .now()
+            .duration_since(self.origin)
+            .as_u64();
+        let since = now.saturating_sub(self.left_at.load(Ordering::Relaxed));
+        let interval = self.quota.replenish_interval().as_nanos().max(1);
+        #[allow(clippy::cast_precision_loss)]
+        let replenished = since as f64 / interval as f64;
+        let left = f64::from(self.left.load(Ordering::Relaxed)) + replenished;
+        left.min(f64::from(self.quota.burst_size().get()))
+    }
+
+    fn note_left(&self, left: u32) {
+        let now = self
+            .inner
+            .clock()
+            .now()
+            .duration_since(self.origin)
+            .as_u64();
+        self.left.store(left, Ordering::Relaxed);
+        self.left_at.store(now, Ordering::Relaxed);
     }
 
     /// Takes a token for one attempt, if there is one.
     pub fn check(&self) -> LimitDecision {
         match self.inner.check() {
-            Ok(()) => LimitDecision::Allowed,
-            Err(_) if self.mode == LimitMode::Shadow => LimitDecision::ShadowRejected,
-            Err(not_until) => LimitDecision::Rejected {
-                retry_after: not_until.wait_time_from(self.inner.clock().now()),
-            },
+            Ok(snapshot) => {
+                self.note_left(snapshot.remaining_burst_capacity());
+                LimitDecision::Allowed
+            }
+            Err(_) if self.mode == LimitMode::Shadow => {
+                self.note_left(0);
+                LimitDecision::ShadowRejected
+            }
+            Err(not_until) => {
+                self.note_left(0);
+                LimitDecision::Rejected {
+                    retry_after: not_until.wait_time_from(self.inner.clock().now()),
+                }
+            }
         }
     }
 }
@@ -187,6 +243,18 @@ mod tests {
         assert_eq!(q.burst_size().get(), 15);
         let q = quota(&limit(u32::MAX, u32::MAX, LimitMode::Enforce)).expect("quota");
         assert_eq!(q.burst_size().get(), u32::MAX);
+    }
+
+    #[test]
+    fn tokens_left_follow_the_checks_and_the_refill() {
+        let (limiter, clock) = limiter(10, 5, LimitMode::Enforce);
+        assert_eq!(limiter.tokens_left(), 15.0, "a fresh bucket is full");
+        assert_eq!(allowed(&limiter, 12), 12);
+        assert!((limiter.tokens_left() - 3.0).abs() < 1e-9);
+        clock.advance(Duration::from_millis(250));
+        assert!((limiter.tokens_left() - 5.5).abs() < 1e-9);
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(limiter.tokens_left(), 15.0, "never above the bucket's size");
     }
 
     #[test]
