@@ -222,6 +222,8 @@ impl Agent {
             reloader: Arc::clone(&reloader),
             admin_token: config.admin_token.clone(),
             admin_hosts: config.admin_hosts.clone(),
+            feed: admin::feed::Feed::default(),
+            watchers: admin::events::Watchers::default(),
         });
         let observers = vec![
             tokio::spawn(admin::serve(

@@ -54,7 +54,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("reload", &["policy", "registry", "proxy", "ca_dir", "ca"]),
-    ("admin", &["registry", "reload", "pipeline", "policy"]),
+    (
+        "admin",
+        &["registry", "reload", "pipeline", "policy", "live_stats"],
+    ),
     ("check", &["policy", "ca"]),
     ("ca_dir", &["ca"]),
     ("ca_cli", &["ca"]),

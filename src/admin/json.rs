@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+pub use crate::live_stats::Totals;
 use crate::pipeline::breaker::{BreakerSnapshot, RecentFailure, State};
 use crate::policy::BreakerMode;
 use crate::registry::{Destination, EndpointView, TrustFailure, Upstream};
@@ -75,6 +76,17 @@ pub struct DestinationView {
     /// Extra: the destination's endpoints (§17), each with its balancing and ejection state.
     #[serde(default)]
     pub endpoints: Vec<EndpointJson>,
+    /// Extra: requests, upstream failures and local refusals since the destination was
+    /// created (the breaker's `window` only covers its last seconds).
+    #[serde(default)]
+    pub totals: Totals,
+    /// Extra: retries the retry budget would grant now.
+    #[serde(default)]
+    pub retry_budget_left: Option<f64>,
+    /// Extra: tokens left in the local rate limiter, `null` without one (or for a fleet-wide
+    /// limit, whose tokens are in Redis).
+    #[serde(default)]
+    pub rate_tokens_left: Option<f64>,
 }
 
 /// One endpoint of a destination in `/upstreams`.
@@ -120,6 +132,9 @@ pub struct WindowView {
     pub calls: u32,
     pub failures: u32,
     pub slow: u32,
+    /// Extra: how many seconds the window covers (the policy's `breaker.window`).
+    #[serde(default)]
+    pub seconds: u64,
 }
 
 /// The `kind` of a certificate failure in `recent`.
@@ -226,6 +241,9 @@ impl DestinationView {
                 .into_iter()
                 .map(EndpointJson::from)
                 .collect(),
+            totals: destination.metrics.live.totals(),
+            retry_budget_left: Some(destination.budget.available_at(Instant::now())),
+            rate_tokens_left: destination.limiter.as_ref().map(|l| l.tokens_left()),
             ..DestinationView::from_snapshot(
                 &upstream.policy.name,
                 &destination.authority,
@@ -235,6 +253,7 @@ impl DestinationView {
                 clock,
             )
         };
+        view.window.seconds = upstream.policy.breaker.window.as_secs();
         if let Some(trust) = destination.notes.trust_failure() {
             let after = snapshot.recent.iter().filter(|f| f.at <= trust.at).count();
             view.recent.insert(after, FailureView::trust(&trust, clock));
@@ -263,6 +282,7 @@ impl DestinationView {
                 calls: w.calls,
                 failures: w.failures,
                 slow: w.slow,
+                seconds: 0,
             },
             next_probe_in_ms: snapshot.next_probe_in.map(ceil_millis),
             recent: snapshot
@@ -280,6 +300,9 @@ impl DestinationView {
             fleet: None,
             limit: None,
             limit_mode: "fixed".to_owned(),
+            totals: Totals::default(),
+            retry_budget_left: None,
+            rate_tokens_left: None,
             throttle: snapshot.throttle.map(|(probability, counts)| ThrottleView {
                 probability,
                 requests: counts.requests,
@@ -385,7 +408,7 @@ mod tests {
                 "since": "2025-01-31T11:59:58.500Z",
                 "reason": "consecutive_failures",
                 "reason_text": "tripped: too many failures in a row (breaker.consecutive_failures)",
-                "window": {"calls": 3, "failures": 2, "slow": 1},
+                "window": {"calls": 3, "failures": 2, "slow": 1, "seconds": 0},
                 "next_probe_in_ms": 2501,
                 "recent": [
                     {"time": "2025-01-31T11:59:58.000Z", "kind": "status", "status": 503,
@@ -402,6 +425,9 @@ mod tests {
                 "idle_connections": 0,
                 "endpoints": [],
                 "intercept": false,
+                "totals": {"requests": 0, "errors": 0, "rejected": 0},
+                "retry_budget_left": null,
+                "rate_tokens_left": null,
             })
         );
         let back: DestinationView = serde_json::from_value(json).unwrap();

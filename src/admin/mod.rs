@@ -5,9 +5,16 @@
 //! - [`routes`]: which path and method does what, and the handlers.
 //! - [`json`]: the JSON shapes, shared with `fusebox status`, which reads them back.
 //! - [`auth`]: who may use the mutating (POST) endpoints.
+//! - The live view: [`page`] (the page at `/`), [`feed`] (the sampler, running only while
+//!   someone watches), [`events`] (`GET /events`, server-sent events) and [`live_row`] (their
+//!   JSON shapes, shared with `fusebox status --watch`).
 
 pub mod auth;
+pub mod events;
+pub mod feed;
 pub mod json;
+pub mod live_row;
+mod page;
 mod routes;
 
 use std::convert::Infallible;
@@ -15,6 +22,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -38,6 +48,18 @@ pub struct AdminState {
     /// `--admin-host`: names, besides loopback names and IP addresses, that the admin serves
     /// (lower case, no trailing dot).
     pub admin_hosts: Vec<String>,
+    /// The live view's sampler, running while someone watches.
+    pub feed: feed::Feed,
+    /// The open `GET /events` streams.
+    pub watchers: events::Watchers,
+}
+
+/// The body of every admin response: whole, or the live view's stream of events.
+pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A whole body.
+fn full(bytes: Bytes) -> AdminBody {
+    Full::new(bytes).boxed_unsync()
 }
 
 impl std::fmt::Debug for AdminState {
@@ -86,11 +108,13 @@ pub async fn serve(
             },
         };
         let state = Arc::clone(&state);
+        let stop = shutdown.clone();
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
+            let stop = stop.clone();
             async move {
                 let conn = routes::Conn { loopback, peer };
-                Ok::<_, Infallible>(routes::handle(&state, conn, req).await)
+                Ok::<_, Infallible>(routes::handle(&state, conn, req, stop).await)
             }
         });
         tokio::spawn(async move {

@@ -2,6 +2,8 @@
 //!
 //! | path                          | methods   | what                                           |
 //! |-------------------------------|-----------|------------------------------------------------|
+//! | `/`, `/live.js`, `/live.css`  | GET, HEAD | the live view's page                           |
+//! | `/events`                     | GET, HEAD | the live view's server-sent events             |
 //! | `/healthz`                    | GET, HEAD | process alive                                  |
 //! | `/readyz`                     | GET, HEAD | listeners bound, config loaded                 |
 //! | `/metrics`                    | GET, HEAD | Prometheus text                                |
@@ -22,17 +24,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::BodyExt;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::auth::{self, Decision};
 use super::json::{self, Clock, DestinationView};
-use super::AdminState;
+use super::{events, page, AdminBody, AdminState};
 use crate::policy::{BreakerMode, Policy};
 use crate::registry::{split_authority, BreakerCommand, Destination, Snapshot, Upstream};
 
-type AdminResponse = Response<Full<Bytes>>;
+type AdminResponse = Response<AdminBody>;
 
 /// What the handlers know about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +49,9 @@ pub(super) struct Conn {
 /// A known admin path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
+    /// A file of the live view's page: its body and content type.
+    Page(&'static str, &'static str),
+    Events,
     Healthz,
     Readyz,
     Metrics,
@@ -66,7 +72,11 @@ impl Route {
             Some(trimmed) if !trimmed.is_empty() => trimmed,
             _ => path,
         };
+        if let Some((body, content_type)) = page::asset(path) {
+            return Some(Route::Page(body, content_type));
+        }
         match path {
+            "/events" => return Some(Route::Events),
             "/healthz" => return Some(Route::Healthz),
             "/readyz" => return Some(Route::Readyz),
             "/metrics" => return Some(Route::Metrics),
@@ -109,7 +119,12 @@ impl Route {
 }
 
 /// Answers one admin request. The body is never read: every parameter is in the query.
-pub(super) async fn handle<B>(state: &AdminState, conn: Conn, req: Request<B>) -> AdminResponse {
+pub(super) async fn handle<B>(
+    state: &AdminState,
+    conn: Conn,
+    req: Request<B>,
+    shutdown: CancellationToken,
+) -> AdminResponse {
     let path = req.uri().path();
     if !auth::serves_host(req.headers().get(header::HOST), &state.admin_hosts) {
         warn!(peer = %conn.peer, path, "admin request for a foreign Host refused");
@@ -123,7 +138,7 @@ pub(super) async fn handle<B>(state: &AdminState, conn: Conn, req: Request<B>) -
         return json_error(
             StatusCode::NOT_FOUND,
             &format!(
-                "no admin endpoint at {path} (try /upstreams, /config, /metrics, /healthz, /readyz)"
+                "no admin endpoint at {path} (try /, /upstreams, /config, /metrics, /healthz, /readyz)"
             ),
         );
     };
@@ -148,6 +163,8 @@ pub(super) async fn handle<B>(state: &AdminState, conn: Conn, req: Request<B>) -
         }
     }
     match route {
+        Route::Page(body, content_type) => page::response(body, content_type),
+        Route::Events => events(state, req.method() == Method::HEAD, shutdown),
         Route::Healthz => text(StatusCode::OK, "ok\n".into(), TEXT),
         Route::Readyz if state.ready.load(Ordering::Acquire) => {
             text(StatusCode::OK, "ready\n".into(), TEXT)
@@ -205,6 +222,35 @@ fn check_auth(state: &AdminState, conn: Conn, headers: &http::HeaderMap) -> Opti
              `Authorization: Bearer TOKEN`, or bind --admin to 127.0.0.1",
         )),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /events
+
+fn events(state: &AdminState, head: bool, shutdown: CancellationToken) -> AdminResponse {
+    let Some(watcher) = state.watchers.join() else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{} live views are open already, the most this admin serves at once; close one",
+                events::MAX_WATCHERS
+            ),
+        );
+    };
+    let body = if head {
+        super::full(Bytes::new())
+    } else {
+        let frames = state.feed.subscribe(&state.registry);
+        events::stream(frames, watcher, shutdown).boxed_unsync()
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -558,7 +604,7 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> AdminResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(super::full(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -607,7 +653,12 @@ mod tests {
         assert_eq!(Route::parse("/upstreams/a/b"), None);
         assert_eq!(Route::parse("/upstreams/a/breaker/x"), None);
         assert_eq!(Route::parse("/upstreams//breaker"), None);
-        assert_eq!(Route::parse("/"), None);
+        assert!(matches!(
+            Route::parse("/"),
+            Some(Route::Page(_, "text/html; charset=utf-8"))
+        ));
+        assert_eq!(Route::parse("/events"), Some(Route::Events));
+        assert_eq!(Route::parse("/live.jsx"), None);
         assert_eq!(Route::parse("/config"), Some(Route::Config));
         assert_eq!(Route::parse("/reload/"), Some(Route::Reload));
     }

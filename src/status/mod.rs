@@ -3,7 +3,10 @@
 //! reason.
 //!
 //! Rendering is a pure function of the rows, the time and whether to colour
-//! ([`render_table`]); the rest is fetching, error messages and the `--watch` loop.
+//! ([`render_table`]); the rest is fetching and error messages. `--watch` follows the live
+//! view's event stream instead ([`watch`]).
+
+mod watch;
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,7 +21,8 @@ pub struct StatusArgs {
     /// address such as 0.0.0.0:9901 (what `run` may listen on) is reached via loopback.
     #[arg(long, env = "FUSEBOX_ADMIN", default_value = "127.0.0.1:9901")]
     pub admin: String,
-    /// Refresh every second until Ctrl-C.
+    /// Follow the agent live until Ctrl-C (its `/events`): requests per second, error and
+    /// refusal shares, p50/p99 over the last 10 s, trouble on top.
     #[arg(long)]
     pub watch: bool,
     /// Only the destinations of this policy.
@@ -79,42 +83,7 @@ async fn status(args: &StatusArgs) -> i32 {
         };
     }
 
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        let fetched = tokio::select! {
-            _ = &mut ctrl_c => return 0,
-            fetched = fetch(&client, &url, &target) => fetched,
-        };
-        let now = SystemTime::now();
-        let mut frame = String::new();
-        if terminal {
-            // Home, then clear the screen.
-            frame.push_str("\x1b[H\x1b[2J");
-        }
-        frame.push_str(&format!(
-            "fusebox status · {} · {} · every 1s, Ctrl-C to stop\n\n",
-            target.display,
-            humantime::format_rfc3339_seconds(now)
-        ));
-        match fetched {
-            Ok(rows) => frame.push_str(&render_table(&rows, now, colour)),
-            Err(message) => {
-                frame.push_str(&message);
-                frame.push_str(" (retrying)\n");
-            }
-        }
-        if !terminal {
-            frame.push('\n');
-        }
-        if write_out(&frame).is_err() {
-            return 1;
-        }
-        tokio::select! {
-            _ = &mut ctrl_c => return 0,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    watch::watch(&target, args.upstream.as_deref(), colour, terminal).await
 }
 
 /// Writes to stdout; an error (a closed pipe) ends the command instead of panicking.
@@ -260,7 +229,9 @@ fn io_cause(error: &std::io::Error) -> String {
 // ---------------------------------------------------------------------------------------------
 // Rendering.
 
-const HEADERS: [&str; 8] = [
+const COLUMNS: usize = 9;
+
+const HEADERS: [&str; COLUMNS] = [
     "UPSTREAM",
     "DESTINATION",
     "STATE",
@@ -269,7 +240,10 @@ const HEADERS: [&str; 8] = [
     "LAST REASON",
     "NEXT PROBE",
     "IN FLIGHT",
+    "TOTAL REQ/ERR/REJ",
 ];
+/// The column of the breaker's window counts, whose header names the window.
+const WINDOW_COLUMN: usize = 4;
 /// The column that is coloured.
 const STATE_COLUMN: usize = 2;
 
@@ -286,15 +260,24 @@ pub fn render_table(rows: &[DestinationView], now: SystemTime, colour: bool) -> 
     if rows.is_empty() {
         return "no destinations yet\n".to_owned();
     }
-    let cells: Vec<[String; 8]> = rows.iter().map(|row| cells(row, now)).collect();
-    let mut widths = HEADERS.map(str::len);
+    let shared_window = shared_window(rows);
+    let cells: Vec<[String; COLUMNS]> = rows
+        .iter()
+        .map(|row| cells(row, now, shared_window.is_none()))
+        .collect();
+    let mut header = HEADERS.map(str::to_owned);
+    header[WINDOW_COLUMN] = match shared_window {
+        Some(0) => HEADERS[WINDOW_COLUMN].to_owned(),
+        Some(seconds) => format!("LAST {} CALLS/FAIL/SLOW", seconds_label(seconds)),
+        None => format!("WINDOW {}", HEADERS[WINDOW_COLUMN]),
+    };
+    let mut widths = header.clone().map(|h| h.chars().count());
     for row in &cells {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let header = HEADERS.map(str::to_owned);
     push_line(&mut out, &header, &widths, |_| None, colour.then_some(BOLD));
     for (row, line) in rows.iter().zip(&cells) {
         let paint =
@@ -361,10 +344,28 @@ fn push_trust_failures(out: &mut String, rows: &[DestinationView], now: SystemTi
     }
 }
 
+/// The breaker window's length when every row has the same (`Some(0)`: an agent too old to
+/// say), `None` when they differ.
+fn shared_window(rows: &[DestinationView]) -> Option<u64> {
+    let first = rows.first().map_or(0, |row| row.window.seconds);
+    rows.iter()
+        .all(|row| row.window.seconds == first)
+        .then_some(first)
+}
+
+/// `10s`, `2m`, `1m30s`.
+fn seconds_label(seconds: u64) -> String {
+    match (seconds / 60, seconds % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
+    }
+}
+
 fn push_line(
     out: &mut String,
-    cells: &[String; 8],
-    widths: &[usize; 8],
+    cells: &[String],
+    widths: &[usize],
     paint: impl Fn(usize) -> Option<&'static str>,
     whole: Option<&str>,
 ) {
@@ -406,7 +407,7 @@ fn state_colour(state: &str) -> &'static str {
     }
 }
 
-fn cells(row: &DestinationView, now: SystemTime) -> [String; 8] {
+fn cells(row: &DestinationView, now: SystemTime, name_window: bool) -> [String; COLUMNS] {
     let mut state = row.state.clone();
     if row.forced.is_some() {
         state.push_str(" FORCED");
@@ -427,16 +428,22 @@ fn cells(row: &DestinationView, now: SystemTime) -> [String; 8] {
         // Which rate limit applies: the fleet's, or the local fallback (§15).
         destination.push_str(&format!(" (fleet: {fleet})"));
     }
+    let mut window = format!("{}/{}/{}", w.calls, w.failures, w.slow);
+    if name_window {
+        window.push_str(&format!(" ({})", seconds_label(w.seconds)));
+    }
+    let t = row.totals;
     [
         row.upstream.clone(),
         destination,
         state,
         since(&row.since, now),
-        format!("{}/{}/{}", w.calls, w.failures, w.slow),
+        window,
         reason_cell(row.reason.as_deref()),
         row.next_probe_in_ms
             .map_or_else(|| "-".to_owned(), next_probe),
         in_flight_cell(row),
+        format!("{}/{}/{}", t.requests, t.errors, t.rejected),
     ]
 }
 
@@ -497,7 +504,7 @@ fn next_probe(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::json::{FailureView, WindowView};
+    use crate::admin::json::{FailureView, Totals, WindowView};
 
     fn now() -> SystemTime {
         humantime::parse_rfc3339("2025-01-31T12:00:00Z").unwrap()
@@ -511,7 +518,10 @@ mod tests {
             since: since.into(),
             reason: None,
             reason_text: None,
-            window: WindowView::default(),
+            window: WindowView {
+                seconds: 10,
+                ..WindowView::default()
+            },
             next_probe_in_ms: None,
             recent: Vec::new(),
             in_flight: 0,
@@ -525,6 +535,9 @@ mod tests {
             limit: None,
             limit_mode: "fixed".into(),
             throttle: None,
+            totals: Totals::default(),
+            retry_budget_left: None,
+            rate_tokens_left: None,
         }
     }
 
@@ -540,6 +553,7 @@ mod tests {
             calls: 5,
             failures: 5,
             slow: 0,
+            seconds: 10,
         };
         open.next_probe_in_ms = Some(4_200);
         open.trips = 1;
@@ -564,9 +578,15 @@ mod tests {
             calls: 120,
             failures: 3,
             slow: 1,
+            seconds: 10,
         };
         closed.in_flight = 2;
         closed.intercept = true;
+        closed.totals = Totals {
+            requests: 48_210,
+            errors: 12,
+            rejected: 3,
+        };
         let mut half = row(
             "search",
             "search:80",
@@ -582,14 +602,25 @@ mod tests {
     fn renders_an_aligned_table_without_colour() {
         let table = render_table(&sample(), now(), false);
         let expected = "\
-UPSTREAM  DESTINATION                        STATE               SINCE      CALLS/FAIL/SLOW  LAST REASON           NEXT PROBE  IN FLIGHT
-default   api.example.com:443 (intercepted)  closed              3h00m ago  120/3/1          -                     -           2
-payments  10.0.0.7:8080 (fleet: fallback)    open                3m12s ago  5/5/0            consecutive_failures  4.2s        0
-payments  [::1]:9000                         open FORCED         2s ago     0/0/0            forced (operator)     -           0
-search    search:80                          half-open (shadow)  0s ago     0/0/0            open_elapsed          -           0
+UPSTREAM  DESTINATION                        STATE               SINCE      LAST 10s CALLS/FAIL/SLOW  LAST REASON           NEXT PROBE  IN FLIGHT  TOTAL REQ/ERR/REJ
+default   api.example.com:443 (intercepted)  closed              3h00m ago  120/3/1                   -                     -           2          48210/12/3
+payments  10.0.0.7:8080 (fleet: fallback)    open                3m12s ago  5/5/0                     consecutive_failures  4.2s        0          0/0/0
+payments  [::1]:9000                         open FORCED         2s ago     0/0/0                     forced (operator)     -           0          0/0/0
+search    search:80                          half-open (shadow)  0s ago     0/0/0                     open_elapsed          -           0          0/0/0
 ";
         assert_eq!(table, expected, "\n{table}");
         assert!(!table.contains('\x1b'));
+    }
+
+    #[test]
+    fn windows_of_different_lengths_are_named_in_each_cell() {
+        let mut rows = sample();
+        rows[1].window.seconds = 90;
+        let table = render_table(&rows, now(), false);
+        let header = table.lines().next().unwrap();
+        assert!(header.contains(" WINDOW CALLS/FAIL/SLOW "), "{table}");
+        assert!(table.contains("5/5/0 (1m30s)"), "{table}");
+        assert!(table.contains("120/3/1 (10s)"), "{table}");
     }
 
     #[test]
@@ -712,18 +743,18 @@ search    search:80                          half-open (shadow)  0s ago     0/0/
     fn the_in_flight_column_names_the_limit_and_a_throttle_its_probability() {
         let mut row = row("svc", "a:80", "closed", "2025-01-31T11:59:00Z");
         row.in_flight = 3;
-        assert_eq!(cells(&row, now())[7], "3");
+        assert_eq!(cells(&row, now(), false)[7], "3");
         row.limit = Some(50);
-        assert_eq!(cells(&row, now())[7], "3/50");
+        assert_eq!(cells(&row, now(), false)[7], "3/50");
         row.limit_mode = "aimd".into();
         row.limit = Some(42);
-        assert_eq!(cells(&row, now())[7], "3/42 aimd");
+        assert_eq!(cells(&row, now(), false)[7], "3/42 aimd");
         row.mode = "throttle".into();
         row.throttle = Some(crate::admin::json::ThrottleView {
             probability: 0.421,
             requests: 120,
             accepts: 10,
         });
-        assert_eq!(cells(&row, now())[2], "closed (throttle p=0.42)");
+        assert_eq!(cells(&row, now(), false)[2], "closed (throttle p=0.42)");
     }
 }
