@@ -1,0 +1,522 @@
+// fusebox live view: keeps one table of every destination up to date from the admin server's
+// event stream (GET /events: a `snapshot` with all rows on every (re)connect, then `update`s
+// with the rows that changed and the keys removed), trouble first, one page at a time.
+//
+// The page runs under a CSP with `require-trusted-types-for 'script'` and no inline styles, so
+// every node is made with createElement and every text from the server (names of upstreams,
+// destinations, endpoints, reasons) is set as textContent; looks change through classes and the
+// `hidden` attribute only. With an admin token (kept in sessionStorage) each row gets "Force
+// open" and "Reset" buttons that POST the admin API's breaker command; the stream then shows
+// the result.
+'use strict';
+
+const PAGE_SIZE = 50;
+const TOKEN_KEY = 'fusebox.adminToken';
+// The server sends at least a heartbeat every 15 s; silence for longer means a dead stream.
+const STALE_MS = 35000;
+const RETRY_MS = 2000;
+const DASH = '–';
+
+const STATE_RANK = { open: 0, 'half-open': 1 };
+
+const view = {
+  rows: new Map(),        // key -> row, as last received
+  sorted: [],             // rows in display order (all of them, before the filter)
+  dirty: true,            // rows changed since `sorted` was made
+  filter: '',
+  page: 0,
+  offsetMs: 0,            // server clock - local clock, taken at each event's receipt
+  windowS: null,
+  token: readToken(),
+  elements: new Map(),    // key -> {tr, cells, sig}, the rows of the page on screen
+  openEndpoints: new Set(), // keys whose endpoint list the user opened
+  frame: 0,
+};
+
+const $ = (id) => document.getElementById(id);
+
+// ---- the event stream ----------------------------------------------------------------------
+
+let source = null;
+let lastEventAt = 0;
+
+function connect() {
+  if (source) source.close();
+  setConnection('connecting', 'connecting…');
+  source = new EventSource('/events');
+  source.addEventListener('open', () => setConnection('live', 'live'));
+  source.addEventListener('error', onStreamError);
+  source.addEventListener('snapshot', (e) => receive(e, applySnapshot));
+  source.addEventListener('update', (e) => receive(e, applyUpdate));
+}
+
+function onStreamError() {
+  if (source.readyState === EventSource.CLOSED) {
+    // The browser gave up (e.g. a non-200 answer); try again ourselves.
+    setConnection('down', 'disconnected, retrying…');
+    setTimeout(connect, RETRY_MS);
+  } else {
+    setConnection('reconnecting', 'reconnecting…');
+  }
+}
+
+function receive(event, apply) {
+  let data;
+  try {
+    data = JSON.parse(event.data);
+  } catch (err) {
+    showMessage(`unreadable event from the server: ${err.message}`, true);
+    return;
+  }
+  lastEventAt = Date.now();
+  if (typeof data.time === 'number') view.offsetMs = data.time - Date.now();
+  apply(data);
+  setConnection('live', 'live');
+  view.dirty = true;
+  scheduleRender();
+}
+
+function applySnapshot(data) {
+  view.rows.clear();
+  if (typeof data.window_s === 'number') view.windowS = data.window_s;
+  for (const row of data.rows || []) view.rows.set(row.key, row);
+}
+
+function applyUpdate(data) {
+  for (const row of data.rows || []) view.rows.set(row.key, row);
+  for (const key of data.removed || []) view.rows.delete(key);
+}
+
+function watchStaleness() {
+  if (lastEventAt && Date.now() - lastEventAt > STALE_MS) {
+    lastEventAt = 0;
+    connect();
+  }
+}
+
+function setConnection(kind, text) {
+  const el = $('connection');
+  const cls = `conn conn-${kind}`;
+  if (el.className !== cls) el.className = cls;
+  setText(el, text);
+}
+
+function showMessage(text, isError) {
+  const el = $('message');
+  el.classList.toggle('error', Boolean(isError));
+  setText(el, text);
+}
+
+// ---- order and filter ----------------------------------------------------------------------
+
+function needsAttention(row) {
+  return row.forced !== null && row.forced !== undefined
+    || (row.throttle_probability || 0) > 0
+    || (row.endpoints || []).some((ep) => ep.state === 'ejected');
+}
+
+function rank(row) {
+  if (row.state in STATE_RANK) return STATE_RANK[row.state];
+  return needsAttention(row) ? 2 : 3;
+}
+
+function desc(a, b) {
+  return (b ?? -1) - (a ?? -1);
+}
+
+function compareText(a, b) {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function compareRows(a, b) {
+  return rank(a) - rank(b)
+    || desc(a.error_ratio, b.error_ratio)
+    || desc(a.reject_ratio, b.reject_ratio)
+    || desc(a.rps, b.rps)
+    || compareText(a.upstream, b.upstream)
+    || compareText(a.destination, b.destination);
+}
+
+function ordered() {
+  if (view.dirty) {
+    view.sorted = Array.from(view.rows.values()).sort(compareRows);
+    view.dirty = false;
+  }
+  if (!view.filter) return view.sorted;
+  const needle = view.filter;
+  return view.sorted.filter((row) =>
+    row.upstream.toLowerCase().includes(needle) || row.destination.toLowerCase().includes(needle));
+}
+
+// ---- rendering -----------------------------------------------------------------------------
+
+function scheduleRender() {
+  if (!view.frame) view.frame = requestAnimationFrame(render);
+}
+
+function render() {
+  view.frame = 0;
+  const rows = ordered();
+  const pages = Math.max(1, Math.ceil(rows.length / PAGE_SIZE));
+  view.page = Math.min(view.page, pages - 1);
+  const first = view.page * PAGE_SIZE;
+  const shown = rows.slice(first, first + PAGE_SIZE);
+  renderRows(shown);
+  renderPager(first, shown.length, rows.length);
+  renderSummary();
+}
+
+// Updates the page's rows in place (keeping focus and opened endpoint lists), then puts them in
+// order; the DOM is reordered only when the order changed.
+function renderRows(shown) {
+  const now = serverNow();
+  const keep = new Map();
+  for (const row of shown) {
+    const entry = view.elements.get(row.key) || makeRow(row);
+    fillRow(entry, row, now);
+    keep.set(row.key, entry);
+  }
+  view.elements = keep;
+  const body = $('rows');
+  const wanted = shown.map((row) => keep.get(row.key).tr);
+  const same = wanted.length === body.children.length
+    && wanted.every((tr, i) => body.children[i] === tr);
+  if (!same) body.replaceChildren(...wanted);
+  $('empty').hidden = shown.length > 0;
+  $('actions-head').hidden = !view.token;
+}
+
+function renderPager(first, count, total) {
+  const range = count ? `rows ${first + 1}–${first + count} of ${total}` : `rows 0–0 of ${total}`;
+  const filtered = view.filter ? ` (filtered from ${view.rows.size})` : '';
+  setText($('range'), range + filtered);
+  $('prev').disabled = view.page === 0;
+  $('next').disabled = first + count >= total;
+}
+
+function renderSummary() {
+  let open = 0;
+  let halfOpen = 0;
+  for (const row of view.rows.values()) {
+    if (row.state === 'open') open += 1;
+    else if (row.state === 'half-open') halfOpen += 1;
+  }
+  const n = view.rows.size;
+  const parts = [`${n} destination${n === 1 ? '' : 's'}`, `${open} open`, `${halfOpen} half-open`];
+  setText($('summary'), parts.join(' · '));
+  const note = view.windowS ? `; rates over the last ${view.windowS} s` : '';
+  setText($('caption'), `Destinations, trouble first${note}`);
+}
+
+const COLUMNS = ['upstream', 'destination', 'state', 'age', 'probe', 'reason', 'rps', 'errors',
+  'rejected', 'latency', 'inflight', 'budget', 'tokens', 'totals', 'endpoints', 'actions'];
+const NUMERIC = new Set(['rps', 'errors', 'rejected', 'latency', 'inflight', 'budget', 'tokens',
+  'totals']);
+
+function makeRow(row) {
+  const tr = document.createElement('tr');
+  const cells = {};
+  for (const name of COLUMNS) {
+    const cell = document.createElement(name === 'destination' ? 'th' : 'td');
+    if (name === 'destination') cell.scope = 'row';
+    cell.className = `col-${name}${NUMERIC.has(name) ? ' num' : ''}`;
+    cells[name] = cell;
+    tr.append(cell);
+  }
+  return { tr, cells, sig: {} };
+}
+
+function fillRow(entry, row, now) {
+  const c = entry.cells;
+  setText(c.upstream, row.upstream);
+  rebuildIfChanged(entry, 'destination', row.destination,
+    () => c.destination.replaceChildren(...breakable(row.destination)));
+  setText(c.age, formatDuration(now - row.since_ms));
+  setText(c.probe, nextProbe(row, now));
+  setText(c.reason, row.reason_text || row.reason || DASH);
+  setText(c.rps, row.rps === null || row.rps === undefined ? DASH : formatRate(row.rps));
+  setText(c.errors, percent(row.error_ratio));
+  setText(c.rejected, percent(row.reject_ratio));
+  setText(c.latency, latency(row));
+  setText(c.inflight, inFlight(row));
+  setText(c.budget, count(row.retry_budget_left));
+  setText(c.tokens, count(row.rate_tokens_left));
+  rebuildIfChanged(entry, 'totals', totals(row.totals).join('|'), () => fillTotals(c.totals, row));
+  const rowClass = `row-${row.state}`;
+  if (entry.tr.className !== rowClass) entry.tr.className = rowClass;
+  c.actions.hidden = !view.token;
+  rebuildIfChanged(entry, 'state', stateSig(row), () => fillState(c.state, row));
+  rebuildIfChanged(entry, 'endpoints', endpointsSig(row, now), () => fillEndpoints(c.endpoints, row));
+  rebuildIfChanged(entry, 'actions', view.token ? 'on' : 'off', () => fillActions(c.actions, row));
+}
+
+function rebuildIfChanged(entry, part, sig, build) {
+  if (entry.sig[part] === sig) return;
+  entry.sig[part] = sig;
+  build();
+}
+
+// What the endpoints cell shows: the endpoints, and the second while one is ejected (its time
+// left counts down).
+function endpointsSig(row, now) {
+  const endpoints = row.endpoints || [];
+  const ticking = endpoints.some((ep) => ep.state === 'ejected');
+  return JSON.stringify(endpoints) + (ticking ? Math.floor(now / 1000) : '');
+}
+
+function stateSig(row) {
+  return [row.state, row.forced, row.mode, row.throttle_probability].join('|');
+}
+
+// The breaker cell: a badge whose text is the state, then "forced …" and the mode when it is
+// not enforce (with the refusal probability when throttling).
+function fillState(cell, row) {
+  const parts = [tag('span', `badge badge-${row.state}`, row.state)];
+  if (row.forced) parts.push(tag('span', 'tag tag-forced', `forced ${row.forced}`));
+  if (row.mode && row.mode !== 'enforce') {
+    let text = row.mode;
+    if (row.mode === 'throttle' && typeof row.throttle_probability === 'number') {
+      text += ` ${Math.round(row.throttle_probability * 100)}%`;
+    }
+    parts.push(tag('span', `tag tag-mode tag-${row.mode}`, text));
+  }
+  cell.replaceChildren(...parts);
+}
+
+// "3/4 ready" with a disclosure listing each endpoint; the <details> is made once per row and
+// then only its contents change, so an opened list stays open (and focused) across updates.
+function fillEndpoints(cell, row) {
+  const endpoints = row.endpoints || [];
+  if (endpoints.length === 0) {
+    cell.replaceChildren(DASH);
+    return;
+  }
+  let details = cell.firstElementChild;
+  if (!details || details.tagName !== 'DETAILS') {
+    details = makeDetails(row.key);
+    cell.replaceChildren(details);
+  }
+  const ready = endpoints.filter((ep) => ep.state === 'ready').length;
+  const [summary, list] = details.children;
+  summary.classList.toggle('degraded', ready < endpoints.length);
+  setText(summary, `${ready}/${endpoints.length} ready`);
+  list.replaceChildren(...endpoints.map(endpointItem));
+}
+
+function makeDetails(key) {
+  const details = document.createElement('details');
+  details.open = view.openEndpoints.has(key);
+  details.addEventListener('toggle', () => {
+    if (details.open) view.openEndpoints.add(key);
+    else view.openEndpoints.delete(key);
+  });
+  details.append(document.createElement('summary'), document.createElement('ul'));
+  return details;
+}
+
+function endpointItem(ep) {
+  const li = document.createElement('li');
+  const words = [`${(ep.ewma_us / 1000).toFixed(1)} ms`, `${ep.successes} ok`, `${ep.failures} failed`];
+  if (ep.pending) words.push(`${ep.pending} pending`);
+  const left = ejectionLeft(ep);
+  if (left !== null) words.push(`ejected ${formatDuration(left + 999)} more`);
+  li.append(tag('span', 'endpoint', ep.endpoint), ' ',
+    tag('span', `ep-state ep-${ep.state}`, ep.state), ` ${words.join(' · ')}`);
+  return li;
+}
+
+// Time left of an endpoint's ejection: `ejected_for_ms`, or `ejected_until_ms` (epoch ms) on
+// the server's clock; null when it is not ejected.
+function ejectionLeft(ep) {
+  if (typeof ep.ejected_for_ms === 'number') return ep.ejected_for_ms;
+  if (typeof ep.ejected_until_ms === 'number') return Math.max(0, ep.ejected_until_ms - serverNow());
+  return null;
+}
+
+function fillActions(cell, row) {
+  if (!view.token) {
+    cell.replaceChildren();
+    return;
+  }
+  const who = `${row.upstream} ${row.destination}`;
+  cell.replaceChildren(
+    actionButton('Force open', 'force-open', who, row),
+    actionButton('Reset', 'reset', who, row));
+}
+
+function actionButton(label, action, who, row) {
+  const button = tag('button', `action action-${action}`, label);
+  button.type = 'button';
+  button.setAttribute('aria-label', `${label} ${who}`);
+  button.addEventListener('click', () => sendCommand(button, action, row.upstream, row.destination));
+  return button;
+}
+
+// A host:port as text nodes with line-break opportunities (<wbr>) after each dot and before
+// the port, so a long name wraps where it reads well; its text is unchanged.
+function breakable(text) {
+  const nodes = [];
+  for (const part of text.split(/(?<=\.)|(?=:\d+$)/)) {
+    if (nodes.length) nodes.push(document.createElement('wbr'));
+    nodes.push(part);
+  }
+  return nodes;
+}
+
+function tag(name, className, text) {
+  const el = document.createElement(name);
+  if (className) el.className = className;
+  el.textContent = text;
+  return el;
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+// ---- formatting ----------------------------------------------------------------------------
+
+function serverNow() {
+  return Date.now() + view.offsetMs;
+}
+
+function formatDuration(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${String(s % 60).padStart(2, '0')}s`;
+  const h = Math.floor(m / 60);
+  if (h < 24) return `${h}h ${String(m % 60).padStart(2, '0')}m`;
+  return `${Math.floor(h / 24)}d ${h % 24}h`;
+}
+
+function nextProbe(row, now) {
+  if (row.state === 'half-open') return 'probing';
+  if (row.state !== 'open') return DASH;
+  if (row.forced) return 'none: forced';
+  if (typeof row.next_probe_at_ms !== 'number') return DASH;
+  const left = row.next_probe_at_ms - now;
+  return left <= 0 ? 'due' : `in ${formatDuration(left + 999)}`;
+}
+
+function formatRate(x) {
+  return x >= 100 ? String(Math.round(x)) : x.toFixed(1);
+}
+
+function percent(ratio) {
+  if (ratio === null || ratio === undefined) return DASH;
+  const p = ratio * 100;
+  return p > 0 && p < 0.1 ? '<0.1' : p.toFixed(1);
+}
+
+function ms(x) {
+  if (x === null || x === undefined) return DASH;
+  return x < 10 ? x.toFixed(1) : String(Math.round(x));
+}
+
+function latency(row) {
+  if (row.p50_ms == null && row.p99_ms == null) return DASH;
+  return `${ms(row.p50_ms)} / ${ms(row.p99_ms)}`;
+}
+
+function inFlight(row) {
+  const limit = row.limit === null || row.limit === undefined ? DASH : String(row.limit);
+  const mode = row.limit_mode && row.limit_mode !== 'fixed' ? ` (${row.limit_mode})` : '';
+  return `${row.in_flight} / ${limit}${mode}`;
+}
+
+function count(x) {
+  return x === null || x === undefined ? DASH : String(Math.floor(x));
+}
+
+// Since start: requests on one line, errors and rejections on the next.
+function totals(t) {
+  if (!t) return [DASH];
+  return [`${t.requests} req`, `${t.errors} err · ${t.rejected} rej`];
+}
+
+function fillTotals(cell, row) {
+  cell.replaceChildren(...totals(row.totals).map((line) => tag('span', '', line)));
+}
+
+// ---- admin token and commands --------------------------------------------------------------
+
+function readToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || '';
+  } catch {
+    return '';
+  }
+}
+
+function storeToken(token) {
+  view.token = token;
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // Storage refused (private mode): the token lives as long as the page.
+  }
+  $('token-forget').hidden = !token;
+  $('token').value = '';
+  $('token').placeholder = token ? 'token in use' : 'read-only without one';
+  scheduleRender();
+}
+
+async function sendCommand(button, action, upstream, destination) {
+  const url = `/upstreams/${encodeURIComponent(upstream)}/breaker`
+    + `?action=${action}&destination=${encodeURIComponent(destination)}`;
+  button.disabled = true;
+  try {
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${view.token}` },
+    });
+    if (response.ok) {
+      showMessage(`${button.textContent}: sent for ${upstream} ${destination}`, false);
+    } else {
+      showMessage(`${button.textContent} ${upstream} ${destination} failed: ${await errorText(response)}`, true);
+    }
+  } catch (err) {
+    showMessage(`${button.textContent} ${upstream} ${destination} failed: ${err.message}`, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function errorText(response) {
+  const fallback = `HTTP ${response.status}`;
+  try {
+    const body = await response.json();
+    return typeof body.error === 'string' ? `${body.error} (${fallback})` : fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+// ---- start ---------------------------------------------------------------------------------
+
+function bindControls() {
+  $('filter').addEventListener('input', (e) => {
+    view.filter = e.target.value.trim().toLowerCase();
+    view.page = 0;
+    scheduleRender();
+  });
+  $('prev').addEventListener('click', () => { view.page -= 1; scheduleRender(); });
+  $('next').addEventListener('click', () => { view.page += 1; scheduleRender(); });
+  $('token-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    storeToken($('token').value.trim());
+  });
+  $('token-forget').addEventListener('click', () => storeToken(''));
+}
+
+function start() {
+  bindControls();
+  storeToken(view.token);
+  connect();
+  // Time in state and probe countdowns move every second without an event.
+  setInterval(() => { scheduleRender(); watchStaleness(); }, 1000);
+}
+
+start();
