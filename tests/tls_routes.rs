@@ -498,10 +498,19 @@ async fn alpn_negotiates_h2_upstream_while_the_app_gets_http11() {
         .unwrap();
     assert_eq!(via_egress.status(), 200);
     assert_eq!(via_egress.version(), Version::HTTP_11);
+    // `Via` names the protocol each message was received with (RFC 9110 §7.6.3): the
+    // response came over HTTP/2, the app's request over HTTP/1.1.
+    let via = via_egress.headers()["via"].to_str().unwrap().to_owned();
+    assert!(via.starts_with("2 fusebox-"), "Via toward the app: {via:?}");
     assert_eq!(via_egress.text().await.unwrap(), "over h2");
     let request = upstream.last_request().unwrap();
     assert_eq!(request.version, Version::HTTP_2);
     assert_eq!(request.uri.path(), "/egress");
+    let via = request.headers["via"].to_str().unwrap();
+    assert!(
+        via.starts_with("1.1 fusebox-"),
+        "Via toward the upstream: {via:?}"
+    );
     assert_eq!(upstream.hits(), 2);
 
     // The upstream's choice is remembered per destination: fusebox offered HTTP/1.1 on its

@@ -101,11 +101,13 @@ pub async fn handle(
             limits,
         );
     }
+    // `Via` names the protocol the response came with: `2` from an HTTP/2 upstream.
+    let via = ctx.via(response.version());
     // An HTTP/1.1 app connection gets HTTP/1.1 whatever the upstream spoke (1.0, h2); an h2
     // app connection (interception, §13) ignores the version.
     *response.version_mut() = http::Version::HTTP_11;
     headers::remove_hop_by_hop(response.headers_mut(), switching && upgrading);
-    headers::add_via(response.headers_mut(), &ctx.via);
+    headers::add_via(response.headers_mut(), via);
     let grpc_end = finish_upstream(upstream, &destination, seen, &response, pending, tries)
         .map(|end| end.with_pace(pace));
     let idle = upstream.policy.timeouts.idle;
@@ -326,7 +328,8 @@ fn rewrite_for_upstream(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    headers::add_via(&mut parts.headers, &ctx.via);
+    // The protocol the app's request came with: `2` on an intercepted HTTP/2 connection.
+    headers::add_via(&mut parts.headers, ctx.via(parts.version));
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
 }

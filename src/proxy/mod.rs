@@ -36,8 +36,11 @@ use listener::ServerLimits;
 #[derive(Debug)]
 pub struct ProxyContext {
     pub registry: Arc<Registry>,
-    /// This instance's `Via` entry, e.g. `1.1 fusebox-5f3a9c01`.
-    pub via: HeaderValue,
+    /// This instance's `Via` entry for a message received over HTTP/1.x, e.g.
+    /// `1.1 fusebox-5f3a9c01`; see [`ProxyContext::via`].
+    via_1: HeaderValue,
+    /// The same for a message received over HTTP/2: `2 fusebox-5f3a9c01`.
+    via_2: HeaderValue,
     /// The pseudonym inside `via`; a request that already carries it has looped.
     pub via_token: String,
     /// App connections and tunnels, so that shutdown can wait for them to finish.
@@ -62,16 +65,32 @@ impl ProxyContext {
         limits: ServerLimits,
     ) -> ProxyContext {
         let via_token = format!("fusebox-{:08x}", instance_id());
-        let via = HeaderValue::from_str(&format!("1.1 {via_token}")).expect("ascii token");
+        let via = |protocol: &str| {
+            HeaderValue::from_str(&format!("{protocol} {via_token}")).expect("ascii token")
+        };
         ProxyContext {
             registry,
-            via,
+            via_1: via("1.1"),
+            via_2: via("2"),
             via_token,
             tasks: tokio_util::task::TaskTracker::new(),
             draining: tokio_util::sync::CancellationToken::new(),
             hard_stop: tokio_util::sync::CancellationToken::new(),
             ca,
             limits,
+        }
+    }
+}
+
+impl ProxyContext {
+    /// The `Via` entry for a message this instance received as `version` (RFC 9110 §7.6.3:
+    /// the protocol it was received with): `2 fusebox-…` for HTTP/2, `1.1 fusebox-…`
+    /// otherwise.
+    pub fn via(&self, version: http::Version) -> &HeaderValue {
+        if version == http::Version::HTTP_2 {
+            &self.via_2
+        } else {
+            &self.via_1
         }
     }
 }
