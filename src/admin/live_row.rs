@@ -53,16 +53,14 @@ pub struct LiveRow {
     pub endpoints: Vec<LiveEndpoint>,
 }
 
-/// One endpoint of a row.
+/// One endpoint of a row. Its latency estimate is left out: it decays while the endpoint is
+/// idle, and would change the row every second (`/upstreams` has it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveEndpoint {
     /// `ip:port`.
     pub endpoint: String,
     /// `ready`, `ejected` or `probing`.
     pub state: String,
-    /// The peak-EWMA latency estimate, microseconds, to two significant digits (it decays
-    /// while idle; a row should not change for that every second).
-    pub ewma_us: u64,
     /// Tries waiting for their response head.
     pub pending: u32,
     pub ejections: u32,
@@ -77,7 +75,6 @@ impl LiveEndpoint {
         LiveEndpoint {
             endpoint: endpoint.endpoint,
             state: endpoint.state,
-            ewma_us: two_digits(endpoint.ewma_us),
             pending: endpoint.pending,
             ejections: endpoint.ejections,
             ejected_until_ms: endpoint
@@ -93,15 +90,6 @@ impl LiveEndpoint {
 /// clocks at every reading would otherwise differ by a millisecond now and then.
 fn to_tenth(ms: u64) -> u64 {
     ms.saturating_add(50) / 100 * 100
-}
-
-/// `n` to two significant digits.
-fn two_digits(n: u64) -> u64 {
-    let mut scale = 1;
-    while n / scale >= 100 {
-        scale *= 10;
-    }
-    (n + scale / 2) / scale * scale
 }
 
 /// The data of a `snapshot` event: every row.
