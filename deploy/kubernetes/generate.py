@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Generates the two Kubernetes objects that wrap files of dashboards/, so they cannot drift:
 
-  prometheusrule.yaml     a PrometheusRule whose spec is dashboards/alerts.yml, verbatim
-  grafana-dashboard.yaml  a ConfigMap holding dashboards/fusebox.json for the Grafana sidecar
-                          (label grafana_dashboard: "1")
+  components/prometheus-operator/prometheusrule.yaml
+      a PrometheusRule whose spec is dashboards/alerts.yml, verbatim
+  components/grafana/grafana-dashboard.yaml
+      a ConfigMap holding dashboards/fusebox.json for the Grafana sidecar (grafana_dashboard: "1")
+
+(kustomize reads no file outside its directory, so these are copies.) The policies ConfigMap
+needs no step: kustomize makes it from base/policies/*.toml (configMapGenerator).
 
   python3 deploy/kubernetes/generate.py          # writes both
   python3 deploy/kubernetes/generate.py --check  # exits 1 if either is out of date (CI)
@@ -56,8 +60,8 @@ def grafana_dashboard():
 def main():
     check = sys.argv[1:] == ["--check"]
     stale = []
-    for name, text in [("prometheusrule.yaml", prometheus_rule()),
-                       ("grafana-dashboard.yaml", grafana_dashboard())]:
+    for name, text in [("components/prometheus-operator/prometheusrule.yaml", prometheus_rule()),
+                       ("components/grafana/grafana-dashboard.yaml", grafana_dashboard())]:
         path = HERE / name
         if check:
             if not path.exists() or path.read_text() != text:
