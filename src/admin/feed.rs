@@ -141,3 +141,76 @@ fn epoch_ms(clock: Clock) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Outcome;
+    use crate::policy::load::{load_sources, Source};
+    use crate::registry::Settings;
+    use crate::telemetry::Telemetry;
+
+    fn registry() -> Arc<Registry> {
+        let source = Source {
+            name: "default".to_owned(),
+            file: "default.toml".into(),
+            text: String::new(),
+        };
+        let set = load_sources(std::path::Path::new("."), &[source], Vec::new()).unwrap();
+        Arc::new(Registry::new(set, Telemetry::new(), Arc::default(), Settings::default()).unwrap())
+    }
+
+    fn running(feed: &Feed) -> bool {
+        feed.slot.lock().unwrap().upgrade().is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rates_come_from_two_readings_and_the_sampler_stops_unwatched() {
+        let registry = registry();
+        let feed = Feed::default();
+        let destination = Arc::clone(registry.load().default()).destination("a.example", 80);
+        let mut frames = feed.subscribe(&registry);
+        assert!(running(&feed));
+        let first = Arc::clone(&frames.borrow_and_update());
+        assert_eq!(first.rows.len(), 1);
+        assert_eq!(first.rows[0].1.rps, None, "one reading: no rate yet");
+
+        for _ in 0..5 {
+            destination
+                .metrics
+                .live
+                .record(Outcome::Ok, Duration::from_millis(20));
+        }
+        destination
+            .metrics
+            .live
+            .record(Outcome::BreakerOpen, Duration::ZERO);
+        frames.changed().await.unwrap();
+        let second = Arc::clone(&frames.borrow_and_update());
+        let row = &second.rows[0].1;
+        assert_eq!(
+            row.rps,
+            Some(6.0),
+            "6 requests in the 1 s between the readings"
+        );
+        assert_eq!(row.reject_ratio, Some(0.167));
+        assert_eq!(row.error_ratio, Some(0.0));
+        let p50 = row.p50_ms.unwrap();
+        assert!((20.0..=22.5).contains(&p50), "{p50}");
+
+        // A second watcher shares the sampler; when both are gone, it stops at its next tick.
+        let other = feed.subscribe(&registry);
+        drop(frames);
+        tokio::time::sleep(PERIOD * 2).await;
+        assert!(running(&feed), "one watcher is left");
+        drop(other);
+        tokio::time::sleep(PERIOD * 2).await;
+        assert!(!running(&feed), "no one watches: no sampler");
+
+        // The next watcher starts a new one.
+        let mut again = feed.subscribe(&registry);
+        assert!(running(&feed));
+        again.changed().await.unwrap();
+        assert_eq!(again.borrow().rows[0].1.rps, Some(0.0));
+    }
+}
