@@ -16,7 +16,6 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::grpc_code::GrpcCode;
-use crate::live_stats::LiveStats;
 use crate::outcome::{Outcome, CODE_CLASSES};
 use crate::policy::RetryOn;
 
@@ -234,7 +233,6 @@ impl Telemetry {
             throttle_ratio: OnceLock::new(),
             concurrency_limit: OnceLock::new(),
             hedges: std::array::from_fn(|_| OnceLock::new()),
-            live: LiveStats::default(),
         };
         // The trip series exist at 0 from the destination's first request on: Prometheus'
         // `increase()` cannot see a counter's first increment if the series is born with it.
@@ -384,8 +382,6 @@ pub struct DestinationMetrics {
     throttle_ratio: OnceLock<Gauge>,
     concurrency_limit: OnceLock<Gauge>,
     hedges: [OnceLock<Counter>; HedgeResult::ALL.len()],
-    /// The live view's totals and latency histogram (`GET /events`).
-    pub live: LiveStats,
 }
 
 /// The `result` label of `fusebox_hedges_total`.
@@ -490,7 +486,6 @@ impl DestinationMetrics {
             })
             .increment(1);
         self.request_duration.record(elapsed.as_secs_f64());
-        self.live.record(outcome, elapsed);
     }
 
     /// Records one finished gRPC call, its `code` label the gRPC status (`grpc-unavailable`).
@@ -512,7 +507,6 @@ impl DestinationMetrics {
             })
             .increment(1);
         self.request_duration.record(elapsed.as_secs_f64());
-        self.live.record(outcome, elapsed);
     }
 
     /// Sets which limit a fleet-limited destination applies (1 on its state, 0 on the other).

@@ -16,10 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("ca", &[]),
     ("outcome", &["grpc_code"]),
     ("policy", &["grpc_code", "address"]),
-    (
-        "telemetry",
-        &["policy", "outcome", "grpc_code", "live_stats"],
-    ),
+    ("telemetry", &["policy", "outcome", "grpc_code"]),
     ("upstream", &["policy", "guard", "address"]),
     (
         "pipeline",
@@ -36,6 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "fleet",
             "guard",
             "address",
+            "live_stats",
         ],
     ),
     (

@@ -116,7 +116,7 @@ impl History {
             for destination in upstream.destinations() {
                 let view = DestinationView::of(upstream, &destination, clock);
                 let key = live_row::key(&view.upstream, &view.destination);
-                let sample = destination.metrics.live.sample();
+                let sample = destination.live.sample();
                 let window = oldest.map(|(_, old)| sample.since(old.get(&key)));
                 let row = LiveRow::of(view, window.as_ref(), span_ms, now_ms);
                 let json = serde_json::to_string(&row).unwrap_or_default();
@@ -177,12 +177,10 @@ mod tests {
 
         for _ in 0..5 {
             destination
-                .metrics
                 .live
                 .record(Outcome::Ok, Duration::from_millis(20));
         }
         destination
-            .metrics
             .live
             .record(Outcome::BreakerOpen, Duration::ZERO);
         frames.changed().await.unwrap();

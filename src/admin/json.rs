@@ -241,7 +241,7 @@ impl DestinationView {
                 .into_iter()
                 .map(EndpointJson::from)
                 .collect(),
-            totals: destination.metrics.live.totals(),
+            totals: destination.live.totals(),
             retry_budget_left: Some(destination.budget.available_at(Instant::now())),
             rate_tokens_left: destination.limiter.as_ref().map(|l| l.tokens_left()),
             ..DestinationView::from_snapshot(

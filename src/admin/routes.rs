@@ -495,10 +495,30 @@ fn parse_destination(text: &str) -> Result<(String, u16), String> {
         }
         (host, port)
     };
+    // What a URI's host may hold (RFC 3986 reg-name: unreserved and sub-delims), as the
+    // proxy accepts it from apps, so that every destination it keys can be named here.
     let valid_host = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'.' | b'-'
+                        | b'_'
+                        | b'~'
+                        | b':'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        });
     if !valid_host {
         return Err(bad());
     }
@@ -713,6 +733,11 @@ mod tests {
     #[test]
     fn destinations() {
         assert_eq!(parse_destination("a.b:80"), Ok(("a.b".into(), 80)));
+        assert_eq!(
+            parse_destination("a'b&c=(d).test:9"),
+            Ok(("a'b&c=(d).test".into(), 9)),
+            "every host the proxy keys can be named"
+        );
         assert_eq!(parse_destination("[::1]:8080"), Ok(("::1".into(), 8080)));
         assert_eq!(
             parse_destination("10.0.0.7:8080"),

@@ -80,6 +80,7 @@ impl Seen {
     ) {
         let elapsed = self.started.elapsed();
         destination.metrics.request(outcome, status, elapsed);
+        destination.live.record(outcome, elapsed);
         let ending = Ending {
             status,
             grpc_status: None,
@@ -102,6 +103,7 @@ impl Seen {
     ) {
         let elapsed = self.started.elapsed();
         destination.metrics.request_grpc(outcome, code, elapsed);
+        destination.live.record(outcome, elapsed);
         let ending = Ending {
             status: StatusCode::OK,
             grpc_status: Some(code),

@@ -34,6 +34,7 @@ pub use resolution::{Resolution, Source};
 
 use crate::fleet::{FleetLimit, FleetRedis};
 use crate::guard::GuardRules;
+use crate::live_stats::LiveStats;
 use crate::pipeline::adaptive::Signal;
 use crate::pipeline::breaker::{
     Admission, BreakerSnapshot, CallResult, CircuitBreaker, Episode, FailureKind, Forced, Jitter,
@@ -108,6 +109,9 @@ pub struct Destination {
     used: AtomicBool,
     /// The last certificate failure, and when an app's refusal of the local CA was logged.
     pub notes: Notes,
+    /// The live view's totals and latency histogram: its own even when its metrics are the
+    /// shared `_other` series, and kept across reloads.
+    pub live: Arc<LiveStats>,
 }
 
 impl Destination {
@@ -161,6 +165,7 @@ impl Destination {
             http2_chosen: AtomicBool::new(false),
             used: AtomicBool::new(true),
             notes: Notes::default(),
+            live: Arc::default(),
         }
     }
 
@@ -208,6 +213,7 @@ impl Destination {
             Arc::clone(&self.metrics),
             settings,
         );
+        next.live = Arc::clone(&self.live);
         let same_gate = before.concurrency == policy.concurrency;
         next.gate = Gate::carried(&policy.concurrency, &self.gate, same_gate);
         if before.rate_limit == policy.rate_limit {

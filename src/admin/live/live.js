@@ -238,15 +238,18 @@ function fillRow(entry, row, now) {
   setText(c.errors, percent(row.error_ratio));
   setText(c.rejected, percent(row.reject_ratio));
   setText(c.latency, latency(row));
-  setText(c.inflight, inFlight(row));
+  const inflight = inFlight(row);
+  rebuildIfChanged(entry, 'inflight', inflight.join('|'), () => fillLines(c.inflight, inflight));
   setText(c.budget, count(row.retry_budget_left));
   setText(c.tokens, count(row.rate_tokens_left));
-  rebuildIfChanged(entry, 'totals', totals(row.totals).join('|'), () => fillTotals(c.totals, row));
+  const sums = totals(row.totals);
+  rebuildIfChanged(entry, 'totals', sums.join('|'), () => fillLines(c.totals, sums));
   const rowClass = `row-${row.state}`;
   if (entry.tr.className !== rowClass) entry.tr.className = rowClass;
   c.actions.hidden = !view.token;
   rebuildIfChanged(entry, 'state', stateSig(row), () => fillState(c.state, row));
-  rebuildIfChanged(entry, 'endpoints', endpointsSig(row, now), () => fillEndpoints(c.endpoints, row));
+  rebuildIfChanged(entry, 'endpoints', endpointsSig(row, now),
+    () => fillEndpoints(c.endpoints, row));
   rebuildIfChanged(entry, 'actions', view.token ? 'on' : 'off', () => fillActions(c.actions, row));
 }
 
@@ -314,14 +317,17 @@ function makeDetails(key) {
   return details;
 }
 
+// "127.0.0.2:8080 ejected 40s more · 10 ok · 2 failed": the endpoint, its state (and what is
+// left of an ejection), its latency estimate when the server sends one, its tries by result.
 function endpointItem(ep) {
   const li = document.createElement('li');
-  const words = [`${(ep.ewma_us / 1000).toFixed(1)} ms`, `${ep.successes} ok`, `${ep.failures} failed`];
-  if (ep.pending) words.push(`${ep.pending} pending`);
   const left = ejectionLeft(ep);
-  if (left !== null) words.push(`ejected ${formatDuration(left + 999)} more`);
+  const state = left === null ? ep.state : `${ep.state} ${formatDuration(left + 999)} more`;
+  const words = [`${ep.successes} ok`, `${ep.failures} failed`];
+  if (typeof ep.ewma_us === 'number') words.unshift(formatMicros(ep.ewma_us));
+  if (ep.pending) words.push(`${ep.pending} pending`);
   li.append(tag('span', 'endpoint', ep.endpoint), ' ',
-    tag('span', `ep-state ep-${ep.state}`, ep.state), ` ${words.join(' · ')}`);
+    tag('span', `ep-state ep-${ep.state}`, state), ` · ${words.join(' · ')}`);
   return li;
 }
 
@@ -329,7 +335,9 @@ function endpointItem(ep) {
 // the server's clock; null when it is not ejected.
 function ejectionLeft(ep) {
   if (typeof ep.ejected_for_ms === 'number') return ep.ejected_for_ms;
-  if (typeof ep.ejected_until_ms === 'number') return Math.max(0, ep.ejected_until_ms - serverNow());
+  if (typeof ep.ejected_until_ms === 'number') {
+    return Math.max(0, ep.ejected_until_ms - serverNow());
+  }
   return null;
 }
 
@@ -348,7 +356,8 @@ function actionButton(label, action, who, row) {
   const button = tag('button', `action action-${action}`, label);
   button.type = 'button';
   button.setAttribute('aria-label', `${label} ${who}`);
-  button.addEventListener('click', () => sendCommand(button, action, row.upstream, row.destination));
+  button.addEventListener('click',
+    () => sendCommand(button, action, row.upstream, row.destination));
   return button;
 }
 
@@ -399,6 +408,10 @@ function nextProbe(row, now) {
   return left <= 0 ? 'due' : `in ${formatDuration(left + 999)}`;
 }
 
+function formatMicros(us) {
+  return us >= 1e6 ? `${(us / 1e6).toFixed(1)} s` : `${(us / 1000).toFixed(1)} ms`;
+}
+
 function formatRate(x) {
   return x >= 100 ? String(Math.round(x)) : x.toFixed(1);
 }
@@ -419,10 +432,12 @@ function latency(row) {
   return `${ms(row.p50_ms)} / ${ms(row.p99_ms)}`;
 }
 
+// "3 / 20", and the adaptive mode on a second line.
 function inFlight(row) {
   const limit = row.limit === null || row.limit === undefined ? DASH : String(row.limit);
-  const mode = row.limit_mode && row.limit_mode !== 'fixed' ? ` (${row.limit_mode})` : '';
-  return `${row.in_flight} / ${limit}${mode}`;
+  const lines = [`${row.in_flight} / ${limit}`];
+  if (row.limit_mode && row.limit_mode !== 'fixed') lines.push(row.limit_mode);
+  return lines;
 }
 
 function count(x) {
@@ -435,8 +450,8 @@ function totals(t) {
   return [`${t.requests} req`, `${t.errors} err · ${t.rejected} rej`];
 }
 
-function fillTotals(cell, row) {
-  cell.replaceChildren(...totals(row.totals).map((line) => tag('span', '', line)));
+function fillLines(cell, lines) {
+  cell.replaceChildren(...lines.map((line) => tag('span', '', line)));
 }
 
 // ---- admin token and commands --------------------------------------------------------------
@@ -472,10 +487,11 @@ async function sendCommand(button, action, upstream, destination) {
       method: 'POST',
       headers: { Authorization: `Bearer ${view.token}` },
     });
+    const what = `${button.textContent} ${upstream} ${destination}`;
     if (response.ok) {
       showMessage(`${button.textContent}: sent for ${upstream} ${destination}`, false);
     } else {
-      showMessage(`${button.textContent} ${upstream} ${destination} failed: ${await errorText(response)}`, true);
+      showMessage(`${what} failed: ${await errorText(response)}`, true);
     }
   } catch (err) {
     showMessage(`${button.textContent} ${upstream} ${destination} failed: ${err.message}`, true);
