@@ -1,11 +1,14 @@
 //! A destination's running totals for the admin's live view (`GET /events`,
-//! docs/ARCHITECTURE.md §6): requests, upstream failures, local refusals and a log-linear
-//! histogram of latency, all cumulative since the destination was created. Recording is a few
-//! relaxed atomic additions per request; rates and percentiles over a recent window are the
-//! reader's job, as the difference of two [`Sample`]s, so nothing is computed while no one
-//! watches.
+//! docs/ARCHITECTURE.md §6): requests, upstream failures and local refusals since the
+//! destination was created, and a log-linear histogram of latency. Recording is a few relaxed
+//! atomic additions per request; rates and percentiles over a recent window are the reader's
+//! job, as the difference of two [`Sample`]s, so nothing is computed while no one watches.
+//!
+//! The histogram (2.4 KiB) is allocated only once the live view reads the destination
+//! ([`LiveStats::sample`]): a destination no one watched costs its three counters alone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -58,8 +61,9 @@ pub struct LiveStats {
     errors: AtomicU64,
     rejected: AtomicU64,
     /// Latency of served and failed requests (refusals and the app's mistakes are answered
-    /// at once and would only pull the percentiles down).
-    latency: Box<[AtomicU64; BUCKETS]>,
+    /// at once and would only pull the percentiles down), from the first [`LiveStats::sample`]
+    /// on.
+    latency: OnceLock<Box<[AtomicU64; BUCKETS]>>,
 }
 
 impl Default for LiveStats {
@@ -68,7 +72,7 @@ impl Default for LiveStats {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
-            latency: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            latency: OnceLock::new(),
         }
     }
 }
@@ -91,8 +95,10 @@ impl LiveStats {
     }
 
     fn record_latency(&self, elapsed: Duration) {
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.latency[histogram::bucket(us)].fetch_add(1, Ordering::Relaxed);
+        if let Some(latency) = self.latency.get() {
+            let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            latency[histogram::bucket(us)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn totals(&self) -> Totals {
@@ -103,12 +109,15 @@ impl LiveStats {
         }
     }
 
-    /// Everything now, the histogram as its non-empty buckets.
+    /// Everything now, the histogram as its non-empty buckets; the first sample allocates
+    /// the histogram, which counts from then on.
     pub fn sample(&self) -> Sample {
+        let latency = self
+            .latency
+            .get_or_init(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
         Sample {
             totals: self.totals(),
-            latency: self
-                .latency
+            latency: latency
                 .iter()
                 .enumerate()
                 .filter_map(|(index, count)| match count.load(Ordering::Relaxed) {
@@ -178,6 +187,11 @@ mod tests {
     fn outcomes_are_counted_by_whose_they_are() {
         let stats = LiveStats::default();
         stats.record(Outcome::Ok, 10 * MS);
+        assert!(
+            stats.sample().latency.is_empty(),
+            "no histogram before the first sample"
+        );
+        stats.record(Outcome::Ok, 10 * MS);
         stats.record(Outcome::UpstreamError, 20 * MS);
         stats.record(Outcome::Timeout, 1000 * MS);
         stats.record(Outcome::BreakerOpen, Duration::ZERO);
@@ -186,7 +200,7 @@ mod tests {
         assert_eq!(
             stats.totals(),
             Totals {
-                requests: 6,
+                requests: 7,
                 errors: 2,
                 rejected: 2
             }
@@ -199,6 +213,7 @@ mod tests {
     #[test]
     fn a_window_is_the_difference_of_two_samples() {
         let stats = LiveStats::default();
+        stats.sample();
         for _ in 0..100 {
             stats.record(Outcome::Ok, 1000 * MS);
         }
@@ -231,10 +246,12 @@ mod tests {
     #[test]
     fn a_counter_that_went_backwards_counts_from_zero() {
         let old = LiveStats::default();
+        old.sample();
         for _ in 0..10 {
             old.record(Outcome::Ok, MS);
         }
         let fresh = LiveStats::default();
+        fresh.sample();
         fresh.record(Outcome::Ok, MS);
         let window = fresh.sample().since(Some(&old.sample()));
         assert_eq!(window.totals.requests, 1);
