@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# All of fusebox's own benchmarks in one run (docs/ARCHITECTURE.md §8; figures in README.md,
-# "Performance"): CPU per request against nginx and latency at a fixed rate (proxy.sh), RSS per
+# All of fusebox's own benchmarks in one run (docs/ARCHITECTURE.md §8; figures in
+# docs/PERFORMANCE.md): CPU per request against nginx and latency at a fixed rate (proxy.sh), RSS per
 # idle app connection (idle.py), per destination (destinations.py), 1,000 policies and their
 # reload (reload.sh), HTTPS interception (https.sh), the slow-endpoint experiment
 # (endpoints.py, about 5 minutes of it), overload against adaptive concurrency limits
