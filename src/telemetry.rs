@@ -685,7 +685,7 @@ fn describe(recorder: &PrometheusRecorder) {
         ("fusebox_shadow_rejections_total", "Requests that shadow mode would have rejected, by kind (breaker, rate_limit)."),
         ("fusebox_config_reloads_total", "Policy reload attempts, by result (success, failure, unchanged)."),
         ("fusebox_stream_timeouts_total", "Response bodies, app connections and CONNECT tunnels cut off by a time limit, by kind (body_idle, tunnel_idle, tunnel_max, header, response_unread)."),
-        ("fusebox_intercepted_connections_total", "CONNECTs whose TLS fusebox terminated (intercept = true), by how the handshake with the app ended (ok, sni_mismatch, handshake_failed)."),
+        ("fusebox_intercepted_connections_total", "CONNECTs whose TLS fusebox terminated (intercept = true), by how the handshake with the app ended (ok, sni_mismatch, handshake_failed, ca_rejected)."),
     ];
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));

@@ -147,7 +147,7 @@ async fn upstreams_explains_a_trip_field_by_field() {
     assert_eq!(row["reason"], "consecutive_failures");
     assert_eq!(
         row["window"],
-        serde_json::json!({"calls": 2, "failures": 2, "slow": 0})
+        serde_json::json!({"calls": 2, "failures": 2, "slow": 0, "seconds": 10})
     );
     let next_probe = row["next_probe_in_ms"].as_u64().expect("next_probe_in_ms");
     assert!(next_probe > 0 && next_probe <= 30_000, "{next_probe}");
@@ -434,8 +434,8 @@ async fn wrong_methods_get_405_with_allow_and_unknown_paths_404() {
         assert!(error_message(&json).contains(method.as_str()), "{json}");
     }
     for path in [
-        "/",
         "/nope",
+        "/live.jsx",
         "/upstreams/pay/nope",
         "/upstreams/pay/breaker/x",
     ] {

@@ -436,6 +436,71 @@ async fn an_app_that_refuses_fusebox_s_ca_gets_one_warning_naming_the_fix() {
     );
 }
 
+/// Node.js refuses fusebox's certificate by closing the handshake without an alert, which
+/// fusebox cannot tell apart from an app that died: it is counted `handshake_failed`, but the
+/// fix is said at WARN all the same, once a minute per destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_app_that_closes_on_fusebox_s_certificate_gets_the_warning_too() {
+    let pki = TestPki::new();
+    let upstream = FakeUpstream::builder()
+        .tls(pki.server_config())
+        .start()
+        .await;
+    let port = upstream.addr().port();
+    let policy =
+        format!("hosts = [\"localhost:{port}\"]\nintercept = true\nca_file = \"test-ca.pem\"\n");
+    let dir = policies_dir(&[("api", &policy)]);
+    pki.write_ca(dir.path());
+    let ca_dir = dir.path().join("fusebox-ca");
+    LocalCa::init(&ca_dir, false, std::time::SystemTime::now()).unwrap();
+    let ca_dir = ca_dir.to_str().unwrap();
+    let fusebox = support::FuseboxProcess::spawn(dir.path(), &["--ca-dir", ca_dir], &[]).await;
+    for _ in 0..2 {
+        // Node with its own roots only: it does not trust fusebox's CA.
+        let mut command = peers::hermetic(&peers::node());
+        command
+            .arg(peers::peer_script("https_get.js"))
+            .arg(format!("https://localhost:{port}/"))
+            .env("HTTPS_PROXY", fusebox.egress_url());
+        let out = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("certificate"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(upstream.hits(), 0);
+    let metrics = support::direct_client()
+        .get(format!("{}/metrics", fusebox.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = [("upstream", "api"), ("result", "handshake_failed")];
+    let failed = count(&metrics, "fusebox_intercepted_connections_total", &labels);
+    assert_eq!(failed, 2.0, "{metrics}");
+    let said = "closed the TLS handshake after fusebox's certificate";
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = fusebox.logs();
+        if logs.contains(said) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains(said)).collect();
+    assert_eq!(warnings.len(), 1, "once a minute: {logs}");
+    assert!(
+        warnings[0].contains("WARN") && warnings[0].contains("NODE_EXTRA_CA_CERTS"),
+        "{logs}"
+    );
+}
+
 /// Whether an app that trusts only the CA in `ca_pem` gets an answer through an intercepted
 /// `CONNECT` to `url` (an error means it refused fusebox's certificate).
 async fn trusted_with(fusebox: &TestFusebox, ca_pem: &str, url: &str) -> bool {

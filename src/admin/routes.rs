@@ -118,6 +118,32 @@ impl Route {
     }
 }
 
+impl Route {
+    /// The route of `method path`, or the 404 or 405 (with `allow`) to answer instead.
+    fn of(path: &str, method: &Method) -> Result<Route, Box<AdminResponse>> {
+        let Some(route) = Route::parse(path) else {
+            return Err(Box::new(json_error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "no admin endpoint at {path} (try /, /upstreams, /config, /metrics, \
+                     /healthz, /readyz)"
+                ),
+            )));
+        };
+        if !route.allows(method) {
+            let mut response = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{method} is not allowed on {path}; use {}", route.allow()),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(route.allow()));
+            return Err(Box::new(response));
+        }
+        Ok(route)
+    }
+}
+
 /// Answers one admin request. The body is never read: every parameter is in the query.
 pub(super) async fn handle<B>(
     state: &AdminState,
@@ -134,28 +160,10 @@ pub(super) async fn handle<B>(
              --admin-host; a foreign Host is what DNS rebinding sends",
         );
     }
-    let Some(route) = Route::parse(path) else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "no admin endpoint at {path} (try /, /upstreams, /config, /metrics, /healthz, /readyz)"
-            ),
-        );
+    let route = match Route::of(path, req.method()) {
+        Ok(route) => route,
+        Err(refusal) => return *refusal,
     };
-    if !route.allows(req.method()) {
-        let mut response = json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!(
-                "{} is not allowed on {path}; use {}",
-                req.method(),
-                route.allow()
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(route.allow()));
-        return response;
-    }
     if req.method() == Method::POST {
         if let Some(refusal) = check_auth(state, conn, req.headers()) {
             warn!(peer = %conn.peer, path, status = refusal.status().as_u16(), "admin request refused");

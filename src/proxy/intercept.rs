@@ -231,7 +231,12 @@ async fn handshake(
         Err(error) => {
             match refused_certificate(&error) {
                 Some(alert) => ca_rejected(destination, alert),
-                None => refused(Interception::HandshakeFailed, &error.to_string()),
+                None => {
+                    refused(Interception::HandshakeFailed, &error.to_string());
+                    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+                        closed_silently(destination);
+                    }
+                }
             }
             None
         }
@@ -269,6 +274,27 @@ fn ca_rejected(destination: &Destination, alert: AlertDescription) {
              the app the CA (`fusebox ca show --dir DIR`; e.g. REQUESTS_CA_BUNDLE, \
              NODE_EXTRA_CA_CERTS, CARGO_HTTP_CAINFO), or set intercept = false for this \
              destination (logged once a minute per destination)"
+        );
+    }
+}
+
+/// An app that closed the handshake after fusebox's certificate without an alert: Node.js
+/// (npm) and Java do that when they do not trust the CA, so it is counted `handshake_failed`
+/// (it cannot be told apart from an app that died) but the fix is said, as for `ca_rejected`,
+/// once a minute per destination.
+fn closed_silently(destination: &Destination) {
+    if destination
+        .notes
+        .warn_ca_rejected(tokio::time::Instant::now())
+    {
+        warn!(
+            upstream = %destination.upstream,
+            destination = %destination.authority,
+            "the app closed the TLS handshake after fusebox's certificate without saying why: \
+             Node.js (npm) and Java do that when they do not trust fusebox's local CA. Give the \
+             app the CA (`fusebox ca show --dir DIR`; e.g. NODE_EXTRA_CA_CERTS, npm's cafile, a \
+             Java trustStore), or set intercept = false for this destination (logged once a \
+             minute per destination)"
         );
     }
 }
