@@ -244,8 +244,9 @@ impl Recipe {
 
     /// fusebox's count of handshakes with the app that the app refused, under the `result`
     /// this client's refusal gets today: `ca_rejected` for curl, Python, pip, cargo and Go;
-    /// `handshake_failed` for Node (and npm) and Java's HttpClient, whose refusals fusebox does
-    /// not tell apart from other broken handshakes (and so does not log with the fix).
+    /// `handshake_failed` for Node (and npm) and Java's HttpClient, which close the handshake
+    /// without an alert, as an app that died would (fusebox logs the fix for that too:
+    /// `tests/intercept.rs`).
     async fn refusals(&self) -> f64 {
         let labels = [("upstream", "registry"), ("result", self.refused_as)];
         self.metric("fusebox_intercepted_connections_total", &labels)
