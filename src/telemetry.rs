@@ -160,22 +160,52 @@ impl Telemetry {
     /// left out here: otherwise a removed policy's `fusebox_breaker_state` would stay at 2 and
     /// keep an alert firing for something that no longer exists, and a gone pod would count as
     /// a ready endpoint.
-    pub fn render_where(&self, live: impl Fn(&str, &str, Option<&str>) -> bool) -> String {
+    ///
+    /// A series with an `upstream` label but no `destination` (a policy's own, such as
+    /// `fusebox_client_cert_expiry_seconds`) is asked about with its metric name:
+    /// `policy_live(name, upstream)`.
+    pub fn render_where(
+        &self,
+        live: impl Fn(&str, &str, Option<&str>) -> bool,
+        policy_live: impl Fn(&str, &str) -> bool,
+    ) -> String {
         let text = self.render();
         let mut kept = String::with_capacity(text.len());
         for line in text.lines() {
+            let upstream = label(line, "upstream");
             let gone = !line.starts_with('#')
-                && label(line, "upstream")
-                    .zip(label(line, "destination"))
-                    .is_some_and(|(upstream, destination)| {
+                && match (upstream, label(line, "destination")) {
+                    (Some(upstream), Some(destination)) => {
                         !live(upstream, destination, label(line, "endpoint"))
-                    });
+                    }
+                    (Some(upstream), None) => {
+                        let name = line.split(['{', ' ']).next().unwrap_or(line);
+                        !policy_live(name, upstream)
+                    }
+                    _ => false,
+                };
             if !gone {
                 kept.push_str(line);
                 kept.push('\n');
             }
         }
         kept
+    }
+
+    /// Sets `fusebox_client_cert_expiry_seconds{upstream}`: when the policy's client
+    /// certificate expires, as a Unix time (an alert compares it with `time()`).
+    pub fn client_cert_expiry(&self, upstream: &str, not_after: std::time::SystemTime) {
+        let seconds = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let key = Key::from_parts(
+            "fusebox_client_cert_expiry_seconds",
+            vec![Label::new("upstream", upstream.to_owned())],
+        );
+        #[allow(clippy::cast_precision_loss)]
+        self.recorder
+            .register_gauge(&key, &METADATA)
+            .set(seconds as f64);
     }
 
     /// Drains histogram samples into their buckets; call it periodically so that memory stays
@@ -690,7 +720,11 @@ fn describe(recorder: &PrometheusRecorder) {
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));
     }
-    let gauges: [(&'static str, &'static str); 12] = [
+    let gauges: [(&'static str, &'static str); 13] = [
+        (
+            "fusebox_client_cert_expiry_seconds",
+            "When the policy's client certificate (client_cert, mutual TLS) expires, as a Unix time in seconds.",
+        ),
         (
             "fusebox_throttle_ratio",
             "Client-side throttling ([breaker] mode = \"throttle\"): the probability that a try is refused locally now.",
@@ -795,7 +829,13 @@ mod tests {
         let gone = telemetry.destination("gone", "b:1");
         kept.breaker_state.set(2.0);
         gone.breaker_state.set(2.0);
-        let text = telemetry.render_where(|upstream, _, _| upstream == "kept");
+        telemetry.client_cert_expiry("kept", std::time::UNIX_EPOCH);
+        telemetry.client_cert_expiry("gone", std::time::UNIX_EPOCH);
+        let text = telemetry.render_where(
+            |upstream, _, _| upstream == "kept",
+            |name, upstream| name == "fusebox_client_cert_expiry_seconds" && upstream == "kept",
+        );
+        assert!(text.contains(r#"fusebox_client_cert_expiry_seconds{upstream="kept"} 0"#));
         assert!(text.contains(r#"fusebox_breaker_state{upstream="kept",destination="a:1"} 2"#));
         assert!(!text.contains(r#"upstream="gone""#), "{text}");
         assert!(text.contains("fusebox_config_generation"), "{text}");

@@ -20,7 +20,7 @@ use super::keys::Keys;
 use super::{BreakerMode, HostPattern, LimitMode, Policy, PolicySet, RetryOn};
 
 /// Every warning code, stable (CI pipelines may filter on them).
-pub const CODES: [&str; 12] = [
+pub const CODES: [&str; 14] = [
     ATTEMPT_GE_TOTAL,
     CONNECT_GE_TOTAL,
     NON_IDEMPOTENT_RETRY,
@@ -33,6 +33,8 @@ pub const CODES: [&str; 12] = [
     FLEET_FALLBACK_WHOLE,
     HEDGE_WITHOUT_ATTEMPTS,
     MAX_IN_FLIGHT_IGNORED,
+    CLIENT_CERT_EXPIRING,
+    CLIENT_KEY_READABLE,
 ];
 
 /// `timeouts.attempt >= timeouts.total` with retries on: a retry can never happen.
@@ -64,6 +66,29 @@ pub const FLEET_FALLBACK_WHOLE: &str = "fleet-fallback-whole";
 pub const HEDGE_WITHOUT_ATTEMPTS: &str = "hedge-without-attempts";
 /// `concurrency.max_in_flight` set with an adaptive `concurrency.mode`, which ignores it.
 pub const MAX_IN_FLIGHT_IGNORED: &str = "max-in-flight-ignored";
+
+/// `client_cert` expires within [`EXPIRING_WITHIN`].
+pub const CLIENT_CERT_EXPIRING: &str = "client-cert-expiring";
+/// `client_key`'s file can be read by its group or by others.
+pub const CLIENT_KEY_READABLE: &str = "client-key-readable";
+
+/// How soon a client certificate's expiry is worth a warning.
+const EXPIRING_WITHIN: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
+
+/// The permission bits of `path` when its group or others may read it (Unix only).
+fn group_or_world_readable(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o044 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
 
 /// Methods that must not be retried without an `Idempotency-Key` (RFC 9110 §9.2.2).
 const NON_IDEMPOTENT: [&str; 3] = ["POST", "PATCH", "CONNECT"];
@@ -126,6 +151,7 @@ pub fn lint_with(set: &PolicySet, read: impl Fn(&Path) -> Option<String>) -> Vec
         cx.breaker();
         cx.fleet();
         cx.overload();
+        cx.client_identity(std::time::SystemTime::now());
     }
     // `set.all()` is default first, then by name: the order in which the matcher and the
     // listeners see them, so "earlier" below is "wins".
@@ -284,6 +310,33 @@ impl Cx<'_> {
     }
 
     /// The §18 mechanisms set so that they cannot act.
+    /// The client certificate expires soon; its key file is readable by others.
+    fn client_identity(&mut self, now: std::time::SystemTime) {
+        if let Some(cert) = &self.policy.client_cert {
+            if cert.not_after <= now + EXPIRING_WITHIN {
+                let left = cert.not_after.duration_since(now).unwrap_or_default();
+                let message = format!(
+                    "`client_cert` \"{}\" expires on {} ({} days from now): renew it before \
+                     upstreams refuse the handshake",
+                    cert.path.display(),
+                    super::client_cert::date(cert.not_after),
+                    left.as_secs() / 86_400
+                );
+                self.warn(CLIENT_CERT_EXPIRING, &["client_cert"], message);
+            }
+        }
+        if let Some(key) = &self.policy.client_key {
+            if let Some(mode) = group_or_world_readable(&key.path) {
+                let message = format!(
+                    "`client_key` \"{}\" is readable by others (mode {mode:o}): a private key \
+                     should be readable by fusebox's user alone (chmod 600)",
+                    key.path.display()
+                );
+                self.warn(CLIENT_KEY_READABLE, &["client_key"], message);
+            }
+        }
+    }
+
     fn overload(&mut self) {
         let (hedge, attempts) = (&self.policy.hedge, self.policy.retry.attempts);
         if hedge.enabled && attempts < 2 {
@@ -559,6 +612,36 @@ mod tests {
             &[("default.toml", ""), ("a.toml", "hosts = [\"a\"]\n")],
             &[],
         );
+    }
+
+    #[test]
+    fn a_client_certificate_soon_expired_and_a_readable_key_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let day = std::time::Duration::from_secs(86_400);
+        let pair = |days: u32| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["c.test".to_owned()]).unwrap();
+            params.not_after = (std::time::SystemTime::now() + day * days).into();
+            (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+        };
+        let policy = "hosts = [\"a\"]\nclient_cert = \"c.pem\"\nclient_key = \"k.pem\"\n";
+        let (cert, key) = pair(3);
+        let dir = dir_with(&[("c.pem", &cert), ("k.pem", &key), ("a.toml", policy)]);
+        let key_path = dir.path().join("k.pem");
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let codes = |dir: &Path| -> Vec<&'static str> {
+            let set = load_dir(dir).unwrap();
+            lint(&set).iter().map(|w| w.code).collect()
+        };
+        assert_eq!(
+            codes(dir.path()),
+            [CLIENT_CERT_EXPIRING, CLIENT_KEY_READABLE]
+        );
+        let (cert, key) = pair(30);
+        std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(codes(dir.path()).is_empty());
     }
 
     #[test]

@@ -285,6 +285,8 @@ impl<'a> Cx<'a> {
             tls: false,
             sni: None,
             allow: true,
+            client_cert: None,
+            client_key: None,
             ..base.clone()
         };
 
@@ -313,6 +315,7 @@ impl<'a> Cx<'a> {
         self.value(&mut p.sni, "sni", &raw.sni, |s| sni(s));
         let dir = self.dir;
         self.value(&mut p.ca_file, "ca_file", &raw.ca_file, |s| ca_file(dir, s));
+        self.client_identity(&mut p, raw);
         self.value(&mut p.allow, "allow", &raw.allow, |&b| Ok(b));
         self.value(
             &mut p.allow_private,
@@ -674,6 +677,40 @@ impl<'a> Cx<'a> {
             match parse(v.get_ref()) {
                 Ok(t) => *slot = t,
                 Err(why) => self.error(v.span(), format!("`{key}`: {why}")),
+            }
+        }
+    }
+
+    /// `client_cert` and `client_key`: both or neither, read and checked together; a problem
+    /// is reported at the key of the file it is in.
+    fn client_identity(&mut self, p: &mut Policy, raw: &RawPolicy) {
+        let (cert, key) = match (&raw.client_cert, &raw.client_key) {
+            (None, None) => return,
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(alone), None) | (None, Some(alone)) => {
+                let (set, missing) = if raw.client_cert.is_some() {
+                    ("client_cert", "client_key")
+                } else {
+                    ("client_key", "client_cert")
+                };
+                let why =
+                    format!("`{set}` needs `{missing}` beside it (a certificate and its key)");
+                self.error(alone.span(), why);
+                return;
+            }
+        };
+        let now = std::time::SystemTime::now();
+        match super::client_cert::read(self.dir, cert.get_ref(), key.get_ref(), now) {
+            Ok((cert, key)) => {
+                p.client_cert = Some(cert);
+                p.client_key = Some(key);
+            }
+            Err((part, why)) => {
+                let (name, span) = match part {
+                    super::client_cert::Part::Cert => ("client_cert", cert.span()),
+                    super::client_cert::Part::Key => ("client_key", key.span()),
+                };
+                self.error(span, format!("`{name}`: {why}"));
             }
         }
     }
@@ -1052,6 +1089,8 @@ impl Default for Policy {
             tls: false,
             sni: None,
             ca_file: None,
+            client_cert: None,
+            client_key: None,
             allow: true,
             allow_private: true,
             allow_link_local: false,
@@ -1570,6 +1609,56 @@ mod tests {
             &[("a.toml", "hosts = [\"a.test\"]\nsni = \"not a name\"\n")],
             "a.toml:2:7",
             &["`sni`", "not a DNS name"],
+        );
+    }
+
+    #[test]
+    fn client_cert_and_key_come_together_are_never_inherited_and_rotate_by_content() {
+        let pair = |cn: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![cn.to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (cert, key) = pair("client.test");
+        let with = "hosts = [\"a.test\"]\nclient_cert = \"c.pem\"\nclient_key = \"k.pem\"\n";
+        assert_error(
+            &[("a.toml", "hosts = [\"a.test\"]\nclient_cert = \"c.pem\"\n")],
+            "a.toml:2:15",
+            &["`client_cert` needs `client_key`"],
+        );
+        assert_error(
+            &[("c.pem", &cert), ("k.pem", "nothing\n"), ("a.toml", with)],
+            "a.toml:3:14",
+            &["`client_key`", "k.pem", "holds no private key"],
+        );
+        let dir = dir_with(&[
+            ("c.pem", &cert),
+            ("k.pem", &key),
+            (
+                "default.toml",
+                "client_cert = \"c.pem\"\nclient_key = \"k.pem\"\n",
+            ),
+            ("a.toml", with),
+            ("b.toml", "hosts = [\"b.test\"]\n"),
+        ]);
+        let set = load_dir(dir.path()).unwrap();
+        let loaded = set.get("a").unwrap().client_cert.clone().unwrap();
+        assert_eq!(loaded.path, dir.path().join("c.pem"));
+        assert!(
+            set.get("b").unwrap().client_cert.is_none(),
+            "never inherited"
+        );
+        // The same paths with another certificate and key are another identity.
+        let (cert, key) = pair("rotated.test");
+        std::fs::write(dir.path().join("c.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("k.pem"), key).unwrap();
+        let rotated = load_dir(dir.path()).unwrap();
+        assert_ne!(
+            rotated.get("a").unwrap().client_cert.as_ref(),
+            Some(&loaded)
         );
     }
 

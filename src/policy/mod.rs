@@ -9,6 +9,7 @@
 //! Every type derives `PartialEq` so that a reload can tell which policies changed.
 
 pub mod ca;
+pub mod client_cert;
 pub mod intercept;
 mod keys;
 pub mod lint;
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 pub use crate::grpc_code::GrpcCode;
 
+pub use client_cert::{ClientCert, ClientKey};
 pub use load::{load_dir, PolicyError, PolicyErrors};
 pub use matcher::Matcher;
 
@@ -53,6 +55,10 @@ pub struct Policy {
     pub sni: Option<String>,
     /// Extra trusted roots (PEM), added to the platform roots.
     pub ca_file: Option<CaFile>,
+    /// The client certificate and key presented to upstreams that ask (mutual TLS); both or
+    /// neither (never inherited).
+    pub client_cert: Option<ClientCert>,
+    pub client_key: Option<ClientKey>,
     /// `false` refuses these destinations with 403 `denied` (never inherited; default `true`).
     pub allow: bool,
     /// May it reach private and loopback addresses (RFC 1918, 127/8, ::1, fc00::/7, ...).

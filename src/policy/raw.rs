@@ -23,6 +23,8 @@ pub(crate) struct RawPolicy {
     pub tls: S<bool>,
     pub sni: S<String>,
     pub ca_file: S<String>,
+    pub client_cert: S<String>,
+    pub client_key: S<String>,
     pub allow: S<bool>,
     pub allow_private: S<bool>,
     pub allow_link_local: S<bool>,

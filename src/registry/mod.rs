@@ -484,6 +484,8 @@ fn same_endpoint_set(before: &Policy, policy: &Policy) -> bool {
         && before.tls == policy.tls
         && before.sni == policy.sni
         && before.ca_file == policy.ca_file
+        && before.client_cert == policy.client_cert
+        && before.client_key == policy.client_key
         && before.allow_private == policy.allow_private
         && before.allow_link_local == policy.allow_link_local
         && before.timeouts.connect == policy.timeouts.connect
@@ -545,8 +547,12 @@ impl Upstream {
         settings: &Settings,
     ) -> Result<Upstream, String> {
         let rules = connect_rules(&policy, self_addrs);
-        let tls = crate::upstream::tls::client_config(policy.ca_file.as_ref())
+        let identity = policy.client_cert.as_ref().zip(policy.client_key.as_ref());
+        let tls = crate::upstream::tls::client_config(policy.ca_file.as_ref(), identity)
             .map_err(|e| format!("policy {}: {e}", policy.name))?;
+        if let Some(cert) = &policy.client_cert {
+            telemetry.client_cert_expiry(&policy.name, cert.not_after);
+        }
         // Built once to refuse a policy whose TLS settings cannot make a client; each
         // endpoint's own clients are built the same way on first use.
         client::build(&policy, Arc::clone(&tls), rules.clone(), None, false)
@@ -919,8 +925,8 @@ impl Registry {
     pub fn render_metrics(&self) -> String {
         let snapshot = self.load();
         set_idle_connections(&snapshot);
-        self.telemetry
-            .render_where(|upstream, destination, endpoint| {
+        self.telemetry.render_where(
+            |upstream, destination, endpoint| {
                 let Some(upstream) = snapshot.by_name(upstream) else {
                     return false;
                 };
@@ -937,7 +943,15 @@ impl Registry {
                     }
                     _ => true,
                 }
-            })
+            },
+            |name, upstream| {
+                // A policy's own series: its client certificate's expiry only while it has one.
+                snapshot.by_name(upstream).is_some_and(|upstream| {
+                    name != "fusebox_client_cert_expiry_seconds"
+                        || upstream.policy.client_cert.is_some()
+                })
+            },
+        )
     }
 
     /// The active policies and their state; cheap, lock-free.
