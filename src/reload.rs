@@ -334,7 +334,8 @@ impl RouteListeners {
 }
 
 /// Whether a change to `path`, in the policies directory, can change the policies: a policy
-/// file (`*.toml`), a CA file a policy may name (`*.pem`, `*.crt`), or the entries of a
+/// file (`*.toml`), a CA file or client certificate or key a policy may name (`*.pem`,
+/// `*.crt`, `*.key`: Kubernetes TLS Secrets hold `tls.crt` and `tls.key`), or the entries of a
 /// Kubernetes ConfigMap volume's atomic swap (`..data`, `..2026_12_07...`). A log or any other
 /// file written there does not reload.
 fn concerns_policies(path: &std::path::Path) -> bool {
@@ -342,7 +343,7 @@ fn concerns_policies(path: &std::path::Path) -> bool {
         return false;
     };
     name.starts_with("..")
-        || [".toml", ".pem", ".crt"]
+        || [".toml", ".pem", ".crt", ".key"]
             .iter()
             .any(|ext| name.len() > ext.len() && name.to_ascii_lowercase().ends_with(ext))
 }
@@ -433,6 +434,7 @@ mod tests {
             "/p/API.TOML",
             "/p/ca.pem",
             "/p/corp.crt",
+            "/p/tls.key",
             "/p/..data",
             "/p/..2026_12_07_05_00_00.123",
         ] {

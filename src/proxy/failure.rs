@@ -72,6 +72,17 @@ pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> Attemp
             );
             AttemptError::new(ErrorKind::Reset, on_connection, cause)
         }
+        SendError::Unanswered {
+            error: Some(error),
+            reused: false,
+        } if tls_alert(error).is_some() => {
+            // TLS 1.3: the upstream checks fusebox's client certificate (or its absence) after
+            // fusebox's side of the handshake is done, and its refusal arrives on the first
+            // read. The handshake failed; the request was never processed.
+            let alert = tls_alert(error).map_or_else(String::new, ToString::to_string);
+            let cause = format!("TLS handshake with {authority} failed: {alert}");
+            AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause)
+        }
         SendError::Unanswered { error, .. } => {
             let cause = match error {
                 Some(error) => {
@@ -94,6 +105,14 @@ pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> Attemp
 pub fn bad_response(authority: &str, detail: &str, has_body: bool) -> AttemptError {
     let cause = format!("{authority} sent a response head fusebox cannot forward: {detail}");
     AttemptError::new(ErrorKind::BadResponse, Sent::on_connection(has_body), cause)
+}
+
+/// The TLS alert the upstream sent, if that is what `error` is.
+fn tls_alert(error: &std::io::Error) -> Option<&rustls::Error> {
+    error
+        .get_ref()?
+        .downcast_ref::<rustls::Error>()
+        .filter(|tls| matches!(tls, rustls::Error::AlertReceived(_)))
 }
 
 /// Walks `error`'s chain for its cause; `connect`: the error is about opening the connection;

@@ -2,6 +2,7 @@
 //!
 //! - [`upstream`]: `FakeUpstream`, scripted upstreams on real loopback sockets.
 //! - [`tls`]: `TestPki`, certificates made at test time, and rustls configs.
+//! - [`mtls`]: client CAs and client certificates, and upstreams that require one (mTLS).
 //! - [`app`]: reqwest clients, through fusebox (the app) or direct.
 //! - [`agent`]: fusebox in-process (`TestFusebox`).
 //! - [`process`]: the built binary as a child process (`FuseboxProcess`).
@@ -17,6 +18,7 @@ pub mod app;
 pub mod blackhole;
 pub mod dns;
 pub mod metrics;
+pub mod mtls;
 pub mod peers;
 pub mod process;
 pub mod raw;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Once};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -22,7 +23,8 @@ pub fn install_crypto() {
     });
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The ring provider, as fusebox uses it.
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -34,10 +36,23 @@ struct CertKey {
 
 impl CertKey {
     fn server_config(&self, alpn: &[&[u8]]) -> Arc<ServerConfig> {
-        let mut config = ServerConfig::builder_with_provider(provider())
+        self.server_config_with(alpn, None)
+    }
+
+    /// With `client_auth`, the server asks every client for a certificate and verifies it so.
+    fn server_config_with(
+        &self,
+        alpn: &[&[u8]],
+        client_auth: Option<Arc<dyn ClientCertVerifier>>,
+    ) -> Arc<ServerConfig> {
+        let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_no_client_auth()
+            .expect("ring supports the default protocol versions");
+        let builder = match client_auth {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
             .with_single_cert(
                 vec![self.cert.clone()],
                 PrivateKeyDer::Pkcs8(self.key.clone_key()),
@@ -125,6 +140,24 @@ impl TestPki {
     /// The good leaf, ALPN `h2` and `http/1.1` (the fake upstream speaks h2 when chosen).
     pub fn server_config_h2(&self) -> Arc<ServerConfig> {
         self.leaf.server_config(&[b"h2", b"http/1.1"])
+    }
+
+    /// The good leaf, ALPN `http/1.1`, and client certificates checked by `verifier` (e.g. a
+    /// `WebPkiClientVerifier` that requires one: mutual TLS, see `support::mtls`).
+    pub fn server_config_with_client_auth(
+        &self,
+        verifier: Arc<dyn ClientCertVerifier>,
+    ) -> Arc<ServerConfig> {
+        self.leaf.server_config_with(&[b"http/1.1"], Some(verifier))
+    }
+
+    /// The same, ALPN `h2` and `http/1.1` (the fake upstream speaks h2 when chosen).
+    pub fn server_config_h2_with_client_auth(
+        &self,
+        verifier: Arc<dyn ClientCertVerifier>,
+    ) -> Arc<ServerConfig> {
+        self.leaf
+            .server_config_with(&[b"h2", b"http/1.1"], Some(verifier))
     }
 
     /// The untrusted self-signed certificate, ALPN `http/1.1`.

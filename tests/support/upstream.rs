@@ -10,7 +10,11 @@
 //!
 //! The upstream records what it saw — request and connection counts, and the head and body
 //! length (counted, never stored) of the last request — so tests can assert what fusebox
-//! forwarded. Dropping the upstream aborts its accept loop and every open connection.
+//! forwarded. Over TLS with a server config that asks for client certificates (mutual TLS), it
+//! records the common name of the certificate each connection presented
+//! ([`RecordedRequest::client_cn`]) and names it in every answer on that connection
+//! ([`CLIENT_CN_HEADER`]). Dropping the upstream aborts its accept loop and every open
+//! connection.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -104,6 +108,10 @@ pub async fn refused_addr() -> SocketAddr {
     SocketAddr::from(([127, 255, 255, 254], port))
 }
 
+/// The response header naming the common name of the client certificate the request's TLS
+/// connection presented (absent without one).
+pub const CLIENT_CN_HEADER: &str = "x-fake-upstream-client-cn";
+
 /// What the upstream saw of one request.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
@@ -114,6 +122,8 @@ pub struct RecordedRequest {
     pub headers: HeaderMap,
     /// Request body bytes read so far (final once the response has been received).
     pub body_len: u64,
+    /// The common name of the client certificate its TLS connection presented, if any.
+    pub client_cn: Option<String>,
 }
 
 /// Builds a [`FakeUpstream`]; every method replaces the script of the default path.
@@ -405,7 +415,7 @@ impl Shared {
     }
 
     /// Records the request head and returns the counter for its body bytes.
-    fn record<B>(&self, req: &Request<B>) -> Arc<AtomicU64> {
+    fn record<B>(&self, req: &Request<B>, client_cn: Option<&str>) -> Arc<AtomicU64> {
         let body_len = Arc::new(AtomicU64::new(0));
         let head = RecordedRequest {
             method: req.method().clone(),
@@ -413,6 +423,7 @@ impl Shared {
             version: req.version(),
             headers: req.headers().clone(),
             body_len: 0,
+            client_cn: client_cn.map(str::to_owned),
         };
         *self.last.lock().expect("lock") = Some((head, Arc::clone(&body_len)));
         self.arrivals
@@ -474,6 +485,15 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, tls: Option<Tl
         },
     };
     let h2 = matches!(&io, Io::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"));
+    let client_cn: Option<Arc<str>> = match &io {
+        Io::Tls(s) => s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| Arc::from(common_name(leaf).unwrap_or_else(|| "?".to_owned()))),
+        Io::Plain(_) => None,
+    };
     let abort = Arc::new(Abort::default());
     let io = TokioIo::new(ResetOnDrop {
         io,
@@ -481,7 +501,14 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, tls: Option<Tl
     });
     let service = {
         let abort = Arc::clone(&abort);
-        hyper::service::service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&abort), req))
+        hyper::service::service_fn(move |req| {
+            handle(
+                Arc::clone(&shared),
+                Arc::clone(&abort),
+                client_cn.clone(),
+                req,
+            )
+        })
     };
     // Either branch ending drops the connection, and with it the socket.
     if h2 {
@@ -503,10 +530,26 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, tls: Option<Tl
 async fn handle(
     shared: Arc<Shared>,
     abort: Arc<Abort>,
+    client_cn: Option<Arc<str>>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Aborted> {
+    let body_len = shared.record(&req, client_cn.as_deref());
+    let mut response = answer(shared, abort, body_len, req).await?;
+    if let Some(cn) = client_cn.as_deref() {
+        let value = HeaderValue::try_from(cn).unwrap_or(HeaderValue::from_static("?"));
+        response.headers_mut().insert(CLIENT_CN_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// The scripted answer to a recorded request.
+async fn answer(
+    shared: Arc<Shared>,
+    abort: Arc<Abort>,
+    body_len: Arc<AtomicU64>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Aborted> {
     let reply = shared.next_reply(req.uri().path());
-    let body_len = shared.record(&req);
     let body = req.into_body().map_frame(move |frame| {
         if let Some(data) = frame.data_ref() {
             body_len.fetch_add(data.len() as u64, Ordering::SeqCst);
@@ -728,4 +771,68 @@ impl AsyncWrite for ResetOnDrop {
             Io::Tls(tls) => Pin::new(tls).poll_shutdown(cx),
         }
     }
+}
+
+/// The subject common name of a DER certificate (the first CN attribute of the subject), read
+/// with a minimal DER walk: certificate → tbsCertificate → [version], serial, signature,
+/// issuer, validity, subject.
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    /// One DER element: (tag, contents, the bytes after it).
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+
+    let (SEQUENCE, certificate, _) = tlv(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = tlv(certificate)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    let (tag, _, after) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = after; // explicit version
+    }
+    // serial, signature algorithm, issuer, validity
+    for _ in 0..4 {
+        rest = tlv(rest)?.2;
+    }
+    let (SEQUENCE, mut subject, _) = tlv(rest)? else {
+        return None;
+    };
+    while !subject.is_empty() {
+        let (tag, set, after) = tlv(subject)?;
+        subject = after;
+        if tag != SET {
+            return None;
+        }
+        let (SEQUENCE, attribute, _) = tlv(set)? else {
+            return None;
+        };
+        let (0x06, oid, value) = tlv(attribute)? else {
+            return None;
+        };
+        if oid == OID_CN {
+            let (_, text, _) = tlv(value)?;
+            return String::from_utf8(text.to_vec()).ok();
+        }
+    }
+    None
 }
