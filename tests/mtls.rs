@@ -243,7 +243,9 @@ async fn plain_http_apps_reach_an_mtls_upstream_with_the_policy_s_client_certifi
 ///
 /// With TLS 1.3 the client's side of the handshake is over before the server has checked the
 /// client certificate, so the refusal (`alert`, rustls's name for it) arrives on the first
-/// read; fusebox tells it apart from a reset: `connect-failed`, nothing sent.
+/// read; fusebox tells it apart from a reset: `connect-failed`, nothing sent, and — a trust
+/// problem of the policy's, like a certificate that does not verify — never retried (one
+/// connection per request) and never a breaker failure.
 fn assert_refused(answer: &Answer, upstream: &FakeUpstream, alert: &str, what: &str) {
     assert_eq!(answer.status, 502, "{what}: {answer:?}");
     let reason = answer
@@ -253,6 +255,12 @@ fn assert_refused(answer: &Answer, upstream: &FakeUpstream, alert: &str, what: &
     assert!(
         answer.body.contains(&format!("fatal alert: {alert}")),
         "{what}: the body names the upstream's TLS alert {alert}: {answer:?}"
+    );
+    assert!(
+        answer
+            .body
+            .contains("check the policy's client_cert and client_key"),
+        "{what}: the body says what to check: {answer:?}"
     );
     assert_eq!(upstream.hits(), 0, "{what}: the upstream saw no request");
     assert!(
@@ -267,7 +275,8 @@ async fn without_a_client_certificate_the_upstream_refuses_and_the_app_gets_a_50
     let client_ca = ClientCa::new("fusebox test client CA");
     let upstream = mtls_upstream(&pki, &[&client_ca]).await;
     let host = localhost(&upstream);
-    let policy = tls_policy(&host, false, "");
+    // Trips after 2 upstream failures in a row: a refused certificate must not count.
+    let policy = tls_policy(&host, false, "[breaker]\nconsecutive_failures = 2\n");
     let fusebox = start(&pki, &[("svc", &policy)], None).await;
 
     let answer = curl_via(&fusebox.egress_url(), &format!("http://{host}/")).await;
@@ -277,9 +286,20 @@ async fn without_a_client_certificate_the_upstream_refuses_and_the_app_gets_a_50
         "CertificateRequired",
         "no client certificate",
     );
-    let lines = python_requests(&fusebox.egress_url(), &format!("http://{host}/"), 1).await;
-    assert!(lines[0].starts_with("502 "), "{lines:?}");
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "not retried: it would fail the same way"
+    );
+    let lines = python_requests(&fusebox.egress_url(), &format!("http://{host}/"), 3).await;
+    assert!(lines.iter().all(|l| l.starts_with("502 ")), "{lines:?}");
     assert_eq!(upstream.hits(), 0);
+    assert_eq!(upstream.connections(), 4, "one handshake per request");
+    let view = fusebox.upstreams("svc").await;
+    assert_eq!(
+        view[0]["state"], "closed",
+        "not the upstream's failure: {view}"
+    );
     fusebox.shutdown().await;
 }
 

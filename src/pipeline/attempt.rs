@@ -78,6 +78,11 @@ pub enum ErrorKind {
     /// wrong name, expired): a trust problem, the policy's (`ca_file`, `sni`), not a sick
     /// upstream. Never retried (it would fail the same way), never a breaker failure.
     TlsVerify,
+    /// The upstream refused fusebox's client certificate (or its absence) with a certificate
+    /// alert in the handshake: a trust problem between the policy's `client_cert` and the
+    /// upstream, like [`ErrorKind::TlsVerify`]: never retried, never a breaker failure; the
+    /// app gets `502 connect-failed` naming the alert.
+    ClientCertRefused,
     /// No connection within `timeouts.connect`.
     ConnectTimeout,
     /// The connection was closed or reset before a response head.
@@ -112,7 +117,9 @@ impl ErrorKind {
             | ErrorKind::Timeout
             | ErrorKind::BadResponse
             | ErrorKind::NoEndpoint => Blame::Upstream,
-            ErrorKind::Denied | ErrorKind::TlsVerify => Blame::Policy,
+            ErrorKind::Denied | ErrorKind::TlsVerify | ErrorKind::ClientCertRefused => {
+                Blame::Policy
+            }
             ErrorKind::Loop
             | ErrorKind::AppBody
             | ErrorKind::AppStalled
@@ -164,6 +171,7 @@ impl AttemptError {
             ErrorKind::Timeout => Some(TryResult::Timeout),
             ErrorKind::BadResponse => Some(TryResult::BadResponse),
             ErrorKind::TlsVerify
+            | ErrorKind::ClientCertRefused
             | ErrorKind::Denied
             | ErrorKind::Loop
             | ErrorKind::AppBody
@@ -176,7 +184,7 @@ impl AttemptError {
     /// The local reply the app gets when this failure is final.
     pub fn reason(&self) -> Reason {
         match self.kind {
-            ErrorKind::Connect => Reason::ConnectFailed,
+            ErrorKind::Connect | ErrorKind::ClientCertRefused => Reason::ConnectFailed,
             ErrorKind::TlsVerify => Reason::TlsVerifyFailed,
             ErrorKind::ConnectTimeout | ErrorKind::Timeout => Reason::Timeout,
             ErrorKind::Reset => Reason::UpstreamReset,
@@ -193,9 +201,10 @@ impl AttemptError {
     /// (refused by fusebox, or the app's fault), so none is counted.
     pub fn metric(&self) -> Option<AttemptResult> {
         match self.kind {
-            ErrorKind::Connect | ErrorKind::TlsVerify | ErrorKind::NoEndpoint => {
-                Some(AttemptResult::ConnectFailed)
-            }
+            ErrorKind::Connect
+            | ErrorKind::TlsVerify
+            | ErrorKind::ClientCertRefused
+            | ErrorKind::NoEndpoint => Some(AttemptResult::ConnectFailed),
             ErrorKind::ConnectTimeout | ErrorKind::Timeout => Some(AttemptResult::Timeout),
             ErrorKind::Reset => Some(AttemptResult::Reset),
             ErrorKind::BadResponse => Some(AttemptResult::Failure),

@@ -33,8 +33,8 @@ pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> Attemp
             let tls = error
                 .get_ref()
                 .and_then(|e| e.downcast_ref::<rustls::Error>());
-            if let Some(verify) = tls.and_then(|e| tls_verify_error(e, authority)) {
-                return verify;
+            if let Some(known) = tls.and_then(|e| tls_error(e, authority)) {
+                return known;
             }
             let cause = match error.get_ref() {
                 Some(tls) => format!("TLS handshake with {authority} failed: {tls}"),
@@ -79,9 +79,11 @@ pub fn http1_error(error: &SendError, authority: &str, has_body: bool) -> Attemp
             // TLS 1.3: the upstream checks fusebox's client certificate (or its absence) after
             // fusebox's side of the handshake is done, and its refusal arrives on the first
             // read. The handshake failed; the request was never processed.
-            let alert = tls_alert(error).map_or_else(String::new, ToString::to_string);
-            let cause = format!("TLS handshake with {authority} failed: {alert}");
-            AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause)
+            let alert = tls_alert(error).expect("guarded");
+            tls_error(alert, authority).unwrap_or_else(|| {
+                let cause = format!("TLS handshake with {authority} failed: {alert}");
+                AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause)
+            })
         }
         SendError::Unanswered { error, .. } => {
             let cause = match error {
@@ -142,8 +144,8 @@ fn from_chain(
             return connect_error(connect);
         }
         if let Some(tls) = current.downcast_ref::<rustls::Error>() {
-            if let Some(verify) = tls_verify_error(tls, authority) {
-                return verify;
+            if let Some(known) = tls_error(tls, authority) {
+                return known;
             }
             let cause = format!("TLS handshake with {authority} failed: {tls}");
             return AttemptError::new(ErrorKind::Connect, Sent::Nothing, cause);
@@ -181,11 +183,35 @@ fn app_body_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a hyper::Err
     hyper_error.source()?.downcast_ref::<hyper::Error>()
 }
 
-/// The [`AttemptError`] of a certificate that did not verify, if `error` is one: the rustls
-/// cause and what to do about it.
-fn tls_verify_error(error: &rustls::Error, authority: &str) -> Option<AttemptError> {
-    let rustls::Error::InvalidCertificate(why) = error else {
-        return None;
+/// The [`AttemptError`] of a TLS failure that is a trust problem, if `error` is one: the
+/// upstream's certificate did not verify, or the upstream refused fusebox's client
+/// certificate; the rustls cause and what to do about it.
+fn tls_error(error: &rustls::Error, authority: &str) -> Option<AttemptError> {
+    use rustls::AlertDescription as Alert;
+    let why = match error {
+        rustls::Error::InvalidCertificate(why) => why,
+        rustls::Error::AlertReceived(
+            Alert::CertificateRequired
+            | Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate
+            | Alert::AccessDenied,
+        ) => {
+            let cause = format!(
+                "TLS handshake with {authority} failed: {error}: the upstream refused fusebox's \
+                 client certificate (or its absence); check the policy's client_cert and \
+                 client_key"
+            );
+            return Some(AttemptError::new(
+                ErrorKind::ClientCertRefused,
+                Sent::Nothing,
+                cause,
+            ));
+        }
+        _ => return None,
     };
     let cause = format!(
         "the TLS certificate of {authority} did not verify: {why}; if the upstream's CA is a \
