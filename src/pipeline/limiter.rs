@@ -39,11 +39,10 @@
 //! same traffic.
 
 use std::ops::Add;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, Reference};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
