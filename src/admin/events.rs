@@ -158,21 +158,29 @@ impl Sent {
     /// as sent.
     fn update(&mut self, frame: &Frame) -> UpdateEvent {
         let mut rows: Vec<LiveRow> = Vec::new();
-        let mut now = HashMap::with_capacity(frame.rows.len());
+        // Only changed or new rows are copied: an idle destination costs a comparison.
         for (key, row, json) in &frame.rows {
-            if self.rows.get(key) != Some(json) {
-                rows.push(row.clone());
+            match self.rows.get_mut(key) {
+                Some(sent) if sent == json => continue,
+                Some(sent) => sent.clone_from(json),
+                None => {
+                    self.rows.insert(key.clone(), json.clone());
+                }
             }
-            now.insert(key.clone(), json.clone());
+            rows.push(row.clone());
         }
+        let present: std::collections::HashSet<&str> =
+            frame.rows.iter().map(|(key, _, _)| key.as_str()).collect();
         let mut removed: Vec<String> = self
             .rows
             .keys()
-            .filter(|key| !now.contains_key(*key))
+            .filter(|key| !present.contains(key.as_str()))
             .cloned()
             .collect();
         removed.sort_unstable();
-        self.rows = now;
+        for key in &removed {
+            self.rows.remove(key);
+        }
         UpdateEvent {
             time: frame.time_ms,
             rows,

@@ -99,13 +99,9 @@ impl<C: Clock> RateLimiter<C> {
     /// Tokens left now: what the last check left plus what was replenished since, at most
     /// the bucket's size.
     pub fn tokens_left(&self) -> f64 {
-        let now = self
-            .inner
-            .clock()
-            .now()
-            .duration_since(self.origin)
-            .as_u64();
-        let since = now.saturating_sub(self.left_at.load(Ordering::Relaxed));
+        let since = self
+            .nanos_since_origin()
+            .saturating_sub(self.left_at.load(Ordering::Relaxed));
         let interval = self.quota.replenish_interval().as_nanos().max(1);
         #[allow(clippy::cast_precision_loss)]
         let replenished = since as f64 / interval as f64;
@@ -114,14 +110,17 @@ impl<C: Clock> RateLimiter<C> {
     }
 
     fn note_left(&self, left: u32) {
-        let now = self
-            .inner
+        self.left.store(left, Ordering::Relaxed);
+        self.left_at
+            .store(self.nanos_since_origin(), Ordering::Relaxed);
+    }
+
+    fn nanos_since_origin(&self) -> u64 {
+        self.inner
             .clock()
             .now()
             .duration_since(self.origin)
-            .as_u64();
-        self.left.store(left, Ordering::Relaxed);
-        self.left_at.store(now, Ordering::Relaxed);
+            .as_u64()
     }
 
     /// Takes a token for one attempt, if there is one.
