@@ -31,6 +31,7 @@ use super::{
 use crate::address::canonical_host;
 
 mod overload;
+mod routes;
 
 /// One problem in a policy file. `line` and `col` are 1-based and point at the offending
 /// value (0 when the file could not be read at all).
@@ -218,6 +219,11 @@ impl<'a> Cx<'a> {
         Cx { dir, src, errors }
     }
 
+    /// How many errors all files have had so far.
+    fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     fn error(&mut self, span: Range<usize>, message: String) {
         let (line, col) = line_col(&self.src.text, span.start);
         self.errors.push(PolicyError {
@@ -287,6 +293,7 @@ impl<'a> Cx<'a> {
             allow: true,
             client_cert: None,
             client_key: None,
+            routes: Vec::new(),
             ..base.clone()
         };
 
@@ -358,6 +365,7 @@ impl<'a> Cx<'a> {
         self.balance(&mut p.balance, raw);
         self.outlier(&mut p.outlier, raw);
         self.dns(&mut p.dns, raw);
+        self.routes(&mut p, raw, is_default);
         p
     }
 
@@ -1107,6 +1115,7 @@ impl Default for Policy {
             balance: Balance::default(),
             outlier: Outlier::default(),
             dns: Dns::default(),
+            routes: Vec::new(),
         }
     }
 }

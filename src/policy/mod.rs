@@ -17,6 +17,7 @@ pub mod listeners;
 pub(crate) mod load;
 mod matcher;
 mod raw;
+pub mod route;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub use crate::grpc_code::GrpcCode;
 pub use client_cert::{ClientCert, ClientKey};
 pub use load::{load_dir, PolicyError, PolicyErrors};
 pub use matcher::Matcher;
+pub use route::Route;
 
 /// The name of the policy used for destinations that no other file matches.
 pub const DEFAULT_POLICY: &str = "default";
@@ -88,6 +90,8 @@ pub struct Policy {
     pub outlier: Outlier,
     /// How long resolved names are kept.
     pub dns: Dns,
+    /// `[[route]]`: requests matching one get its timeouts, retry and hedge (never inherited).
+    pub routes: Vec<Route>,
 }
 
 /// A `hosts` entry. Names are stored lowercase.

@@ -50,10 +50,38 @@ pub(crate) struct RawPolicy {
     pub outlier: RawOutlier,
     #[serde(default)]
     pub dns: RawDns,
+    /// `[[route]]` tables, in file order.
+    pub route: List<RawRoute>,
+}
+
+/// One `[[route]]`: a match, and the sections it overrides.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub name: S<String>,
+    pub methods: List<String>,
+    pub path_prefix: S<String>,
+    pub path: S<String>,
+    pub header: S<RawHeaderMatch>,
+    pub breaker: S<String>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub hedge: RawHedge,
+}
+
+/// A route's `header = { name = "...", value = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderMatch {
+    pub name: Spanned<String>,
+    pub value: S<String>,
 }
 
 /// `[timeouts]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTimeouts {
     pub connect: S<String>,
@@ -65,7 +93,7 @@ pub(crate) struct RawTimeouts {
 }
 
 /// `[retry]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRetry {
     pub attempts: S<i64>,
@@ -131,7 +159,7 @@ pub(crate) struct RawConcurrency {
 }
 
 /// `[hedge]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHedge {
     pub enabled: S<bool>,
