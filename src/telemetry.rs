@@ -29,6 +29,8 @@ const LATENCY_BUCKETS: [f64; 15] = [
 /// The `destination` label value for destinations beyond `metrics_max_destinations`.
 pub const OTHER_DESTINATION: &str = "_other";
 
+pub use crate::policy::route::DEFAULT_ROUTE;
+
 /// The result label of `fusebox_attempts_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptResult {
@@ -229,23 +231,13 @@ impl Telemetry {
         let counter =
             |name, extra: &[Label]| self.recorder.register_counter(&key(name, extra), &METADATA);
         let gauge = |name| self.recorder.register_gauge(&key(name, &[]), &METADATA);
-        let histogram = |name| self.recorder.register_histogram(&key(name, &[]), &METADATA);
         let metrics = DestinationMetrics {
             telemetry: Arc::clone(self),
+            calls: CallMetrics::new(self, &labels, DEFAULT_ROUTE),
             labels,
-            requests: std::array::from_fn(|_| OnceLock::new()),
-            request_duration: histogram("fusebox_request_duration_seconds"),
-            attempts: AttemptResult::ALL.map(|result| {
-                counter(
-                    "fusebox_attempts_total",
-                    &[Label::from_static_parts("result", result.label())],
-                )
-            }),
-            attempt_duration: histogram("fusebox_attempt_duration_seconds"),
             retries: std::array::from_fn(|_| OnceLock::new()),
             stream_timeouts: std::array::from_fn(|_| OnceLock::new()),
             interceptions: std::array::from_fn(|_| OnceLock::new()),
-            grpc_requests: OnceLock::new(),
             fleet: OnceLock::new(),
             retry_budget_exhausted: counter("fusebox_retry_budget_exhausted_total", &[]),
             shadow_breaker: counter(
@@ -385,16 +377,11 @@ struct FleetMetrics {
 pub struct DestinationMetrics {
     telemetry: Arc<Telemetry>,
     labels: [Label; 2],
-    requests: [OnceLock<Counter>; Outcome::ALL.len() * CODE_CLASSES.len()],
-    request_duration: Histogram,
-    attempts: [Counter; AttemptResult::ALL.len()],
-    attempt_duration: Histogram,
+    /// Requests, tries and their latencies of requests no `[[route]]` took (`route="_default"`).
+    calls: CallMetrics,
     retries: [OnceLock<Counter>; RETRY_REASONS],
     stream_timeouts: [OnceLock<Counter>; StreamTimeout::ALL.len()],
     interceptions: [OnceLock<Counter>; Interception::ALL.len()],
-    /// `fusebox_requests_total` of gRPC calls, `outcome × grpc status`: allocated on the first
-    /// gRPC call, since most destinations never see one.
-    grpc_requests: OnceLock<Box<[OnceLock<Counter>]>>,
     /// `fusebox_fleet_limiter_state` (connected, fallback) and `_errors_total`: registered for
     /// fleet-limited destinations only.
     fleet: OnceLock<FleetMetrics>,
@@ -412,6 +399,128 @@ pub struct DestinationMetrics {
     throttle_ratio: OnceLock<Gauge>,
     concurrency_limit: OnceLock<Gauge>,
     hedges: [OnceLock<Counter>; HedgeResult::ALL.len()],
+}
+
+/// The handles of one `upstream` × `destination` × `route`: requests, tries and latencies.
+pub struct CallMetrics {
+    telemetry: Arc<Telemetry>,
+    labels: [Label; 3],
+    requests: [OnceLock<Counter>; Outcome::ALL.len() * CODE_CLASSES.len()],
+    request_duration: Histogram,
+    attempts: [Counter; AttemptResult::ALL.len()],
+    attempt_duration: Histogram,
+    /// `fusebox_requests_total` of gRPC calls, `outcome × grpc status`: allocated on the first
+    /// gRPC call, since most destinations never see one.
+    grpc_requests: OnceLock<Box<[OnceLock<Counter>]>>,
+}
+
+impl std::fmt::Debug for CallMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallMetrics")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallMetrics {
+    fn new(telemetry: &Arc<Telemetry>, base: &[Label; 2], route: &str) -> CallMetrics {
+        let labels = [
+            base[0].clone(),
+            base[1].clone(),
+            Label::new("route", route.to_owned()),
+        ];
+        let recorder = &telemetry.recorder;
+        let key = |name: &'static str, extra: Option<Label>| {
+            Key::from_parts(
+                name,
+                labels.iter().cloned().chain(extra).collect::<Vec<_>>(),
+            )
+        };
+        let attempt = |result: AttemptResult| {
+            let label = Label::from_static_parts("result", result.label());
+            recorder.register_counter(&key("fusebox_attempts_total", Some(label)), &METADATA)
+        };
+        CallMetrics {
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            request_duration: recorder
+                .register_histogram(&key("fusebox_request_duration_seconds", None), &METADATA),
+            attempts: AttemptResult::ALL.map(attempt),
+            attempt_duration: recorder
+                .register_histogram(&key("fusebox_attempt_duration_seconds", None), &METADATA),
+            grpc_requests: OnceLock::new(),
+            telemetry: Arc::clone(telemetry),
+            labels,
+        }
+    }
+
+    /// Records one finished app request.
+    pub fn request(&self, outcome: Outcome, status: http::StatusCode, elapsed: Duration) {
+        let code = crate::outcome::code_class_index(status);
+        let index = outcome as usize * CODE_CLASSES.len() + code;
+        self.requests[index]
+            .get_or_init(|| {
+                let mut labels = self.labels.to_vec();
+                labels.push(Label::from_static_parts("outcome", outcome.label()));
+                labels.push(Label::from_static_parts("code", CODE_CLASSES[code]));
+                self.telemetry.recorder.register_counter(
+                    &Key::from_parts("fusebox_requests_total", labels),
+                    &METADATA,
+                )
+            })
+            .increment(1);
+        self.request_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Records one finished gRPC call, its `code` label the gRPC status (`grpc-unavailable`).
+    pub fn request_grpc(&self, outcome: Outcome, code: GrpcCode, elapsed: Duration) {
+        let counters = self.grpc_requests.get_or_init(|| {
+            (0..Outcome::ALL.len() * GrpcCode::ALL.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        counters[outcome as usize * GrpcCode::ALL.len() + code as usize]
+            .get_or_init(|| {
+                let mut labels = self.labels.to_vec();
+                labels.push(Label::from_static_parts("outcome", outcome.label()));
+                labels.push(Label::from_static_parts("code", code.label()));
+                self.telemetry.recorder.register_counter(
+                    &Key::from_parts("fusebox_requests_total", labels),
+                    &METADATA,
+                )
+            })
+            .increment(1);
+        self.request_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// `fusebox_route_breaker_state` of a route with a breaker of its own.
+    pub fn route_breaker_state(&self) -> Gauge {
+        let key = Key::from_parts("fusebox_route_breaker_state", self.labels.to_vec());
+        self.telemetry.recorder.register_gauge(&key, &METADATA)
+    }
+
+    /// Counts one state change of a route's own breaker (rare: looked up here).
+    pub fn route_breaker_transition(
+        &self,
+        from: &'static str,
+        to: &'static str,
+        reason: &'static str,
+    ) {
+        let mut labels = self.labels.to_vec();
+        labels.push(Label::from_static_parts("from", from));
+        labels.push(Label::from_static_parts("to", to));
+        labels.push(Label::from_static_parts("reason", reason));
+        let key = Key::from_parts("fusebox_route_breaker_transitions_total", labels);
+        self.telemetry
+            .recorder
+            .register_counter(&key, &METADATA)
+            .increment(1);
+    }
+
+    /// Records one upstream try.
+    pub fn attempt(&self, result: AttemptResult, elapsed: Duration) {
+        self.attempts[result as usize].increment(1);
+        self.attempt_duration.record(elapsed.as_secs_f64());
+    }
 }
 
 /// The `result` label of `fusebox_hedges_total`.
@@ -500,43 +609,15 @@ impl DestinationMetrics {
         })
     }
 
-    /// Records one finished app request.
-    pub fn request(&self, outcome: Outcome, status: http::StatusCode, elapsed: Duration) {
-        let code = crate::outcome::code_class_index(status);
-        let index = outcome as usize * CODE_CLASSES.len() + code;
-        self.requests[index]
-            .get_or_init(|| {
-                let mut labels = self.labels.to_vec();
-                labels.push(Label::from_static_parts("outcome", outcome.label()));
-                labels.push(Label::from_static_parts("code", CODE_CLASSES[code]));
-                self.telemetry.recorder.register_counter(
-                    &Key::from_parts("fusebox_requests_total", labels),
-                    &METADATA,
-                )
-            })
-            .increment(1);
-        self.request_duration.record(elapsed.as_secs_f64());
+    /// The handles of requests no route took (`route="_default"`).
+    pub fn calls(&self) -> &CallMetrics {
+        &self.calls
     }
 
-    /// Records one finished gRPC call, its `code` label the gRPC status (`grpc-unavailable`).
-    pub fn request_grpc(&self, outcome: Outcome, code: GrpcCode, elapsed: Duration) {
-        let counters = self.grpc_requests.get_or_init(|| {
-            (0..Outcome::ALL.len() * GrpcCode::ALL.len())
-                .map(|_| OnceLock::new())
-                .collect()
-        });
-        counters[outcome as usize * GrpcCode::ALL.len() + code as usize]
-            .get_or_init(|| {
-                let mut labels = self.labels.to_vec();
-                labels.push(Label::from_static_parts("outcome", outcome.label()));
-                labels.push(Label::from_static_parts("code", code.label()));
-                self.telemetry.recorder.register_counter(
-                    &Key::from_parts("fusebox_requests_total", labels),
-                    &METADATA,
-                )
-            })
-            .increment(1);
-        self.request_duration.record(elapsed.as_secs_f64());
+    /// The handles of one route's requests (`route` = its name), registered now: called once
+    /// per route when a destination is made.
+    pub fn route_calls(&self, route: &str) -> CallMetrics {
+        CallMetrics::new(&self.telemetry, &self.labels, route)
     }
 
     /// Sets which limit a fleet-limited destination applies (1 on its state, 0 on the other).
@@ -638,12 +719,6 @@ impl DestinationMetrics {
         self.telemetry
             .recorder
             .register_counter(&Key::from_parts(name, labels), &METADATA)
-    }
-
-    /// Records one upstream try.
-    pub fn attempt(&self, result: AttemptResult, elapsed: Duration) {
-        self.attempts[result as usize].increment(1);
-        self.attempt_duration.record(elapsed.as_secs_f64());
     }
 
     /// Registers the handles of one endpoint of this destination (`endpoint`: `ip:port`, or

@@ -134,7 +134,7 @@ async fn metric_values_match_the_traffic() {
         sorted.sort();
         assert_eq!(
             sorted,
-            ["code", "destination", "outcome", "upstream"],
+            ["code", "destination", "outcome", "route", "upstream"],
             "fusebox_requests_total labels"
         );
     }

@@ -10,10 +10,12 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+pub use super::route_json::{RouteBreakerJson, RouteJson};
 pub use crate::live_stats::Totals;
 use crate::pipeline::breaker::{BreakerSnapshot, RecentFailure, State};
 use crate::policy::BreakerMode;
-use crate::registry::{Destination, EndpointView, TrustFailure, Upstream};
+use crate::policy::Route;
+use crate::registry::{Destination, EndpointView, RouteState, TrustFailure, Upstream};
 
 /// One destination's breaker: an element of `GET /upstreams`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +89,9 @@ pub struct DestinationView {
     /// limit, whose tokens are in Redis).
     #[serde(default)]
     pub rate_tokens_left: Option<f64>,
+    /// Extra: the policy's `[[route]]`s, in order, with their own breakers; absent without.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteJson>,
 }
 
 /// One endpoint of a destination in `/upstreams`.
@@ -220,7 +225,7 @@ pub fn ceil_millis(d: Duration) -> u64 {
 impl DestinationView {
     /// The view of one destination of `upstream`, now.
     pub fn of(upstream: &Upstream, destination: &Destination, clock: Clock) -> DestinationView {
-        let snapshot = destination.breaker_snapshot();
+        let snapshot = destination.breaker_snapshot(None);
         let in_flight = u64::try_from(destination.gate.in_flight()).unwrap_or(u64::MAX);
         let mut view = DestinationView {
             idle_connections: u64::try_from(destination.idle_connections()).unwrap_or(u64::MAX),
@@ -244,6 +249,7 @@ impl DestinationView {
             totals: destination.live.totals(),
             retry_budget_left: Some(destination.budget.available_at(Instant::now())),
             rate_tokens_left: destination.limiter.as_ref().map(|l| l.tokens_left()),
+            routes: routes_of(destination, &upstream.policy.routes, clock),
             ..DestinationView::from_snapshot(
                 &upstream.policy.name,
                 &destination.authority,
@@ -303,6 +309,7 @@ impl DestinationView {
             totals: Totals::default(),
             retry_budget_left: None,
             rate_tokens_left: None,
+            routes: Vec::new(),
             throttle: snapshot.throttle.map(|(probability, counts)| ThrottleView {
                 probability,
                 requests: counts.requests,
@@ -310,6 +317,31 @@ impl DestinationView {
             }),
         }
     }
+}
+
+/// The routes of `destination`, whose policy's routes are `routes`.
+fn routes_of(destination: &Destination, routes: &[Route], clock: Clock) -> Vec<RouteJson> {
+    let one = |(index, route): (usize, &Route)| {
+        let own = destination
+            .routes
+            .get(index)
+            .is_some_and(RouteState::has_own_breaker);
+        let breaker = own.then(|| {
+            let snapshot = destination.breaker_snapshot(Some(index));
+            RouteBreakerJson {
+                state: state_label(snapshot.state).to_owned(),
+                since: clock.rfc3339(snapshot.since),
+                reason: snapshot.last_reason.map(|r| r.label().to_owned()),
+                calls: snapshot.window.calls,
+                failures: snapshot.window.failures,
+                slow: snapshot.window.slow,
+                next_probe_in_ms: snapshot.next_probe_in.map(ceil_millis),
+                forced: snapshot.forced.map(|f| f.label().to_owned()),
+            }
+        });
+        RouteJson::of(route, breaker)
+    };
+    routes.iter().enumerate().map(one).collect()
 }
 
 /// A throttling breaker's numbers.

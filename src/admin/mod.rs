@@ -15,6 +15,7 @@ pub mod feed;
 pub mod json;
 pub mod live_row;
 mod page;
+pub mod route_json;
 mod routes;
 
 use std::convert::Infallible;

@@ -9,7 +9,7 @@
 //! | `/metrics`                    | GET, HEAD | Prometheus text                                |
 //! | `/upstreams`                  | GET, HEAD | every destination's breaker                    |
 //! | `/upstreams/{upstream}`       | GET, HEAD | the same, one policy                           |
-//! | `/upstreams/{upstream}/breaker` | POST    | `?action=force-open\|force-closed\|reset[&destination=host:port]` |
+//! | `/upstreams/{upstream}/breaker` | POST    | `?action=force-open\|force-closed\|reset[&destination=host:port][&route=name]` |
 //! | `/reload`                     | POST      | reload the policies directory                  |
 //! | `/config`                     | GET, HEAD | the effective policies                         |
 //!
@@ -333,6 +333,8 @@ fn action_label(command: BreakerCommand) -> &'static str {
 struct BreakerParams {
     command: BreakerCommand,
     destination: Option<(String, u16)>,
+    /// `route=name`: the route's own breaker (`breaker = "own"`) instead of the destination's.
+    route: Option<String>,
 }
 
 const ACTIONS: &str = "force-open, force-closed or reset";
@@ -342,14 +344,16 @@ const ACTIONS: &str = "force-open, force-closed or reset";
 fn parse_breaker_query(query: Option<&str>) -> Result<BreakerParams, String> {
     let mut action = None;
     let mut destination = None;
+    let mut route = None;
     for (key, value) in parse_query(query.unwrap_or(""))? {
         let slot = match key.as_str() {
             "action" => &mut action,
             "destination" => &mut destination,
+            "route" => &mut route,
             _ => {
                 return Err(format!(
                     "unknown parameter {key:?}; expected action={ACTIONS} and optionally \
-                     destination=host:port"
+                     destination=host:port and route=name"
                 ))
             }
         };
@@ -364,6 +368,7 @@ fn parse_breaker_query(query: Option<&str>) -> Result<BreakerParams, String> {
     Ok(BreakerParams {
         command,
         destination,
+        route,
     })
 }
 
@@ -385,6 +390,10 @@ fn breaker(state: &AdminState, conn: Conn, name: &str, query: Option<&str>) -> A
             ),
         );
     }
+    let route = match own_breaker_route(upstream, params.route.as_deref()) {
+        Ok(route) => route,
+        Err((status, message)) => return json_error(status, &message),
+    };
     let forcing = params.command != BreakerCommand::Reset;
     let targets = match &params.destination {
         Some((host, port)) => match find_or_create(&snapshot, upstream, host, *port) {
@@ -420,7 +429,7 @@ fn breaker(state: &AdminState, conn: Conn, name: &str, query: Option<&str>) -> A
         }
     };
     for destination in &targets {
-        destination.command(params.command);
+        destination.command(route, params.command);
     }
     let affected: Vec<&str> = targets.iter().map(|d| &*d.authority).collect();
     info!(
@@ -434,6 +443,32 @@ fn breaker(state: &AdminState, conn: Conn, name: &str, query: Option<&str>) -> A
     let mut views: Vec<DestinationView> = views_of(upstream, &targets, clock).collect();
     json::sort(&mut views);
     json_response(StatusCode::OK, &views)
+}
+
+/// The index of the route named `route` of `upstream`'s policy, which must have a breaker of
+/// its own; `None` without `route=` (the destination's breaker).
+fn own_breaker_route(
+    upstream: &Upstream,
+    route: Option<&str>,
+) -> Result<Option<usize>, (StatusCode, String)> {
+    let Some(name) = route else { return Ok(None) };
+    let routes = &upstream.policy.routes;
+    let Some(index) = routes.iter().position(|r| r.name == name) else {
+        let known: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        let why = format!(
+            "policy {} has no route {name:?}; its routes: {known:?}",
+            upstream.policy.name
+        );
+        return Err((StatusCode::NOT_FOUND, why));
+    };
+    if !routes[index].own_breaker {
+        let why = format!(
+            "route {name:?} shares the destination's breaker (no `breaker = \"own\"`): command \
+             the destination's without route="
+        );
+        return Err((StatusCode::CONFLICT, why));
+    }
+    Ok(Some(index))
 }
 
 /// The destination `host:port` of `upstream`, created if no traffic reached it yet — provided
@@ -708,21 +743,32 @@ mod tests {
             parse_breaker_query(Some("action=force-open")),
             Ok(BreakerParams {
                 command: BreakerCommand::ForceOpen,
-                destination: None
+                destination: None,
+                route: None,
+            })
+        );
+        assert_eq!(
+            parse_breaker_query(Some("action=reset&route=reports")),
+            Ok(BreakerParams {
+                command: BreakerCommand::Reset,
+                destination: None,
+                route: Some("reports".into()),
             })
         );
         assert_eq!(
             parse_breaker_query(Some("destination=%5B%3A%3A1%5D%3A8080&action=reset")),
             Ok(BreakerParams {
                 command: BreakerCommand::Reset,
-                destination: Some(("::1".into(), 8080))
+                destination: Some(("::1".into(), 8080)),
+                route: None,
             })
         );
         assert_eq!(
             parse_breaker_query(Some("action=force-closed&destination=API.Example.com:443")),
             Ok(BreakerParams {
                 command: BreakerCommand::ForceClosed,
-                destination: Some(("api.example.com".into(), 443))
+                destination: Some(("api.example.com".into(), 443)),
+                route: None,
             })
         );
         for bad in [
@@ -731,6 +777,7 @@ mod tests {
             Some("action=open"),
             Some("action=force-open&destinaton=a:1"),
             Some("action=reset&action=reset"),
+            Some("action=reset&route=a&route=b"),
             Some("action=reset&destination=a"),
             Some("action=reset&destination=%zz"),
         ] {

@@ -37,6 +37,8 @@ pub struct AccessLine<'a> {
     pub intercepted: bool,
     /// Only when hedges were sent (§18): which copy of the request answered, 1 the first.
     pub copy: Option<u32>,
+    /// Only on requests a `[[route]]` of the policy took: its name.
+    pub route: Option<&'a str>,
 }
 
 /// The line as a `tracing` event (target `fusebox::access`), for whatever subscriber is
@@ -58,6 +60,7 @@ pub fn event(line: &AccessLine<'_>) {
         cause = line.cause,
         intercepted = line.intercepted.then_some(true),
         copy = line.copy,
+        route = line.route,
     );
 }
 
@@ -102,6 +105,10 @@ pub fn write_text(out: &mut Vec<u8>, timestamp: &[u8], line: &AccessLine<'_>) {
         out.extend_from_slice(b" copy=");
         decimal(out, u64::from(copy));
     }
+    if let Some(route) = line.route {
+        out.extend_from_slice(b" route=");
+        debug_str(out, route);
+    }
     out.push(b'\n');
 }
 
@@ -143,6 +150,10 @@ pub fn write_json(out: &mut Vec<u8>, timestamp: &[u8], line: &AccessLine<'_>) {
     if let Some(copy) = line.copy {
         out.extend_from_slice(b",\"copy\":");
         decimal(out, u64::from(copy));
+    }
+    if let Some(route) = line.route {
+        out.push(b',');
+        json_field(out, "route", route);
     }
     out.extend_from_slice(b"},\"target\":\"fusebox::access\"}\n");
 }
@@ -289,6 +300,7 @@ mod tests {
             cause: None,
             intercepted: false,
             copy: None,
+            route: None,
         };
         vec![
             plain,
@@ -319,6 +331,7 @@ mod tests {
             },
             AccessLine {
                 duration_micros: 5,
+                route: Some("reports"),
                 ..plain
             },
             AccessLine {

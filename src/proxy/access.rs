@@ -2,8 +2,8 @@
 //! `fusebox_request_duration_seconds`) and its access-log line (target `fusebox::access`, one
 //! structured event per request: upstream, destination, method, path without the query,
 //! status (and `grpc_status` for gRPC calls), outcome, attempts, duration, the local-reply
-//! reason if any, `intercepted` for requests that came through HTTPS interception, and `copy`
-//! for hedged requests: which copy answered).
+//! reason if any, `intercepted` for requests that came through HTTPS interception, `copy`
+//! for hedged requests: which copy answered, and `route` for requests a `[[route]]` took).
 
 use std::time::Instant;
 
@@ -40,6 +40,8 @@ pub struct Seen {
     intercepted: bool,
     /// When hedges were sent (§18): which copy answered, 1 the first.
     pub copy: Option<u32>,
+    /// The `[[route]]` of the policy that took the request, if any (its metrics and log).
+    pub route: Option<usize>,
 }
 
 impl Seen {
@@ -65,6 +67,7 @@ impl Seen {
             uri,
             intercepted: false,
             copy: None,
+            route: None,
         }
     }
 
@@ -79,7 +82,9 @@ impl Seen {
         reason: Option<(Reason, &str)>,
     ) {
         let elapsed = self.started.elapsed();
-        destination.metrics.request(outcome, status, elapsed);
+        destination
+            .calls(self.route)
+            .request(outcome, status, elapsed);
         destination.live.record(outcome, elapsed);
         let ending = Ending {
             status,
@@ -102,7 +107,9 @@ impl Seen {
         reason: Option<(Reason, &str)>,
     ) {
         let elapsed = self.started.elapsed();
-        destination.metrics.request_grpc(outcome, code, elapsed);
+        destination
+            .calls(self.route)
+            .request_grpc(outcome, code, elapsed);
         destination.live.record(outcome, elapsed);
         let ending = Ending {
             status: StatusCode::OK,
@@ -142,6 +149,9 @@ impl Seen {
             cause: reason.map(|(_, cause)| cause),
             intercepted: self.intercepted,
             copy: self.copy,
+            route: self
+                .route
+                .and_then(|i| Some(&*destination.routes.get(i)?.name)),
         });
     }
 }

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::hedge::{race, Raced, TryCount};
+pub use super::plan::Plan;
 use super::resend::{prepare_body, Resend};
 use super::sending::{admit, Sending};
 use crate::outcome::Reason;
@@ -23,7 +24,7 @@ use crate::pipeline::backoff::{retry_after_delay, Backoff};
 use crate::pipeline::grpc::{self, GrpcCode};
 use crate::pipeline::hedge::Hedging;
 use crate::pipeline::retry::{decide, may_resend, AfterTry, Decision, TryResult};
-use crate::policy::{Policy, Retry, RetryOn};
+use crate::policy::{Retry, RetryOn, Timeouts};
 use crate::registry::{Destination, Permit, Upstream};
 use crate::upstream::UpstreamBody;
 
@@ -33,22 +34,22 @@ pub use super::one_try::{Answer, Path};
 
 /// Sends the request, retrying as the policy allows, until an answer is final.
 /// `tries` counts the upstream tries made (0 when the request was refused before the first).
+/// `plan`: the timeouts and retry of the request's route (or policy), and the route.
 pub async fn run(
     upstream: &Upstream,
     path: Path,
     destination: &Arc<Destination>,
-    parts: Parts,
-    body: Incoming,
+    (parts, body): (Parts, Incoming),
+    plan: Plan<'_>,
     jitter: bool,
     tries: &mut u32,
 ) -> Result<Answer, LocalAnswer> {
-    let policy = &upstream.policy;
     let grpc = grpc::is_grpc(&parts.headers);
-    let bounds = Bounds::of(policy, &parts, grpc);
+    let bounds = Bounds::of(plan.timeouts, &parts, grpc);
     let (deadline, whole) = (bounds.deadline, bounds.whole);
-    let (max_replay, idle) = (policy.retry.max_replay_bytes, policy.timeouts.idle);
+    let (max_replay, idle) = (plan.retry.max_replay_bytes, plan.timeouts.idle);
     let body = prepare_body(body, &parts, max_replay, deadline, idle).await?;
-    let mut retrying = Retrying::new(&policy.retry, &parts, jitter, grpc);
+    let mut retrying = Retrying::new(plan.retry, &parts, jitter, grpc);
     let mut sending = Sending {
         upstream,
         path,
@@ -56,11 +57,13 @@ pub async fn run(
         grpc,
         request: Resend::new(parts, body, max_replay, idle),
         tried: 0,
+        plan,
     };
     destination.budget.deposit();
-    let hedged = hedging(destination, &retrying, &sending.request).map(|hedging| Hedged {
+    let hedging = hedging(destination, plan.route, &retrying, &sending.request);
+    let hedged = hedging.map(|hedging| Hedged {
         hedging,
-        policy,
+        plan,
         bounds,
     });
     // The answer of the last try, kept while waiting to retry: if the retry cannot be made after
@@ -76,8 +79,8 @@ pub async fn run(
             // A retry tells the upstream what is left of the app's deadline, not the original.
             sending.request.set_grpc_timeout(remaining);
         }
-        let last = *tries + 1 >= policy.retry.attempts;
-        let permit = match admit(destination).await {
+        let last = *tries + 1 >= plan.retry.attempts;
+        let permit = match admit(destination, plan.route).await {
             Ok(permit) => permit,
             Err(refusal) => {
                 let refused = || LocalAnswer::refused(refusal, &destination.authority);
@@ -87,7 +90,7 @@ pub async fn run(
         drop(previous.take());
         retrying.count_sent(destination);
         *tries += 1;
-        let limit = bounds.limit(remaining, policy.timeouts.attempt);
+        let limit = bounds.limit(remaining, plan.timeouts.attempt);
         let ended = match &hedged {
             // Boxed: a race's state would otherwise enlarge every request's future.
             Some(hedged) => Box::pin(hedged.run(&mut sending, permit, limit, tries)).await?,
@@ -105,15 +108,17 @@ pub async fn run(
     }
 }
 
-/// The destination's hedging (§18) when this request may be hedged: sent more than once (an
-/// idempotent method or an `Idempotency-Key`), its body kept whole or recorded (not one that
-/// streams once), no protocol upgrade. Every request earns the hedge budget its share.
+/// The hedging (§18) of the request's route or destination when this request may be hedged:
+/// sent more than once (an idempotent method or an `Idempotency-Key`), its body kept whole or
+/// recorded (not one that streams once), no protocol upgrade. Every request earns the hedge
+/// budget its share.
 fn hedging<'d>(
     destination: &'d Destination,
+    route: Option<usize>,
     retrying: &Retrying<'_>,
     request: &Resend,
 ) -> Option<&'d Hedging> {
-    let hedging = destination.hedging.as_deref()?;
+    let hedging = destination.hedging(route)?;
     hedging.deposit(Instant::now());
     let upgrading = request
         .head()
@@ -124,7 +129,7 @@ fn hedging<'d>(
 /// A hedged request's tries: copies raced under the policy (§18).
 struct Hedged<'r> {
     hedging: &'r Hedging,
-    policy: &'r Policy,
+    plan: Plan<'r>,
     bounds: Bounds,
 }
 
@@ -138,13 +143,13 @@ impl Hedged<'_> {
         limit: TryLimit,
         tries: &mut u32,
     ) -> Result<Ended, LocalAnswer> {
-        let (policy, bounds) = (self.policy, self.bounds);
+        let (plan, bounds) = (self.plan, self.bounds);
         let count = TryCount {
             made: tries,
-            max: policy.retry.attempts,
+            max: plan.retry.attempts,
         };
-        let limit_now = || bounds.limit_now(policy.timeouts.attempt);
-        let retry = &policy.retry;
+        let limit_now = || bounds.limit_now(plan.timeouts.attempt);
+        let retry = plan.retry;
         let raced = race(
             sending,
             self.hedging,
@@ -173,9 +178,9 @@ struct Bounds {
 impl Bounds {
     /// The request's deadline: `timeouts.total`, or a gRPC app's own deadline when shorter
     /// (it then caps every attempt too).
-    fn of(policy: &Policy, parts: &Parts, grpc: bool) -> Bounds {
+    fn of(timeouts: &Timeouts, parts: &Parts, grpc: bool) -> Bounds {
         let app_deadline = grpc.then(|| grpc::timeout(&parts.headers)).flatten();
-        let configured = policy.timeouts.total;
+        let configured = timeouts.total;
         let total = app_deadline.map_or(configured, |t| t.min(configured));
         Bounds {
             deadline: deadline_after(total),

@@ -35,7 +35,10 @@ use crate::upstream::UpstreamBody;
 /// The error the app's connection ends with: the upstream's, or an idle timeout.
 pub use crate::upstream::BodyError;
 
+/// Nearly every response is `Upstream`: boxing it to even the variants out would cost an
+/// allocation per response to save a few bytes on the rare local reply.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum ResponseBody {
     /// The upstream's body; the request counts as in flight until it is done or dropped.
     Upstream(Streamed),
@@ -48,6 +51,9 @@ pub struct Streamed {
     body: UpstreamBody,
     in_flight: Option<InFlight>,
     destination: Arc<Destination>,
+    /// The `[[route]]` the request took: whose breaker hears of a stalled body (an index
+    /// below `MAX_ROUTES`, kept small: every response carries it).
+    route: Option<u8>,
     idle: Duration,
     /// Armed the first time the body has to wait; pushed back by every frame.
     timer: Option<Pin<Box<Sleep>>>,
@@ -150,7 +156,7 @@ impl ResponseBody {
     pub fn upstream(
         body: UpstreamBody,
         in_flight: InFlight,
-        destination: Arc<Destination>,
+        (destination, route): (Arc<Destination>, Option<usize>),
         idle: Duration,
         grpc: Option<Box<GrpcEnd>>,
     ) -> ResponseBody {
@@ -158,6 +164,7 @@ impl ResponseBody {
             body,
             in_flight: Some(in_flight),
             destination,
+            route: route.and_then(|index| u8::try_from(index).ok()),
             idle,
             timer: None,
             grpc,
@@ -185,7 +192,7 @@ impl Streamed {
                 destination.metrics.stream_timeout(StreamTimeout::BodyIdle);
                 match self.grpc.take() {
                     Some(mut end) => end.cut(destination, FailureKind::BodyIdle, Outcome::Timeout),
-                    None => destination.body_stalled(idle),
+                    None => destination.body_stalled(self.route.map(usize::from), idle),
                 }
                 warn!(
                     upstream = %destination.upstream,

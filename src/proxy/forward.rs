@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use super::access::Seen;
-use super::attempt::{self, LocalAnswer, Path};
+use super::attempt::{self, LocalAnswer, Path, Plan};
 use super::body::{GrpcEnd, ResponseBody};
 use super::headers;
 use super::reply::{grpc_local_reply, local_reply_with_retry_after};
@@ -50,31 +50,23 @@ pub async fn handle(
     let upgrading = headers::is_upgrade(req.headers());
     let app_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let plan = Plan::choose(&upstream.policy, &parts);
+    seen.route = plan.route;
     rewrite_for_upstream(ctx, upstream, &mut parts, uri, upgrading, grpc);
-    // HTTP/1.1 goes on fusebox's own connections; gRPC (HTTP/2), protocol upgrades and
-    // upstreams that chose HTTP/2 in their TLS handshake through the pooled client.
-    let own_http1 = match parts.uri.scheme() {
-        Some(scheme) if *scheme == Scheme::HTTP => true,
-        Some(scheme) if *scheme == Scheme::HTTPS => !destination.speaks_http2(),
-        _ => false,
-    };
-    let path = if own_http1 && !grpc && !upgrading {
-        Path::Http1
-    } else {
-        Path::Pooled
-    };
+    let path = path_for(&destination, &parts.uri, grpc || upgrading);
     let Some(in_flight) = destination.enter() else {
         let detail = overflow_detail(&destination);
         return finish_local(upstream, &destination, &seen, Reason::Overflow, &detail);
     };
     let jitter = ctx.registry.jitter();
     let mut tries = 0;
+    let request = (parts, body);
     let ran = attempt::run(
         upstream,
         path,
         &destination,
-        parts,
-        body,
+        request,
+        plan,
         jitter,
         &mut tries,
     )
@@ -110,8 +102,24 @@ pub async fn handle(
     headers::add_via(response.headers_mut(), via);
     let grpc_end = finish_upstream(upstream, &destination, seen, &response, pending, tries)
         .map(|end| end.with_pace(pace));
-    let idle = upstream.policy.timeouts.idle;
-    response.map(|body| ResponseBody::upstream(body, in_flight, destination, idle, grpc_end))
+    let idle = plan.timeouts.idle;
+    let taken = (destination, plan.route);
+    response.map(|body| ResponseBody::upstream(body, in_flight, taken, idle, grpc_end))
+}
+
+/// HTTP/1.1 goes on fusebox's own connections; gRPC (HTTP/2), protocol upgrades (`pooled`)
+/// and upstreams that chose HTTP/2 in their TLS handshake through the pooled client.
+fn path_for(destination: &Destination, uri: &Uri, pooled: bool) -> Path {
+    let own_http1 = match uri.scheme() {
+        Some(scheme) if *scheme == Scheme::HTTP => true,
+        Some(scheme) if *scheme == Scheme::HTTPS => !destination.speaks_http2(),
+        _ => false,
+    };
+    if own_http1 && !pooled {
+        Path::Http1
+    } else {
+        Path::Pooled
+    }
 }
 
 /// Records the upstream's answer (metrics, access log) now; for a gRPC stream, whose status is

@@ -173,7 +173,7 @@ impl<'a> Race<'a, '_> {
             return Some(());
         }
         // A hedge is a try like any: the breaker and the limiter have their say.
-        let permit = admit(destination).await.ok()?;
+        let permit = admit(destination, sending.plan.route).await.ok()?;
         if sending.grpc {
             // A copy tells the upstream what is left of the app's deadline.
             sending.request.set_grpc_timeout(remaining);

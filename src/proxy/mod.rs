@@ -16,6 +16,7 @@ pub mod listener;
 pub mod local_answer;
 pub mod one_try;
 pub mod panic;
+pub mod plan;
 pub mod reply;
 pub mod resend;
 pub mod sending;

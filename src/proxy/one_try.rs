@@ -67,6 +67,8 @@ pub(super) struct Try<'a> {
     pub(super) tried: u64,
     pub(super) has_body: bool,
     pub(super) grpc: bool,
+    /// The timeouts and retry rule of the request's route (or policy).
+    pub(super) plan: super::plan::Plan<'a>,
 }
 
 impl Try<'_> {
@@ -149,7 +151,7 @@ impl Try<'_> {
         let cause = match (pace.map(Pace::state), limit) {
             (Some(PaceState::Stalled), _) => format!(
                 "{}: the request to {authority} was cut off (the upstream was waiting for it)",
-                AppStalled(self.upstream.policy.timeouts.idle)
+                AppStalled(self.plan.timeouts.idle)
             ),
             (Some(PaceState::WaitingOnApp), Some(limit)) => format!(
                 "the app had not finished sending its request body to {authority} when {limit} \
@@ -414,7 +416,7 @@ impl Try<'_> {
         // answer (it cannot have acted on it: RFC 9112 §9.3.1): a request that may be sent
         // twice goes again on a new connection, as the same try. Any other never does.
         if matches!(sent, Err(SendError::Unanswered { reused: true, .. }))
-            && may_resend(&policy.retry, &head.method, &head.headers)
+            && may_resend(self.plan.retry, &head.method, &head.headers)
         {
             let destination = &self.destination.authority;
             debug!(%destination, "kept-alive upstream connection closed before answering; sending on a new one");

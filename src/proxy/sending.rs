@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::local_answer::LocalAnswer;
 use super::one_try::{endpoint_end, per_endpoint_authority, unpicked, Ended, Path, Try, TryLimit};
+use super::plan::Plan;
 use super::resend::{Outgoing, Resend};
 use crate::outcome::Reason;
 use crate::pipeline::attempt::Refusal;
@@ -22,8 +23,11 @@ pub(super) type Copy<'a> = Pin<Box<dyn Future<Output = (Ended, u64)> + Send + 'a
 /// Asks the destination to let one try through: breaker and local limiter, then a fleet-wide
 /// limit. Its Redis call is a large future: boxed, so that it does not enlarge the requests of
 /// destinations without one.
-pub(super) async fn admit(destination: &Destination) -> Result<Permit<'_>, Refusal> {
-    match destination.begin() {
+pub(super) async fn admit(
+    destination: &Destination,
+    route: Option<usize>,
+) -> Result<Permit<'_>, Refusal> {
+    match destination.begin(route) {
         Ok(permit) if destination.fleet.is_some() => Box::pin(permit.fleet_admit()).await,
         admitted => admitted,
     }
@@ -38,6 +42,8 @@ pub(super) struct Sending<'a> {
     pub(super) grpc: bool,
     pub(super) request: Resend,
     pub(super) tried: u64,
+    /// The timeouts and retry rule of the request's route (or policy).
+    pub(super) plan: Plan<'a>,
 }
 
 impl<'a> Sending<'a> {
@@ -127,6 +133,7 @@ impl<'a> Sending<'a> {
             tried: self.tried,
             has_body: false,
             grpc: self.grpc,
+            plan: self.plan,
         };
         Ok((try_, permit))
     }

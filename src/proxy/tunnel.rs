@@ -88,7 +88,7 @@ async fn open(
         return Err((LocalAnswer::local(Reason::Overflow, detail), 0));
     };
     let refused = |refusal| (LocalAnswer::refused(refusal, &destination.authority), 0);
-    let permit = destination.begin().map_err(refused)?;
+    let permit = destination.begin(None).map_err(refused)?;
     let permit = permit.fleet_admit().await.map_err(refused)?;
     // An app that gives up while fusebox connects drops this future, and with it the unspent
     // permit: the try is recorded as abandoned.

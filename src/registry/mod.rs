@@ -24,6 +24,7 @@ mod endpoints;
 mod notes;
 mod permit;
 mod resolution;
+mod routes;
 
 pub use endpoints::{
     Endpoint as SetEndpoint, EndpointSet, EndpointView, NoEndpoint, Picked, SetConfig, TryEnd,
@@ -31,6 +32,7 @@ pub use endpoints::{
 pub use notes::{Notes, TrustFailure};
 pub use permit::{Pending, Permit};
 pub use resolution::{Resolution, Source};
+pub use routes::RouteState;
 
 use crate::fleet::{FleetLimit, FleetRedis};
 use crate::guard::GuardRules;
@@ -46,7 +48,7 @@ use crate::pipeline::grpc::GrpcCode;
 use crate::pipeline::hedge::Hedging;
 use crate::pipeline::limiter::RateLimiter;
 use crate::policy::{Endpoint, Policy, PolicySet};
-use crate::telemetry::{DestinationMetrics, Telemetry, OTHER_DESTINATION};
+use crate::telemetry::{CallMetrics, DestinationMetrics, Telemetry, OTHER_DESTINATION};
 use crate::upstream::connect::ConnectRules;
 use crate::upstream::resolve::Resolver;
 use crate::upstream::{client, Client, SelfAddrs};
@@ -112,6 +114,8 @@ pub struct Destination {
     /// The live view's totals and latency histogram: its own even when its metrics are the
     /// shared `_other` series, and kept across reloads.
     pub live: Arc<LiveStats>,
+    /// One per `[[route]]` of the policy, in its order (empty without routes).
+    pub routes: Box<[RouteState]>,
 }
 
 impl Destination {
@@ -135,6 +139,7 @@ impl Destination {
         let now = Instant::now();
         let (set, resolution) = endpoint_set(policy, &authority, &metrics, settings, now);
         let gate = Gate::new(&policy.concurrency);
+        let routes = RouteState::all(policy, &metrics, jitter, now);
         if let Some(limit) = gate.max_in_flight().filter(|_| gate.is_adaptive()) {
             metrics.set_concurrency_limit(limit);
         }
@@ -166,6 +171,7 @@ impl Destination {
             used: AtomicBool::new(true),
             notes: Notes::default(),
             live: Arc::default(),
+            routes,
         }
     }
 
@@ -235,26 +241,71 @@ impl Destination {
             next.endpoints = Arc::clone(&self.endpoints);
             next.resolution = Arc::clone(&self.resolution);
         }
+        next.carry_routes(self, before, policy);
         if before.breaker == policy.breaker {
             next.breaker = Arc::clone(&self.breaker);
-        } else if let Some(forced) = self.breaker_snapshot().forced {
-            next.command(match forced {
-                Forced::Open => BreakerCommand::ForceOpen,
-                Forced::Closed => BreakerCommand::ForceClosed,
-            });
+        } else if let Some(forced) = self.breaker_snapshot(None).forced {
+            next.command(
+                None,
+                match forced {
+                    Forced::Open => BreakerCommand::ForceOpen,
+                    Forced::Closed => BreakerCommand::ForceClosed,
+                },
+            );
         }
         next.metrics
             .breaker_state
-            .set(next.breaker().state().as_gauge());
+            .set(next.breaker(None).state().as_gauge());
         next
     }
 
-    fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+    /// Each route's breaker and hedge state from `old`'s route of the same name, where the
+    /// settings they were made under did not change.
+    fn carry_routes(&mut self, old: &Destination, before: &Policy, policy: &Policy) {
+        let same_breaker = before.breaker == policy.breaker;
+        for (state, route) in self.routes.iter_mut().zip(&policy.routes) {
+            let found = old.routes.iter().zip(&before.routes);
+            if let Some((old_state, old_route)) =
+                found.into_iter().find(|(s, _)| *s.name == *route.name)
+            {
+                state.carry(old_state, route, Some(old_route), same_breaker);
+            }
+        }
+    }
+
+    /// The breaker of a try of `route`: the route's own (`breaker = "own"`) or the
+    /// destination's.
+    fn breaker(&self, route: Option<usize>) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+        let own = route.and_then(|i| self.routes.get(i)?.breaker.as_ref());
+        let cell = own.map_or(&self.breaker, |own| &own.breaker);
         // A panic while holding the lock cannot leave the breaker half-updated in a way that
         // matters more than losing traffic: keep serving.
-        self.breaker
-            .lock()
+        cell.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether an operator forced its breaker or one of its routes' own.
+    fn any_forced(&self) -> bool {
+        let route_forced = (0..self.routes.len())
+            .filter(|&i| self.routes[i].has_own_breaker())
+            .any(|i| self.breaker(Some(i)).forced().is_some());
+        route_forced || self.breaker(None).forced().is_some()
+    }
+
+    /// The metric handles of requests of `route` (`None`: no route took them).
+    pub fn calls(&self, route: Option<usize>) -> &CallMetrics {
+        match route.and_then(|i| self.routes.get(i)) {
+            Some(state) => &state.calls,
+            None => self.metrics.calls(),
+        }
+    }
+
+    /// The hedge state of requests of `route`: the route's when it sets `[route.hedge]`.
+    pub fn hedging(&self, route: Option<usize>) -> Option<&Hedging> {
+        match route.and_then(|i| self.routes.get(i)) {
+            Some(state) => state.hedging.as_deref(),
+            None => self.hedging.as_deref(),
+        }
     }
 
     /// The endpoint for a try (§17): resolves the destination's name the first time, refreshes
@@ -278,11 +329,11 @@ impl Destination {
     /// One try's latency to its head and what it says of the upstream's load, for an adaptive
     /// concurrency limit (a new limit goes to `fusebox_concurrency_limit`) and a percentile
     /// hedge delay (served tries only).
-    fn observe_latency(&self, rtt: Duration, signal: Signal) {
+    fn observe_latency(&self, route: Option<usize>, rtt: Duration, signal: Signal) {
         if let Some(limit) = self.gate.sample(rtt, signal) {
             self.metrics.set_concurrency_limit(limit);
         }
-        if let Some(hedging) = self.hedging.as_ref().filter(|_| signal == Signal::Served) {
+        if let Some(hedging) = self.hedging(route).filter(|_| signal == Signal::Served) {
             hedging.record(Instant::now(), rtt);
         }
     }
@@ -298,9 +349,9 @@ impl Destination {
     }
 
     /// Asks the breaker to let one attempt through (through [`Destination::begin`]).
-    fn admit(&self, now: Instant) -> Admission {
+    fn admit(&self, route: Option<usize>, now: Instant) -> Admission {
         let (admission, transition, throttle) = {
-            let mut breaker = self.breaker();
+            let mut breaker = self.breaker(route);
             let (admission, transition) = breaker.admit(now);
             (admission, transition, breaker.throttle_probability())
         };
@@ -308,23 +359,29 @@ impl Destination {
             self.metrics.set_throttle_ratio(probability);
         }
         if let Some(transition) = transition {
-            self.observe(&transition);
+            self.observe(route, &transition);
         }
         admission
     }
 
     /// Tells the breaker how an attempt it let through ended (through a [`Permit`]).
-    fn record(&self, call: CallResult) {
-        let transition = self.breaker().record(Instant::now(), call);
+    fn record(&self, route: Option<usize>, call: CallResult) {
+        let transition = self.breaker(route).record(Instant::now(), call);
         if let Some(transition) = transition {
-            self.observe(&transition);
+            self.observe(route, &transition);
         }
     }
 
     /// Records a response head with `status`, under one lock; returns whether the policy's
     /// `failure_statuses` count it as a failure.
-    fn record_status(&self, status: u16, duration: Duration, probe: Option<Episode>) -> bool {
-        self.record_judged(duration, probe, |breaker| {
+    fn record_status(
+        &self,
+        route: Option<usize>,
+        status: u16,
+        duration: Duration,
+        probe: Option<Episode>,
+    ) -> bool {
+        self.record_judged(route, duration, probe, |breaker| {
             breaker
                 .is_failure_status(status)
                 .then_some(FailureKind::Status(status))
@@ -333,8 +390,14 @@ impl Destination {
 
     /// Records a gRPC call that ended with `code`, under one lock; returns whether the policy's
     /// `grpc_failure_codes` count it as a failure.
-    fn record_grpc(&self, code: GrpcCode, duration: Duration, probe: Option<Episode>) -> bool {
-        self.record_judged(duration, probe, |breaker| {
+    fn record_grpc(
+        &self,
+        route: Option<usize>,
+        code: GrpcCode,
+        duration: Duration,
+        probe: Option<Episode>,
+    ) -> bool {
+        self.record_judged(route, duration, probe, |breaker| {
             breaker
                 .is_failure_grpc(code)
                 .then_some(FailureKind::GrpcStatus(code))
@@ -344,9 +407,9 @@ impl Destination {
     /// Records a stream whose success was recorded at its head (a half-open probe) and that
     /// ended with `code`: only as a failure, if `grpc_failure_codes` count it as one (an
     /// ordinary call, judged by its time to the head); returns whether it failed.
-    fn record_grpc_failure(&self, code: GrpcCode, to_head: Duration) -> bool {
+    fn record_grpc_failure(&self, route: Option<usize>, code: GrpcCode, to_head: Duration) -> bool {
         let transition = {
-            let mut breaker = self.breaker();
+            let mut breaker = self.breaker(route);
             if !breaker.is_failure_grpc(code) {
                 return false;
             }
@@ -358,7 +421,7 @@ impl Destination {
             breaker.record(Instant::now(), call)
         };
         if let Some(transition) = transition {
-            self.observe(&transition);
+            self.observe(route, &transition);
         }
         true
     }
@@ -367,12 +430,13 @@ impl Destination {
     /// the one lock that records it; returns whether it failed.
     fn record_judged(
         &self,
+        route: Option<usize>,
         duration: Duration,
         probe: Option<Episode>,
         judge: impl FnOnce(&CircuitBreaker) -> Option<FailureKind>,
     ) -> bool {
         let (failed, transition) = {
-            let mut breaker = self.breaker();
+            let mut breaker = self.breaker(route);
             let failure = judge(&breaker);
             let call = CallResult {
                 failure,
@@ -382,31 +446,35 @@ impl Destination {
             (failure.is_some(), breaker.record(Instant::now(), call))
         };
         if let Some(transition) = transition {
-            self.observe(&transition);
+            self.observe(route, &transition);
         }
         failed
     }
 
     /// A response body that stopped arriving for `idle` after its head: the upstream's failure,
     /// recorded as one more call (the try itself was recorded on its head).
-    pub fn body_stalled(&self, idle: Duration) {
-        self.record(CallResult {
-            failure: Some(FailureKind::BodyIdle),
-            duration: idle,
-            probe: None,
-        });
+    pub fn body_stalled(&self, route: Option<usize>, idle: Duration) {
+        self.record(
+            route,
+            CallResult {
+                failure: Some(FailureKind::BodyIdle),
+                duration: idle,
+                probe: None,
+            },
+        );
     }
 
     /// Hands back an abandoned probe's slot (through a [`Permit`]).
-    fn abandon(&self, probe: Episode) {
-        self.breaker().abandon(probe);
+    fn abandon(&self, route: Option<usize>, probe: Episode) {
+        self.breaker(route).abandon(probe);
     }
 
-    /// Applies an operator's command to the breaker (admin API).
-    pub fn command(&self, command: BreakerCommand) {
+    /// Applies an operator's command to the breaker (admin API): `route`'s own, or the
+    /// destination's.
+    pub fn command(&self, route: Option<usize>, command: BreakerCommand) {
         let now = Instant::now();
         let transition = {
-            let mut breaker = self.breaker();
+            let mut breaker = self.breaker(route);
             match command {
                 BreakerCommand::ForceOpen => breaker.force_open(now),
                 BreakerCommand::ForceClosed => breaker.force_closed(now),
@@ -414,26 +482,41 @@ impl Destination {
             }
         };
         if let Some(transition) = transition {
-            self.observe(&transition);
+            self.observe(route, &transition);
         }
     }
 
-    /// The breaker's state for explanations (admin API).
-    pub fn breaker_snapshot(&self) -> BreakerSnapshot {
-        self.breaker().snapshot(Instant::now())
+    /// The breaker's state for explanations (admin API): `route`'s own, or the destination's.
+    pub fn breaker_snapshot(&self, route: Option<usize>) -> BreakerSnapshot {
+        self.breaker(route).snapshot(Instant::now())
     }
 
-    fn observe(&self, transition: &Transition) {
-        self.metrics.breaker_state.set(transition.to.as_gauge());
-        self.metrics.transition(
+    fn observe(&self, route: Option<usize>, transition: &Transition) {
+        let (from, to, reason) = (
             transition.from.label(),
             transition.to.label(),
             transition.reason.label(),
         );
+        let own = route.and_then(|i| Some((i, self.routes.get(i)?.breaker.as_ref()?)));
+        let route_name = match own {
+            Some((i, own)) => {
+                own.state.set(transition.to.as_gauge());
+                self.routes[i]
+                    .calls
+                    .route_breaker_transition(from, to, reason);
+                &*self.routes[i].name
+            }
+            None => {
+                self.metrics.breaker_state.set(transition.to.as_gauge());
+                self.metrics.transition(from, to, reason);
+                crate::telemetry::DEFAULT_ROUTE
+            }
+        };
         let w = transition.window;
         warn!(
             upstream = %self.upstream,
             destination = %self.authority,
+            route = route_name,
             from = transition.from.label(),
             to = transition.to.label(),
             reason = transition.reason.label(),
@@ -682,7 +765,7 @@ impl Upstream {
         if self.destinations.len() < max {
             return;
         }
-        let forced = |d: &Destination| d.breaker().forced().is_some();
+        let forced = |d: &Destination| d.any_forced();
         self.destinations
             .retain(|_, d| forced(d) || d.used.swap(false, Ordering::Relaxed));
         let target = max - max / 10;
@@ -1066,13 +1149,13 @@ mod tests {
 
     /// Opens `destination`'s breaker (one failure trips it under the test policy).
     fn trip(destination: &Destination) {
-        let permit = destination.begin().unwrap();
+        let permit = destination.begin(None).unwrap();
         permit.failed(&AttemptError::new(
             ErrorKind::Reset,
             Sent::Nothing,
             "reset".into(),
         ));
-        assert_eq!(destination.breaker_snapshot().state, State::Open);
+        assert_eq!(destination.breaker_snapshot(None).state, State::Open);
     }
 
     #[test]
@@ -1084,7 +1167,7 @@ mod tests {
         }
         upstream
             .destination(&host(0), 80)
-            .command(BreakerCommand::ForceOpen);
+            .command(None, BreakerCommand::ForceOpen);
         upstream.make_room(100);
         let kept: Vec<Box<str>> = upstream
             .destinations
@@ -1126,7 +1209,7 @@ mod tests {
         let (registry, upstream) = registry("metrics_max_destinations = 1\n");
         upstream.destination("labelled.test", 80);
         let folded = upstream.destination("folded.test", 80);
-        folded.command(BreakerCommand::ForceOpen);
+        folded.command(None, BreakerCommand::ForceOpen);
         let open = r#"fusebox_breaker_state{upstream="default",destination="_other"} 2"#;
         let gauge = || registry.render_metrics().contains(open);
         assert!(gauge(), "{}", registry.render_metrics());
@@ -1146,20 +1229,20 @@ mod tests {
         let destination = upstream.destination("grpc.test", 80);
         trip(&destination);
         tokio::time::advance(Duration::from_secs(2)).await;
-        let permit = destination.begin().unwrap();
+        let permit = destination.begin(None).unwrap();
         assert!(permit.is_probe());
         let pending = permit.pending(Arc::clone(&destination));
         assert_eq!(
-            destination.breaker_snapshot().state,
+            destination.breaker_snapshot(None).state,
             State::Closed,
             "at the head"
         );
         // A long stream: far past open_max, nothing is lost.
         tokio::time::advance(Duration::from_secs(600)).await;
-        assert_eq!(destination.breaker_snapshot().state, State::Closed);
+        assert_eq!(destination.breaker_snapshot(None).state, State::Closed);
         assert!(pending.ended(GrpcCode::Unavailable), "a failure");
         assert_eq!(
-            destination.breaker_snapshot().state,
+            destination.breaker_snapshot(None).state,
             State::Open,
             "it trips again"
         );
@@ -1171,12 +1254,12 @@ mod tests {
         let (_registry, upstream) = registry("[breaker]\nslow_call_duration = \"1s\"\n");
         let destination = upstream.destination("grpc.test", 80);
         let pending = destination
-            .begin()
+            .begin(None)
             .unwrap()
             .pending(Arc::clone(&destination));
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(!pending.ended(GrpcCode::Ok));
-        let window = destination.breaker_snapshot().window;
+        let window = destination.breaker_snapshot(None).window;
         assert_eq!((window.calls, window.slow), (1, 0), "{window:?}");
     }
 

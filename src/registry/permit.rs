@@ -35,10 +35,11 @@ impl Destination {
     /// Asks the breaker, then the local rate limiter, to let one try through now. The breaker
     /// first: a try it refuses spends no token (a limiter that refuses hands a half-open probe
     /// slot back). A fleet-wide limit is asked after this, through [`Permit::fleet_admit`].
-    pub fn begin(&self) -> Result<Permit<'_>, Refusal> {
+    /// `route`: the `[[route]]` the request took (its breaker and metrics), if any.
+    pub fn begin(&self, route: Option<usize>) -> Result<Permit<'_>, Refusal> {
         // One clock read for the breaker's decision and the try's start.
         let now = Instant::now();
-        let probe = match self.admit(now) {
+        let probe = match self.admit(route, now) {
             Admission::Allowed { probe } => probe,
             Admission::ShadowRejected => {
                 self.metrics.shadow_breaker.increment(1);
@@ -61,7 +62,7 @@ impl Destination {
                 LimitDecision::ShadowRejected => self.metrics.shadow_rate_limit.increment(1),
                 LimitDecision::Rejected { retry_after } => {
                     if let Some(episode) = probe {
-                        self.abandon(episode);
+                        self.abandon(route, episode);
                     }
                     return Err(Refusal::RateLimited { retry_after });
                 }
@@ -73,6 +74,7 @@ impl Destination {
                 probe,
                 started: now,
                 spent: false,
+                route,
             },
         })
     }
@@ -106,6 +108,8 @@ struct Ticket {
     probe: Option<Episode>,
     started: Instant,
     spent: bool,
+    /// The `[[route]]` the request took: its breaker (when it has its own) and its metrics.
+    route: Option<usize>,
 }
 
 impl Permit<'_> {
@@ -137,6 +141,11 @@ impl Permit<'_> {
         self.ticket.started
     }
 
+    /// The `[[route]]` the request took, if any.
+    pub fn route(&self) -> Option<usize> {
+        self.ticket.route
+    }
+
     /// Whether this try is a half-open probe.
     pub fn is_probe(&self) -> bool {
         self.ticket.probe.is_some()
@@ -155,14 +164,15 @@ impl Permit<'_> {
     /// The tunnel's connection is open.
     pub fn connected(mut self) {
         let elapsed = self.ticket.spend();
-        self.destination.record(CallResult {
+        let route = self.ticket.route;
+        let call = CallResult {
             failure: None,
             duration: elapsed,
             probe: self.ticket.probe,
-        });
-        self.destination
-            .metrics
-            .attempt(AttemptResult::Success, elapsed);
+        };
+        self.destination.record(route, call);
+        let calls = self.destination.calls(route);
+        calls.attempt(AttemptResult::Success, elapsed);
     }
 
     /// The try failed: the breaker hears of it only when the upstream is to blame; otherwise a
@@ -181,10 +191,13 @@ impl Permit<'_> {
         // A timeout is the upstream saying "too much"; a refused or reset connection says
         // nothing about its latency.
         if matches!(error.kind, ErrorKind::Timeout | ErrorKind::ConnectTimeout) {
-            self.destination.observe_latency(elapsed, Signal::TimedOut);
+            let route = self.ticket.route;
+            self.destination
+                .observe_latency(route, elapsed, Signal::TimedOut);
         }
         if let Some(result) = error.metric() {
-            self.destination.metrics.attempt(result, elapsed);
+            let calls = self.destination.calls(self.ticket.route);
+            calls.attempt(result, elapsed);
         }
     }
 
@@ -198,13 +211,17 @@ impl Permit<'_> {
     pub fn pending(mut self, destination: Arc<Destination>) -> Pending {
         debug_assert!(std::ptr::eq(self.destination, &*destination));
         let to_head = self.ticket.started.elapsed();
-        destination.observe_latency(to_head, Signal::Served);
+        let route = self.ticket.route;
+        destination.observe_latency(route, to_head, Signal::Served);
         let probe_passed = self.ticket.probe.take().inspect(|&episode| {
-            destination.record(CallResult {
-                failure: None,
-                duration: to_head,
-                probe: Some(episode),
-            });
+            destination.record(
+                route,
+                CallResult {
+                    failure: None,
+                    duration: to_head,
+                    probe: Some(episode),
+                },
+            );
         });
         let ticket = Ticket {
             spent: false,
@@ -230,13 +247,13 @@ impl Pending {
     /// `grpc_failure_codes` count it as a failure.
     pub fn ended(mut self, code: GrpcCode) -> bool {
         let elapsed = self.ticket.spend();
-        let destination = &self.destination;
+        let (destination, route) = (&self.destination, self.ticket.route);
         let failed = if self.judged_at_head {
-            destination.record_grpc_failure(code, self.to_head)
+            destination.record_grpc_failure(route, code, self.to_head)
         } else {
-            destination.record_grpc(code, self.to_head, None)
+            destination.record_grpc(route, code, self.to_head, None)
         };
-        destination.metrics.attempt(verdict(failed), elapsed);
+        destination.calls(route).attempt(verdict(failed), elapsed);
         failed
     }
 
@@ -245,9 +262,8 @@ impl Pending {
         let elapsed = self.ticket.spend();
         self.ticket
             .record_failure(&self.destination, kind, self.to_head);
-        self.destination
-            .metrics
-            .attempt(AttemptResult::Failure, elapsed);
+        let calls = self.destination.calls(self.ticket.route);
+        calls.attempt(AttemptResult::Failure, elapsed);
     }
 }
 
@@ -263,31 +279,36 @@ impl Ticket {
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         );
-        destination.observe_latency(elapsed, Signal::refused_if(refused));
-        let failed = destination.record_status(status.as_u16(), elapsed, self.probe);
-        destination.metrics.attempt(verdict(failed), elapsed);
+        let route = self.route;
+        destination.observe_latency(route, elapsed, Signal::refused_if(refused));
+        let failed = destination.record_status(route, status.as_u16(), elapsed, self.probe);
+        destination.calls(route).attempt(verdict(failed), elapsed);
     }
 
     fn grpc_ended(&mut self, destination: &Destination, code: GrpcCode) -> bool {
         let elapsed = self.spend();
         let refused = matches!(code, GrpcCode::ResourceExhausted | GrpcCode::Unavailable);
-        destination.observe_latency(elapsed, Signal::refused_if(refused));
-        let failed = destination.record_grpc(code, elapsed, self.probe);
-        destination.metrics.attempt(verdict(failed), elapsed);
+        let route = self.route;
+        destination.observe_latency(route, elapsed, Signal::refused_if(refused));
+        let failed = destination.record_grpc(route, code, elapsed, self.probe);
+        destination.calls(route).attempt(verdict(failed), elapsed);
         failed
     }
 
     fn record_failure(&self, destination: &Destination, kind: FailureKind, elapsed: Duration) {
-        destination.record(CallResult {
-            failure: Some(kind),
-            duration: elapsed,
-            probe: self.probe,
-        });
+        destination.record(
+            self.route,
+            CallResult {
+                failure: Some(kind),
+                duration: elapsed,
+                probe: self.probe,
+            },
+        );
     }
 
     fn hand_back(&self, destination: &Destination) {
         if let Some(episode) = self.probe {
-            destination.abandon(episode);
+            destination.abandon(self.route, episode);
         }
     }
 
@@ -296,9 +317,8 @@ impl Ticket {
         if !self.spent {
             self.hand_back(destination);
             let elapsed = self.spend();
-            destination
-                .metrics
-                .attempt(AttemptResult::Abandoned, elapsed);
+            let calls = destination.calls(self.route);
+            calls.attempt(AttemptResult::Abandoned, elapsed);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! ([`render_table`]); the rest is fetching and error messages. `--watch` follows the live
 //! view's event stream instead ([`watch`]).
 
+mod route_lines;
 mod watch;
 
 use std::io::{IsTerminal, Write};
@@ -285,6 +286,7 @@ pub fn render_table(rows: &[DestinationView], now: SystemTime, colour: bool) -> 
         push_line(&mut out, line, &widths, paint, None);
     }
     push_endpoints(&mut out, rows);
+    route_lines::push_routes(&mut out, rows, |at| since(at, now));
     push_trust_failures(&mut out, rows, now);
     out
 }
@@ -538,6 +540,7 @@ mod tests {
             totals: Totals::default(),
             retry_budget_left: None,
             rate_tokens_left: None,
+            routes: Vec::new(),
         }
     }
 

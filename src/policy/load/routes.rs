@@ -160,27 +160,45 @@ impl Cx<'_> {
     }
 
     /// Keys that belong to the destination, not to a route: a tunnel has no path, and the
-    /// retry budget is shared by every request to the destination.
+    /// connections and the retry budget are shared by every request to the destination.
     fn route_keys_of_the_destination(&mut self, r: &RawRoute) {
+        const TUNNEL: &str = "a tunnel has no path, so no route";
+        const SHARED: &str = "connections are the destination's, shared by its routes";
+        const BUDGET: &str = "the retry budget is the destination's, shared by its routes";
         let keys = [
-            ("timeouts.tunnel_idle", r.timeouts.tunnel_idle.as_ref()),
-            ("timeouts.tunnel_max", r.timeouts.tunnel_max.as_ref()),
+            (
+                "timeouts.tunnel_idle",
+                r.timeouts.tunnel_idle.as_ref().map(|v| v.span()),
+                TUNNEL,
+            ),
+            (
+                "timeouts.tunnel_max",
+                r.timeouts.tunnel_max.as_ref().map(|v| v.span()),
+                TUNNEL,
+            ),
+            (
+                "timeouts.connect",
+                r.timeouts.connect.as_ref().map(|v| v.span()),
+                SHARED,
+            ),
+            (
+                "retry.budget_ratio",
+                r.retry.budget_ratio.as_ref().map(|v| v.span()),
+                BUDGET,
+            ),
+            (
+                "retry.budget_min_per_second",
+                r.retry.budget_min_per_second.as_ref().map(|v| v.span()),
+                BUDGET,
+            ),
         ];
-        for (key, set) in keys {
-            if let Some(set) = set {
-                let why = format!(
-                    "`route.{key}`: a tunnel has no path, so no route; set it in the policy"
+        for (key, span, because) in keys {
+            if let Some(span) = span {
+                self.error(
+                    span,
+                    format!("`route.{key}`: {because}; set it in the policy"),
                 );
-                self.error(set.span(), why);
             }
-        }
-        if let Some(set) = &r.retry.budget_ratio {
-            let why = "`route.retry.budget_ratio`: the retry budget is the destination's, shared by its routes; set it in the policy";
-            self.error(set.span(), why.into());
-        }
-        if let Some(set) = &r.retry.budget_min_per_second {
-            let why = "`route.retry.budget_min_per_second`: the retry budget is the destination's, shared by its routes; set it in the policy";
-            self.error(set.span(), why.into());
         }
     }
 }

@@ -1,0 +1,96 @@
+//! A destination's state per `[[route]]` of its policy (docs/ARCHITECTURE.md §3): the route's
+//! metric handles (`route` label), its own breaker when it asks for one (`breaker = "own"`),
+//! and its hedge state when it hedges. Requests no route takes use the destination's own.
+
+use std::sync::{Arc, Mutex};
+
+use metrics::Gauge;
+use tokio::time::Instant;
+
+use crate::pipeline::breaker::{CircuitBreaker, Jitter};
+use crate::pipeline::hedge::Hedging;
+use crate::policy::{Policy, Route};
+use crate::telemetry::{CallMetrics, DestinationMetrics};
+
+/// One route at one destination.
+#[derive(Debug)]
+pub struct RouteState {
+    /// The route's name, as in its `route` label.
+    pub name: Box<str>,
+    pub calls: CallMetrics,
+    /// `breaker = "own"`: the breaker its tries answer to, and its state gauge.
+    pub(super) breaker: Option<OwnBreaker>,
+    /// `[route.hedge] enabled`: the route's latencies and hedge budget.
+    pub hedging: Option<Arc<Hedging>>,
+}
+
+/// A route's own breaker.
+#[derive(Debug)]
+pub(super) struct OwnBreaker {
+    pub(super) breaker: Arc<Mutex<CircuitBreaker>>,
+    pub(super) state: Gauge,
+}
+
+impl RouteState {
+    /// The state of every route of `policy` at a destination whose metrics are `metrics`.
+    pub(super) fn all(
+        policy: &Policy,
+        metrics: &DestinationMetrics,
+        jitter: Jitter,
+        now: Instant,
+    ) -> Box<[RouteState]> {
+        let one = |route: &Route| {
+            let calls = metrics.route_calls(&route.name);
+            let breaker = route.own_breaker.then(|| {
+                let state = calls.route_breaker_state();
+                let breaker = CircuitBreaker::new(policy.breaker.clone(), jitter, now);
+                state.set(breaker.state().as_gauge());
+                OwnBreaker {
+                    breaker: Arc::new(Mutex::new(breaker)),
+                    state,
+                }
+            });
+            RouteState {
+                name: route.name.as_str().into(),
+                calls,
+                breaker,
+                hedging: route
+                    .hedge
+                    .enabled
+                    .then(|| Arc::new(Hedging::new(&route.hedge, &route.retry, now))),
+            }
+        };
+        policy.routes.iter().map(one).collect()
+    }
+
+    /// Takes over `before`'s breaker and hedge state where the route kept its name and the
+    /// settings they were made under (a reload keeps a tripped route's breaker open).
+    pub(super) fn carry(
+        &mut self,
+        before: &RouteState,
+        route: &Route,
+        old: Option<&Route>,
+        same_breaker: bool,
+    ) {
+        let Some(old) = old.filter(|old| old.name == route.name) else {
+            return;
+        };
+        if let (Some(own), Some(before), true) = (&mut self.breaker, &before.breaker, same_breaker)
+        {
+            if old.own_breaker {
+                own.breaker = Arc::clone(&before.breaker);
+                let state = own.breaker.lock().map(|b| b.state().as_gauge());
+                own.state
+                    .set(state.unwrap_or_else(|e| e.into_inner().state().as_gauge()));
+            }
+        }
+        if old.hedge == route.hedge && old.retry == route.retry {
+            self.hedging.clone_from(&before.hedging);
+        }
+    }
+
+    /// Whether the route has a breaker of its own.
+    pub fn has_own_breaker(&self) -> bool {
+        self.breaker.is_some()
+    }
+}
