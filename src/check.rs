@@ -240,6 +240,10 @@ fn describe(policy: &Policy, set: &PolicySet) -> String {
     if !policy.allow {
         parts.push("denied".to_string());
     }
+    if !policy.routes.is_empty() {
+        let names: Vec<&str> = policy.routes.iter().map(|r| r.name.as_str()).collect();
+        parts.push(format!("routes {}", names.join(", ")));
+    }
     parts.join("  ")
 }
 

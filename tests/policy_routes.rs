@@ -363,3 +363,82 @@ async fn the_access_log_names_the_route() {
     assert!(!lines[1].contains("route="), "{logs}");
     let _ = fusebox.try_wait();
 }
+
+/// `POST /reload` on the admin server, which must succeed.
+async fn reload(fusebox: &support::TestFusebox) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/reload", fusebox.admin_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+}
+
+#[tokio::test]
+async fn a_reload_changes_routes_and_keeps_an_unchanged_route_s_open_breaker() {
+    let upstream = FakeUpstream::builder()
+        .route("/v1/reports", [Reply::Status(500)])
+        .route("/v1/items/1", [Reply::Status(503)])
+        .start()
+        .await;
+    let fusebox = start_svc(&svc(&upstream, OWN_BREAKER)).await;
+    let base = fusebox.route_url("svc");
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        client
+            .get(format!("{base}/v1/reports"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let put = || client.put(format!("{base}/v1/items/1")).body("x").send();
+    let before = upstream.hits();
+    assert_eq!(put().await.unwrap().status(), 503);
+    assert_eq!(upstream.hits(), before + 1, "no route retries PUT yet");
+
+    // A route is added; "reports" keeps its name and settings, so its breaker stays open.
+    let items = "\n[[route]]\nname = \"items\"\nmethods = [\"PUT\"]\npath = \"/v1/items/{id}\"\n\
+                 [route.retry]\nattempts = 2\nbackoff_base = \"1ms\"\nbackoff_max = \"1ms\"\n";
+    let policy = svc(&upstream, &format!("{OWN_BREAKER}{items}"));
+    std::fs::write(fusebox.dir().join("svc.toml"), policy).unwrap();
+    reload(&fusebox).await;
+    let refused = client
+        .get(format!("{base}/v1/reports"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reason(&refused), Some("breaker-open"));
+    let before = upstream.hits();
+    assert_eq!(put().await.unwrap().status(), 503);
+    assert_eq!(
+        upstream.hits(),
+        before + 2,
+        "the new route retries PUT once"
+    );
+
+    // The admin API resets the route's own breaker by name; a shared route has none.
+    let admin = fusebox.admin_url();
+    let command = |query: &str| {
+        let url = format!("{admin}/upstreams/svc/breaker?{query}");
+        reqwest::Client::new().post(url).send()
+    };
+    let shared = command("action=reset&route=items").await.unwrap();
+    assert_eq!(shared.status(), 409);
+    let unknown = command("action=reset&route=nope").await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let reset = command("action=reset&route=reports").await.unwrap();
+    assert_eq!(reset.status(), 200);
+    let view = fusebox.upstreams("svc").await;
+    assert_eq!(view[0]["routes"][0]["breaker"]["state"], "closed", "{view}");
+    assert_eq!(
+        view[0]["routes"][1]["breaker"],
+        serde_json::Value::Null,
+        "{view}"
+    );
+    let again = client
+        .get(format!("{base}/v1/reports"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((again.status().as_u16(), reason(&again)), (500, None));
+}
