@@ -132,6 +132,24 @@ const CASES: &[Case] = &[
         "b.toml:1:10",
         "listen-port-reused",
     ),
+    (
+        &[(
+            "api.toml",
+            "hosts = [\"api.test\"]\n[[route]]\nname = \"all\"\n[[route]]\nname = \"items\"\n\
+             path = \"/items/{id}\"\n",
+        )],
+        "api.toml:5:8",
+        "route-shadowed",
+    ),
+    (
+        &[(
+            "api.toml",
+            "hosts = [\"api.test\"]\n[[route]]\nname = \"orders\"\n[route.retry]\n\
+             methods = [\"POST\"]\n",
+        )],
+        "api.toml:5:12",
+        "route-non-idempotent-retry",
+    ),
 ];
 
 #[test]

@@ -6,7 +6,9 @@ use std::ops::Range;
 
 use toml::de::{DeTable, DeValue};
 
-/// Where the keys of one file are: dotted path (`retry.methods`) → spans.
+/// Where the keys of one file are: dotted path (`retry.methods`) → spans. The keys of a table
+/// in an array of tables are under its index: `route[1].retry.methods` is `retry.methods` of
+/// the second `[[route]]` (see [`Keys::in_table`]).
 pub(super) struct Keys {
     /// `None` when the text is unknown: every key then counts as set, at `1:1`.
     found: Option<(String, HashMap<String, Entry>)>,
@@ -33,6 +35,12 @@ impl Keys {
         self.found
             .as_ref()
             .is_none_or(|(_, map)| map.contains_key(key))
+    }
+
+    /// The path of `key` within the `index`-th table of the array of tables `array`:
+    /// `in_table("route", 1, "name")` is `route[1].name`.
+    pub(super) fn in_table(array: &str, index: usize, key: &str) -> String {
+        format!("{array}[{index}].{key}")
     }
 
     /// `line:col` of the value of `key`, or of its array entry `item`.
@@ -64,7 +72,14 @@ fn index(table: &DeTable<'_>, prefix: &str, map: &mut HashMap<String, Entry>) {
                 index(inner, &path, map);
                 continue;
             }
-            DeValue::Array(items) => items.iter().map(|item| item.span()).collect(),
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let DeValue::Table(inner) = item.get_ref() {
+                        index(inner, &format!("{path}[{i}]"), map);
+                    }
+                }
+                items.iter().map(|item| item.span()).collect()
+            }
             _ => Vec::new(),
         };
         map.insert(

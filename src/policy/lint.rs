@@ -17,10 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::keys::Keys;
-use super::{BreakerMode, HostPattern, LimitMode, Policy, PolicySet, RetryOn};
+use super::{BreakerMode, HostPattern, LimitMode, Policy, PolicySet, Retry, RetryOn};
+
+mod routes;
 
 /// Every warning code, stable (CI pipelines may filter on them).
-pub const CODES: [&str; 14] = [
+pub const CODES: [&str; 16] = [
     ATTEMPT_GE_TOTAL,
     CONNECT_GE_TOTAL,
     NON_IDEMPOTENT_RETRY,
@@ -35,6 +37,8 @@ pub const CODES: [&str; 14] = [
     MAX_IN_FLIGHT_IGNORED,
     CLIENT_CERT_EXPIRING,
     CLIENT_KEY_READABLE,
+    ROUTE_SHADOWED,
+    ROUTE_NON_IDEMPOTENT_RETRY,
 ];
 
 /// `timeouts.attempt >= timeouts.total` with retries on: a retry can never happen.
@@ -71,6 +75,13 @@ pub const MAX_IN_FLIGHT_IGNORED: &str = "max-in-flight-ignored";
 pub const CLIENT_CERT_EXPIRING: &str = "client-cert-expiring";
 /// `client_key`'s file can be read by its group or by others.
 pub const CLIENT_KEY_READABLE: &str = "client-key-readable";
+
+/// A `[[route]]` that an earlier route of the same policy takes every request of, so it never
+/// matches.
+pub const ROUTE_SHADOWED: &str = "route-shadowed";
+/// A route's own `[route.retry]` retries a non-idempotent method the route can match: may
+/// execute a request twice.
+pub const ROUTE_NON_IDEMPOTENT_RETRY: &str = "route-non-idempotent-retry";
 
 /// How soon a client certificate's expiry is worth a warning.
 const EXPIRING_WITHIN: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
@@ -152,6 +163,7 @@ pub fn lint_with(set: &PolicySet, read: impl Fn(&Path) -> Option<String>) -> Vec
         cx.fleet();
         cx.overload();
         cx.client_identity(std::time::SystemTime::now());
+        cx.routes();
     }
     // `set.all()` is default first, then by name: the order in which the matcher and the
     // listeners see them, so "earlier" below is "wins".
@@ -268,12 +280,7 @@ impl Cx<'_> {
         if r.attempts <= 1 {
             return;
         }
-        // A connect failure means the request was never sent: retrying it is always safe.
-        let risky: Vec<&str> =
-            r.on.iter()
-                .filter(|on| **on != RetryOn::ConnectFailure)
-                .map(|on| on.label())
-                .collect();
+        let risky = resent_after_sending(r);
         let bad: Vec<(usize, &str)> = r
             .methods
             .iter()
@@ -469,6 +476,17 @@ impl Cx<'_> {
     }
 }
 
+/// The `retry.on` conditions under which a request that reached the upstream is sent again.
+/// A connect failure means the request was never sent: retrying it is always safe.
+fn resent_after_sending(retry: &Retry) -> Vec<&'static str> {
+    retry
+        .on
+        .iter()
+        .filter(|on| **on != RetryOn::ConnectFailure)
+        .map(|on| on.label())
+        .collect()
+}
+
 fn dur(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(d)
 }
@@ -591,7 +609,7 @@ mod tests {
     }
 
     #[track_caller]
-    fn assert_lints(files: &[(&str, &str)], expected: &[&str]) -> Vec<String> {
+    pub(super) fn assert_lints(files: &[(&str, &str)], expected: &[&str]) -> Vec<String> {
         let (short, full) = lints(files);
         assert_eq!(short, expected, "{full:#?}");
         full
