@@ -1,7 +1,7 @@
 //! The live view's server side over real sockets (docs/ARCHITECTURE.md §6): the page and its
 //! Content-Security-Policy, `GET /events` (a `snapshot`, then `update`s carrying only rows
-//! that changed), a trip showing up in the stream, the bound on open streams, and
-//! `/upstreams`' totals. The page itself is driven in a real browser by `tests/live_view.rs`.
+//! that changed), a trip showing up in the stream, a route's own breaker in its destination's
+//! row, the bound on open streams, and `/upstreams`' totals. The page itself is driven in a real browser by `tests/live_view.rs`.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{direct_client, policies_dir, FakeUpstream, TestFusebox};
+use support::{direct_client, policies_dir, FakeUpstream, Reply, TestFusebox};
 
 /// A policy covering `upstream`: one try, trips after two failures in a row, open 30 s.
 fn tripping_policy(upstream: &FakeUpstream) -> String {
@@ -195,6 +195,101 @@ async fn events_show_a_trip_with_its_reason_rates_and_totals() {
     let view = fusebox.upstreams("pay").await;
     assert_eq!(view[0]["totals"]["requests"], 4);
     assert_eq!(view[0]["window"]["seconds"], 10);
+    fusebox.shutdown().await;
+}
+
+/// Two routes over `upstream`: `reports` with a breaker of its own, `status` sharing the
+/// destination's; 500s are failures, two in a row trip a breaker for 30 s.
+fn routed_policy(upstream: &FakeUpstream) -> String {
+    format!(
+        "hosts = [\"{}\"]\n[retry]\nattempts = 1\n\
+         [breaker]\nconsecutive_failures = 2\nfailure_statuses = [500]\nopen_base = \"30s\"\n\
+         [[route]]\nname = \"reports\"\npath_prefix = \"/v1/reports\"\nbreaker = \"own\"\n\
+         [[route]]\nname = \"status\"\nmethods = [\"GET\"]\npath = \"/v1/status\"\n",
+        upstream.authority()
+    )
+}
+
+/// The snapshot's row of `routed` lists its two routes, `reports`' own breaker closed; the
+/// row of `plain`, whose policy has no route, has no `routes` field at all.
+fn routes_in_the_snapshot(snapshot: &Value, routed: &str, plain: &str) {
+    let rows = snapshot["rows"].as_array().unwrap();
+    let row = |authority: &str| rows.iter().find(|r| r["destination"] == authority).unwrap();
+    let routed = row(routed);
+    assert_eq!(routed["routes"].as_array().unwrap().len(), 2, "{routed}");
+    let reports = &routed["routes"][0];
+    assert_eq!(reports["name"], "reports", "{routed}");
+    assert_eq!(reports["matches"], "any method path_prefix /v1/reports");
+    assert_eq!(reports["breaker"]["state"], "closed");
+    assert!(reports["breaker"]["reason"].is_null() && reports["breaker"]["forced"].is_null());
+    assert!(reports["breaker"]["since_ms"].is_u64(), "{reports}");
+    let status = &routed["routes"][1];
+    assert_eq!(status["name"], "status");
+    assert_eq!(status["matches"], "GET path /v1/status");
+    assert!(
+        status["breaker"].is_null(),
+        "shares the destination's: {status}"
+    );
+    let unrouted = row(plain);
+    assert!(
+        unrouted.get("routes").is_none(),
+        "no routes, no field: {unrouted}"
+    );
+}
+
+#[tokio::test]
+async fn rows_carry_their_routes_and_a_route_s_own_breaker_moves_alone() {
+    let upstream = FakeUpstream::builder()
+        .route("/v1/reports", [Reply::Status(500)])
+        .start()
+        .await;
+    let plain = FakeUpstream::with_status(200).await;
+    let fusebox = TestFusebox::start_in(policies_dir(&[
+        ("svc", &routed_policy(&upstream)),
+        ("plain", &format!("hosts = [\"{}\"]\n", plain.authority())),
+    ]))
+    .await;
+    let app = fusebox.app();
+    app.get(upstream.url("/v1/status")).send().await.unwrap();
+    app.get(plain.url("/")).send().await.unwrap();
+
+    let mut events = Events::open(&fusebox).await;
+    let (_, snapshot) = events.next().await;
+    routes_in_the_snapshot(&snapshot, &upstream.authority(), &plain.authority());
+
+    for _ in 0..2 {
+        let failed = app.get(upstream.url("/v1/reports")).send().await.unwrap();
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let authority = upstream.authority();
+    let open = events
+        .until(&authority, |row| {
+            row["routes"][0]["breaker"]["state"] == "open"
+        })
+        .await;
+    assert_eq!(open["state"], "closed", "the destination's breaker: {open}");
+    let breaker = &open["routes"][0]["breaker"];
+    assert_eq!(breaker["reason"], "consecutive_failures");
+    let since = breaker["since_ms"].as_u64().unwrap();
+    let probe = breaker["next_probe_at_ms"].as_u64().unwrap();
+    assert!(probe > since + 20_000, "open 30 s: {breaker}");
+
+    let reset = direct_client()
+        .post(format!(
+            "{}/upstreams/svc/breaker?action=reset&destination={authority}&route=reports",
+            fusebox.admin_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), StatusCode::OK);
+    let closed = events
+        .until(&authority, |row| {
+            row["routes"][0]["breaker"]["state"] == "closed"
+        })
+        .await;
+    assert_eq!(closed["routes"][0]["breaker"]["reason"], "reset");
+    assert!(closed["routes"][0]["breaker"]["next_probe_at_ms"].is_null());
     fusebox.shutdown().await;
 }
 

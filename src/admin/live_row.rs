@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::json::{DestinationView, EndpointJson, Totals};
+use super::json::{DestinationView, EndpointJson, RouteBreakerJson, RouteJson, Totals};
 use crate::live_stats::Window;
 
 /// One destination in the live view.
@@ -51,6 +51,61 @@ pub struct LiveRow {
     /// Since the destination was created.
     pub totals: Totals,
     pub endpoints: Vec<LiveEndpoint>,
+    /// The policy's `[[route]]`s in order; absent (so rows are as before) without any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<LiveRoute>,
+}
+
+/// One route of a row: what it matches and its own breaker. Its timeouts, retry and its
+/// breaker's window counts are left out (the window's counts fall as it slides, and would
+/// change the row by themselves; `/upstreams` has them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveRoute {
+    /// Its name: the `route` label, and the `route=` of the breaker command.
+    pub name: String,
+    /// What it matches, in words: `POST path_prefix /v1/reports`.
+    pub matches: String,
+    /// Its own breaker (`breaker = "own"`); `null` when it shares the destination's.
+    pub breaker: Option<LiveRouteBreaker>,
+}
+
+/// A route's own breaker, in a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveRouteBreaker {
+    /// `closed`, `half-open` or `open`.
+    pub state: String,
+    /// When it entered `state`, epoch milliseconds.
+    pub since_ms: u64,
+    /// When open (and not forced): when its next probe may go, epoch milliseconds.
+    pub next_probe_at_ms: Option<u64>,
+    /// The reason of its last transition (a `reason` label), `null` before the first.
+    pub reason: Option<String>,
+    /// `open` or `closed` when pinned by an operator.
+    pub forced: Option<String>,
+}
+
+impl LiveRoute {
+    fn of(route: RouteJson, now_ms: u64) -> Self {
+        LiveRoute {
+            name: route.name,
+            matches: route.matches,
+            breaker: route.breaker.map(|b| LiveRouteBreaker::of(b, now_ms)),
+        }
+    }
+}
+
+impl LiveRouteBreaker {
+    fn of(breaker: RouteBreakerJson, now_ms: u64) -> Self {
+        LiveRouteBreaker {
+            state: breaker.state,
+            since_ms: epoch_ms(&breaker.since, now_ms),
+            next_probe_at_ms: breaker
+                .next_probe_in_ms
+                .map(|ms| to_tenth(now_ms.saturating_add(ms))),
+            reason: breaker.reason,
+            forced: breaker.forced,
+        }
+    }
 }
 
 /// One endpoint of a row. Its latency estimate is left out: it decays while the endpoint is
@@ -84,6 +139,17 @@ impl LiveEndpoint {
             failures: endpoint.failures,
         }
     }
+}
+
+/// An RFC 3339 time as epoch milliseconds to the nearest tenth of a second (`now_ms` if it
+/// does not parse).
+fn epoch_ms(rfc3339: &str, now_ms: u64) -> u64 {
+    to_tenth(
+        humantime::parse_rfc3339(rfc3339)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(now_ms, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    )
 }
 
 /// Epoch milliseconds to the nearest tenth of a second: instants computed afresh from two
@@ -132,12 +198,7 @@ impl LiveRow {
         let rps = requests.map(|n| round(n as f64 * 1000.0 / span_ms as f64, 10.0));
         LiveRow {
             key: key(&view.upstream, &view.destination),
-            since_ms: to_tenth(
-                humantime::parse_rfc3339(&view.since)
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(now_ms, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            ),
+            since_ms: epoch_ms(&view.since, now_ms),
             next_probe_at_ms: view
                 .next_probe_in_ms
                 .map(|ms| to_tenth(now_ms.saturating_add(ms))),
@@ -165,6 +226,11 @@ impl LiveRow {
                 .into_iter()
                 .map(|e| LiveEndpoint::of(e, now_ms))
                 .collect(),
+            routes: view
+                .routes
+                .into_iter()
+                .map(|r| LiveRoute::of(r, now_ms))
+                .collect(),
         }
     }
 }
@@ -176,4 +242,70 @@ fn round(value: f64, per: f64) -> f64 {
 
 fn floor(value: f64, per: f64) -> f64 {
     (value * per).floor() / per
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A destination's view as `/upstreams` would send it, with these `routes`.
+    fn view(routes: &serde_json::Value) -> DestinationView {
+        serde_json::from_value(json!({
+            "upstream": "svc", "destination": "api.test:80", "state": "closed",
+            "since": "2025-01-31T12:00:00.000Z", "reason": null,
+            "window": {"calls": 0, "failures": 0, "slow": 0}, "next_probe_in_ms": null,
+            "recent": [], "in_flight": 0, "forced": null, "routes": routes,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn routes_keep_their_breaker_as_instants_and_are_absent_without() {
+        let now_ms = 1_738_324_810_000; // 2025-01-31T12:00:10Z
+        let routes = json!([
+            {"name": "reports", "matches": "POST path_prefix /v1/reports",
+             "attempt_timeout_ms": 1000, "total_timeout_ms": 2000, "retry_attempts": 1,
+             "hedge": false,
+             "breaker": {"state": "open", "since": "2025-01-31T12:00:04.321Z",
+                         "reason": "consecutive_failures", "calls": 3, "failures": 3,
+                         "slow": 0, "next_probe_in_ms": 49_960, "forced": null}},
+            {"name": "status", "matches": "GET path /v1/status",
+             "attempt_timeout_ms": 1000, "total_timeout_ms": 2000, "retry_attempts": 2,
+             "hedge": false, "breaker": null},
+        ]);
+        let row = LiveRow::of(view(&routes), None, 0, now_ms);
+        let reports = LiveRouteBreaker {
+            state: "open".into(),
+            since_ms: 1_738_324_804_300,
+            next_probe_at_ms: Some(1_738_324_860_000),
+            reason: Some("consecutive_failures".into()),
+            forced: None,
+        };
+        assert_eq!(
+            row.routes,
+            [
+                LiveRoute {
+                    name: "reports".into(),
+                    matches: "POST path_prefix /v1/reports".into(),
+                    breaker: Some(reports),
+                },
+                LiveRoute {
+                    name: "status".into(),
+                    matches: "GET path /v1/status".into(),
+                    breaker: None,
+                },
+            ]
+        );
+        // The window's counts are not in the row: they fall by themselves as it slides.
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(json["routes"][0]["breaker"].as_object().unwrap().len(), 5);
+        let back: LiveRow = serde_json::from_value(json).unwrap();
+        assert_eq!(back, row);
+
+        let plain = LiveRow::of(view(&json!([])), None, 0, now_ms);
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("routes").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<LiveRow>(json).unwrap(), plain);
+    }
 }

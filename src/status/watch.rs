@@ -333,6 +333,7 @@ mod tests {
                 rejected: 1,
             },
             endpoints: Vec::new(),
+            routes: Vec::new(),
         }
     }
 

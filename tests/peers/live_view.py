@@ -12,6 +12,12 @@ What it checks, failing with a message on the first miss:
      disclosure, and rows come trouble first;
   2. a wrong admin token gets the server's JSON error in the status region; the right one
      gives each row "Force open" and "Reset" buttons, and Reset turns the row `closed`;
+  2b. a destination's routes are listed behind its row's disclosure (name, what it matches,
+     its breaker); a route's own breaker tripped by the upstream's 500s shows in the row
+     (`route reports open`) within 2 s, never reloaded, while the destination's stays
+     `closed`; the row then comes before a closed one with a higher error rate (trouble
+     first); the route's Force open and Reset buttons reach its breaker (`/upstreams`
+     `routes[0].breaker` says so);
   3. names from outside (a policy file named `<img src=x onerror=alert(1)>`, a destination an
      app sent as `&lt;img_src=x_onerror=alert(1)&gt;'-alert(1)-'.test:9`) show as literal text:
      no <img> element, no dialog; commands on them reach their breaker, or the server's refusal
@@ -271,6 +277,92 @@ def commands(page, problems, args):
     expect(page.locator("#summary")).to_contain_text("0 open")
 
 
+def routes(page, app, args):
+    """A route's own breaker trips alone, shows in its row and answers the page's commands."""
+    routed = args.routed
+    for _ in range(20):
+        assert app.get(f"http://{routed}/v1/status").status_code == 200
+    the_row = row(page, "routed", routed)
+    expect(badge(page, "routed", routed)).to_have_text("closed", timeout=WAIT_MS)
+    summary = the_row.locator(".col-routes summary")
+    expect(summary).to_have_text("2 routes")
+    summary.click()
+    routes_cell = the_row.locator(".col-routes")
+    expect(routes_cell.locator(".route-name")).to_have_text(["reports", "status"])
+    expect(routes_cell.locator(".route-matches")).to_have_text(
+        ["any method path_prefix /v1/reports", "GET path /v1/status"]
+    )
+    own, shared = routes_cell.locator(".route-breaker").all()
+    expect(own).to_have_text(re.compile(r"^own breaker closed \d+s$"))
+    expect(shared).to_have_text("shared breaker")
+    expect(the_row.locator(".tag-route")).to_have_count(0)
+
+    for _ in range(args.failing_trip):
+        assert app.get(f"http://{routed}/v1/reports").status_code == 500
+    tripped = time.monotonic()
+    expect(the_row.locator(".tag-route")).to_have_text("route reports open", timeout=WAIT_MS)
+    print(f"measure route_trip_to_open_on_page_ms {(time.monotonic() - tripped) * 1000:.0f}")
+    expect(badge(page, "routed", routed)).to_have_text("closed")
+    expect(summary).to_have_text("2 routes · 1 open")
+    expect(own).to_have_text(
+        re.compile(r"^own breaker open \d+s · consecutive_failures · next probe in \d+")
+    )
+    expect(page.locator("#summary")).to_contain_text("1 route breaker tripped")
+    # fusebox answers the route itself; the rest of the destination is served.
+    assert app.get(f"http://{routed}/v1/reports").status_code == 503
+    assert app.get(f"http://{routed}/v1/status").status_code == 200
+    trouble_first(page, app, args)
+
+    commands = [("Force open", "open", "open"), ("Reset", "closed", None)]
+    for label, state, forced in commands:
+        page.get_by_role("button", name=f"{label} route reports of routed {routed}").click()
+        expect(page.locator("#message")).to_have_text(
+            f"{label}: sent for route reports of routed {routed}", timeout=WAIT_MS
+        )
+        breaker = route_breaker(args, "reports")
+        assert (breaker["state"], breaker["forced"]) == (state, forced), breaker
+        tags = the_row.locator(".tag-route")
+        if forced:
+            expect(tags).to_have_text("route reports forced open", timeout=WAIT_MS)
+        else:
+            expect(tags).to_have_count(0, timeout=WAIT_MS)
+    expect(own).to_have_text(re.compile(r"^own breaker closed \d+s · reset$"))
+    expect(summary).to_have_text("2 routes")
+    expect(badge(page, "routed", routed)).to_have_text("closed")
+
+
+def trouble_first(page, app, args):
+    """The routed row (its destination closed, a route open) comes before `failing` (closed
+    since its reset, now failing again) although `failing` has the higher error rate."""
+    failing = args.failing
+    for _ in range(args.failing_trip - 1):
+        assert app.get(f"http://{failing}/").status_code == 500
+    # Its tripping requests, the refused one, and these.
+    expect(row(page, "failing", failing).locator(".col-totals span").first).to_have_text(
+        f"{2 * args.failing_trip} req", timeout=WAIT_MS
+    )
+    errors = {
+        name: float(row(page, name, dest).locator(".col-errors").text_content())
+        for name, dest in [("failing", failing), ("routed", args.routed)]
+    }
+    assert errors["failing"] > errors["routed"], errors
+    order = page.locator("#rows tr th").all_text_contents()
+    assert order.index(args.routed) < order.index(failing), order
+
+
+def route_breaker(args, name):
+    """The breaker of the routed destination's route `name` in /upstreams."""
+    views = requests.get(
+        f"{args.admin}/upstreams/routed",
+        headers={"Authorization": f"Bearer {args.token}"},
+        timeout=10,
+    ).json()
+    (view,) = views
+    assert view["state"] == "closed", view
+    (route,) = [r for r in view["routes"] if r["name"] == name]
+    return route["breaker"]
+
+
 def hostile_names(page, problems, args):
     """Outside names stay text; commands on them reach their breakers."""
     evil = row(page, HOSTILE_UPSTREAM, args.evil_destination)
@@ -373,6 +465,7 @@ def main():
     parser.add_argument("--failing-trip", type=int, required=True, help="its consecutive_failures")
     parser.add_argument("--search", required=True, help="IP:PORT: 500, 500, then stalls")
     parser.add_argument("--inventory", required=True, help="IP:PORT, inventory's first endpoint")
+    parser.add_argument("--routed", required=True, help="IP:PORT: 500 on /v1/reports, else 200")
     parser.add_argument("--evil-destination", required=True, help="the hostile policy's endpoint")
     parser.add_argument("--refused-port", type=int, required=True)
     parser.add_argument("--many", type=int, default=1000)
@@ -415,6 +508,7 @@ def main():
             assert app.get("http://evil.test/").status_code == 200
         assert app.raw_get(HOSTILE_DESTINATION) == 502
         commands(page, problems, args)
+        routes(page, app, args)
         hostile_names(page, problems, args)
         problems.check(page)
         total = many_destinations(browser, problems, app, args)

@@ -4,14 +4,18 @@
 //
 // The page runs under a CSP with `require-trusted-types-for 'script'` and no inline styles, so
 // every node is made with createElement and every text from the server (names of upstreams,
-// destinations, endpoints, reasons) is set as textContent; looks change through classes and the
-// `hidden` attribute only. With an admin token (kept in sessionStorage) each row gets "Force
-// open" and "Reset" buttons that POST the admin API's breaker command; the stream then shows
-// the result.
+// destinations, endpoints, routes, reasons) is set as textContent; looks change through classes
+// and the `hidden` attribute only. A row's `[[route]]`s are listed behind a disclosure; a route
+// whose own breaker is not closed (or is forced) shows in the row's breaker cell and counts as
+// trouble. With an admin token (kept in sessionStorage) each row gets "Force open" and "Reset"
+// buttons that POST the admin API's breaker command, and so does each route with a breaker of
+// its own (`&route=NAME`); the stream then shows the result.
 'use strict';
 
 const PAGE_SIZE = 50;
 const TOKEN_KEY = 'fusebox.adminToken';
+// Routes in trouble named in a row's breaker cell, at most; the rest are counted.
+const ROUTE_TAGS = 3;
 // The server sends at least a heartbeat every 15 s; silence for longer means a dead stream.
 const STALE_MS = 35000;
 const RETRY_MS = 2000;
@@ -30,6 +34,7 @@ const view = {
   token: readToken(),
   elements: new Map(),    // key -> {tr, cells, sig}, the rows of the page on screen
   openEndpoints: new Set(), // keys whose endpoint list the user opened
+  openRoutes: new Set(),  // keys whose route list the user opened
   frame: 0,
 };
 
@@ -112,7 +117,14 @@ function showMessage(text, isError) {
 function needsAttention(row) {
   return row.forced !== null && row.forced !== undefined
     || (row.throttle_probability || 0) > 0
-    || (row.endpoints || []).some((ep) => ep.state === 'ejected');
+    || (row.endpoints || []).some((ep) => ep.state === 'ejected')
+    || troubledRoutes(row).length > 0;
+}
+
+// The routes of a row whose own breaker is not closed, or is forced.
+function troubledRoutes(row) {
+  return (row.routes || []).filter((route) => route.breaker
+    && (route.breaker.state !== 'closed' || route.breaker.forced));
 }
 
 function rank(row) {
@@ -197,19 +209,22 @@ function renderPager(first, count, total) {
 function renderSummary() {
   let open = 0;
   let halfOpen = 0;
+  let routes = 0;
   for (const row of view.rows.values()) {
     if (row.state === 'open') open += 1;
     else if (row.state === 'half-open') halfOpen += 1;
+    routes += (row.routes || []).filter((r) => r.breaker && r.breaker.state !== 'closed').length;
   }
   const n = view.rows.size;
   const parts = [`${n} destination${n === 1 ? '' : 's'}`, `${open} open`, `${halfOpen} half-open`];
+  if (routes) parts.push(`${routes} route breaker${routes === 1 ? '' : 's'} tripped`);
   setText($('summary'), parts.join(' · '));
   const note = view.windowS ? `; rates over the last ${view.windowS} s` : '';
   setText($('caption'), `Destinations, trouble first${note}`);
 }
 
 const COLUMNS = ['upstream', 'destination', 'state', 'age', 'probe', 'reason', 'rps', 'errors',
-  'rejected', 'latency', 'inflight', 'budget', 'tokens', 'totals', 'endpoints', 'actions'];
+  'rejected', 'latency', 'inflight', 'budget', 'tokens', 'totals', 'endpoints', 'routes', 'actions'];
 const NUMERIC = new Set(['rps', 'errors', 'rejected', 'latency', 'inflight', 'budget', 'tokens',
   'totals']);
 
@@ -223,7 +238,7 @@ function makeRow(row) {
     cells[name] = cell;
     tr.append(cell);
   }
-  return { tr, cells, sig: {} };
+  return { tr, cells, sig: {}, routeItems: [] };
 }
 
 function fillRow(entry, row, now) {
@@ -250,6 +265,7 @@ function fillRow(entry, row, now) {
   rebuildIfChanged(entry, 'state', stateSig(row), () => fillState(c.state, row));
   rebuildIfChanged(entry, 'endpoints', endpointsSig(row, now),
     () => fillEndpoints(c.endpoints, row));
+  fillRoutes(entry, row, now);
   rebuildIfChanged(entry, 'actions', view.token ? 'on' : 'off', () => fillActions(c.actions, row));
 }
 
@@ -268,11 +284,14 @@ function endpointsSig(row, now) {
 }
 
 function stateSig(row) {
-  return [row.state, row.forced, row.mode, row.throttle_probability].join('|');
+  const routes = troubledRoutes(row).map((r) => [r.name, r.breaker.state, r.breaker.forced]);
+  return [row.state, row.forced, row.mode, row.throttle_probability, JSON.stringify(routes)]
+    .join('|');
 }
 
 // The breaker cell: a badge whose text is the state, then "forced …" and the mode when it is
-// not enforce (with the refusal probability when throttling).
+// not enforce (with the refusal probability when throttling), then each route whose own
+// breaker is not closed or is forced ("route reports open").
 function fillState(cell, row) {
   const parts = [tag('span', `badge badge-${row.state}`, row.state)];
   if (row.forced) parts.push(tag('span', 'tag tag-forced', `forced ${row.forced}`));
@@ -282,6 +301,15 @@ function fillState(cell, row) {
       text += ` ${Math.round(row.throttle_probability * 100)}%`;
     }
     parts.push(tag('span', `tag tag-mode tag-${row.mode}`, text));
+  }
+  const troubled = troubledRoutes(row);
+  for (const route of troubled.slice(0, ROUTE_TAGS)) {
+    const b = route.breaker;
+    parts.push(tag('span', `tag tag-route tag-route-${b.state}`,
+      `route ${route.name} ${b.forced ? `forced ${b.forced}` : b.state}`));
+  }
+  if (troubled.length > ROUTE_TAGS) {
+    parts.push(tag('span', 'tag tag-route', `+${troubled.length - ROUTE_TAGS} more routes`));
   }
   cell.replaceChildren(...parts);
 }
@@ -296,7 +324,7 @@ function fillEndpoints(cell, row) {
   }
   let details = cell.firstElementChild;
   if (!details || details.tagName !== 'DETAILS') {
-    details = makeDetails(row.key);
+    details = makeDetails(row.key, view.openEndpoints);
     cell.replaceChildren(details);
   }
   const ready = endpoints.filter((ep) => ep.state === 'ready').length;
@@ -306,12 +334,13 @@ function fillEndpoints(cell, row) {
   list.replaceChildren(...endpoints.map(endpointItem));
 }
 
-function makeDetails(key) {
+// A disclosure that stays open across rebuilds while its row's key is in `opened`.
+function makeDetails(key, opened) {
   const details = document.createElement('details');
-  details.open = view.openEndpoints.has(key);
+  details.open = opened.has(key);
   details.addEventListener('toggle', () => {
-    if (details.open) view.openEndpoints.add(key);
-    else view.openEndpoints.delete(key);
+    if (details.open) opened.add(key);
+    else opened.delete(key);
   });
   details.append(document.createElement('summary'), document.createElement('ul'));
   return details;
@@ -341,23 +370,96 @@ function ejectionLeft(ep) {
   return null;
 }
 
+// "2 routes · 1 open" with a disclosure listing each route: its name, what it matches, its
+// breaker (the destination's, or its own: state, time in it, reason, next probe) and, with a
+// token, Force open and Reset for its own breaker. The list is rebuilt only when the routes or
+// the token change; each own breaker's words are then updated in place, so buttons keep focus.
+function fillRoutes(entry, row, now) {
+  const cell = entry.cells.routes;
+  const routes = row.routes || [];
+  const shape = routes.map((r) => [r.name, r.matches, Boolean(r.breaker)]);
+  rebuildIfChanged(entry, 'routes', JSON.stringify(shape) + (view.token ? '|on' : ''), () => {
+    entry.routeItems = routes.map((route) => routeItem(row, route));
+    if (routes.length === 0) {
+      cell.replaceChildren(DASH);
+      return;
+    }
+    const details = makeDetails(row.key, view.openRoutes);
+    details.lastElementChild.replaceChildren(...entry.routeItems.map((item) => item.li));
+    cell.replaceChildren(details);
+  });
+  if (routes.length === 0) return;
+  const troubled = troubledRoutes(row);
+  const summary = cell.firstElementChild.firstElementChild;
+  summary.classList.toggle('degraded', troubled.length > 0);
+  const counts = new Map();
+  for (const route of troubled) {
+    const b = route.breaker;
+    const word = b.forced ? `forced ${b.forced}` : b.state;
+    counts.set(word, (counts.get(word) || 0) + 1);
+  }
+  const words = [`${routes.length} route${routes.length === 1 ? '' : 's'}`];
+  for (const [word, n] of counts) words.push(`${n} ${word}`);
+  setText(summary, words.join(' · '));
+  routes.forEach((route, i) => {
+    const item = entry.routeItems[i];
+    if (!route.breaker) return;
+    const b = route.breaker;
+    const cls = `route-breaker route-${b.state}`;
+    if (item.breaker.className !== cls) item.breaker.className = cls;
+    setText(item.breaker, routeBreakerText(b, now));
+  });
+}
+
+// One route's list item: "reports POST path_prefix /v1/reports · own breaker …", and its
+// buttons when its breaker is its own and a token is in use.
+function routeItem(row, route) {
+  const li = document.createElement('li');
+  const breaker = tag('span', 'route-breaker', route.breaker ? '' : 'shared breaker');
+  li.append(tag('span', 'route-name', route.name), ' ',
+    tag('span', 'route-matches', route.matches), ' · ', breaker);
+  if (route.breaker && view.token) {
+    const target = { upstream: row.upstream, destination: row.destination, route: route.name };
+    const who = `route ${route.name} of ${row.upstream} ${row.destination}`;
+    const buttons = tag('span', 'route-actions', '');
+    buttons.append(actionButton('Force open', 'force-open', who, target),
+      actionButton('Reset', 'reset', who, target));
+    li.append(' ', buttons);
+  }
+  return { li, breaker };
+}
+
+// "own breaker open 12s · consecutive_failures · next probe in 48s".
+function routeBreakerText(b, now) {
+  const words = [`own breaker ${b.state} ${formatDuration(now - b.since_ms)}`];
+  if (b.forced) words.push(`forced ${b.forced}`);
+  if (b.reason && !(b.forced && b.reason === 'forced')) words.push(b.reason);
+  if (b.state === 'open' && !b.forced && typeof b.next_probe_at_ms === 'number') {
+    const left = b.next_probe_at_ms - now;
+    words.push(left <= 0 ? 'probe due' : `next probe in ${formatDuration(left + 999)}`);
+  }
+  return words.join(' · ');
+}
+
 function fillActions(cell, row) {
   if (!view.token) {
     cell.replaceChildren();
     return;
   }
   const who = `${row.upstream} ${row.destination}`;
+  const target = { upstream: row.upstream, destination: row.destination };
   cell.replaceChildren(
-    actionButton('Force open', 'force-open', who, row),
-    actionButton('Reset', 'reset', who, row));
+    actionButton('Force open', 'force-open', who, target),
+    actionButton('Reset', 'reset', who, target));
 }
 
-function actionButton(label, action, who, row) {
+// A command's button; `target` is {upstream, destination} and, for a route's own breaker,
+// `route`; `who` names it in the button's accessible name and in the message.
+function actionButton(label, action, who, target) {
   const button = tag('button', `action action-${action}`, label);
   button.type = 'button';
   button.setAttribute('aria-label', `${label} ${who}`);
-  button.addEventListener('click',
-    () => sendCommand(button, action, row.upstream, row.destination));
+  button.addEventListener('click', () => sendCommand(button, action, target, who));
   return button;
 }
 
@@ -478,23 +580,24 @@ function storeToken(token) {
   scheduleRender();
 }
 
-async function sendCommand(button, action, upstream, destination) {
-  const url = `/upstreams/${encodeURIComponent(upstream)}/breaker`
-    + `?action=${action}&destination=${encodeURIComponent(destination)}`;
+async function sendCommand(button, action, target, who) {
+  let url = `/upstreams/${encodeURIComponent(target.upstream)}/breaker`
+    + `?action=${action}&destination=${encodeURIComponent(target.destination)}`;
+  if (target.route) url += `&route=${encodeURIComponent(target.route)}`;
   button.disabled = true;
+  const what = `${button.textContent} ${who}`;
   try {
     const response = await fetch(url, {
       method: 'POST',
       headers: { Authorization: `Bearer ${view.token}` },
     });
-    const what = `${button.textContent} ${upstream} ${destination}`;
     if (response.ok) {
-      showMessage(`${button.textContent}: sent for ${upstream} ${destination}`, false);
+      showMessage(`${button.textContent}: sent for ${who}`, false);
     } else {
       showMessage(`${what} failed: ${await errorText(response)}`, true);
     }
   } catch (err) {
-    showMessage(`${button.textContent} ${upstream} ${destination} failed: ${err.message}`, true);
+    showMessage(`${what} failed: ${err.message}`, true);
   } finally {
     button.disabled = false;
   }
