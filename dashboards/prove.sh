@@ -9,7 +9,8 @@
 #   2. starts dashboards/prove/upstream.py: one process, five listeners (flaky, limited, shadow,
 #      retry, plain); /flaky answers 503 while its "down" flag is set (GET /down, /up);
 #   3. writes a policies directory: `flaky` (breaker enforced, consecutive_failures = 3, open
-#      2s..4s; 2 attempts on gateway-error), `limited` (rps = 2, burst = 0), `shadow` (breaker
+#      2s..4s; 2 attempts on gateway-error; a route `failing` for /fail with a breaker of its own,
+#      breaker = "own"), `limited` (rps = 2, burst = 0), `shadow` (breaker
 #      and rate limit in shadow mode, retry budget 0 so every retry is refused), `retrying`
 #      (3 attempts, throttling breaker, hedges after 20 ms, aimd limit), `intercepted` (intercept = true, with a CA from `fusebox ca
 #      init`) and default.toml (allow_private, short timeouts);
@@ -18,19 +19,22 @@
 #   5. starts Prometheus (Debian's `prometheus`) scraping fusebox every second with
 #      dashboards/alerts.yml loaded, waits until the target is up, then drives traffic with curl
 #      loops for the rest of the run: the flaky destination down (its breaker trips and keeps
-#      rejecting: a call every 100 ms), rate-limited bursts, a failing shadow-mode destination,
+#      rejecting: a call every 100 ms), /fail on the same destination (always 503: the route's
+#      own breaker trips and stays open), rate-limited bursts, a failing shadow-mode destination,
 #      503-then-200 calls that a retry rescues, hedged slow calls, slow calls and attempt
 #      timeouts, CONNECT tunnels
 #      (curl -p); at 20 s the flaky destination comes up until its breaker closes (checked on
-#      /metrics: a transition to closed, state 0), then goes down again and stays down;
+#      /metrics: a transition to closed, state 0) while the route's own breaker stays open (never
+#      a transition to closed), then goes down again and stays down;
 #   6. at 40 s runs every query of dashboards/fusebox.json with dashboards/queries.py against
 #      that Prometheus (a query that errors or returns no series fails), and prints what the
 #      traffic produced;
 #   7. polls /api/v1/alerts until FuseboxBreakerOpen fires for the flaky destination (`for: 1m`
 #      after the re-trip; gives up after 120 s), then checks per pod: the alert names the first
-#      fusebox's instance only, and the second one has served requests with every breaker closed.
+#      fusebox's instance only, and the second one has served requests with every breaker closed;
+#      then that FuseboxRouteBreakerOpen fires for route `failing`, for the first instance only.
 # Ends with `prove: N passed, N failed` (one check per dashboard query, the breaker recovery,
-# the alert and the two per-pod checks); exit status 0 only when nothing failed (2: a tool is missing). Everything it starts
+# the route breaker's isolation, the two alerts and the per-pod checks); exit status 0 only when nothing failed (2: a tool is missing). Everything it starts
 # is stopped by PID (traffic loops by process group, with their curls) when it exits.
 #
 # Environment: FUSEBOX_BIN (default target/debug/fusebox, relative to the repository root),
@@ -135,6 +139,9 @@ connect = "500ms"
 attempt = "1s"
 total = "3s"
 EOF
+# /fail (always 503) is the route "failing", with a breaker of its own (§3 Routes): it trips and
+# stays open, while the destination's breaker follows /flaky alone (the route panels, the
+# FuseboxRouteBreakerOpen alert).
 cat >"$POL/flaky.toml" <<EOF
 hosts = ["127.0.0.1:$P_FLAKY"]
 [retry]
@@ -145,6 +152,10 @@ mode = "enforce"
 consecutive_failures = 3
 open_base = "2s"
 open_max = "4s"
+[[route]]
+name = "failing"
+path_prefix = "/fail"
+breaker = "own"
 EOF
 cat >"$POL/limited.toml" <<EOF
 hosts = ["127.0.0.1:$P_LIMITED"]
@@ -279,6 +290,7 @@ loop() {
 via() { curl -s -o /dev/null --max-time 5 -x "$PROXY" "$@"; }
 burst() { local i; for i in 1 2 3 4 5; do via "$UP:$P_LIMITED/ok"; done; }
 loop 0.1 via "$UP:$P_FLAKY/flaky"                  # breaker: trips, rejects, recovers, re-trips
+loop 0.2 via "$UP:$P_FLAKY/fail"                   # route "failing": its own breaker trips, stays open
 loop 1 burst                                        # rate limited: 2 rps, bursts of 5
 loop 0.25 via "$UP:$P_SHADOW/fail"                  # shadow breaker, refused retries (budget 0)
 loop 0.5 via "$UP:$P_RETRY/alternate"              # 503 then 200: retried, succeeds
@@ -297,10 +309,16 @@ sel="upstream=\"flaky\".*destination=\"$FLAKY_DEST\""
 state() { metric fusebox_breaker_state "$sel"; }
 closes() { metric fusebox_breaker_transitions_total "$sel.*to=\"closed\""; }
 state_is() { [ "$(state)" = "$1" ]; }
+route_sel="$sel.*route=\"failing\""
+route_state() { metric fusebox_route_breaker_state "$route_sel"; }
+route_closes() { metric fusebox_route_breaker_transitions_total "$route_sel.*to=\"closed\""; }
+route_state_is() { [ "$(route_state)" = "$1" ]; }
 
 # ------------------------------------------------------------------ recovery
 wait_for 15 "the flaky breaker to trip (fusebox_breaker_state 2)" state_is 2
 say "flaky breaker open (state 2)"
+wait_for 15 "route failing's own breaker to trip (fusebox_route_breaker_state 2)" route_state_is 2
+say "route failing's own breaker open (state 2)"
 while ((SECONDS - START < 20)); do sleep 0.5; done
 get -f "$UP:$P_FLAKY/up" >/dev/null
 say "flaky destination UP"
@@ -312,6 +330,14 @@ for _ in $(seq 50); do   # the open period is at most 4 s; a probe goes within 1
 done
 if [ $recovered = 1 ]; then
   pass "recovery: breaker half-open -> closed (transitions to closed: $(closes), state $(state))"
+  # The route's own breaker: its /fail calls kept failing, so it never closed meanwhile (state 2,
+  # or 1 for the few milliseconds of a probe), and the destination's closed without it.
+  rs=$(route_state) rc=$(route_closes)
+  if { [ "$rs" = 2 ] || [ "$rs" = 1 ]; } && [ -z "$rc" ]; then
+    pass "route isolation: the destination's breaker closed, route failing's own stayed open (state $rs, no transition to closed)"
+  else
+    fail "route isolation: route failing's own breaker: state ${rs:-none}, transitions to closed ${rc:-none} (expected open, none)"
+  fi
   sleep 2   # a few scrapes of the closed state
 else
   fail "recovery: the flaky breaker did not close within 10 s (state $(state), transitions to closed: $(closes))"
@@ -356,6 +382,8 @@ fi
 # destination's first request on, so "has series" alone does not show that the panels had data).
 get "$PROM/api/v1/query" --data-urlencode 'query=label_replace(sum by (outcome) (fusebox_requests_total), "what", "requests{outcome=\"$1\"}", "outcome", "(.*)")
   or label_replace(sum by (to, reason) (fusebox_breaker_transitions_total), "what", "transitions{to=\"$1\"}", "to", "(.*)")
+  or label_replace(sum by (to) (fusebox_route_breaker_transitions_total), "what", "route_transitions{to=\"$1\"}", "to", "(.*)")
+  or label_replace(sum by (route) (fusebox_requests_total), "what", "requests{route=\"$1\"}", "route", "(.*)")
   or label_replace(sum by (reason) (fusebox_retries_total), "what", "retries{reason=\"$1\"}", "reason", "(.*)")
   or label_replace(sum(fusebox_retry_budget_exhausted_total), "what", "retry_budget_exhausted", "", "")
   or label_replace(sum by (kind) (fusebox_shadow_rejections_total), "what", "shadow_rejections{kind=\"$1\"}", "kind", "(.*)")
@@ -379,14 +407,24 @@ if zero:
     print("note: zero: " + ", ".join(sorted(zero)))' | while IFS= read -r line; do say "data: $line"; done || true
 
 # ------------------------------------------------------------------ 7. the alert
-alert_state() {  # alert_state UPSTREAM DESTINATION: FuseboxBreakerOpen's state, firing/pending/none
+# alert_state UPSTREAM DESTINATION [ALERTNAME [ROUTE]]: the alert's state (default
+# FuseboxBreakerOpen), firing/pending/none
+alert_state() {
   get "$PROM/api/v1/alerts" | python3 -c '
 import json, sys
-up, dest = sys.argv[1:3]
+up, dest, name, route = (sys.argv[1:] + ["FuseboxBreakerOpen", None])[:4]
 states = [a["state"] for a in json.load(sys.stdin)["data"]["alerts"]
-          if a["labels"].get("alertname") == "FuseboxBreakerOpen"
-          and a["labels"].get("upstream") == up and a["labels"].get("destination") == dest]
-print("firing" if "firing" in states else states[0] if states else "none")' "$1" "$2"
+          if a["labels"].get("alertname") == name
+          and a["labels"].get("upstream") == up and a["labels"].get("destination") == dest
+          and (route is None or a["labels"].get("route") == route)]
+print("firing" if "firing" in states else states[0] if states else "none")' "$@"
+}
+# firing_instances ALERTNAME: the instance labels of its firing alerts, sorted
+firing_instances() {
+  get "$PROM/api/v1/alerts" | python3 -c '
+import json, sys
+print(" ".join(sorted({a["labels"].get("instance", "-") for a in json.load(sys.stdin)["data"]["alerts"]
+                       if a["labels"].get("alertname") == sys.argv[1] and a["state"] == "firing"})))' "$1"
 }
 say "waiting for FuseboxBreakerOpen to fire (for: 1m; up to 120 s)"
 deadline=$((SECONDS + 120))
@@ -406,10 +444,7 @@ else
   fail "alert FuseboxBreakerOpen not firing after 120 s (last state: $last)"
 fi
 # Per pod: the alert names the fusebox whose breaker is open, and the other one is healthy.
-alert_instances=$(get "$PROM/api/v1/alerts" | python3 -c '
-import json, sys
-print(" ".join(sorted({a["labels"].get("instance", "-") for a in json.load(sys.stdin)["data"]["alerts"]
-                       if a["labels"].get("alertname") == "FuseboxBreakerOpen" and a["state"] == "firing"})))')
+alert_instances=$(firing_instances FuseboxBreakerOpen)
 if [ "$alert_instances" = "$ADMIN" ]; then
   pass "per pod: FuseboxBreakerOpen fires for instance $ADMIN only"
 else
@@ -427,6 +462,26 @@ fi
 # The shadow breaker is open too but rejects nothing: the alert must not name it (a note only).
 shadow=$(alert_state shadow "127.0.0.1:$P_SHADOW" 2>/dev/null || echo unknown)
 [ "$shadow" = none ] || say "note: FuseboxBreakerOpen for the shadow-mode destination is $shadow"
+
+# The route's own breaker has been open since the first seconds (its /fail calls always fail),
+# so its alert is firing by now, or within a few evaluations: for the first fusebox only.
+route_alert=none
+for _ in $(seq 15); do
+  route_alert=$(alert_state flaky "$FLAKY_DEST" FuseboxRouteBreakerOpen failing 2>/dev/null || echo unknown)
+  [ "$route_alert" = firing ] && break
+  sleep 2
+done
+if [ "$route_alert" = firing ]; then
+  pass "alert FuseboxRouteBreakerOpen firing for flaky route failing -> $FLAKY_DEST (route breaker state $(route_state))"
+else
+  fail "alert FuseboxRouteBreakerOpen for flaky route failing: $route_alert, expected firing (route breaker state $(route_state))"
+fi
+route_instances=$(firing_instances FuseboxRouteBreakerOpen)
+if [ "$route_instances" = "$ADMIN" ]; then
+  pass "per pod: FuseboxRouteBreakerOpen fires for instance $ADMIN only"
+else
+  fail "per pod: FuseboxRouteBreakerOpen fires for instances [$route_instances], expected [$ADMIN]"
+fi
 
 say "done in $((SECONDS - START)) s"
 summary

@@ -777,12 +777,13 @@ pub struct EndpointMetrics {
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    let counters: [(&'static str, &'static str); 13] = [
+    let counters: [(&'static str, &'static str); 14] = [
         ("fusebox_hedges_total", "Hedged requests ([hedge]), by result: sent, won (the hedge's answer went to the app), lost (another copy's did), budget (due, but max_extra_load was spent)."),
         ("fusebox_endpoint_requests_total", "Upstream tries sent to one endpoint of a destination, by result (success, failure: the endpoint's fault)."),
         ("fusebox_endpoint_ejections_total", "Endpoints taken out of their set, by reason (consecutive_failures, probe_failed)."),
         ("fusebox_fleet_limiter_errors_total", "Redis calls of a fleet-wide rate limit that failed or timed out (each one made the destination use its local fallback)."),
         ("fusebox_breaker_transitions_total", "Circuit breaker state changes; a trip is to=\"open\". Shows every trip even when the state gauge was sampled closed."),
+        ("fusebox_route_breaker_transitions_total", "State changes of a route's own circuit breaker ([[route]] breaker = \"own\"); a trip is to=\"open\"."),
         ("fusebox_requests_total", "App requests handled, by outcome and the status class sent to the app."),
         ("fusebox_attempts_total", "Upstream tries (first tries and retries), by result."),
         ("fusebox_retries_total", "Retries sent, by the condition that allowed them."),
@@ -795,7 +796,7 @@ fn describe(recorder: &PrometheusRecorder) {
     for (name, help) in counters {
         recorder.describe_counter(name.into(), None, SharedString::const_str(help));
     }
-    let gauges: [(&'static str, &'static str); 13] = [
+    let gauges: [(&'static str, &'static str); 14] = [
         (
             "fusebox_client_cert_expiry_seconds",
             "When the policy's client certificate (client_cert, mutual TLS) expires, as a Unix time in seconds.",
@@ -827,6 +828,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "fusebox_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+        ),
+        (
+            "fusebox_route_breaker_state",
+            "State of a route's own circuit breaker ([[route]] breaker = \"own\"): 0 closed, 1 half-open, 2 open.",
         ),
         ("fusebox_in_flight", "App requests in progress."),
         ("fusebox_tunnels_active", "Open CONNECT tunnels."),

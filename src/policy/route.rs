@@ -71,29 +71,57 @@ pub struct HeaderMatch {
 impl Route {
     /// Whether a request with this method, path (no query) and headers takes this route.
     pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| m == method.as_str()))
-            && self.path.matches(path)
+        self.takes(method.as_str().as_bytes(), path.as_bytes(), headers)
+    }
+
+    /// [`Route::matches`], cheapest test first: the method, the path, then the header (a hash
+    /// lookup).
+    fn takes(&self, method: &[u8], path: &[u8], headers: &HeaderMap) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| same(m.as_bytes(), method)))
+            && self.path.takes(path)
             && self.header.as_ref().is_none_or(|h| h.matches(headers))
     }
 }
 
 /// The index of the first of `routes` that a request takes; `None`: the policy's own.
+///
+/// A request that no route takes tries them all: with 50 routes, about 0.1 µs
+/// (`cargo bench --bench route_match`, docs/PERFORMANCE.md).
 pub fn route_for(
     routes: &[Route],
     method: &Method,
     path: &str,
     headers: &HeaderMap,
 ) -> Option<usize> {
+    let method = method.as_str().as_bytes();
     routes
         .iter()
-        .position(|route| route.matches(method, path, headers))
+        .position(|route| route.takes(method, path.as_bytes(), headers))
+}
+
+/// `a == b`, byte by byte: the strings compared here are short and most differ in their first
+/// bytes, where calling `memcmp` costs more than comparing.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 impl PathMatch {
     pub fn matches(&self, path: &str) -> bool {
+        self.takes(path.as_bytes())
+    }
+
+    fn takes(&self, path: &[u8]) -> bool {
         match self {
             PathMatch::Any => true,
-            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Prefix(prefix) => {
+                // The prefix's last byte first: the prefixes of one API share their first bytes.
+                let prefix = prefix.as_bytes();
+                path.get(prefix.len().wrapping_sub(1)) == prefix.last()
+                    && path
+                        .get(..prefix.len())
+                        .is_some_and(|head| same(head, prefix))
+            }
             PathMatch::Template(segments) => template_matches(segments, path),
         }
     }
@@ -125,24 +153,37 @@ pub fn template_text(segments: &[Segment]) -> String {
     text
 }
 
-fn template_matches(segments: &[Segment], path: &str) -> bool {
-    let Some(rest) = path.strip_prefix('/') else {
-        return false;
-    };
-    let mut parts = rest.split('/');
+/// Reads the path once, segment by segment, without splitting it first: a literal segment is
+/// compared in place, so a path that differs early costs a byte or two.
+fn template_matches(segments: &[Segment], path: &[u8]) -> bool {
+    let mut rest = path;
     for segment in segments {
-        let Some(part) = parts.next() else {
+        let Some((&b'/', after)) = rest.split_first() else {
             return false;
         };
-        let fits = match segment {
-            Segment::Literal(literal) => part == literal,
-            Segment::Param(_) => !part.is_empty(),
+        rest = match segment {
+            Segment::Literal(literal) => {
+                let literal = literal.as_bytes();
+                let Some(part) = after.get(..literal.len()) else {
+                    return false;
+                };
+                if !same(part, literal) {
+                    return false;
+                }
+                // What follows must be `/` (the next segment) or nothing (the end): checked
+                // there.
+                &after[literal.len()..]
+            }
+            Segment::Param(_) => {
+                let end = after.iter().position(|&b| b == b'/').unwrap_or(after.len());
+                if end == 0 {
+                    return false;
+                }
+                &after[end..]
+            }
         };
-        if !fits {
-            return false;
-        }
     }
-    parts.next().is_none()
+    rest.is_empty()
 }
 
 impl HeaderMatch {
@@ -269,6 +310,43 @@ mod tests {
             Some(1)
         );
         assert_eq!(route_for(&routes, &Method::GET, "/v2", &none), None);
+    }
+
+    /// The matching of before it read paths in place: split at `/`, compare segment by segment.
+    fn split_matches(segments: &[Segment], path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        let fits = segments
+            .iter()
+            .all(|segment| match (segment, parts.next()) {
+                (Segment::Literal(literal), Some(part)) => part == literal,
+                (Segment::Param(_), Some(part)) => !part.is_empty(),
+                (_, None) => false,
+            });
+        fits && parts.next().is_none()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn templates_match_as_if_split(
+            template in "(/(a|ab|b|\\{x\\}|\\{y\\})?){1,4}",
+            path in "/?[ab/]{0,10}",
+            prefix in "/[ab/]{0,4}",
+        ) {
+            // A parameter named twice is refused.
+            let parsed = parse_template(&template);
+            proptest::prop_assume!(parsed.is_ok());
+            let segments = parsed.unwrap();
+            proptest::prop_assert_eq!(
+                template_matches(&segments, path.as_bytes()),
+                split_matches(&segments, &path),
+                "{} {}", template, path
+            );
+            let by_prefix = PathMatch::Prefix(prefix.clone()).matches(&path);
+            proptest::prop_assert_eq!(by_prefix, path.starts_with(&prefix));
+        }
     }
 
     #[test]

@@ -264,11 +264,9 @@ impl Destination {
     fn carry_routes(&mut self, old: &Destination, before: &Policy, policy: &Policy) {
         let same_breaker = before.breaker == policy.breaker;
         for (state, route) in self.routes.iter_mut().zip(&policy.routes) {
-            let found = old.routes.iter().zip(&before.routes);
-            if let Some((old_state, old_route)) =
-                found.into_iter().find(|(s, _)| *s.name == *route.name)
-            {
-                state.carry(old_state, route, Some(old_route), same_breaker);
+            let mut found = old.routes.iter().zip(&before.routes);
+            if let Some(old) = found.find(|(_, old)| old.name == route.name) {
+                state.carry(old, route, same_breaker);
             }
         }
     }
@@ -303,8 +301,8 @@ impl Destination {
     /// The hedge state of requests of `route`: the route's when it sets `[route.hedge]`.
     pub fn hedging(&self, route: Option<usize>) -> Option<&Hedging> {
         match route.and_then(|i| self.routes.get(i)) {
-            Some(state) => state.hedging.as_deref(),
-            None => self.hedging.as_deref(),
+            Some(state) if !state.shares_hedging => state.hedging.as_deref(),
+            _ => self.hedging.as_deref(),
         }
     }
 
@@ -1145,6 +1143,62 @@ mod tests {
             Registry::new(set, Telemetry::new(), Arc::default(), Settings::default()).unwrap();
         let upstream = Arc::clone(registry.load().default());
         (registry, upstream)
+    }
+
+    /// The destination `api.example:80` of a policy `api` whose text is `text`.
+    fn api_destination(text: &str) -> Arc<Destination> {
+        let sources = [
+            ("default", String::new()),
+            ("api", format!("hosts = [\"api.example\"]\n{text}")),
+        ]
+        .map(|(name, text)| Source {
+            name: name.to_owned(),
+            file: format!("{name}.toml").into(),
+            text,
+        });
+        let set = load_sources(std::path::Path::new("."), &sources, Vec::new()).unwrap();
+        let registry =
+            Registry::new(set, Telemetry::new(), Arc::default(), Settings::default()).unwrap();
+        let upstream = Arc::clone(registry.load().by_name("api").unwrap());
+        upstream.destination("api.example", 80)
+    }
+
+    #[test]
+    fn a_route_hedges_on_its_own_state_only_when_its_settings_differ() {
+        let text = "[hedge]\nenabled = true\ndelay = \"20ms\"\n\
+                    [[route]]\nname = \"same\"\npath_prefix = \"/a\"\n[route.timeouts]\ntotal = \"9s\"\n\
+                    [[route]]\nname = \"own\"\npath_prefix = \"/b\"\n[route.hedge]\ndelay = \"5ms\"\n\
+                    [[route]]\nname = \"none\"\npath_prefix = \"/c\"\n[route.hedge]\nenabled = false\n";
+        let destination = api_destination(text);
+        let shared = destination.hedging(None).expect("the policy hedges");
+        let same = destination.hedging(Some(0)).expect("shared");
+        assert!(std::ptr::eq(shared, same));
+        let own = destination.hedging(Some(1)).expect("its own");
+        assert!(!std::ptr::eq(shared, own));
+        assert!(destination.hedging(Some(2)).is_none());
+    }
+
+    #[test]
+    fn a_route_s_own_breaker_trips_alone_and_keeps_the_destination_alive() {
+        let text = "[breaker]\nconsecutive_failures = 1\n\
+                    [[route]]\nname = \"own\"\nbreaker = \"own\"\n\
+                    [[route]]\nname = \"shared\"\npath_prefix = \"/s\"\n";
+        let destination = api_destination(text);
+        let permit = destination.begin(Some(0)).unwrap();
+        permit.failed(&AttemptError::new(
+            ErrorKind::Reset,
+            Sent::Nothing,
+            "reset".into(),
+        ));
+        assert_eq!(destination.breaker_snapshot(Some(0)).state, State::Open);
+        assert_eq!(destination.breaker_snapshot(None).state, State::Closed);
+        assert!(destination.begin(Some(0)).is_err());
+        assert!(
+            destination.begin(Some(1)).is_ok(),
+            "a shared route uses the destination's"
+        );
+        destination.command(Some(0), BreakerCommand::Reset);
+        assert_eq!(destination.breaker_snapshot(Some(0)).state, State::Closed);
     }
 
     /// Opens `destination`'s breaker (one failure trips it under the test policy).

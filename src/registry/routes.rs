@@ -20,8 +20,11 @@ pub struct RouteState {
     pub calls: CallMetrics,
     /// `breaker = "own"`: the breaker its tries answer to, and its state gauge.
     pub(super) breaker: Option<OwnBreaker>,
-    /// `[route.hedge] enabled`: the route's latencies and hedge budget.
+    /// The route's own hedge state (latencies, budget) when its hedge or retry settings differ
+    /// from the policy's and it hedges; `None` with `shares_hedging`: the destination's.
     pub hedging: Option<Arc<Hedging>>,
+    /// The route hedges exactly as the policy does: its requests use the destination's state.
+    pub shares_hedging: bool,
 }
 
 /// A route's own breaker.
@@ -50,14 +53,15 @@ impl RouteState {
                     state,
                 }
             });
+            let shares_hedging = route.hedge == policy.hedge && route.retry == policy.retry;
+            let own_hedging = route.hedge.enabled && !shares_hedging;
             RouteState {
                 name: route.name.as_str().into(),
                 calls,
                 breaker,
-                hedging: route
-                    .hedge
-                    .enabled
+                hedging: own_hedging
                     .then(|| Arc::new(Hedging::new(&route.hedge, &route.retry, now))),
+                shares_hedging,
             }
         };
         policy.routes.iter().map(one).collect()
@@ -67,14 +71,10 @@ impl RouteState {
     /// settings they were made under (a reload keeps a tripped route's breaker open).
     pub(super) fn carry(
         &mut self,
-        before: &RouteState,
+        (before, old): (&RouteState, &Route),
         route: &Route,
-        old: Option<&Route>,
         same_breaker: bool,
     ) {
-        let Some(old) = old.filter(|old| old.name == route.name) else {
-            return;
-        };
         if let (Some(own), Some(before), true) = (&mut self.breaker, &before.breaker, same_breaker)
         {
             if old.own_breaker {
