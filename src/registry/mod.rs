@@ -282,10 +282,15 @@ impl Destination {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether `route` has a breaker of its own.
+    fn has_own_breaker(&self, route: Option<usize>) -> bool {
+        route.is_some_and(|i| self.routes.get(i).is_some_and(RouteState::has_own_breaker))
+    }
+
     /// Whether an operator forced its breaker or one of its routes' own.
     fn any_forced(&self) -> bool {
         let route_forced = (0..self.routes.len())
-            .filter(|&i| self.routes[i].has_own_breaker())
+            .filter(|&i| self.has_own_breaker(Some(i)))
             .any(|i| self.breaker(Some(i)).forced().is_some());
         route_forced || self.breaker(None).forced().is_some()
     }
@@ -298,7 +303,8 @@ impl Destination {
         }
     }
 
-    /// The hedge state of requests of `route`: the route's when it sets `[route.hedge]`.
+    /// The hedge state of requests of `route`: the route's own when its hedge or retry settings
+    /// differ from the policy's, the destination's otherwise.
     pub fn hedging(&self, route: Option<usize>) -> Option<&Hedging> {
         match route.and_then(|i| self.routes.get(i)) {
             Some(state) if !state.shares_hedging => state.hedging.as_deref(),
@@ -353,7 +359,9 @@ impl Destination {
             let (admission, transition) = breaker.admit(now);
             (admission, transition, breaker.throttle_probability())
         };
-        if let Some(probability) = throttle {
+        // `fusebox_throttle_ratio` is the destination breaker's (a route's own is seen in
+        // `/upstreams`).
+        if let Some(probability) = throttle.filter(|_| !self.has_own_breaker(route)) {
             self.metrics.set_throttle_ratio(probability);
         }
         if let Some(transition) = transition {
