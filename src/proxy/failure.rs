@@ -143,7 +143,10 @@ fn from_chain(
         if let Some(connect) = current.downcast_ref::<ConnectError>() {
             return connect_error(connect);
         }
-        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+        if let Some(tls) = current
+            .downcast_ref::<rustls::Error>()
+            .or_else(|| refusal_in_words(current))
+        {
             if let Some(known) = tls_error(tls, authority) {
                 return known;
             }
@@ -170,6 +173,32 @@ fn from_chain(
         None => format!("{authority} closed or reset the connection before a response head"),
     };
     AttemptError::new(ErrorKind::Reset, sent, cause)
+}
+
+/// The upstream's refusal of fusebox's client certificate when `error` is only its words: the
+/// HTTP/2 client (h2) keeps an I/O error as its kind and text, so the rustls alert that ended
+/// the connection reaches fusebox as `received fatal alert: CertificateRequired`, no longer a
+/// `rustls::Error`. Compared with rustls's own words for each refusal alert.
+fn refusal_in_words(error: &(dyn Error + 'static)) -> Option<&'static rustls::Error> {
+    use rustls::AlertDescription as Alert;
+    static REFUSALS: std::sync::LazyLock<[rustls::Error; 8]> = std::sync::LazyLock::new(|| {
+        [
+            Alert::CertificateRequired,
+            Alert::BadCertificate,
+            Alert::UnknownCA,
+            Alert::CertificateUnknown,
+            Alert::CertificateExpired,
+            Alert::CertificateRevoked,
+            Alert::UnsupportedCertificate,
+            Alert::AccessDenied,
+        ]
+        .map(rustls::Error::AlertReceived)
+    });
+    if error.source().is_some() {
+        return None;
+    }
+    let words = error.to_string();
+    REFUSALS.iter().find(|refusal| refusal.to_string() == words)
 }
 
 /// The app's side of a failed try: hyper reports the request body's stream failing as a "user"
@@ -237,4 +266,56 @@ pub fn connect_error(error: &ConnectError) -> AttemptError {
         }
     };
     AttemptError::new(kind, Sent::Nothing, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that says `words` and has `source` as its cause, as hyper's do.
+    #[derive(Debug)]
+    struct Wrapper(&'static str, std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Error for Wrapper {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    fn h2_kept(words: &str) -> Wrapper {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, words.to_owned());
+        Wrapper("connection error", io)
+    }
+
+    #[test]
+    fn a_refusal_h2_kept_as_words_is_the_policy_s() {
+        let words = "received fatal alert: CertificateRequired";
+        let error = from_chain(&h2_kept(words), false, Sent::Nothing, "api:443", None);
+        assert_eq!(error.kind, ErrorKind::ClientCertRefused, "{error:?}");
+        assert!(
+            error.cause.contains("client_cert and client_key"),
+            "{error:?}"
+        );
+        let unknown_ca = "received fatal alert: UnknownCA";
+        let error = from_chain(&h2_kept(unknown_ca), false, Sent::Nothing, "api:443", None);
+        assert_eq!(error.kind, ErrorKind::ClientCertRefused, "{error:?}");
+    }
+
+    #[test]
+    fn other_words_stay_a_reset() {
+        for words in [
+            "received fatal alert: HandshakeFailure",
+            "connection reset",
+            "xreceived fatal alert: CertificateRequired",
+        ] {
+            let error = from_chain(&h2_kept(words), false, Sent::Nothing, "api:443", None);
+            assert_eq!(error.kind, ErrorKind::Reset, "{words}: {error:?}");
+        }
+    }
 }
