@@ -7,6 +7,9 @@ allows loopback, then sends one request per destination to 127.0.0.1:PORT for N 
 destination). Prints the RSS per destination and the median time of a request that creates one,
 for the first and the last thousand, so that "the 10,000th costs what the 10th did" can be read
 off. Usage: python3 bench/destinations.py [N]
+
+ROUTES=R gives the policy R `[[route]]`s (`/r0/` … ), which the requests do not take unless
+REQUEST_PATH names one: ROUTES=10 REQUEST_PATH=/r0/ python3 bench/destinations.py 5000
 """
 import http.client
 import os
@@ -29,10 +32,15 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         policies = pathlib.Path(work) / "policies"
         policies.mkdir()
-        (policies / "default.toml").write_text(
-            "allow_private = true   # BENCHMARK ONLY: loopback destinations\n"
-            "[retry]\nattempts = 1\n[timeouts]\nconnect = \"200ms\"\n"
-        )
+        common = ("allow_private = true   # BENCHMARK ONLY: loopback destinations\n"
+                  "[retry]\nattempts = 1\n[timeouts]\nconnect = \"200ms\"\n")
+        (policies / "default.toml").write_text(common)
+        routes = int(os.environ.get("ROUTES", "0"))
+        if routes:
+            tables = "".join(f"[[route]]\nname = \"r{i}\"\npath_prefix = \"/r{i}/\"\n"
+                             for i in range(routes))
+            (policies / "loop.toml").write_text(
+                f"hosts = [\"127.0.0.1\"]\n{common}{tables}")
         listen, admin = free_port(), free_port()
         log = open(pathlib.Path(work) / "fusebox.log", "w")
         proc = subprocess.Popen(
@@ -51,11 +59,12 @@ def main():
             start_rss = rss_kib(proc.pid)
             conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=10)
             times = []
+            path = os.environ.get("REQUEST_PATH", "/")
             # Ports from 40000 down, where nothing listens (a listener there only adds a 200).
             for i in range(n):
                 port = 60000 - i
                 t = time.perf_counter()
-                conn.request("GET", f"http://127.0.0.1:{port}/")
+                conn.request("GET", f"http://127.0.0.1:{port}{path}")
                 conn.getresponse().read()
                 times.append(time.perf_counter() - t)
             end_rss = rss_kib(proc.pid)

@@ -492,30 +492,6 @@ impl CallMetrics {
         self.request_duration.record(elapsed.as_secs_f64());
     }
 
-    /// `fusebox_route_breaker_state` of a route with a breaker of its own.
-    pub fn route_breaker_state(&self) -> Gauge {
-        let key = Key::from_parts("fusebox_route_breaker_state", self.labels.to_vec());
-        self.telemetry.recorder.register_gauge(&key, &METADATA)
-    }
-
-    /// Counts one state change of a route's own breaker (rare: looked up here).
-    pub fn route_breaker_transition(
-        &self,
-        from: &'static str,
-        to: &'static str,
-        reason: &'static str,
-    ) {
-        let mut labels = self.labels.to_vec();
-        labels.push(Label::from_static_parts("from", from));
-        labels.push(Label::from_static_parts("to", to));
-        labels.push(Label::from_static_parts("reason", reason));
-        let key = Key::from_parts("fusebox_route_breaker_transitions_total", labels);
-        self.telemetry
-            .recorder
-            .register_counter(&key, &METADATA)
-            .increment(1);
-    }
-
     /// Records one upstream try.
     pub fn attempt(&self, result: AttemptResult, elapsed: Duration) {
         self.attempts[result as usize].increment(1);
@@ -609,13 +585,39 @@ impl DestinationMetrics {
         })
     }
 
+    /// `fusebox_route_breaker_state` of a route with a breaker of its own.
+    pub fn route_breaker_state(&self, route: &str) -> Gauge {
+        let mut labels = self.labels.to_vec();
+        labels.push(Label::new("route", route.to_owned()));
+        let key = Key::from_parts("fusebox_route_breaker_state", labels);
+        self.telemetry.recorder.register_gauge(&key, &METADATA)
+    }
+
+    /// Counts one state change of a route's own breaker (rare: looked up here).
+    pub fn route_breaker_transition(
+        &self,
+        route: &str,
+        (from, to, reason): (&'static str, &'static str, &'static str),
+    ) {
+        let mut labels = self.labels.to_vec();
+        labels.push(Label::new("route", route.to_owned()));
+        labels.push(Label::from_static_parts("from", from));
+        labels.push(Label::from_static_parts("to", to));
+        labels.push(Label::from_static_parts("reason", reason));
+        let key = Key::from_parts("fusebox_route_breaker_transitions_total", labels);
+        self.telemetry
+            .recorder
+            .register_counter(&key, &METADATA)
+            .increment(1);
+    }
+
     /// The handles of requests no route took (`route="_default"`).
     pub fn calls(&self) -> &CallMetrics {
         &self.calls
     }
 
     /// The handles of one route's requests (`route` = its name), registered now: called once
-    /// per route when a destination is made.
+    /// per route and destination, at the route's first request there.
     pub fn route_calls(&self, route: &str) -> CallMetrics {
         CallMetrics::new(&self.telemetry, &self.labels, route)
     }

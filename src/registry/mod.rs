@@ -298,7 +298,7 @@ impl Destination {
     /// The metric handles of requests of `route` (`None`: no route took them).
     pub fn calls(&self, route: Option<usize>) -> &CallMetrics {
         match route.and_then(|i| self.routes.get(i)) {
-            Some(state) => &state.calls,
+            Some(state) => state.calls(&self.metrics),
             None => self.metrics.calls(),
         }
     }
@@ -507,10 +507,10 @@ impl Destination {
         let route_name = match own {
             Some((i, own)) => {
                 own.state.set(transition.to.as_gauge());
-                self.routes[i]
-                    .calls
-                    .route_breaker_transition(from, to, reason);
-                &*self.routes[i].name
+                let name = &*self.routes[i].name;
+                self.metrics
+                    .route_breaker_transition(name, (from, to, reason));
+                name
             }
             None => {
                 self.metrics.breaker_state.set(transition.to.as_gauge());

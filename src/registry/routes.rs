@@ -2,7 +2,7 @@
 //! metric handles (`route` label), its own breaker when it asks for one (`breaker = "own"`),
 //! and its hedge state when it hedges. Requests no route takes use the destination's own.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use metrics::Gauge;
 use tokio::time::Instant;
@@ -17,7 +17,9 @@ use crate::telemetry::{CallMetrics, DestinationMetrics};
 pub struct RouteState {
     /// The route's name, as in its `route` label.
     pub name: Box<str>,
-    pub calls: CallMetrics,
+    /// Its metric handles, registered at its first request here: most destinations of a
+    /// policy with routes see only some of them, and the handles are the bulk of its state.
+    calls: OnceLock<Box<CallMetrics>>,
     /// `breaker = "own"`: the breaker its tries answer to, and its state gauge.
     pub(super) breaker: Option<OwnBreaker>,
     /// The route's own hedge state (latencies, budget) when its hedge or retry settings differ
@@ -43,9 +45,8 @@ impl RouteState {
         now: Instant,
     ) -> Box<[RouteState]> {
         let one = |route: &Route| {
-            let calls = metrics.route_calls(&route.name);
             let breaker = route.own_breaker.then(|| {
-                let state = calls.route_breaker_state();
+                let state = metrics.route_breaker_state(&route.name);
                 let breaker = CircuitBreaker::new(policy.breaker.clone(), jitter, now);
                 state.set(breaker.state().as_gauge());
                 OwnBreaker {
@@ -57,7 +58,7 @@ impl RouteState {
             let own_hedging = route.hedge.enabled && !shares_hedging;
             RouteState {
                 name: route.name.as_str().into(),
-                calls,
+                calls: OnceLock::new(),
                 breaker,
                 hedging: own_hedging
                     .then(|| Arc::new(Hedging::new(&route.hedge, &route.retry, now))),
@@ -87,6 +88,12 @@ impl RouteState {
         if old.hedge == route.hedge && old.retry == route.retry {
             self.hedging.clone_from(&before.hedging);
         }
+    }
+
+    /// Its metric handles, registered under `metrics`' labels on first use.
+    pub fn calls(&self, metrics: &DestinationMetrics) -> &CallMetrics {
+        self.calls
+            .get_or_init(|| Box::new(metrics.route_calls(&self.name)))
     }
 
     /// Whether the route has a breaker of its own.
