@@ -174,6 +174,9 @@ function render() {
   const first = view.page * PAGE_SIZE;
   const shown = rows.slice(first, first + PAGE_SIZE);
   renderRows(shown);
+  // The Routes column only when a policy has routes: the table stays as narrow as before.
+  const routed = rows.some((row) => row.routes && row.routes.length > 0);
+  $('destinations').classList.toggle('no-routes', !routed);
   renderPager(first, shown.length, rows.length);
   renderSummary();
 }
