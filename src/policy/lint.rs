@@ -101,8 +101,9 @@ fn group_or_world_readable(path: &Path) -> Option<u32> {
     }
 }
 
-/// Methods that must not be retried without an `Idempotency-Key` (RFC 9110 §9.2.2).
-const NON_IDEMPOTENT: [&str; 3] = ["POST", "PATCH", "CONNECT"];
+/// Methods that are safe to send twice (RFC 9110 §9.2.2); any other (POST, PATCH, CONNECT, an
+/// extension method) must not be retried without an `Idempotency-Key`.
+const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
 
 /// One lint finding. `line` and `col` are 1-based; displays as
 /// `file:line:col: warning[code]: message`.
@@ -281,13 +282,7 @@ impl Cx<'_> {
             return;
         }
         let risky = resent_after_sending(r);
-        let bad: Vec<(usize, &str)> = r
-            .methods
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| NON_IDEMPOTENT.contains(&m.as_str()))
-            .map(|(i, m)| (i, m.as_str()))
-            .collect();
+        let bad = non_idempotent_methods(r, |_| true);
         let Some(&(first, _)) = bad.first() else {
             return;
         };
@@ -474,6 +469,15 @@ impl Cx<'_> {
             );
         }
     }
+}
+
+/// The entries of `retry.methods` that are not idempotent and that `takes` lets through, with
+/// their positions in the list.
+fn non_idempotent_methods(retry: &Retry, takes: impl Fn(&str) -> bool) -> Vec<(usize, &str)> {
+    let methods = retry.methods.iter().map(String::as_str).enumerate();
+    methods
+        .filter(|&(_, m)| !IDEMPOTENT.contains(&m) && takes(m))
+        .collect()
 }
 
 /// The `retry.on` conditions under which a request that reached the upstream is sent again.
@@ -729,6 +733,15 @@ mod tests {
         );
         assert!(full[0].contains("lists POST, PATCH"), "{full:?}");
         assert!(full[0].contains("Idempotency-Key"), "{full:?}");
+        // An extension method is not idempotent either (RFC 9110 §9.2.2), as for routes.
+        let full = assert_lints(
+            &[(
+                "a.toml",
+                "hosts = [\"a\"]\n[retry]\nmethods = [\"GET\", \"LOCK\"]\n",
+            )],
+            &["a.toml:3:19: non-idempotent-retry"],
+        );
+        assert!(full[0].contains("lists LOCK"), "{full:?}");
         // No retries, or only connect failures (the request was never sent): fine.
         assert_lints(
             &[(

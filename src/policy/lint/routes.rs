@@ -9,11 +9,11 @@
 
 use std::fmt;
 
-use super::{resent_after_sending, Cx, Keys, ROUTE_NON_IDEMPOTENT_RETRY, ROUTE_SHADOWED};
+use super::{
+    non_idempotent_methods, resent_after_sending, Cx, Keys, ROUTE_NON_IDEMPOTENT_RETRY,
+    ROUTE_SHADOWED,
+};
 use crate::policy::route::{HeaderMatch, PathMatch, Route, Segment};
-
-/// Methods that are safe to send twice (RFC 9110 §9.2.2); any other may not be.
-const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"];
 
 /// A request with this header is retried whatever its method (`pipeline::retry::may_resend`).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -71,13 +71,7 @@ impl Cx<'_> {
             return;
         }
         let risky = resent_after_sending(r);
-        let bad: Vec<(usize, &str)> = r
-            .methods
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| !IDEMPOTENT.contains(&m.as_str()) && takes_method(route, m))
-            .map(|(i, m)| (i, m.as_str()))
-            .collect();
+        let bad = non_idempotent_methods(r, |m| takes_method(route, m));
         let Some(&(first, _)) = bad.first() else {
             return;
         };
