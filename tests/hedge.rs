@@ -201,18 +201,7 @@ async fn the_access_log_says_which_copy_answered() {
             .expect("request");
         assert_eq!(response.status(), 200);
     }
-    let access = |logs: &str| {
-        logs.lines()
-            .filter(|l| l.contains("fusebox::access"))
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    let started = std::time::Instant::now();
-    while access(&fusebox.logs()).len() < 2 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let logs = fusebox.logs();
-    let lines = access(&logs);
+    let (lines, logs) = fusebox.access_lines(2).await;
     assert_eq!(lines.len(), 2, "{logs}");
     // A request that started at the stalled endpoint was answered by its second copy; one
     // that started at the other endpoint was not hedged, and its line has no `copy`.

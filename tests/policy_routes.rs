@@ -193,6 +193,18 @@ path_prefix = "/v1/reports"
 breaker = "own"
 "#;
 
+/// Three 500s from `/v1/reports`: enough to open the breaker of `OWN_BREAKER`'s route.
+async fn trip_reports(client: &reqwest::Client, base: &str) {
+    for _ in 0..3 {
+        let failed = client
+            .get(format!("{base}/v1/reports"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(failed.status(), 500);
+    }
+}
+
 #[tokio::test]
 async fn a_route_with_its_own_breaker_opens_it_without_the_destination_s() {
     let upstream = FakeUpstream::builder()
@@ -204,14 +216,7 @@ async fn a_route_with_its_own_breaker_opens_it_without_the_destination_s() {
     let base = fusebox.route_url("svc");
     let client = reqwest::Client::new();
 
-    for _ in 0..3 {
-        let failed = client
-            .get(format!("{base}/v1/reports"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(failed.status(), 500);
-    }
+    trip_reports(&client, &base).await;
     // The route's breaker is open: its requests get a local reply and reach nobody.
     let hits = upstream.hits();
     let refused = client
@@ -345,18 +350,7 @@ async fn the_access_log_names_the_route() {
     assert_eq!(report.status(), 200);
     let other = client.get("http://svc.test/v1/other").send().await.unwrap();
     assert_eq!(other.status(), 200);
-    let access = |logs: &str| {
-        logs.lines()
-            .filter(|l| l.contains("fusebox::access"))
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    let started = std::time::Instant::now();
-    while access(&fusebox.logs()).len() < 2 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let logs = fusebox.logs();
-    let lines = access(&logs);
+    let (lines, logs) = fusebox.access_lines(2).await;
     assert_eq!(lines.len(), 2, "{logs}");
     assert!(lines[0].contains("path=\"/v1/reports/x\""), "{logs}");
     assert!(lines[0].ends_with(" route=\"reports\""), "{logs}");
@@ -384,13 +378,7 @@ async fn a_reload_changes_routes_and_keeps_an_unchanged_route_s_open_breaker() {
     let fusebox = start_svc(&svc(&upstream, OWN_BREAKER)).await;
     let base = fusebox.route_url("svc");
     let client = reqwest::Client::new();
-    for _ in 0..3 {
-        client
-            .get(format!("{base}/v1/reports"))
-            .send()
-            .await
-            .unwrap();
-    }
+    trip_reports(&client, &base).await;
     let put = || client.put(format!("{base}/v1/items/1")).body("x").send();
     let before = upstream.hits();
     assert_eq!(put().await.unwrap().status(), 503);

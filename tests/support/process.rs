@@ -168,6 +168,21 @@ impl FuseboxProcess {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The access-log lines (target `fusebox::access`), once there are `count` of them (the
+    /// log is written in batches), or what there is after 10 s; and the whole log, for messages.
+    pub async fn access_lines(&self, count: usize) -> (Vec<String>, String) {
+        let access = |logs: &str| -> Vec<String> {
+            let lines = logs.lines().filter(|l| l.contains("fusebox::access"));
+            lines.map(str::to_owned).collect()
+        };
+        let started = std::time::Instant::now();
+        while access(&self.logs()).len() < count && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let logs = self.logs();
+        (access(&logs), logs)
+    }
 }
 
 impl Drop for FuseboxProcess {
