@@ -10,12 +10,13 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use fusebox::policy::load_dir;
 use fusebox::policy::route::route_for;
 use fusebox::policy::Route;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, Method};
 
-const POLICY: &str = include_str!("../tests/fixtures/routes50.toml");
+#[path = "../tests/fixtures/shop.rs"]
+mod shop;
+
 const ROUNDS: usize = 11;
 const ROUND: Duration = Duration::from_millis(200);
 
@@ -26,31 +27,15 @@ struct Request {
 }
 
 fn request(method: Method, path: &'static str, extra: &[(&'static str, &'static str)]) -> Request {
-    let mut headers = HeaderMap::new();
-    headers.insert("host", HeaderValue::from_static("api.shop.example"));
-    headers.insert("user-agent", HeaderValue::from_static("shop-client/4.2"));
-    headers.insert("accept", HeaderValue::from_static("application/json"));
-    headers.insert("accept-encoding", HeaderValue::from_static("gzip"));
-    headers.insert(
-        "x-request-id",
-        HeaderValue::from_static("8f14e45f-ceea-467a-9c2b-0b2f4e6d1a3c"),
-    );
-    for (name, value) in extra {
-        headers.append(*name, HeaderValue::from_static(value));
-    }
     Request {
         method,
         path,
-        headers,
+        headers: shop::headers(extra),
     }
 }
 
 fn main() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    std::fs::write(dir.path().join("shop.toml"), POLICY).expect("writing the policy");
-    let set = load_dir(dir.path()).unwrap_or_else(|errors| panic!("{errors}"));
-    let routes = &set.get("shop").expect("the shop policy").routes;
-    assert_eq!(routes.len(), 50);
+    let routes = &shop::routes();
 
     let first = vec![request(Method::GET, "/healthz", &[])];
     // Shares its first segments with many templates, and has a method most routes take.

@@ -9,22 +9,12 @@
 use std::hint::black_box;
 
 use allocation_counter::measure;
-use fusebox::policy::load_dir;
 use fusebox::policy::route::route_for;
 use fusebox::policy::Route;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, Method};
 
-const POLICY: &str = include_str!("fixtures/routes50.toml");
-
-/// The fixture's routes, loaded from a policy directory as the agent loads them.
-fn routes() -> Vec<Route> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("shop.toml"), POLICY).unwrap();
-    let set = load_dir(dir.path()).unwrap_or_else(|errors| panic!("{errors}"));
-    let routes = set.get("shop").expect("the shop policy").routes.clone();
-    assert_eq!(routes.len(), 50);
-    routes
-}
+#[path = "fixtures/shop.rs"]
+mod shop;
 
 /// A request, and the name of the route it takes (`None`: the policy's own).
 struct Request {
@@ -32,23 +22,6 @@ struct Request {
     path: &'static str,
     headers: HeaderMap,
     route: Option<&'static str>,
-}
-
-/// Headers an app typically sends, plus `extra`.
-fn headers(extra: &[(&'static str, &'static str)]) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert("host", HeaderValue::from_static("api.shop.example"));
-    headers.insert("user-agent", HeaderValue::from_static("shop-client/4.2"));
-    headers.insert("accept", HeaderValue::from_static("application/json"));
-    headers.insert("accept-encoding", HeaderValue::from_static("gzip"));
-    headers.insert(
-        "x-request-id",
-        HeaderValue::from_static("8f14e45f-ceea-467a-9c2b-0b2f4e6d1a3c"),
-    );
-    for (name, value) in extra {
-        headers.append(*name, HeaderValue::from_static(value));
-    }
-    headers
 }
 
 fn request(
@@ -60,7 +33,7 @@ fn request(
     Request {
         method,
         path,
-        headers: headers(extra),
+        headers: shop::headers(extra),
         route,
     }
 }
@@ -129,7 +102,7 @@ fn route_of(routes: &[Route], r: &Request) -> Option<usize> {
 
 #[test]
 fn each_request_takes_its_route() {
-    let routes = routes();
+    let routes = shop::routes();
     for r in &requests() {
         let got = route_of(&routes, r).map(|i| routes[i].name.as_str());
         assert_eq!(got, r.route, "{} {}", r.method, r.path);
@@ -145,7 +118,7 @@ fn each_request_takes_its_route() {
 
 #[test]
 fn matching_allocates_nothing() {
-    let routes = routes();
+    let routes = shop::routes();
     let requests = requests();
     let matched = |extra: bool| {
         let mut taken = 0_usize;
