@@ -292,6 +292,17 @@ impl Recipe {
     /// upstream, and fusebox counted one more refused handshake with the app
     /// (`fusebox_intercepted_connections_total{result}` above `counted_before`, see
     /// [`Recipe::refusals`]).
+    /// Runs `command`, the client without the recipe's trust setting, after forgetting what
+    /// the upstream saw: it must fail saying `says`, counted as a refusal, and reach nothing
+    /// ([`Recipe::assert_refused`]). Answers its output, for more checks.
+    async fn refuses(&self, command: Command, says: &str) -> Output {
+        let rejected = self.refusals().await;
+        self.upstream.forget();
+        let out = run(command).await;
+        self.assert_refused(&out, rejected, says).await;
+        out
+    }
+
     async fn assert_refused(&self, out: &Output, counted_before: f64, says: &str) {
         let text = output_text(out);
         assert!(
@@ -391,13 +402,10 @@ async fn curl_recipe(trust: fn(&mut Command, &Path)) {
     recipe.assert_intercepted(&["/hello"]).await;
 
     // Without it, curl trusts the system's bundle.
-    let rejected = recipe.refusals().await;
-    recipe.upstream.forget();
-    let out = run(curl(&recipe)).await;
-    assert_eq!(out.status.code(), Some(60), "{}", output_text(&out));
-    recipe
-        .assert_refused(&out, rejected, "SSL certificate problem")
+    let out = recipe
+        .refuses(curl(&recipe), "SSL certificate problem")
         .await;
+    assert_eq!(out.status.code(), Some(60), "{}", output_text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,11 +455,8 @@ async fn python_requests_trusts_fusebox_with_requests_ca_bundle() {
     recipe.assert_intercepted(&["/hello"]).await;
 
     // Without it, requests trusts certifi's bundle only.
-    let rejected = recipe.refusals().await;
-    recipe.upstream.forget();
-    let out = run(python_requests(&recipe)).await;
     recipe
-        .assert_refused(&out, rejected, "CERTIFICATE_VERIFY_FAILED")
+        .refuses(python_requests(&recipe), "CERTIFICATE_VERIFY_FAILED")
         .await;
 }
 
@@ -526,11 +531,8 @@ async fn pip_trusts_fusebox_with_cert_option() {
         .await;
 
     // Without it, pip trusts its own certifi bundle only.
-    let rejected = recipe.refusals().await;
-    recipe.upstream.forget();
-    let out = run(pip_download(&recipe)).await;
     recipe
-        .assert_refused(&out, rejected, "CERTIFICATE_VERIFY_FAILED")
+        .refuses(pip_download(&recipe), "CERTIFICATE_VERIFY_FAILED")
         .await;
 }
 
@@ -604,15 +606,8 @@ async fn node_trusts_fusebox_with_node_extra_ca_certs() {
     );
     recipe.assert_intercepted(&["/hello"]).await;
 
-    let rejected = recipe.refusals().await;
-    recipe.upstream.forget();
-    let out = run(node(None)).await;
     recipe
-        .assert_refused(
-            &out,
-            rejected,
-            "self-signed certificate in certificate chain",
-        )
+        .refuses(node(None), "self-signed certificate in certificate chain")
         .await;
 }
 
@@ -693,11 +688,11 @@ async fn npm_trusts_fusebox_with_cafile() {
     assert_eq!(run_ok(npm_view(&recipe, "c1", &env)).await, "1.0.0\n");
     recipe.assert_intercepted(&["/demo"]).await;
 
-    let rejected = recipe.refusals().await;
-    recipe.upstream.forget();
-    let out = run(npm_view(&recipe, "c2", &env[..1])).await;
     recipe
-        .assert_refused(&out, rejected, "SELF_SIGNED_CERT_IN_CHAIN")
+        .refuses(
+            npm_view(&recipe, "c2", &env[..1]),
+            "SELF_SIGNED_CERT_IN_CHAIN",
+        )
         .await;
 }
 
@@ -715,11 +710,11 @@ async fn npm_trusts_fusebox_with_node_extra_ca_certs_and_https_proxy() {
     assert_eq!(run_ok(npm_view(&recipe, "c1", &env)).await, "1.0.0\n");
     recipe.assert_intercepted(&["/demo"]).await;
 
-    let rejected = recipe.refusals().await;
-    recipe.upstream.forget();
-    let out = run(npm_view(&recipe, "c2", &env[..1])).await;
     recipe
-        .assert_refused(&out, rejected, "SELF_SIGNED_CERT_IN_CHAIN")
+        .refuses(
+            npm_view(&recipe, "c2", &env[..1]),
+            "SELF_SIGNED_CERT_IN_CHAIN",
+        )
         .await;
 
     // A cafile in the user's npmrc (here: a CA that is not fusebox's) overrides it.
@@ -838,13 +833,9 @@ async fn cargo_trusts_fusebox_with_cargo_http_cainfo() {
         .await;
 
     // Without CARGO_HTTP_CAINFO, cargo trusts the system's roots only.
-    let rejected = recipe.refusals().await;
-    recipe.upstream.forget();
-    let out = run(cargo_generate_lockfile(&recipe, "c", &env[..1])).await;
     recipe
-        .assert_refused(
-            &out,
-            rejected,
+        .refuses(
+            cargo_generate_lockfile(&recipe, "c", &env[..1]),
             "self-signed certificate in certificate chain",
         )
         .await;
@@ -899,11 +890,8 @@ async fn java_trusts_fusebox_with_a_pkcs12_truststore() {
     recipe.assert_intercepted(&["/hello"]).await;
 
     // Without it, the JDK's cacerts.
-    let rejected = recipe.refusals().await;
-    recipe.upstream.forget();
-    let out = run(java_fetch(&recipe, None)).await;
     recipe
-        .assert_refused(&out, rejected, "PKIX path building failed")
+        .refuses(java_fetch(&recipe, None), "PKIX path building failed")
         .await;
 }
 
@@ -949,13 +937,10 @@ async fn go_trusts_fusebox_with_ssl_cert_file() {
     recipe.assert_intercepted(&["/hello"]).await;
 
     // Without it, the system's roots.
-    let rejected = recipe.refusals().await;
-    recipe.upstream.forget();
     let mut command = fetch(recipe.url("/hello"), &recipe.ca_pem);
     command.env_remove("SSL_CERT_FILE");
-    let out = run(command).await;
     recipe
-        .assert_refused(&out, rejected, "certificate signed by unknown authority")
+        .refuses(command, "certificate signed by unknown authority")
         .await;
 
     // Go never sends localhost (or a loopback IP) to the proxy: this request goes straight to
