@@ -377,11 +377,9 @@ async fn shutdown_closes_an_idle_intercepted_connection_with_close_notify() {
     );
 }
 
-/// An app that does not trust fusebox's CA (curl with only the system's roots) refuses the
-/// intercepted handshake; fusebox counts it as `ca_rejected` and says what to do at WARN, once
-/// a minute per destination however often the app tries (#22, item 10).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_app_that_refuses_fusebox_s_ca_gets_one_warning_naming_the_fix() {
+/// fusebox as a process with a local CA, intercepting `localhost:PORT` of a TLS upstream (whose
+/// CA the policy trusts); the policies directory is kept alive by the caller.
+async fn intercepting_process() -> (FakeUpstream, support::FuseboxProcess, tempfile::TempDir) {
     let pki = TestPki::new();
     let upstream = FakeUpstream::builder()
         .tls(pki.server_config())
@@ -396,6 +394,16 @@ async fn an_app_that_refuses_fusebox_s_ca_gets_one_warning_naming_the_fix() {
     LocalCa::init(&ca_dir, false, std::time::SystemTime::now()).unwrap();
     let ca_dir = ca_dir.to_str().unwrap();
     let fusebox = support::FuseboxProcess::spawn(dir.path(), &["--ca-dir", ca_dir], &[]).await;
+    (upstream, fusebox, dir)
+}
+
+/// An app that does not trust fusebox's CA (curl with only the system's roots) refuses the
+/// intercepted handshake; fusebox counts it as `ca_rejected` and says what to do at WARN, once
+/// a minute per destination however often the app tries (#22, item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_refuses_fusebox_s_ca_gets_one_warning_naming_the_fix() {
+    let (upstream, fusebox, _dir) = intercepting_process().await;
+    let port = upstream.addr().port();
     let url = format!("https://localhost:{port}/");
     for _ in 0..3 {
         let out = curl_async(&["--proxy", &fusebox.egress_url(), &url]).await;
@@ -405,30 +413,12 @@ async fn an_app_that_refuses_fusebox_s_ca_gets_one_warning_naming_the_fix() {
             "curl refuses the certificate: {out:?}"
         );
     }
-    let metrics = support::direct_client()
-        .get(format!("{}/metrics", fusebox.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = fusebox.metrics().await;
     let labels = [("upstream", "api"), ("result", "ca_rejected")];
     let rejected = count(&metrics, "fusebox_intercepted_connections_total", &labels);
     assert_eq!(rejected, 3.0, "{metrics}");
     // Log lines are written within 100 ms; wait for the warning, not for a fixed time.
-    let mut logs = String::new();
-    for _ in 0..100 {
-        logs = fusebox.logs();
-        if logs.contains("refused fusebox's certificate") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let warnings: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("refused fusebox's certificate"))
-        .collect();
+    let (warnings, logs) = fusebox.lines_with("refused fusebox's certificate", 1).await;
     assert_eq!(warnings.len(), 1, "{logs}");
     assert!(
         warnings[0].contains("WARN") && warnings[0].contains("fusebox ca show"),
@@ -441,20 +431,8 @@ async fn an_app_that_refuses_fusebox_s_ca_gets_one_warning_naming_the_fix() {
 /// fix is said at WARN all the same, once a minute per destination.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_app_that_closes_on_fusebox_s_certificate_gets_the_warning_too() {
-    let pki = TestPki::new();
-    let upstream = FakeUpstream::builder()
-        .tls(pki.server_config())
-        .start()
-        .await;
+    let (upstream, fusebox, _dir) = intercepting_process().await;
     let port = upstream.addr().port();
-    let policy =
-        format!("hosts = [\"localhost:{port}\"]\nintercept = true\nca_file = \"test-ca.pem\"\n");
-    let dir = policies_dir(&[("api", &policy)]);
-    pki.write_ca(dir.path());
-    let ca_dir = dir.path().join("fusebox-ca");
-    LocalCa::init(&ca_dir, false, std::time::SystemTime::now()).unwrap();
-    let ca_dir = ca_dir.to_str().unwrap();
-    let fusebox = support::FuseboxProcess::spawn(dir.path(), &["--ca-dir", ca_dir], &[]).await;
     for _ in 0..2 {
         // Node with its own roots only: it does not trust fusebox's CA.
         let mut command = peers::hermetic(&peers::node());
@@ -473,27 +451,12 @@ async fn a_node_app_that_closes_on_fusebox_s_certificate_gets_the_warning_too() 
         );
     }
     assert_eq!(upstream.hits(), 0);
-    let metrics = support::direct_client()
-        .get(format!("{}/metrics", fusebox.admin_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = fusebox.metrics().await;
     let labels = [("upstream", "api"), ("result", "handshake_failed")];
     let failed = count(&metrics, "fusebox_intercepted_connections_total", &labels);
     assert_eq!(failed, 2.0, "{metrics}");
     let said = "closed the TLS handshake after fusebox's certificate";
-    let mut logs = String::new();
-    for _ in 0..100 {
-        logs = fusebox.logs();
-        if logs.contains(said) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains(said)).collect();
+    let (warnings, logs) = fusebox.lines_with(said, 1).await;
     assert_eq!(warnings.len(), 1, "once a minute: {logs}");
     assert!(
         warnings[0].contains("WARN") && warnings[0].contains("NODE_EXTRA_CA_CERTS"),

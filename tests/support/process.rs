@@ -172,16 +172,33 @@ impl FuseboxProcess {
     /// The access-log lines (target `fusebox::access`), once there are `count` of them (the
     /// log is written in batches), or what there is after 10 s; and the whole log, for messages.
     pub async fn access_lines(&self, count: usize) -> (Vec<String>, String) {
-        let access = |logs: &str| -> Vec<String> {
-            let lines = logs.lines().filter(|l| l.contains("fusebox::access"));
+        self.lines_with("fusebox::access", count).await
+    }
+
+    /// The log lines that contain `needle`, once there are `count` of them, or what there is
+    /// after 10 s; and the whole log, for messages.
+    pub async fn lines_with(&self, needle: &str, count: usize) -> (Vec<String>, String) {
+        let matching = |logs: &str| -> Vec<String> {
+            let lines = logs.lines().filter(|l| l.contains(needle));
             lines.map(str::to_owned).collect()
         };
         let started = std::time::Instant::now();
-        while access(&self.logs()).len() < count && started.elapsed() < Duration::from_secs(10) {
+        while matching(&self.logs()).len() < count && started.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let logs = self.logs();
-        (access(&logs), logs)
+        (matching(&logs), logs)
+    }
+
+    /// `GET /metrics` on its admin port.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.admin_url());
+        let response = super::direct_client()
+            .get(url)
+            .send()
+            .await
+            .expect("GET /metrics");
+        response.text().await.expect("the metrics")
     }
 }
 
