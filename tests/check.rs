@@ -2,9 +2,14 @@
 //! dangerous combination each, in both output formats, with and without `--strict`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
+
+#[path = "support/check.rs"]
+mod check_cli;
+
+use check_cli::{check, Done};
 
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -12,36 +17,6 @@ fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     dir
-}
-
-struct Done {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn check(dir: &Path, args: &[&str]) -> Done {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_fusebox"))
-        .arg("check")
-        .arg("--policies")
-        .arg(dir)
-        .args(args)
-        .env_remove("FUSEBOX_POLICIES")
-        .env_remove("FUSEBOX_CHECK_FORMAT")
-        .env_remove("FUSEBOX_LISTEN")
-        .env_remove("FUSEBOX_ADMIN")
-        .env_remove("FUSEBOX_REDIS")
-        .output()
-        .expect("run fusebox check");
-    Done {
-        code: status.code(),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    }
 }
 
 fn json(done: &Done) -> Value {

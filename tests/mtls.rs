@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fusebox::ca::LocalCa;
 use serde_json::Value;
+use support::check::check;
 use support::metrics::metric;
 use support::mtls::{
     mtls_server_config, mtls_server_config_h2, set_mode, unix_seconds, utc_date, write_in_place,
@@ -1110,32 +1111,6 @@ async fn the_private_key_is_never_shown() {
 
 // ---------------------------------------------------------------------------------------------
 // fusebox check: load errors and lints
-
-struct Done {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn check(dir: &Path, args: &[&str]) -> Done {
-    let out = Command::new(env!("CARGO_BIN_EXE_fusebox"))
-        .arg("check")
-        .arg("--policies")
-        .arg(dir)
-        .args(args)
-        .env_remove("FUSEBOX_POLICIES")
-        .env_remove("FUSEBOX_CHECK_FORMAT")
-        .env_remove("FUSEBOX_LISTEN")
-        .env_remove("FUSEBOX_ADMIN")
-        .env_remove("FUSEBOX_REDIS")
-        .output()
-        .expect("run fusebox check");
-    Done {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
 
 fn check_json(dir: &Path, strict: bool) -> (Option<i32>, Value) {
     let args: &[&str] = if strict {

@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod app;
 pub mod blackhole;
+pub mod check;
 pub mod dns;
 pub mod metrics;
 pub mod mtls;
