@@ -26,7 +26,7 @@ use support::mtls::{
     ClientCa, ClientIdentity, KeyFormat, Validity, DAY,
 };
 use support::peers;
-use support::raw::RawConn;
+use support::raw::{RawConn, RawResponse};
 use support::tls::TestPki;
 use support::upstream::CLIENT_CN_HEADER;
 use support::{curl_async, direct_client, policies_dir, FakeUpstream, FuseboxProcess, TestFusebox};
@@ -120,17 +120,15 @@ impl Answer {
     }
 
     async fn from_reqwest(response: reqwest::Response) -> Answer {
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-            .collect();
-        let body = response.text().await.unwrap_or_default();
-        Answer {
+        let RawResponse {
             status,
             headers,
             body,
+        } = RawResponse::from_reqwest(response).await;
+        Answer {
+            status,
+            headers: headers.into_iter().collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
         }
     }
 }
