@@ -60,7 +60,7 @@ impl RouteJson {
 }
 
 /// `GET,HEAD path_prefix /v1/status header x-tier=gold`.
-pub fn describe(route: &Route) -> String {
+fn describe(route: &Route) -> String {
     let methods = if route.methods.is_empty() {
         "any method".to_owned()
     } else {

@@ -141,11 +141,6 @@ impl Permit<'_> {
         self.ticket.started
     }
 
-    /// The `[[route]]` the request took, if any.
-    pub fn route(&self) -> Option<usize> {
-        self.ticket.route
-    }
-
     /// Whether this try is a half-open probe.
     pub fn is_probe(&self) -> bool {
         self.ticket.probe.is_some()
